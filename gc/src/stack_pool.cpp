@@ -1,0 +1,207 @@
+// Stack pool: slabs of MAP_NORESERVE memory cut into equal stacks, a LIFO free list, and the
+// guard-page fault handler.
+//
+// Invariants: every stack handed out lies in exactly one slab; a stack is either in use or on free_,
+// never both; slabs are unmapped only when the pool is destroyed (a pool destroyed with stacks still
+// in use leaks its slabs rather than pull memory from under a live tasklet).
+//
+// Guard slabs are also recorded in a fixed, append-only table read by the SIGSEGV handler. The
+// handler may run at any time on any thread, so the table is written with release stores and read
+// with acquire loads, never locked, and never shrinks (an entry of an unmapped slab is cleared).
+#include "weft/gc.hpp"
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <new>
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+namespace weft::detail {
+
+std::size_t page_size() noexcept {
+  static const std::size_t size = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  return size;
+}
+
+namespace {
+
+constexpr std::size_t max_slab_stacks = 4096;
+
+// --- guard table for the fault handler ---------------------------------------------------------
+struct guard_slab {
+  std::atomic<std::uintptr_t> begin{0};
+  std::atomic<std::uintptr_t> end{0};
+  std::atomic<std::size_t> stride{0};
+  std::atomic<std::size_t> stack_size{0};
+};
+constexpr std::size_t max_guard_slabs = 8192;
+guard_slab guard_table[max_guard_slabs];
+std::atomic<std::size_t> guard_count{0};
+std::mutex guard_table_writers;  // serialises appends; never taken by the signal handler
+
+void register_guard_slab(char* begin, std::size_t bytes, std::size_t stride, std::size_t stack_size) {
+  std::lock_guard lock(guard_table_writers);
+  std::size_t n = guard_count.load(std::memory_order_relaxed);
+  if (n == max_guard_slabs) return;  // the handler then reports a plain segmentation fault
+  guard_table[n].stride.store(stride, std::memory_order_relaxed);
+  guard_table[n].stack_size.store(stack_size, std::memory_order_relaxed);
+  guard_table[n].end.store(reinterpret_cast<std::uintptr_t>(begin + bytes), std::memory_order_relaxed);
+  guard_table[n].begin.store(reinterpret_cast<std::uintptr_t>(begin), std::memory_order_relaxed);
+  guard_count.store(n + 1, std::memory_order_release);  // pairs with the acquire in on_segv
+}
+
+void unregister_guard_slab(char* begin) {
+  std::lock_guard lock(guard_table_writers);
+  std::size_t n = guard_count.load(std::memory_order_relaxed);
+  for (std::size_t i = 0; i < n; ++i)
+    if (guard_table[i].begin.load(std::memory_order_relaxed) == reinterpret_cast<std::uintptr_t>(begin)) {
+      guard_table[i].end.store(0, std::memory_order_relaxed);
+      guard_table[i].begin.store(0, std::memory_order_relaxed);
+    }
+}
+
+struct sigaction previous_segv;
+
+void write_stderr(const char* s) {
+  ssize_t ignored = ::write(STDERR_FILENO, s, std::strlen(s));
+  (void)ignored;
+}
+
+void on_segv(int sig, siginfo_t* info, void* uctx) {
+  auto addr = reinterpret_cast<std::uintptr_t>(info->si_addr);
+  std::size_t n = guard_count.load(std::memory_order_acquire);  // pairs with register_guard_slab
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uintptr_t b = guard_table[i].begin.load(std::memory_order_relaxed);
+    std::uintptr_t e = guard_table[i].end.load(std::memory_order_relaxed);
+    if (addr < b || addr >= e) continue;
+    std::size_t stride = guard_table[i].stride.load(std::memory_order_relaxed);
+    if ((addr - b) % stride >= stride - guard_table[i].stack_size.load(std::memory_order_relaxed)) break;
+    char msg[256];
+    std::snprintf(msg, sizeof msg,
+                  "weft: fatal: stack overflow in a tasklet (stack size %zu bytes); raise "
+                  "weft::options::stack_size or WEFT_STACK_SIZE\n",
+                  guard_table[i].stack_size.load(std::memory_order_relaxed));
+    write_stderr(msg);
+    std::signal(SIGSEGV, SIG_DFL);
+    std::abort();
+  }
+  // Not ours: hand the fault to whoever was installed before (or the default action).
+  if (previous_segv.sa_flags & SA_SIGINFO) {
+    if (previous_segv.sa_sigaction) return previous_segv.sa_sigaction(sig, info, uctx);
+  } else if (previous_segv.sa_handler != SIG_DFL && previous_segv.sa_handler != SIG_IGN &&
+             previous_segv.sa_handler != nullptr) {
+    return previous_segv.sa_handler(sig);
+  }
+  std::signal(SIGSEGV, SIG_DFL);  // returning re-executes the access and dies with the default action
+}
+
+}  // namespace
+
+void install_overflow_handler() {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  return;  // the sanitizer's own handler reports overflows
+#else
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGSEGV, &sa, &previous_segv);
+  });
+  // The handler must not run on the overflowed stack: give this thread an alternate one (kept for
+  // the thread's life; a thread that already has one keeps it).
+  thread_local bool has_altstack = false;
+  if (has_altstack) return;
+  stack_t current{};
+  if (::sigaltstack(nullptr, &current) == 0 && !(current.ss_flags & SS_DISABLE)) {
+    has_altstack = true;
+    return;
+  }
+  static constexpr std::size_t alt_size = 64 * 1024;
+  thread_local struct alt_stack {
+    void* mem = std::malloc(alt_size);
+    ~alt_stack() {
+      stack_t off{};
+      off.ss_flags = SS_DISABLE;
+      ::sigaltstack(&off, nullptr);
+      std::free(mem);
+    }
+  } alt;
+  stack_t ss{};
+  ss.ss_sp = alt.mem;
+  ss.ss_size = alt_size;
+  if (alt.mem && ::sigaltstack(&ss, nullptr) == 0) has_altstack = true;
+#endif
+}
+
+stack_pool::stack_pool(std::size_t stack_size, bool guard)
+    : stack_size_((stack_size + page_size() - 1) / page_size() * page_size()),
+      stride_(stack_size_ + (guard ? page_size() : 0)),
+      guard_(guard) {
+  if (guard_) install_overflow_handler();
+}
+
+stack_pool::~stack_pool() {
+  if (in_use_ != 0) {
+    spdlog::warn("weft: stack pool destroyed with {} stacks in use; leaking its slabs", in_use_);
+    return;
+  }
+  for (const slab& s : slabs_) {
+    if (guard_) unregister_guard_slab(s.begin);
+    ::munmap(s.begin, s.bytes);
+  }
+}
+
+void stack_pool::grow() {
+  std::size_t stacks = next_slab_stacks_;
+  std::size_t bytes = stacks * stride_;
+  void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (mem == MAP_FAILED) throw std::bad_alloc();
+  char* begin = static_cast<char*>(mem);
+  slabs_.push_back({begin, bytes});
+  reserved_ += bytes;
+  next_slab_stacks_ = std::min(next_slab_stacks_ * 2, max_slab_stacks);
+  if (guard_) {
+    for (std::size_t i = 0; i < stacks; ++i) {
+      if (::mprotect(begin + i * stride_, page_size(), PROT_NONE) != 0) {
+        // Each guard page splits the mapping; vm.max_map_count ends that near 32,000 stacks.
+        static bool warned = false;
+        if (!warned) {
+          warned = true;
+          spdlog::warn("weft: cannot add more stack guard pages (vm.max_map_count reached); further "
+                       "stacks have none. Turn guards off (WEFT_STACK_GUARD=0) for this many tasklets.");
+        }
+        break;
+      }
+    }
+    register_guard_slab(begin, bytes, stride_, stack_size_);
+  }
+  // Push in reverse so that the lowest stack is handed out first.
+  total_stacks_ += stacks;
+  free_.reserve(total_stacks_);  // so that release() never allocates
+  for (std::size_t i = stacks; i-- > 0;) free_.push_back(begin + i * stride_ + (stride_ - stack_size_));
+}
+
+stack_extent stack_pool::allocate() {
+  if (free_.empty()) grow();
+  char* base = free_.back();
+  free_.pop_back();
+  ++in_use_;
+  return {base, stack_size_};
+}
+
+void stack_pool::release(stack_extent s) noexcept {
+  if (!s) return;
+  --in_use_;
+  free_.push_back(s.base);  // capacity was reserved in grow(): never throws
+}
+
+}  // namespace weft::detail

@@ -1,0 +1,66 @@
+// weft/detail/intent.hpp — intents: what a switch point asks of the scheduler (private to weft).
+//
+// Every change that a switch point or a channel operation makes to scheduler state (the runnable
+// ring, tasklet states, channel wait queues, balances, flags) is expressed as an `intent` and applied
+// by one function, detail::apply (scheduler/src/apply.cpp). With one worker an intent is applied at
+// once, by perform(); in the parallel modes (DESIGN.md §4) a segment records its ending intent and
+// the commit applies it. Nothing else mutates that state.
+#pragma once
+
+#include <cstdint>
+#include <exception>
+
+namespace weft::detail {
+
+class tasklet_impl;
+struct channel_core;
+
+enum class intent_kind : std::uint8_t {
+  run_main,            ///< weft::run()
+  yield,               ///< weft::schedule()
+  remove_self,         ///< weft::schedule_remove()
+  insert,              ///< tasklet::insert()
+  remove,              ///< tasklet::remove()
+  run,                 ///< tasklet::run()
+  switch_to,           ///< tasklet::switch_to()
+  raise,               ///< tasklet::kill() / raise_exception(); `exception` is what to throw
+  exit,                ///< the current tasklet's function ended; `exception` is what escaped, if anything
+  channel_op,          ///< send (+1) / receive (-1) / send_exception / try_send / try_receive
+  channel_close,
+  channel_open,
+  channel_preference,  ///< `value` is the new preference
+  channel_schedule_all ///< `value` is 0 or 1
+};
+
+struct intent {
+  intent_kind kind;
+  tasklet_impl* target = nullptr;  ///< tasklet operations
+  channel_core* channel = nullptr; ///< channel operations
+  int value = 0;                   ///< direction (+1 send, -1 receive), preference or flag
+  bool nonblocking = false;        ///< try_send / try_receive: never block, report instead
+  bool kill = false;               ///< raise: this is a kill (no-op on dead tasklets)
+  bool shutdown = false;           ///< raise: a shutdown kill (the victim runs just before main)
+  void* slot = nullptr;            ///< sender: the T to move from; receiver: the std::optional<T> to fill
+  std::exception_ptr exception;
+};
+
+enum class op_status : std::uint8_t { ok, would_block, closed };
+
+/// Applies `in` on the calling thread's runtime, switches to whoever must run now, and when the
+/// caller runs again throws the exception delivered to it there, if any.
+op_status perform(intent& in);
+
+// Channel state lives with the scheduler state it is committed with; channel/ reaches it only here.
+struct channel_view {
+  int balance;
+  int preference;
+  bool schedule_all;
+  bool closing;
+};
+/// `move(dst, src)` move-constructs the value at `src` (a T) into `dst` (an empty std::optional<T>).
+channel_core* channel_create(void (*move)(void* dst, void* src));
+void channel_retain(channel_core* c) noexcept;
+void channel_release(channel_core* c) noexcept;
+channel_view channel_read(const channel_core* c) noexcept;
+
+}  // namespace weft::detail

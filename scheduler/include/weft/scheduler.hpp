@@ -1,0 +1,81 @@
+// weft/scheduler.hpp — the runtime: options, the runnable ring, and Stackless' module functions.
+//
+// The runtime is implicit per thread, as in Stackless: the code running in a thread's main() (or
+// thread function) when it first uses weft is that thread's main tasklet. All semantics follow
+// ../shared/stackless/SEMANTICS.md; see DESIGN.md §3.
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <stdexcept>
+#include <string_view>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "weft/errors.hpp"
+#include "weft/gc.hpp"
+#include "weft/tasklet.hpp"
+
+namespace weft {
+
+/// Process-wide settings. Set them with configure() before weft is first used; the environment
+/// (WEFT_WORKERS, WEFT_STACK_SIZE, WEFT_STACK_GUARD) overrides them, for experiments.
+struct options {
+  /// Worker threads that run segments. Only 1 exists so far: a larger value runs on one worker and
+  /// logs a warning once (results are identical by design, DESIGN.md §4).
+  unsigned workers = 1;
+  /// Usable bytes of each tasklet stack, rounded up to whole pages. Stacks are reserved, not
+  /// committed: a tasklet costs only the pages it touches. Deep recursion or large locals inside a
+  /// tasklet need more; an overflow hits the guard page (when on) and aborts with a clear message.
+  std::size_t stack_size = 64 * 1024;
+  /// One inaccessible page below each stack. Default: on in debug builds of weft, off in release
+  /// builds (each guard page costs a kernel mapping; vm.max_map_count limits them to ~32,000).
+  std::optional<bool> stack_guard;
+};
+
+/// Sets the options. Throws std::logic_error if a runtime is already running in some thread (call
+/// it first in main(), or after shutdown()). Throws std::invalid_argument for unusable values.
+void configure(const options& o);
+/// The options in force (after environment overrides).
+options configuration();
+
+/// stackless.run(): main leaves the ring and the other tasklets run until none is runnable (tasklets
+/// still blocked on channels are fine). Must be called from the main tasklet.
+void run();
+/// The next tasklet runs; the caller goes to the tail of the ring.
+void schedule();
+/// The caller leaves the ring (paused) until something inserts it again.
+void schedule_remove();
+/// As schedule_remove(), returning `value` when the caller resumes.
+template <class T>
+T schedule_remove(T value) {
+  schedule_remove();
+  return value;
+}
+tasklet getcurrent();
+tasklet getmain();
+/// Tasklets in the ring, the current one included (main is not counted while it waits in run()).
+int getruncount();
+
+/// Ends the calling thread's runtime: kills the remaining tasklets (ring order, then blocked ones in
+/// channel order, then paused ones) so that their stacks unwind, and frees the stacks. Returns the
+/// counts measured after the kills (no live tasklets, no stacks in use, unless a tasklet refused to
+/// die). Called automatically when the thread exits; must be called from the main tasklet. weft may
+/// be used again afterwards (a fresh runtime starts).
+resource_counts shutdown();
+/// Counts of the calling thread's runtime.
+resource_counts resources();
+
+namespace detail {
+void write_output(std::string_view text);
+}
+
+/// Formats like fmt::print and writes to standard output. With one worker it writes at once; in the
+/// parallel modes output is deferred to the segment's commit, so it appears in serial order.
+template <class... Args>
+void print(fmt::format_string<Args...> format, Args&&... args) {
+  detail::write_output(fmt::format(format, std::forward<Args>(args)...));
+}
+
+}  // namespace weft

@@ -1,0 +1,7 @@
+// weft/weft.hpp — everything a tasklet/channel program needs.
+#pragma once
+
+#include "weft/channel.hpp"
+#include "weft/gc.hpp"
+#include "weft/scheduler.hpp"
+#include "weft/tasklet.hpp"

@@ -1,0 +1,92 @@
+// The public surface of tasklets and of the scheduler's free functions: each operation is an intent
+// handed to perform() (weft/detail/intent.hpp); flags are read straight from the control block.
+#include <fmt/format.h>
+
+#include "runtime.hpp"
+
+namespace weft {
+
+using detail::intent;
+using detail::intent_kind;
+using detail::perform;
+using detail::tasklet_state;
+
+tasklet& tasklet::insert() {
+  intent in{.kind = intent_kind::insert, .target = impl_};
+  perform(in);
+  return *this;
+}
+
+tasklet& tasklet::remove() {
+  intent in{.kind = intent_kind::remove, .target = impl_};
+  perform(in);
+  return *this;
+}
+
+void tasklet::run() {
+  intent in{.kind = intent_kind::run, .target = impl_};
+  perform(in);
+}
+
+void tasklet::switch_to() {
+  intent in{.kind = intent_kind::switch_to, .target = impl_};
+  perform(in);
+}
+
+void tasklet::kill() {
+  if (!impl_ || impl_->state == tasklet_state::dead) return;  // §3.3: nothing to do
+  tasklet keep(*this);  // the target must outlive its own unwinding even if our caller drops us
+  intent in{.kind = intent_kind::raise, .target = impl_, .kill = true,
+            .exception = std::make_exception_ptr(tasklet_exit{})};
+  perform(in);
+}
+
+void tasklet::raise_exception(std::exception_ptr e) {
+  if (!e) throw std::invalid_argument("raise_exception needs an exception");
+  tasklet keep(*this);
+  intent in{.kind = intent_kind::raise, .target = impl_, .exception = std::move(e)};
+  perform(in);
+}
+
+bool tasklet::alive() const noexcept { return impl_ && impl_->state != tasklet_state::dead; }
+bool tasklet::blocked() const noexcept { return impl_ && impl_->state == tasklet_state::blocked; }
+bool tasklet::scheduled() const noexcept {
+  return impl_ && (impl_->state == tasklet_state::runnable || impl_->state == tasklet_state::blocked);
+}
+bool tasklet::paused() const noexcept { return impl_ && impl_->state == tasklet_state::paused; }
+bool tasklet::is_main() const noexcept { return impl_ && impl_->is_main; }
+bool tasklet::is_current() const noexcept {
+  return impl_ && impl_->owner_thread == std::this_thread::get_id() && detail::this_runtime().current == impl_;
+}
+
+std::string tasklet::name() const {
+  if (!impl_) return {};
+  if (!impl_->name.empty()) return impl_->name;
+  return impl_->is_main ? std::string("main") : fmt::format("tasklet-{}", impl_->id);
+}
+
+void tasklet::set_name(std::string name) {
+  if (!impl_) throw std::logic_error("cannot name an empty tasklet handle");
+  impl_->name = std::move(name);
+}
+
+void run() {
+  intent in{.kind = intent_kind::run_main};
+  perform(in);
+}
+
+void schedule() {
+  intent in{.kind = intent_kind::yield};
+  perform(in);
+}
+
+void schedule_remove() {
+  intent in{.kind = intent_kind::remove_self};
+  perform(in);
+}
+
+tasklet getcurrent() { return tasklet::from_impl(detail::this_runtime().current); }
+tasklet getmain() { return tasklet::from_impl(detail::this_runtime().main); }
+int getruncount() { return static_cast<int>(detail::this_runtime().ring_size); }
+
+}  // namespace weft

@@ -1,0 +1,314 @@
+// apply(): the one function that changes scheduler state — the runnable ring, tasklet states and
+// channel wait queues — for every intent (weft/detail/intent.hpp). The rules are Stackless 3.7.5's,
+// as observed and written down in ../shared/stackless/SEMANTICS.md; section numbers below refer to it.
+//
+// apply() never switches context: it decides who runs next and returns it. With one worker perform()
+// switches at once; a parallel commit will call apply() on committed state instead. An intent that
+// is an error (Stackless raises) throws before it changes anything.
+//
+// Ring vocabulary: the ring is circular with the running tasklet at `head`; "append" inserts just
+// before head, i.e. at the tail; "rotate to T" sets head = T without relinking, so the cyclic order
+// (and the caller's place in it) is unchanged.
+#include <stdexcept>
+
+#include "runtime.hpp"
+
+namespace weft::detail {
+
+namespace msg {
+constexpr const char* unbound = "You cannot run an unbound(dead) tasklet";
+constexpr const char* blocked = "You cannot run a blocked tasklet";
+constexpr const char* remove_current = "The current tasklet cannot be removed.";
+constexpr const char* remove_blocked = "You cannot remove a blocked tasklet.";
+constexpr const char* throw_dead = "You cannot throw to a dead tasklet";
+constexpr const char* other_thread = "can't switch to a different thread.";
+constexpr const char* run_not_main = "run() must be run from the main tasklet.";
+constexpr const char* deadlock = "Deadlock: the last runnable tasklet cannot be blocked.";
+constexpr const char* main_receiving = "the main tasklet is receiving without a sender available.";
+constexpr const char* main_sending = "the main tasklet is sending without a receiver available.";
+constexpr const char* channel_other_thread =
+    "can't switch to a different thread.: this channel is used by tasklets of another thread";
+}  // namespace msg
+
+namespace {
+
+[[noreturn]] void misuse(const char* what) { throw std::logic_error(what); }
+
+// --- ring ---------------------------------------------------------------------------------------
+void link_before(tasklet_impl* pos, tasklet_impl* t) noexcept {
+  t->next = pos;
+  t->prev = pos->prev;
+  pos->prev->next = t;
+  pos->prev = t;
+}
+
+void unlink(tasklet_impl* t) noexcept {
+  t->prev->next = t->next;
+  t->next->prev = t->prev;
+  t->next = t->prev = nullptr;
+}
+
+// Appends t at the tail of the ring (just before the head) and makes it runnable.
+void ring_append(runtime& r, tasklet_impl* t) noexcept {
+  if (r.head) {
+    link_before(r.head, t);
+  } else {
+    t->next = t->prev = t;
+    r.head = t;
+  }
+  ++r.ring_size;
+  t->state = tasklet_state::runnable;
+  t->in_run = false;
+  enlist(r, t);
+}
+
+// Puts t right after `pos` (which is in the ring).
+void ring_insert_after(runtime& r, tasklet_impl* pos, tasklet_impl* t) noexcept {
+  link_before(pos->next, t);
+  ++r.ring_size;
+  t->state = tasklet_state::runnable;
+  t->in_run = false;
+  enlist(r, t);
+}
+
+// Takes t out of the ring; if it was the head, its successor becomes the head. The caller sets the
+// new state.
+void ring_unlink(runtime& r, tasklet_impl* t) noexcept {
+  if (t->next == t) {
+    r.head = nullptr;
+    t->next = t->prev = nullptr;
+  } else {
+    if (r.head == t) r.head = t->next;
+    unlink(t);
+  }
+  --r.ring_size;
+}
+
+// --- channel queues -----------------------------------------------------------------------------
+void queue_append(channel_core* c, tasklet_impl* t, int direction) noexcept {
+  if (c->head) {
+    link_before(c->head, t);
+  } else {
+    t->next = t->prev = t;
+    c->head = t;
+  }
+  c->balance += direction;
+  t->direction = static_cast<std::int8_t>(direction);
+  t->channel = c;
+  t->state = tasklet_state::blocked;
+  channel_retain(c);  // a blocked tasklet keeps its channel alive
+}
+
+// Takes the blocked tasklet t out of its channel's queue; t becomes paused.
+void queue_remove(tasklet_impl* t) noexcept {
+  channel_core* c = t->channel;
+  if (t->next == t) {
+    c->head = nullptr;
+    t->next = t->prev = nullptr;
+  } else {
+    if (c->head == t) c->head = t->next;
+    unlink(t);
+  }
+  c->balance -= t->direction;
+  t->channel = nullptr;
+  t->slot = nullptr;
+  t->state = tasklet_state::paused;
+  channel_release(c);
+}
+
+// Who runs when the ring may have become empty: the head, or else main resumes by itself (§1.5,
+// §1.6, §1.9) — or, if main is blocked on a channel, with a deadlock error (§4.2).
+tasklet_impl* next_to_run(runtime& r) {
+  if (r.head) return r.head;
+  tasklet_impl* m = r.main;
+  if (m->state == tasklet_state::blocked) {
+    int direction = m->direction;
+    m->send_exception = nullptr;
+    queue_remove(m);
+    m->pending = std::make_exception_ptr(deadlock_error(direction < 0 ? msg::main_receiving : msg::main_sending));
+  }
+  ring_append(r, m);
+  return m;
+}
+
+// Checks common to run/insert/switch_to (§5).
+void check_runnable_target(runtime& r, const tasklet_impl* t) {
+  if (!t || t->state == tasklet_state::dead) misuse(msg::unbound);
+  if (t->owner != &r) misuse(msg::other_thread);
+  if (t->state == tasklet_state::blocked) misuse(msg::blocked);
+}
+
+void leave_ring_paused(runtime& r, tasklet_impl* t) noexcept {
+  ring_unlink(r, t);
+  t->state = tasklet_state::paused;
+  t->in_run = false;
+}
+
+apply_result apply_channel_op(runtime& r, intent& in) {
+  channel_core* c = in.channel;
+  tasklet_impl* self = r.current;
+  const int d = in.value;
+  if (c->owner != &r) {
+    if (c->owner && c->head) misuse(msg::channel_other_thread);
+    c->owner = &r;
+  }
+  const bool partner_waiting = d > 0 ? c->balance < 0 : c->balance > 0;
+  if (partner_waiting) {  // §2.2: the value passes at once
+    tasklet_impl* p = c->head;
+    if (d > 0) {
+      if (in.exception)
+        p->pending = std::move(in.exception);  // §2.5: the receiver's receive() throws it
+      else
+        c->move(p->slot, in.slot);
+    } else if (p->send_exception) {
+      self->pending = std::move(p->send_exception);
+    } else {
+      c->move(in.slot, p->slot);
+    }
+    p->send_exception = nullptr;
+    queue_remove(p);
+    if (c->schedule_all) {          // P to the tail, the caller yields: O1 O2 P C
+      ring_append(r, p);
+      r.head = self->next;
+    } else if (c->preference == -d) {  // P right after the caller, and P runs now: P O1 O2 C
+      ring_insert_after(r, self, p);
+      r.head = p;
+    } else {                        // P to the tail, the caller continues: C O1 O2 P
+      ring_append(r, p);
+    }
+    return {r.head};
+  }
+  // No partner: the caller would block.
+  if (c->closing) {  // §2.6: fails and changes nothing
+    if (in.nonblocking) return {self, op_status::closed};
+    throw channel_closed();
+  }
+  if (in.nonblocking) return {self, op_status::would_block};
+  if (r.ring_size == 1) {  // §4.1
+    if (self == r.main || r.main->state == tasklet_state::blocked) throw deadlock_error(msg::deadlock);
+  }
+  ring_unlink(r, self);
+  queue_append(c, self, d);
+  self->slot = in.slot;
+  self->send_exception = std::move(in.exception);
+  return {next_to_run(r)};
+}
+
+}  // namespace
+
+apply_result apply(runtime& r, intent& in) {
+  tasklet_impl* self = r.current;
+  tasklet_impl* t = in.target;
+  switch (in.kind) {
+    case intent_kind::yield:  // §1.4
+      if (r.ring_size > 1) r.head = self->next;
+      return {r.head};
+
+    case intent_kind::run_main:  // §1.6
+      if (self != r.main) misuse(msg::run_not_main);
+      if (r.ring_size == 1) return {self};
+      ring_unlink(r, self);
+      self->state = tasklet_state::paused;
+      self->in_run = true;
+      return {r.head};
+
+    case intent_kind::remove_self:  // §1.5, §4.1, §4.3
+      if (r.ring_size == 1) {
+        if (self == r.main) return {self};
+        if (r.main->state == tasklet_state::blocked) throw deadlock_error(msg::deadlock);
+      }
+      leave_ring_paused(r, self);
+      return {next_to_run(r)};
+
+    case intent_kind::insert:  // §1.1, §1.2
+      check_runnable_target(r, t);
+      if (t->state == tasklet_state::paused) ring_append(r, t);
+      return {self};
+
+    case intent_kind::remove:  // §1.3
+      if (!t || t->state == tasklet_state::dead || t->state == tasklet_state::paused) return {self};
+      if (t->owner != &r) misuse(msg::other_thread);
+      if (t == self) misuse(msg::remove_current);
+      if (t->state == tasklet_state::blocked) misuse(msg::remove_blocked);
+      leave_ring_paused(r, t);
+      return {self};
+
+    case intent_kind::run:  // §1.8
+      check_runnable_target(r, t);
+      if (t == self) return {self};
+      if (t->state == tasklet_state::paused) ring_append(r, t);
+      r.head = t;
+      return {t};
+
+    case intent_kind::switch_to:  // §1.9
+      check_runnable_target(r, t);
+      if (t == self) return {self};
+      if (t->state == tasklet_state::paused) ring_append(r, t);
+      leave_ring_paused(r, self);
+      r.head = t;
+      return {t};
+
+    case intent_kind::raise: {  // §3.1 - §3.4
+      if (!t || t->state == tasklet_state::dead) {
+        if (in.kill) return {self};
+        misuse(msg::throw_dead);
+      }
+      if (t->owner != &r) misuse(msg::other_thread);
+      if (t == self) std::rethrow_exception(in.exception);  // thrown in the caller, at once
+      if (in.kill && !t->started && t->state == tasklet_state::paused) {  // dies at once, nobody runs
+        t->state = tasklet_state::dead;
+        --r.alive;
+        t->drop_function();
+        retire(r, t);
+        return {self};
+      }
+      if (t->state == tasklet_state::blocked) {
+        t->send_exception = nullptr;
+        queue_remove(t);
+      }
+      if (in.shutdown && t->state == tasklet_state::runnable) leave_ring_paused(r, t);
+      if (t->state == tasklet_state::paused) ring_append(r, t);
+      t->pending = std::move(in.exception);
+      r.head = t;  // rotate to t (a shutdown victim was appended just before main: it runs, then main)
+      return {t};
+    }
+
+    case intent_kind::exit: {  // §1.10, §3.2, §3.5
+      ring_unlink(r, self);
+      self->state = tasklet_state::dead;
+      --r.alive;
+      if (!in.exception) return {next_to_run(r)};
+      // An exception escaped: main becomes current at once and gets it where it waits.
+      tasklet_impl* m = r.main;
+      if (m->state != tasklet_state::runnable) {
+        if (m->state == tasklet_state::blocked) {
+          m->send_exception = nullptr;
+          queue_remove(m);
+        }
+        ring_append(r, m);  // i.e. in the dead tasklet's place, just before its successor
+      }
+      m->pending = std::move(in.exception);
+      r.head = m;
+      return {m};
+    }
+
+    case intent_kind::channel_op:
+      return apply_channel_op(r, in);
+
+    case intent_kind::channel_close:
+      in.channel->closing = true;  // §2.6: blocked tasklets are not woken
+      return {self};
+    case intent_kind::channel_open:
+      in.channel->closing = false;
+      return {self};
+    case intent_kind::channel_preference:
+      in.channel->preference = in.value;
+      return {self};
+    case intent_kind::channel_schedule_all:
+      in.channel->schedule_all = in.value != 0;
+      return {self};
+  }
+  return {self};
+}
+
+}  // namespace weft::detail

@@ -1,0 +1,284 @@
+// The per-thread runtime: creation on first use, the switch driver (perform), the first and last
+// code of every tasklet (tasklet_entry / exit), retirement of dead tasklets, and shutdown.
+//
+// perform() is the only place that switches context after applying an intent; tasklet_entry's exit
+// path is the only place a tasklet leaves for good. Both run on the owning thread.
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "runtime.hpp"
+
+namespace weft::detail {
+
+options effective_options();  // options.cpp
+void runtime_started();       // options.cpp
+void runtime_stopped();       // options.cpp
+
+namespace {
+
+// The main tasklet has no function: its code is whatever the thread runs.
+class main_tasklet final : public tasklet_impl {
+ public:
+  void invoke() override {}
+  void drop_function() noexcept override {}
+};
+
+// The thread's reference to its runtime; ending the thread shuts the runtime down.
+struct runtime_holder {
+  runtime* rt = nullptr;
+  ~runtime_holder() {
+    if (!rt) return;
+    if (rt->current == rt->main) {
+      try {
+        weft::shutdown();
+      } catch (...) {
+      }
+    } else {
+      // The thread is ending while a tasklet runs (std::exit from a tasklet): nothing can be unwound.
+      detach();
+    }
+  }
+  void detach() noexcept {
+    runtime* r = std::exchange(rt, nullptr);
+    runtime_stopped();
+    if (r->pool && r->pool->in_use() == 0) r->pool.reset();  // dead tasklets' handles may keep r a while
+    tasklet_impl* m = std::exchange(r->main, nullptr);
+    release(m);
+    release_runtime(r);
+  }
+};
+thread_local runtime_holder holder;
+
+[[noreturn]] void rethrow_pending(tasklet_impl* t) {
+  std::exception_ptr e = std::move(t->pending);
+  t->pending = nullptr;
+  std::rethrow_exception(std::move(e));
+}
+
+// Makes `to` run; returns when `from` runs again.
+inline void transfer(runtime& r, tasklet_impl* from, tasklet_impl* to) {
+  r.current = to;
+  if (!to->started) context_prepare(to, r.stacks().allocate());
+  tasklet_impl* prev = context_switch(from, to);
+  if (prev->state == tasklet_state::dead) retire(*from->owner, prev);
+}
+
+}  // namespace
+
+runtime::runtime() : config(effective_options()) {
+  auto* m = new main_tasklet;
+  m->is_main = true;
+  m->owner = this;
+  m->owner_thread = std::this_thread::get_id();
+  m->refs.store(1, std::memory_order_relaxed);  // the holder's reference, dropped at detach
+  m->state = tasklet_state::runnable;
+  m->next = m->prev = m;
+  control_blocks.fetch_add(1, std::memory_order_relaxed);
+  refs.fetch_add(1, std::memory_order_relaxed);  // main's reference to us
+  context_adopt_thread(m);
+  main = current = head = m;
+  ring_size = 1;
+}
+
+runtime::~runtime() = default;
+
+stack_pool& runtime::stacks() {
+  if (!pool) pool = std::make_unique<stack_pool>(config.stack_size, config.stack_guard.value_or(false));
+  return *pool;
+}
+
+runtime& this_runtime() {
+  if (!holder.rt) [[unlikely]] {
+    holder.rt = new runtime;  // may throw (bad WEFT_* settings): then nothing is counted
+    runtime_started();
+  }
+  return *holder.rt;
+}
+
+void release_runtime(runtime* r) noexcept {
+  // acq_rel: the last owner sees everything the others wrote before it deletes.
+  if (r && r->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete r;
+}
+
+void adopt(tasklet_impl* t) {
+  runtime& r = this_runtime();
+  t->owner = &r;
+  t->owner_thread = std::this_thread::get_id();
+  t->id = r.next_id++;
+  ++r.alive;
+  r.control_blocks.fetch_add(1, std::memory_order_relaxed);
+  r.refs.fetch_add(1, std::memory_order_relaxed);  // released in destroy()
+}
+
+void destroy(tasklet_impl* t) noexcept {
+  runtime* r = t->owner;
+  if (!t->is_main && t->state != tasklet_state::dead && r) {
+    // Only a bound tasklet that was never inserted can lose its last handle while alive.
+    --r->alive;
+  }
+  delete t;
+  if (r) {
+    r->control_blocks.fetch_sub(1, std::memory_order_relaxed);
+    release_runtime(r);
+  }
+}
+
+tasklet_impl::~tasklet_impl() = default;
+
+void enlist(runtime& r, tasklet_impl* t) noexcept {
+  if (t->registered || t->is_main) return;
+  t->registered = true;
+  retain(t);
+  t->all_prev = r.all_last;
+  t->all_next = nullptr;
+  (r.all_last ? r.all_last->all_next : r.all_first) = t;
+  r.all_last = t;
+}
+
+void delist(runtime& r, tasklet_impl* t) noexcept {
+  if (!t->registered) return;
+  t->registered = false;
+  (t->all_prev ? t->all_prev->all_next : r.all_first) = t->all_next;
+  (t->all_next ? t->all_next->all_prev : r.all_last) = t->all_prev;
+  t->all_next = t->all_prev = nullptr;
+  release(t);
+}
+
+void retire(runtime& r, tasklet_impl* t) noexcept {
+  if (t->stack) {
+    r.stacks().release(t->stack);
+    t->stack = {};
+  }
+  context_release(t);
+  t->pending = nullptr;
+  delist(r, t);
+}
+
+op_status perform(intent& in) {
+  runtime& r = this_runtime();
+  tasklet_impl* self = r.current;
+  apply_result res = apply(r, in);
+  if (res.next != self) transfer(r, self, res.next);
+  if (self->pending) [[unlikely]] rethrow_pending(self);
+  return res.status;
+}
+
+[[noreturn]] void tasklet_entry(tasklet_impl* prev, tasklet_impl* self) {
+  runtime& r = *self->owner;
+  if (prev->state == tasklet_state::dead) retire(r, prev);
+  std::exception_ptr escaped;
+  try {
+    if (self->pending) rethrow_pending(self);  // killed or raised into before it ever ran (§3.3, §3.4)
+    self->invoke();
+  } catch (const tasklet_exit&) {
+    // §3.2: uncaught, a kill ends the tasklet silently.
+  } catch (...) {
+    escaped = std::current_exception();
+  }
+  self->drop_function();
+  tasklet_impl* next;
+  {
+    intent in{.kind = intent_kind::exit, .exception = std::move(escaped)};
+    next = apply(r, in).next;
+  }
+  r.current = next;
+  if (!next->started) context_prepare(next, r.stacks().allocate());
+  context_exit(self, next);
+}
+
+}  // namespace weft::detail
+
+namespace weft {
+
+using namespace detail;
+
+resource_counts resources() {
+  runtime& r = this_runtime();
+  resource_counts c;
+  c.live_tasklets = r.alive;
+  c.control_blocks = r.control_blocks.load(std::memory_order_relaxed);
+  if (r.pool) {
+    c.stacks_in_use = r.pool->in_use();
+    c.stacks_cached = r.pool->cached();
+    c.stack_bytes_reserved = r.pool->reserved_bytes();
+  }
+  return c;
+}
+
+resource_counts shutdown() {
+  runtime* r = holder.rt;
+  if (!r) return {};
+  if (r->current != r->main) throw std::logic_error("weft::shutdown() must be called from the main tasklet");
+  r->shutting_down = true;
+  // A tasklet may catch tasklet_exit and go on; give every tasklet a few chances, then give up.
+  for (int round = 0; round < 4; ++round) {
+    std::vector<tasklet> victims;
+    for (tasklet_impl* t = r->main->next; t != r->main; t = t->next) victims.push_back(tasklet::from_impl(t));
+    std::vector<channel_core*> seen;
+    for (tasklet_impl* t = r->all_first; t; t = t->all_next) {
+      if (t->state != tasklet_state::blocked) continue;
+      channel_core* c = t->channel;
+      if (std::find(seen.begin(), seen.end(), c) != seen.end()) continue;
+      seen.push_back(c);
+      tasklet_impl* q = c->head;
+      do {
+        victims.push_back(tasklet::from_impl(q));
+        q = q->next;
+      } while (q != c->head);
+    }
+    for (tasklet_impl* t = r->all_first; t; t = t->all_next)
+      if (t->state == tasklet_state::paused) victims.push_back(tasklet::from_impl(t));
+    if (victims.empty()) break;
+    for (tasklet& v : victims) {
+      if (!v.alive()) continue;
+      try {
+        intent in{.kind = intent_kind::raise, .target = v.impl(), .kill = true, .shutdown = true,
+                  .exception = std::make_exception_ptr(tasklet_exit{})};
+        perform(in);
+      } catch (const tasklet_exit&) {
+      } catch (const std::exception& e) {
+        spdlog::warn("weft: exception while killing tasklet '{}' at shutdown: {}", v.name(), e.what());
+      } catch (...) {
+        spdlog::warn("weft: exception while killing tasklet '{}' at shutdown", v.name());
+      }
+    }
+  }
+  resource_counts counts = resources();
+  if (counts.live_tasklets != 0)
+    spdlog::warn("weft: {} tasklets refused to die at shutdown; their stacks are leaked", counts.live_tasklets);
+  r->shutting_down = false;
+  holder.detach();
+  return counts;
+}
+
+void detail::write_output(std::string_view text) {
+  std::fwrite(text.data(), 1, text.size(), stdout);
+}
+
+}  // namespace weft
+
+namespace weft::detail {
+
+channel_core* channel_create(void (*move)(void* dst, void* src)) {
+  auto* c = new channel_core;
+  c->move = move;
+  return c;
+}
+
+void channel_retain(channel_core* c) noexcept {
+  c->refs.fetch_add(1, std::memory_order_relaxed);  // made from an existing reference
+}
+
+void channel_release(channel_core* c) noexcept {
+  // acq_rel: the last release sees all writes made through other references before deleting.
+  if (c && c->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete c;
+}
+
+channel_view channel_read(const channel_core* c) noexcept {
+  return {c->balance, c->preference, c->schedule_all, c->closing};
+}
+
+}  // namespace weft::detail

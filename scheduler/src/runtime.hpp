@@ -1,0 +1,81 @@
+// The per-thread runtime (private to scheduler/).
+//
+// State: the runnable ring (a circular list through tasklet_impl::next/prev whose head is the tasklet
+// that runs), the main tasklet, the list of registered tasklets (for shutdown), the stack pool and
+// counters; plus, in channel_core, each channel's FIFO of blocked tasklets. Invariants between switch
+// points: the running tasklet is `current` and is the ring's `head`; a tasklet is in the ring iff its
+// state is runnable, in exactly one channel queue iff blocked; `ring_size` counts the ring; every
+// channel's balance equals (#blocked senders - #blocked receivers) in its queue.
+//
+// Only the owning thread touches a runtime, and only apply() changes ring, states and channel queues.
+// The object is shared (refs) by the thread and by every control block it made, so that a handle that
+// outlives the thread can still be destroyed safely.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+#include "weft/detail/context.hpp"
+#include "weft/detail/intent.hpp"
+#include "weft/gc.hpp"
+#include "weft/scheduler.hpp"
+
+namespace weft::detail {
+
+struct channel_core {
+  std::atomic<std::uint32_t> refs{1};  // handles + blocked tasklets
+  tasklet_impl* head = nullptr;        // oldest blocked tasklet (circular list through next/prev)
+  int balance = 0;
+  int preference = -1;
+  bool schedule_all = false;
+  bool closing = false;
+  runtime* owner = nullptr;            // the runtime that first operated on it
+  void (*move)(void* dst, void* src) = nullptr;
+};
+
+struct runtime {
+  runtime();
+  ~runtime();
+
+  std::atomic<std::uint32_t> refs{1};        // the thread's holder + every control block made here
+  std::atomic<std::size_t> control_blocks{0};  // control blocks not yet destroyed (main included)
+
+  tasklet_impl* main = nullptr;
+  tasklet_impl* current = nullptr;  // the running tasklet
+  tasklet_impl* head = nullptr;     // ring head; nullptr when the ring is empty
+  std::size_t ring_size = 0;
+
+  tasklet_impl* all_first = nullptr;  // registered tasklets, in order of first insertion
+  tasklet_impl* all_last = nullptr;
+  std::size_t alive = 0;  // tasklets bound here and not dead (main excluded)
+
+  std::uint64_t next_id = 1;
+  bool shutting_down = false;
+  options config;
+
+  stack_pool& stacks();
+  std::unique_ptr<stack_pool> pool;  // made on first use
+};
+
+/// The calling thread's runtime, made on first use. Not inlined: a tasklet may one day resume on
+/// another thread, and the compiler must not reuse a thread-local address computed before a switch.
+runtime& this_runtime();
+
+struct apply_result {
+  tasklet_impl* next;  // who runs now (may be the caller)
+  op_status status = op_status::ok;
+};
+/// The one function that changes scheduler and channel state (see weft/detail/intent.hpp).
+apply_result apply(runtime& r, intent& in);
+
+/// A dead tasklet nobody runs on any more: gives its stack back and drops the runtime's reference.
+void retire(runtime& r, tasklet_impl* t) noexcept;
+
+void release_runtime(runtime* r) noexcept;
+
+/// The registry of inserted tasklets, which holds the runtime's reference to each (shutdown walks it).
+void enlist(runtime& r, tasklet_impl* t) noexcept;
+void delist(runtime& r, tasklet_impl* t) noexcept;  // may destroy t
+
+}  // namespace weft::detail

@@ -1,0 +1,62 @@
+// weft/detail/context.hpp — execution contexts of tasklets (private to weft).
+//
+// The tasklet module is the only place that knows Boost.Context. It uses the raw
+// make_fcontext/jump_fcontext pair, not boost::context::fiber: rollback (DESIGN.md §5) resumes the
+// same saved context a second time after restoring the stack, and a destroyed fiber would unwind.
+//
+// Protocol: the running tasklet `from` calls context_switch(from, to); when some tasklet later
+// switches back to `from`, context_switch returns the tasklet that did so, whose own context has just
+// been saved in its control block. A tasklet that has never run starts in tasklet_entry(prev, self),
+// defined by the scheduler. A dying tasklet leaves with context_exit and is never resumed; whoever
+// runs next sees it as `prev` and may then release its stack (nobody is running on it any more).
+//
+// Also here: the per-tasklet C++ exception-handling state (the thread's "caught exceptions" chain
+// must follow the tasklet, or a switch inside a catch block corrupts it) and the sanitizer fiber
+// annotations, compiled in only for ASan/TSan builds.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+#include "weft/detail/tasklet_impl.hpp"
+
+namespace weft::detail {
+
+/// Gives a tasklet that has never run its first context on `stack`.
+void context_prepare(tasklet_impl* t, stack_extent stack);
+/// Suspends `from` (the running tasklet) and resumes `to`; returns when `from` is resumed.
+tasklet_impl* context_switch(tasklet_impl* from, tasklet_impl* to);
+/// Leaves the dead tasklet `from` for good and resumes `to`.
+[[noreturn]] void context_exit(tasklet_impl* from, tasklet_impl* to);
+/// Frees what a dead tasklet's context holds apart from its stack (sanitizer fiber state).
+void context_release(tasklet_impl* t) noexcept;
+/// Makes the thread's own stack the context of its main tasklet.
+void context_adopt_thread(tasklet_impl* main);
+
+/// Defined by the scheduler: the first code a tasklet runs, on its own stack. `prev` is the tasklet
+/// that switched to it.
+[[noreturn]] void tasklet_entry(tasklet_impl* prev, tasklet_impl* self);
+
+/// A copy of the used part of a suspended tasklet's stack, [context, top), plus the registers saved
+/// there and its exception-handling state: restoring it makes the tasklet resume as if nothing it did
+/// since the snapshot had run (no unwinding, no destructors). Buffers are reused across snapshots.
+class stack_snapshot {
+ public:
+  std::size_t size() const noexcept { return size_; }
+  bool empty() const noexcept { return context_ == nullptr; }
+
+ private:
+  friend void snapshot_stack(const tasklet_impl&, stack_snapshot&);
+  friend void restore_stack(tasklet_impl&, const stack_snapshot&);
+  void* context_ = nullptr;
+  void* eh_globals_[2] = {nullptr, nullptr};
+  std::unique_ptr<std::byte[]> bytes_;
+  std::size_t size_ = 0;
+  std::size_t capacity_ = 0;
+};
+
+/// t must be suspended (started, not running, not main).
+void snapshot_stack(const tasklet_impl& t, stack_snapshot& into);
+void restore_stack(tasklet_impl& t, const stack_snapshot& from);
+
+}  // namespace weft::detail

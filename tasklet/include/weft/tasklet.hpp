@@ -1,0 +1,97 @@
+// weft/tasklet.hpp — tasklet handles (Stackless' `tasklet`).
+//
+// A weft::tasklet is a cheap, copyable handle with shared ownership of one tasklet. `tasklet t(f)` is
+// Stackless' `tasklet(f).bind(f, ())`: alive and paused, not scheduled; `spawn(f)` is `tasklet(f)()`:
+// bound and inserted at the tail of the runnable ring. The operations follow Stackless exactly
+// (../shared/stackless/SEMANTICS.md §1, §3, §5); misuse throws std::logic_error with Stackless'
+// message. A tasklet belongs to the thread that created it.
+#pragma once
+
+#include <exception>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "weft/detail/tasklet_impl.hpp"
+
+namespace weft {
+
+/// Thrown inside a tasklet by kill() (Stackless' TaskletExit). Deliberately not derived from
+/// std::exception, so that `catch (const std::exception&)` does not swallow a kill. Uncaught, it ends
+/// the tasklet silently.
+struct tasklet_exit {
+  const char* what() const noexcept { return "TaskletExit"; }
+};
+
+class tasklet {
+ public:
+  /// An empty handle: all flags false; inserting or running it throws.
+  tasklet() noexcept = default;
+
+  /// Binds f (called with no arguments) to a new tasklet: alive and paused, not yet scheduled.
+  template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, tasklet>>>
+  explicit tasklet(F&& f) : impl_(detail::make_tasklet(std::forward<F>(f))) {
+    detail::retain(impl_);
+  }
+
+  tasklet(const tasklet& o) noexcept : impl_(o.impl_) { detail::retain(impl_); }
+  tasklet(tasklet&& o) noexcept : impl_(std::exchange(o.impl_, nullptr)) {}
+  tasklet& operator=(tasklet o) noexcept {
+    std::swap(impl_, o.impl_);
+    return *this;
+  }
+  ~tasklet() { detail::release(impl_); }
+
+  /// Appends the tasklet at the tail of the runnable ring (no effect if scheduled or current).
+  tasklet& insert();
+  /// Takes a runnable tasklet out of the ring (it becomes paused).
+  tasklet& remove();
+  /// Rotates the ring so that this tasklet runs now; the caller keeps its place.
+  void run();
+  /// Like run(), but the caller leaves the ring (paused). Stackless' `switch`.
+  void switch_to();
+  /// Throws tasklet_exit inside the tasklet at once (rotating the ring to it).
+  void kill();
+  /// Throws e inside the tasklet at once (rotating the ring to it).
+  void raise_exception(std::exception_ptr e);
+  template <class E>
+  void throw_(E e) {
+    raise_exception(std::make_exception_ptr(std::move(e)));
+  }
+
+  bool alive() const noexcept;
+  bool blocked() const noexcept;
+  bool scheduled() const noexcept;
+  bool paused() const noexcept;
+  bool is_main() const noexcept;
+  bool is_current() const noexcept;
+  /// The name given with set_name, else "main" or "tasklet-<id>"; "" for an empty handle.
+  std::string name() const;
+  void set_name(std::string name);
+  /// True unless the handle is empty.
+  explicit operator bool() const noexcept { return impl_ != nullptr; }
+
+  friend bool operator==(const tasklet& a, const tasklet& b) noexcept { return a.impl_ == b.impl_; }
+
+  /// Internal: wraps a control block, taking a new reference.
+  static tasklet from_impl(detail::tasklet_impl* t) noexcept {
+    tasklet h;
+    h.impl_ = t;
+    detail::retain(t);
+    return h;
+  }
+  detail::tasklet_impl* impl() const noexcept { return impl_; }
+
+ private:
+  detail::tasklet_impl* impl_ = nullptr;
+};
+
+/// Stackless' `tasklet(f)()`: binds f to a new tasklet and inserts it at the tail of the ring.
+template <class F>
+tasklet spawn(F&& f) {
+  tasklet t(std::forward<F>(f));
+  t.insert();
+  return t;
+}
+
+}  // namespace weft

@@ -1,0 +1,128 @@
+// Context creation and switching on Boost.Context's fcontext, with the C++ exception-handling state
+// and sanitizer fiber annotations that must travel with each tasklet.
+//
+// All of this runs on the owning runtime's thread; nothing here is shared between threads.
+#include <boost/context/detail/fcontext.hpp>
+
+#include "weft/detail/context.hpp"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define WEFT_ASAN 1
+#endif
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define WEFT_TSAN 1
+#endif
+
+// The C++ runtime's per-thread exception state {caught-exceptions chain, uncaught count}. Declared
+// here rather than through <cxxabi.h>, which marks it __attribute__((const)) and so lets the
+// compiler reuse a stale thread-local address after a tasklet moves to another thread.
+extern "C" void* __cxa_get_globals() noexcept;
+
+namespace weft::detail {
+
+namespace ctx = boost::context::detail;
+
+namespace {
+
+// What a jump carries: who left and who was meant to run. It lives on the leaving tasklet's stack,
+// which stays intact until the resumed side has read it (a dead tasklet's stack is released only
+// after that, by its successor).
+struct handoff {
+  tasklet_impl* from;
+  tasklet_impl* to;
+};
+
+inline void save_eh(tasklet_impl* t) noexcept {
+  auto** g = static_cast<void**>(__cxa_get_globals());
+  t->eh_globals[0] = g[0];
+  t->eh_globals[1] = g[1];
+}
+inline void load_eh(const tasklet_impl* t) noexcept {
+  auto** g = static_cast<void**>(__cxa_get_globals());
+  g[0] = t->eh_globals[0];
+  g[1] = t->eh_globals[1];
+}
+
+inline void before_jump([[maybe_unused]] tasklet_impl* from, [[maybe_unused]] tasklet_impl* to,
+                        [[maybe_unused]] bool from_dies) noexcept {
+#ifdef WEFT_ASAN
+  const void* bottom = to->is_main ? to->asan_stack_bottom : to->stack.base;
+  std::size_t size = to->is_main ? to->asan_stack_size : to->stack.size;
+  __sanitizer_start_switch_fiber(from_dies ? nullptr : &from->asan_fake_stack, bottom, size);
+#endif
+#ifdef WEFT_TSAN
+  __tsan_switch_to_fiber(to->tsan_fiber, 0);
+#endif
+}
+
+// `self` has just been resumed; returns the tasklet that resumed it, with its context saved.
+inline tasklet_impl* after_jump([[maybe_unused]] tasklet_impl* self, ctx::transfer_t t) noexcept {
+  tasklet_impl* prev = static_cast<handoff*>(t.data)->from;
+#ifdef WEFT_ASAN
+  const void* bottom = nullptr;
+  std::size_t size = 0;
+  __sanitizer_finish_switch_fiber(self->asan_fake_stack, &bottom, &size);
+  if (prev->is_main) {  // learn the thread stack's bounds, needed to switch back to main
+    prev->asan_stack_bottom = bottom;
+    prev->asan_stack_size = size;
+  }
+#endif
+  prev->context = t.fctx;
+  return prev;
+}
+
+[[noreturn]] void entry_trampoline(ctx::transfer_t t) noexcept {
+  tasklet_impl* self = static_cast<handoff*>(t.data)->to;
+  tasklet_impl* prev = after_jump(self, t);
+  load_eh(self);
+  tasklet_entry(prev, self);
+}
+
+}  // namespace
+
+void context_prepare(tasklet_impl* t, stack_extent stack) {
+  t->stack = stack;
+  t->context = ctx::make_fcontext(stack.top(), stack.size, &entry_trampoline);
+  t->eh_globals[0] = t->eh_globals[1] = nullptr;
+  t->asan_fake_stack = nullptr;
+  t->started = true;
+#ifdef WEFT_TSAN
+  t->tsan_fiber = __tsan_create_fiber(0);
+#endif
+}
+
+tasklet_impl* context_switch(tasklet_impl* from, tasklet_impl* to) {
+  save_eh(from);
+  handoff h{from, to};
+  before_jump(from, to, false);
+  ctx::transfer_t t = ctx::jump_fcontext(to->context, &h);
+  tasklet_impl* prev = after_jump(from, t);
+  load_eh(from);
+  return prev;
+}
+
+void context_exit(tasklet_impl* from, tasklet_impl* to) {
+  handoff h{from, to};
+  before_jump(from, to, true);
+  ctx::jump_fcontext(to->context, &h);
+  __builtin_unreachable();
+}
+
+void context_release([[maybe_unused]] tasklet_impl* t) noexcept {
+#ifdef WEFT_TSAN
+  if (t->tsan_fiber && !t->is_main) __tsan_destroy_fiber(t->tsan_fiber);
+#endif
+  t->tsan_fiber = nullptr;
+  t->context = nullptr;
+}
+
+void context_adopt_thread([[maybe_unused]] tasklet_impl* main) {
+  main->started = true;
+#ifdef WEFT_TSAN
+  main->tsan_fiber = __tsan_get_current_fiber();
+#endif
+}
+
+}  // namespace weft::detail

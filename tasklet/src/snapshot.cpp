@@ -1,0 +1,48 @@
+// Stack snapshot and restore of a suspended tasklet (DESIGN.md §5): the rollback half of a segment.
+//
+// The saved stack pointer (the fcontext value) is the lower bound of what must be kept: the callee-
+// saved registers of the suspended tasklet sit just above it, and everything below it is dead. The
+// copy is a plain word loop compiled without AddressSanitizer checks, because a suspended stack
+// holds poisoned red zones that are not ours to read through the checked path.
+#include <cstring>
+
+#include "weft/detail/context.hpp"
+
+namespace weft::detail {
+
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+__attribute__((no_sanitize_address)) void copy_words(void* dst, const void* src, std::size_t n) noexcept {
+  auto* d = static_cast<volatile unsigned char*>(dst);
+  auto* s = static_cast<const volatile unsigned char*>(src);
+  for (std::size_t i = 0; i < n; ++i) d[i] = s[i];
+}
+#else
+void copy_words(void* dst, const void* src, std::size_t n) noexcept { std::memcpy(dst, src, n); }
+#endif
+
+}  // namespace
+
+void snapshot_stack(const tasklet_impl& t, stack_snapshot& into) {
+  auto* low = static_cast<const char*>(t.context);
+  std::size_t n = static_cast<std::size_t>(t.stack.top() - low);
+  if (into.capacity_ < n) {
+    into.bytes_ = std::make_unique_for_overwrite<std::byte[]>(n);
+    into.capacity_ = n;
+  }
+  copy_words(into.bytes_.get(), low, n);
+  into.size_ = n;
+  into.context_ = t.context;
+  into.eh_globals_[0] = t.eh_globals[0];
+  into.eh_globals_[1] = t.eh_globals[1];
+}
+
+void restore_stack(tasklet_impl& t, const stack_snapshot& from) {
+  copy_words(from.context_, from.bytes_.get(), from.size_);
+  t.context = from.context_;
+  t.eh_globals[0] = from.eh_globals_[0];
+  t.eh_globals[1] = from.eh_globals_[1];
+}
+
+}  // namespace weft::detail
