@@ -132,9 +132,16 @@ tasklet_impl* next_to_run(runtime& r) {
 }
 
 // Checks common to run/insert/switch_to (§5).
+void check_owner(runtime& r, const tasklet_impl* t) {
+  if (t->owner == &r) return;
+  if (t->owner_thread == std::this_thread::get_id())
+    misuse("this tasklet belongs to a runtime that weft::shutdown() ended; make a new one");
+  misuse(msg::other_thread);
+}
+
 void check_runnable_target(runtime& r, const tasklet_impl* t) {
   if (!t || t->state == tasklet_state::dead) misuse(msg::unbound);
-  if (t->owner != &r) misuse(msg::other_thread);
+  check_owner(r, t);
   if (t->state == tasklet_state::blocked) misuse(msg::blocked);
 }
 
@@ -227,7 +234,7 @@ apply_result apply(runtime& r, intent& in) {
 
     case intent_kind::remove:  // §1.3
       if (!t || t->state == tasklet_state::dead || t->state == tasklet_state::paused) return {self};
-      if (t->owner != &r) misuse(msg::other_thread);
+      check_owner(r, t);
       if (t == self) misuse(msg::remove_current);
       if (t->state == tasklet_state::blocked) misuse(msg::remove_blocked);
       leave_ring_paused(r, t);
@@ -253,11 +260,11 @@ apply_result apply(runtime& r, intent& in) {
         if (in.kill) return {self};
         misuse(msg::throw_dead);
       }
-      if (t->owner != &r) misuse(msg::other_thread);
+      check_owner(r, t);
       if (t == self) std::rethrow_exception(in.exception);  // thrown in the caller, at once
       if (in.kill && !t->started && t->state == tasklet_state::paused) {  // dies at once, nobody runs
         t->state = tasklet_state::dead;
-        --r.alive;
+        if (t->registered) --r.alive;
         t->drop_function();
         retire(r, t);
         return {self};

@@ -4,6 +4,7 @@
 // perform() is the only place that switches context after applying an intent; tasklet_entry's exit
 // path is the only place a tasklet leaves for good. Both run on the owning thread.
 #include <algorithm>
+#include <mutex>
 #include <cstdio>
 #include <vector>
 
@@ -26,6 +27,10 @@ class main_tasklet final : public tasklet_impl {
   void drop_function() noexcept override {}
 };
 
+// Runtimes whose tasklets refused to die at shutdown: kept reachable (their stacks stay mapped).
+std::mutex abandoned_lock;
+std::vector<runtime*> abandoned;
+
 // The thread's reference to its runtime; ending the thread shuts the runtime down.
 struct runtime_holder {
   runtime* rt = nullptr;
@@ -45,6 +50,10 @@ struct runtime_holder {
     runtime* r = std::exchange(rt, nullptr);
     runtime_stopped();
     if (r->pool && r->pool->in_use() == 0) r->pool.reset();  // dead tasklets' handles may keep r a while
+    if (r->alive != 0) {
+      std::lock_guard lock(abandoned_lock);
+      abandoned.push_back(r);
+    }  // tasklets that refused to die: leaked on purpose
     tasklet_impl* m = std::exchange(r->main, nullptr);
     release(m);
     release_runtime(r);
@@ -108,17 +117,12 @@ void adopt(tasklet_impl* t) {
   t->owner = &r;
   t->owner_thread = std::this_thread::get_id();
   t->id = r.next_id++;
-  ++r.alive;
   r.control_blocks.fetch_add(1, std::memory_order_relaxed);
   r.refs.fetch_add(1, std::memory_order_relaxed);  // released in destroy()
 }
 
 void destroy(tasklet_impl* t) noexcept {
   runtime* r = t->owner;
-  if (!t->is_main && t->state != tasklet_state::dead && r) {
-    // Only a bound tasklet that was never inserted can lose its last handle while alive.
-    --r->alive;
-  }
   delete t;
   if (r) {
     r->control_blocks.fetch_sub(1, std::memory_order_relaxed);
@@ -131,6 +135,7 @@ tasklet_impl::~tasklet_impl() = default;
 void enlist(runtime& r, tasklet_impl* t) noexcept {
   if (t->registered || t->is_main) return;
   t->registered = true;
+  ++r.alive;
   retain(t);
   t->all_prev = r.all_last;
   t->all_next = nullptr;

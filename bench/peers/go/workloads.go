@@ -3,27 +3,29 @@
 // What it measures: the cost of goroutines and unbuffered channels on ONE processor (GOMAXPROCS=1 is
 // forced below), for the workloads defined in /work/shared/ANCHORS.md ("Microthread runtimes"):
 //
-//   yield      2 goroutines calling runtime.Gosched; N switches in total (default 10,000,000).
-//              ns_per_op = ns per switch; checksum = number of Gosched calls (= N).
-//   pingpong   main sends i on an unbuffered channel, a partner answers i+1 on another; N round trips
-//              (default 1,000,000). ns_per_op = ns per round trip; checksum = sum of answers = N(N+1)/2.
-//   spawn      N goroutines (default 1,000,000) each blocking on a receive from ONE shared channel.
-//              ns_per_op = ns per task to spawn it and get it blocked; bytes_per_task = VmRSS delta / N;
-//              teardown_ms = close the channel and wait until all N have finished; checksum = N.
-//   sieve      the classic concurrent prime sieve (generator + one filter goroutine per prime, chained by
-//              unbuffered channels), first N primes (default 2,000; sum 16274627). checksum = sum.
-//              teardown_ms = 0: Go cannot reclaim the blocked chain without changing the algorithm.
-//   hackysack  K goroutines (default 1,000) each owning an unbuffered channel; main sends ball 0 to task 0;
-//              the holder computes nb = ball + 1, stops at nb == P (P = N, default 1,000,000), else picks
-//              t = xorshift64() % K (t == self -> (t + 1) % K), adds t to the checksum and sends nb to t.
-//              xorshift64: x ^= x << 13; x ^= x >> 7; x ^= x << 17, seed 88172645463325252.
-//              Checksums: K=1,000 -> 499382756, K=100,000 -> 50011331750.
-//              total_ms covers creating the K channels and goroutines plus all passes; teardown_ms =
-//              closing all channels and waiting for the K goroutines to end.
+//	yield      2 goroutines calling runtime.Gosched; N switches in total (default 10,000,000).
+//	           ns_per_op = ns per switch; checksum = number of Gosched calls (= N).
+//	pingpong   main sends i on an unbuffered channel, a partner answers i+1 on another; N round trips
+//	           (default 1,000,000). ns_per_op = ns per round trip; checksum = sum of answers = N(N+1)/2.
+//	spawn      N goroutines (default 1,000,000) each blocking on a receive from ONE shared channel.
+//	           ns_per_op = ns per task to spawn it and get it blocked; bytes_per_task = VmRSS delta / N;
+//	           teardown_ms = close the channel and wait until all N have finished; checksum = N.
+//	sieve      the classic concurrent prime sieve (generator + one filter goroutine per prime, chained by
+//	           unbuffered channels), first N primes (default 2,000; sum 16274627). checksum = sum.
+//	           teardown_ms = 0: Go cannot reclaim the blocked chain without changing the algorithm.
+//	hackysack  K goroutines (default 1,000) each owning an unbuffered channel; main sends ball 0 to task 0;
+//	           the holder computes nb = ball + 1, stops at nb == P (P = N, default 1,000,000), else picks
+//	           t = xorshift64() % K (t == self -> (t + 1) % K), adds t to the checksum and sends nb to t.
+//	           xorshift64: x ^= x << 13; x ^= x >> 7; x ^= x << 17, seed 88172645463325252.
+//	           Checksums: K=1,000 -> 499382756, K=100,000 -> 50011331750.
+//	           total_ms covers creating the K channels and goroutines plus all passes; teardown_ms =
+//	           closing all channels and waiting for the K goroutines to end.
 //
 // Usage: workloads WORKLOAD [N] [K]. Prints exactly one JSON line on stdout:
-//   {"impl":"go","workload":...,"n":...,"k":...,"ns_per_op":...,"total_ms":...,"checksum":...,
-//    "bytes_per_task":...,"teardown_ms":...}
+//
+//	{"impl":"go","workload":...,"n":...,"k":...,"ns_per_op":...,"total_ms":...,"checksum":...,
+//	 "bytes_per_task":...,"teardown_ms":...}
+//
 // Timing uses time.Now/time.Since (monotonic) around the workload only.
 // Build: GO111MODULE=off go build -o go_workloads workloads.go   (standard library only)
 package main

@@ -19,7 +19,7 @@ namespace weft {
 
 /// Counters of the calling thread's runtime, for leak checks and memory accounting.
 struct resource_counts {
-  std::size_t live_tasklets = 0;       ///< tasklets made here that are not dead (main excluded)
+  std::size_t live_tasklets = 0;       ///< tasklets inserted at least once and not dead (main excluded)
   std::size_t control_blocks = 0;      ///< tasklet control blocks not yet destroyed (main included)
   std::size_t stacks_in_use = 0;       ///< stacks handed to tasklets and not yet returned
   std::size_t stacks_cached = 0;       ///< stacks returned to the pool, ready for reuse

@@ -31,7 +31,7 @@ struct options {
   std::size_t stack_size = 64 * 1024;
   /// One inaccessible page below each stack. Default: on in debug builds of weft, off in release
   /// builds (each guard page costs a kernel mapping; vm.max_map_count limits them to ~32,000).
-  std::optional<bool> stack_guard;
+  std::optional<bool> stack_guard = std::nullopt;
 };
 
 /// Sets the options. Throws std::logic_error if a runtime is already running in some thread (call

@@ -1,0 +1,99 @@
+// bench/micro.cpp — Google Benchmark microbenchmarks of weft's primitives (one worker).
+//
+// What each measures (the benchmark loop runs in the main tasklet):
+//   BM_yield_switch        main and one partner tasklet both in the ring, each calling schedule();
+//                          one iteration = 2 switches (main -> partner -> main). The `per_switch`
+//                          counter is the time of one switch.
+//   BM_channel_round_trip  main sends i to an echo tasklet and receives i + 1 back (default preference
+//                          -1: each send switches straight to the waiting receiver).
+//   BM_spawn_run_trivial   spawn a tasklet with an empty body and run() it to its end: control block,
+//                          stack from the pool, first switch in, exit, stack back to the pool.
+//   BM_spawn_blocking      spawn a tasklet that blocks in receive() on a shared channel and run() it up
+//                          to there. The blocked tasklets pile up; every `batch` spawns they are killed
+//                          with shutdown() with the clock stopped, and once more at the end.
+//   BM_try_receive_empty   try_receive on a channel nobody sends on (would_block: the non-blocking
+//                          path that never switches).
+// Every benchmark ends with weft::shutdown(), so the next starts from a fresh runtime.
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <optional>
+
+#include <weft/weft.hpp>
+
+namespace {
+
+void BM_yield_switch(benchmark::State& state) {
+  bool stop = false;
+  weft::spawn([&] {
+    while (!stop) weft::schedule();
+  });
+  for (auto _ : state) weft::schedule();
+  stop = true;
+  weft::run();  // the partner sees `stop` and ends
+  state.counters["per_switch"] =
+      benchmark::Counter(double(state.iterations()) * 2, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  weft::shutdown();
+}
+BENCHMARK(BM_yield_switch);
+
+void BM_channel_round_trip(benchmark::State& state) {
+  weft::channel<std::uint64_t> request, reply;
+  weft::spawn([&] {
+    for (;;) reply.send(request.receive() + 1);
+  });
+  std::uint64_t i = 0;
+  for (auto _ : state) {
+    request.send(i);
+    i = reply.receive();
+  }
+  benchmark::DoNotOptimize(i);
+  weft::shutdown();  // kills the echo tasklet, blocked in receive()
+}
+BENCHMARK(BM_channel_round_trip);
+
+void BM_spawn_run_trivial(benchmark::State& state) {
+  for (auto _ : state) {
+    weft::spawn([] {});
+    weft::run();
+  }
+  weft::shutdown();
+}
+BENCHMARK(BM_spawn_run_trivial);
+
+void BM_spawn_blocking(benchmark::State& state) {
+  const std::int64_t batch = state.range(0);
+  std::optional<weft::channel<int>> shared;  // made anew for each runtime
+  shared.emplace();
+  std::int64_t pending = 0;
+  for (auto _ : state) {
+    weft::spawn([ch = *shared]() mutable { ch.receive(); });
+    weft::run();
+    if (++pending == batch) {
+      state.PauseTiming();
+      shared.reset();
+      weft::shutdown();
+      shared.emplace();
+      pending = 0;
+      state.ResumeTiming();
+    }
+  }
+  shared.reset();
+  weft::shutdown();
+}
+BENCHMARK(BM_spawn_blocking)->Arg(1 << 16);
+
+void BM_try_receive_empty(benchmark::State& state) {
+  weft::channel<int> ch;
+  int out = 0;
+  for (auto _ : state) {
+    auto s = ch.try_receive(out);
+    benchmark::DoNotOptimize(s);
+  }
+  weft::shutdown();
+}
+BENCHMARK(BM_try_receive_empty);
+
+}  // namespace
+
+BENCHMARK_MAIN();

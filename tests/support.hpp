@@ -1,0 +1,67 @@
+// Shared helpers for weft's tests: an event log to compare orders with SEMANTICS.md, and a fixture
+// that gives every test a fresh runtime and checks that nothing leaked.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include <weft/weft.hpp>
+
+namespace weft::test {
+
+/// Records events; str() joins them with spaces, as SEMANTICS.md writes orders.
+struct event_log {
+  std::vector<std::string> events;
+  void operator()(std::string e) { events.push_back(std::move(e)); }
+  std::string str() const {
+    std::string s;
+    for (const auto& e : events) {
+      if (!s.empty()) s += ' ';
+      s += e;
+    }
+    return s;
+  }
+  void clear() { events.clear(); }
+};
+
+/// Starts each test with no runtime; at the end shuts the runtime down (killing what is left).
+/// check_clean() asserts that nothing is left alive and no stack is in use after the shutdown.
+struct fresh_runtime {
+  fresh_runtime() { weft::shutdown(); }
+  ~fresh_runtime() {
+    try {
+      weft::shutdown();
+    } catch (...) {
+    }
+  }
+  static void check_clean() {
+    auto c = weft::shutdown();
+    CHECK(c.live_tasklets == 0);
+    CHECK(c.stacks_in_use == 0);
+  }
+};
+
+/// Runs f, expecting an exception of type E whose what() is exactly `message`.
+template <class E, class F>
+void require_throws_message(F&& f, const std::string& message) {
+  try {
+    f();
+  } catch (const E& e) {
+    CHECK(std::string(e.what()) == message);
+    return;
+  }
+  FAIL("expected an exception: " << message);
+}
+
+inline std::string flags(const weft::tasklet& t) {
+  std::string s;
+  s += t.alive() ? 'a' : '-';
+  s += t.blocked() ? 'b' : '-';
+  s += t.scheduled() ? 's' : '-';
+  s += t.paused() ? 'p' : '-';
+  return s;
+}
+
+}  // namespace weft::test

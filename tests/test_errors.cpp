@@ -1,0 +1,109 @@
+// SEMANTICS.md §5 and the bad inputs of issue 3: clear exceptions, never a crash or a hang.
+#include <thread>
+
+#include "support.hpp"
+
+using namespace weft;
+using weft::test::fresh_runtime;
+
+TEST_CASE_METHOD(fresh_runtime, "5 running or switching to empty, dead or blocked tasklets", "[unit][errors]") {
+  const std::string unbound = "You cannot run an unbound(dead) tasklet";
+  const std::string blocked = "You cannot run a blocked tasklet";
+  tasklet empty;
+  test::require_throws_message<std::logic_error>([&] { empty.run(); }, unbound);
+  test::require_throws_message<std::logic_error>([&] { empty.switch_to(); }, unbound);
+  tasklet dead = spawn([] {});
+  run();
+  test::require_throws_message<std::logic_error>([&] { dead.run(); }, unbound);
+  test::require_throws_message<std::logic_error>([&] { dead.switch_to(); }, unbound);
+  channel<int> ch;
+  tasklet b = spawn([&] { ch.receive(); });
+  run();
+  test::require_throws_message<std::logic_error>([&] { b.run(); }, blocked);
+  test::require_throws_message<std::logic_error>([&] { b.switch_to(); }, blocked);
+  CHECK(getmain().scheduled());  // a failed switch_to leaves the caller in the ring
+  CHECK(getruncount() == 1);
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "5 tasklets of another thread cannot be switched to", "[unit][errors]") {
+  tasklet foreign;
+  std::thread th([&] {
+    foreign = tasklet([] {});
+    weft::shutdown();
+  });
+  th.join();
+  const std::string msg = "can't switch to a different thread.";
+  REQUIRE(foreign.alive());
+  test::require_throws_message<std::logic_error>([&] { foreign.insert(); }, msg);
+  test::require_throws_message<std::logic_error>([&] { foreign.run(); }, msg);
+  test::require_throws_message<std::logic_error>([&] { foreign.switch_to(); }, msg);
+  test::require_throws_message<std::logic_error>([&] { foreign.kill(); }, msg);
+  foreign = tasklet();
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "5 flags of empty and bound tasklets", "[unit][errors]") {
+  CHECK(test::flags(tasklet()) == "----");
+  tasklet t([] {});
+  CHECK(test::flags(t) == "a--p");
+  CHECK(!t.is_current());
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "configure: only before first use, and values are checked", "[unit][errors]") {
+  CHECK_THROWS_AS(configure({.workers = 0}), std::invalid_argument);
+  CHECK_THROWS_AS(configure({.stack_size = 1024}), std::invalid_argument);
+  getcurrent();  // the runtime now exists
+  CHECK_THROWS_AS(configure({}), std::logic_error);
+  weft::shutdown();
+  CHECK_NOTHROW(configure({.stack_size = 128 * 1024}));
+  CHECK(configuration().stack_size == 128 * 1024);
+  // The stack size is used: deep recursion that needs ~100 KiB fits.
+  std::function<int(int)> deep = [&](int n) {
+    volatile char pad[1024];
+    pad[0] = static_cast<char>(n);
+    return n == 0 ? pad[0] : deep(n - 1) + 1;
+  };
+  int result = -1;
+  spawn([&] { result = deep(90); });
+  run();
+  CHECK(result == 90);
+  weft::shutdown();
+  configure({});
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "shutdown must be called from main", "[unit][errors]") {
+  std::string what;
+  spawn([&] {
+    try {
+      weft::shutdown();
+    } catch (const std::logic_error& e) {
+      what = e.what();
+    }
+  });
+  run();
+  CHECK(what == "weft::shutdown() must be called from the main tasklet");
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "a channel used by tasklets of two threads is refused", "[unit][errors]") {
+  channel<int> ch;
+  spawn([&] { ch.receive(); });
+  run();  // this thread's tasklet now waits on ch
+  std::string what;
+  std::thread th([&] {
+    try {
+      ch.send(1);
+    } catch (const std::logic_error& e) {
+      what = e.what();
+    }
+    weft::shutdown();
+  });
+  th.join();
+  CHECK(what.find("can't switch to a different thread.") == 0);
+  CHECK(ch.balance() == -1);
+  ch.send(2);
+  check_clean();
+}

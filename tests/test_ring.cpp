@@ -1,0 +1,267 @@
+// SEMANTICS.md §1: the runnable ring.
+#include "support.hpp"
+
+using namespace weft;
+using weft::test::event_log;
+using weft::test::flags;
+using weft::test::fresh_runtime;
+
+TEST_CASE_METHOD(fresh_runtime, "1.1 spawn and insert append at the tail", "[unit][ring]") {
+  event_log log;
+  spawn([&] { log("A"); });
+  spawn([&] { log("B"); });
+  spawn([&] { log("C"); });
+  CHECK(getruncount() == 4);
+  schedule();  // [M A B C]: A, B, C run, then M
+  CHECK(log.str() == "A B C");
+  CHECK(getruncount() == 1);
+
+  log.clear();
+  spawn([&] {
+    log("A");
+    spawn([&] { log("X"); });  // inside A with [A B]: X goes after B
+    log("A-end");
+  });
+  spawn([&] { log("B"); });
+  run();
+  CHECK(log.str() == "A A-end B X");
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "1.2 insert of a scheduled or current tasklet does nothing", "[unit][ring]") {
+  event_log log;
+  tasklet a([&] { log("A"); });
+  CHECK(flags(a) == "a--p");
+  a.insert();
+  CHECK(flags(a) == "a-s-");
+  a.insert();  // already scheduled
+  CHECK(getruncount() == 2);
+  getcurrent().insert();  // current
+  CHECK(getruncount() == 2);
+  run();
+  CHECK(log.str() == "A");
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "1.2 insert of a blocked or dead tasklet is an error", "[unit][ring][errors]") {
+  channel<int> ch;
+  tasklet b = spawn([&] { ch.receive(); });
+  tasklet d = spawn([] {});
+  run();
+  REQUIRE(b.blocked());
+  REQUIRE(!d.alive());
+  test::require_throws_message<std::logic_error>([&] { b.insert(); }, "You cannot run a blocked tasklet");
+  test::require_throws_message<std::logic_error>([&] { d.insert(); }, "You cannot run an unbound(dead) tasklet");
+  test::require_throws_message<std::logic_error>([&] { tasklet().insert(); },
+                                                 "You cannot run an unbound(dead) tasklet");
+  CHECK(ch.balance() == -1);
+  ch.send(1);
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "1.3 remove", "[unit][ring]") {
+  event_log log;
+  tasklet a = spawn([&] { log("A"); });
+  tasklet b = spawn([&] { log("B"); });
+  a.remove();
+  CHECK(flags(a) == "a--p");
+  CHECK(getruncount() == 2);
+  a.remove();  // paused: no-op
+  CHECK(flags(a) == "a--p");
+  run();
+  CHECK(log.str() == "B");
+  b.remove();  // dead: no-op
+  CHECK(!b.alive());
+  test::require_throws_message<std::logic_error>([] { getcurrent().remove(); },
+                                                 "The current tasklet cannot be removed.");
+  channel<int> ch;
+  tasklet r = spawn([&] { log("r" + std::to_string(ch.receive())); });
+  run();
+  test::require_throws_message<std::logic_error>([&] { r.remove(); }, "You cannot remove a blocked tasklet.");
+  a.insert();
+  ch.send(7);  // pref -1: r runs at once
+  run();
+  CHECK(log.str() == "B r7 A");
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "1.4 schedule moves the caller behind everyone", "[unit][ring]") {
+  event_log log;
+  spawn([&] {
+    log("A" + std::to_string(getruncount()));
+    schedule();
+    log("A2");
+  });
+  spawn([&] { log("B"); });
+  spawn([&] { log("C"); });
+  schedule();  // [M A B C] -> A runs with [A B C M]
+  log("M");
+  run();
+  CHECK(log.str() == "A4 B C M A2");
+  log.clear();
+  schedule();  // alone: continues at once
+  log("alone");
+  CHECK(log.str() == "alone");
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "1.5 schedule_remove pauses the caller until it is inserted again", "[unit][ring]") {
+  event_log log;
+  tasklet a = spawn([&] {
+    log("A1");
+    int v = schedule_remove(42);
+    log("A-got-" + std::to_string(v));
+  });
+  spawn([&] { log("B"); });
+  run();
+  CHECK(log.str() == "A1 B");
+  CHECK(flags(a) == "a--p");
+  a.insert();
+  run();
+  CHECK(log.str() == "A1 B A-got-42");
+
+  // Main alone: returns at once and stays scheduled.
+  CHECK(schedule_remove(std::string("x")) == "x");
+  CHECK(getmain().scheduled());
+  CHECK(getruncount() == 1);
+
+  // Main with others runnable: they run, then main resumes by itself.
+  log.clear();
+  spawn([&] { log("C"); });
+  spawn([&] {
+    log("D");
+    CHECK(!getmain().scheduled());
+    CHECK(getmain().paused());
+  });
+  CHECK(schedule_remove(5) == 5);
+  log("M");
+  CHECK(log.str() == "C D M");
+  CHECK(getmain().scheduled());
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "1.6 run returns when nothing is runnable, even with blocked tasklets", "[unit][ring]") {
+  event_log log;
+  run();  // empty ring: returns at once
+  channel<int> ch;
+  tasklet main_handle = getmain();
+  spawn([&] {
+    log("A");
+    CHECK(flags(main_handle) == "a--p");
+    CHECK(getruncount() == 2);  // A and B, not main
+    ch.receive();
+    log("A-never");
+  });
+  spawn([&] { log("B"); });
+  run();
+  CHECK(log.str() == "A B");
+  CHECK(ch.balance() == -1);
+  CHECK(flags(main_handle) == "a-s-");
+  CHECK(getruncount() == 1);
+  check_clean();  // A is killed at shutdown
+}
+
+TEST_CASE_METHOD(fresh_runtime, "1.7 getruncount counts the ring including the current tasklet", "[unit][ring]") {
+  CHECK(getruncount() == 1);
+  std::vector<int> counts;
+  spawn([&] { counts.push_back(getruncount()); });
+  spawn([&] { counts.push_back(getruncount()); });
+  CHECK(getruncount() == 3);
+  run();
+  CHECK(counts == std::vector<int>{2, 1});
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "1.8 t.run() rotates the ring to t; the caller keeps its place", "[unit][ring]") {
+  event_log log;
+  std::vector<tasklet> ts;
+  for (const char* n : {"A", "B", "C", "D"}) ts.push_back(spawn([&log, n] { log(n); }));
+  ts[2].run();  // [M A B C D] -> C D M A B
+  log("M");
+  schedule();
+  CHECK(log.str() == "C D M A B");
+
+  log.clear();
+  tasklet p([&] { log("P"); });  // paused: appended first, then rotated to
+  spawn([&] { log("Q"); });
+  p.run();
+  log("M");
+  run();
+  CHECK(log.str() == "P M Q");
+  getcurrent().run();  // no effect
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "1.9 switch_to: the caller leaves the ring", "[unit][ring]") {
+  event_log log;
+  tasklet main_handle = getmain();
+  spawn([&] { log("A"); });
+  tasklet b = spawn([&] {
+    log("B");
+    CHECK(flags(main_handle) == "a--p");
+  });
+  spawn([&] { log("C"); });
+  b.switch_to();  // [M A B C] -> [B C A], M paused, resumes when the ring is empty
+  log("M");
+  CHECK(log.str() == "B C A M");
+  CHECK(flags(main_handle) == "a-s-");
+
+  // A paused non-main tasklet stays paused until inserted.
+  log.clear();
+  tasklet x;
+  tasklet y([&] { log("Y"); });
+  x = spawn([&] {
+    log("X1");
+    y.switch_to();
+    log("X2");
+  });
+  run();
+  CHECK(log.str() == "X1 Y");
+  CHECK(flags(x) == "a--p");
+  x.insert();
+  run();
+  CHECK(log.str() == "X1 Y X2");
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "1.10 a finished tasklet is dead and its successor runs", "[unit][ring]") {
+  event_log log;
+  tasklet a = spawn([&] { log("A"); });
+  spawn([&] { log("B"); });
+  run();
+  CHECK(log.str() == "A B");
+  CHECK(flags(a) == "----");
+  CHECK(!a.is_current());
+  CHECK(flags(tasklet()) == "----");
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "main tasklet identity and names", "[unit][ring]") {
+  tasklet m = getmain();
+  CHECK(m.is_main());
+  CHECK(m.is_current());
+  CHECK(m == getcurrent());
+  CHECK(m.name() == "main");
+  tasklet t([] {});
+  CHECK(!t.is_main());
+  CHECK(t.name().rfind("tasklet-", 0) == 0);
+  t.set_name("worker");
+  CHECK(t.name() == "worker");
+  CHECK(!(t == m));
+  CHECK(tasklet().name().empty());
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "run() from a tasklet that is not main is an error", "[unit][ring][errors]") {
+  std::string what;
+  spawn([&] {
+    try {
+      weft::run();
+    } catch (const std::logic_error& e) {
+      what = e.what();
+    }
+  });
+  run();
+  CHECK(what == "run() must be run from the main tasklet.");
+  check_clean();
+}

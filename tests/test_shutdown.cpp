@@ -1,0 +1,109 @@
+// Shutdown (SEMANTICS.md §6): remaining tasklets are killed — ring order, then blocked ones in
+// channel order, then paused ones — so that their stacks unwind; leak checks.
+#include <thread>
+
+#include "support.hpp"
+
+using namespace weft;
+using weft::test::event_log;
+using weft::test::fresh_runtime;
+
+namespace {
+struct on_unwind {
+  event_log* log;
+  std::string what;
+  ~on_unwind() { (*log)(what); }
+};
+}  // namespace
+
+TEST_CASE_METHOD(fresh_runtime, "shutdown kills ring, then blocked (channel order), then paused tasklets", "[unit][shutdown]") {
+  event_log log;
+  channel<int> c1, c2;
+  auto blocker = [&](channel<int>& c, std::string name) {
+    return [&c, &log, name] {
+      on_unwind u{&log, name};
+      c.receive();
+    };
+  };
+  spawn(blocker(c2, "c2-first"));
+  spawn(blocker(c1, "c1-first"));
+  spawn(blocker(c2, "c2-second"));
+  spawn([&] {
+    on_unwind u{&log, "paused"};
+    schedule_remove();
+  });
+  run();
+  spawn([&] {
+    on_unwind u{&log, "ring-1"};
+    schedule();
+    log("ring-1-never");
+  });
+  spawn([&] {
+    on_unwind u{&log, "ring-2"};
+    schedule();
+  });
+  schedule();  // ring-1 and ring-2 run to their schedule(): ring [M ring-1 ring-2]
+  tasklet never_started([&] { log("never"); });
+  never_started.insert();  // killed before it ever runs: logs nothing
+  log.clear();
+  auto counts = weft::shutdown();
+  CHECK(counts.live_tasklets == 0);
+  CHECK(counts.stacks_in_use == 0);
+  // ring order from main: ring-1, ring-2; then blocked: c2's queue (its first waiter registered
+  // first), then c1's; then paused.
+  CHECK(log.str() == "ring-1 ring-2 c2-first c2-second c1-first paused");
+}
+
+TEST_CASE_METHOD(fresh_runtime, "no live tasklets or stacks after shutdown, and control blocks are freed", "[unit][shutdown]") {
+  {
+    channel<int> ch;
+    for (int i = 0; i < 100; ++i) spawn([&] { ch.receive(); });
+    for (int i = 0; i < 100; ++i) spawn([] { schedule_remove(); });
+    for (int i = 0; i < 100; ++i) spawn([] {});
+    run();
+    auto before = resources();
+    CHECK(before.live_tasklets == 200);
+    CHECK(before.stacks_in_use == 200);
+    CHECK(before.control_blocks == 201);  // + main; the dead ones were freed
+    auto after = weft::shutdown();
+    CHECK(after.live_tasklets == 0);
+    CHECK(after.stacks_in_use == 0);
+    CHECK(after.control_blocks == 1);  // main, until the runtime lets go
+  }
+  // A handle that outlives the runtime keeps only its control block.
+  tasklet kept = spawn([] {});
+  run();
+  weft::shutdown();
+  CHECK(!kept.alive());
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "a thread's runtime is shut down when the thread ends", "[unit][shutdown]") {
+  event_log log;
+  std::thread th([&] {
+    channel<int> ch;
+    spawn([&] {
+      on_unwind u{&log, "unwound-at-thread-exit"};
+      ch.receive();
+    });
+    run();
+  });
+  th.join();
+  CHECK(log.str() == "unwound-at-thread-exit");
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "a tasklet that refuses to die is reported, not waited for forever", "[unit][shutdown]") {
+  spawn([] {
+    for (;;) {
+      try {
+        schedule_remove();
+      } catch (const tasklet_exit&) {
+      }
+    }
+  });
+  run();
+  auto counts = weft::shutdown();
+  CHECK(counts.live_tasklets == 1);
+  CHECK(counts.stacks_in_use == 1);
+}

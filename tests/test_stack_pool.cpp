@@ -1,0 +1,49 @@
+// gc/: the stack pool.
+#include <set>
+
+#include <weft/gc.hpp>
+
+#include "support.hpp"
+
+using weft::detail::stack_pool;
+
+TEST_CASE("stack pool hands out page-aligned, disjoint stacks and reuses them LIFO", "[unit][gc]") {
+  stack_pool pool(20000, false);
+  const std::size_t page = weft::detail::page_size();
+  CHECK(pool.stack_size() % page == 0);
+  CHECK(pool.stack_size() >= 20000);
+  std::vector<weft::detail::stack_extent> stacks;
+  std::set<char*> bases;
+  for (int i = 0; i < 300; ++i) {  // several slabs
+    auto s = pool.allocate();
+    CHECK(reinterpret_cast<std::uintptr_t>(s.base) % page == 0);
+    s.top()[-1] = 1;  // usable
+    s.base[0] = 1;
+    bases.insert(s.base);
+    stacks.push_back(s);
+  }
+  CHECK(bases.size() == 300);
+  std::sort(stacks.begin(), stacks.end(), [](auto a, auto b) { return a.base < b.base; });
+  for (std::size_t i = 1; i < stacks.size(); ++i) CHECK(stacks[i - 1].top() <= stacks[i].base);
+  CHECK(pool.in_use() == 300);
+  char* last = stacks.back().base;
+  pool.release(stacks.back());
+  CHECK(pool.allocate().base == last);  // the hot stack comes back first
+  for (auto& s : stacks) pool.release(s);
+  CHECK(pool.in_use() == 0);
+  CHECK(pool.cached() >= 300);
+  CHECK(pool.reserved_bytes() >= 300 * pool.stack_size());
+}
+
+TEST_CASE("guarded stacks have an inaccessible page below them", "[unit][gc]") {
+  stack_pool pool(64 * 1024, true);
+  auto a = pool.allocate();
+  auto b = pool.allocate();
+  CHECK(pool.guarded());
+  // The guard page of the upper stack lies between the two.
+  char* lower = std::min(a.base, b.base);
+  char* upper = std::max(a.base, b.base);
+  CHECK(upper - (lower + pool.stack_size()) == static_cast<std::ptrdiff_t>(weft::detail::page_size()));
+  pool.release(a);
+  pool.release(b);
+}
