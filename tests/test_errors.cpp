@@ -57,18 +57,18 @@ TEST_CASE_METHOD(fresh_runtime, "configure: only before first use, and values ar
   getcurrent();  // the runtime now exists
   CHECK_THROWS_AS(configure({}), std::logic_error);
   weft::shutdown();
-  CHECK_NOTHROW(configure({.stack_size = 128 * 1024}));
-  CHECK(configuration().stack_size == 128 * 1024);
-  // The stack size is used: deep recursion that needs ~100 KiB fits.
+  CHECK_NOTHROW(configure({.stack_size = 1024 * 1024}));
+  CHECK(configuration().stack_size == 1024 * 1024);
+  // The stack size is used: recursion that needs several hundred KiB (more under sanitizers) fits.
   std::function<int(int)> deep = [&](int n) {
     volatile char pad[1024];
     pad[0] = static_cast<char>(n);
     return n == 0 ? pad[0] : deep(n - 1) + 1;
   };
   int result = -1;
-  spawn([&] { result = deep(90); });
+  spawn([&] { result = deep(200); });
   run();
-  CHECK(result == 90);
+  CHECK(result == 200);
   weft::shutdown();
   configure({});
   check_clean();

@@ -28,8 +28,9 @@ class main_tasklet final : public tasklet_impl {
 };
 
 // Runtimes whose tasklets refused to die at shutdown: kept reachable (their stacks stay mapped).
+// Never destroyed, so that leak checkers running at exit still see them as reachable.
 std::mutex abandoned_lock;
-std::vector<runtime*> abandoned;
+auto* const abandoned = new std::vector<runtime*>;
 
 // The thread's reference to its runtime; ending the thread shuts the runtime down.
 struct runtime_holder {
@@ -52,7 +53,7 @@ struct runtime_holder {
     if (r->pool && r->pool->in_use() == 0) r->pool.reset();  // dead tasklets' handles may keep r a while
     if (r->alive != 0) {
       std::lock_guard lock(abandoned_lock);
-      abandoned.push_back(r);
+      abandoned->push_back(r);
     }  // tasklets that refused to die: leaked on purpose
     tasklet_impl* m = std::exchange(r->main, nullptr);
     release(m);
