@@ -3,7 +3,7 @@
 //
 // perform() is the only place that switches context after applying an intent; tasklet_entry's exit
 // path is the only place a tasklet leaves for good. Both run on the owning thread.
-#include <algorithm>
+#include <unordered_set>
 #include <mutex>
 #include <cstdio>
 #include <vector>
@@ -223,12 +223,11 @@ resource_counts shutdown() {
   for (int round = 0; round < 4; ++round) {
     std::vector<tasklet> victims;
     for (tasklet_impl* t = r->main->next; t != r->main; t = t->next) victims.push_back(tasklet::from_impl(t));
-    std::vector<channel_core*> seen;
+    std::unordered_set<channel_core*> seen;
     for (tasklet_impl* t = r->all_first; t; t = t->all_next) {
       if (t->state != tasklet_state::blocked) continue;
       channel_core* c = t->channel;
-      if (std::find(seen.begin(), seen.end(), c) != seen.end()) continue;
-      seen.push_back(c);
+      if (!seen.insert(c).second) continue;
       tasklet_impl* q = c->head;
       do {
         victims.push_back(tasklet::from_impl(q));
