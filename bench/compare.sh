@@ -3,7 +3,7 @@
 #
 # Usage (from the project root):  bench/compare.sh [--quick]
 #   --quick   one repetition per workload and implementation instead of five. The workloads themselves
-#             are never shrunk: they are the definitions of /work/shared/ANCHORS.md.
+#             are never shrunk: they are the definitions of ../shared/ANCHORS.md.
 # Environment:
 #   WEFT_BENCH      weft's benchmark binary (default build/bench/weft_workloads). If it is missing the
 #                   peers' columns are still printed.

@@ -1,6 +1,6 @@
 // bench/weft_workloads.cpp — weft's side of the microthread comparison (bench/compare.sh).
 //
-// Runs one workload of /work/shared/ANCHORS.md ("Microthread runtimes") with weft on one worker and
+// Runs one workload of ../shared/ANCHORS.md ("Microthread runtimes") with weft on one worker and
 // prints exactly one JSON line on stdout, with the same command line and fields as the peers in
 // bench/peers/ (Go, Boost.Fiber, raw fcontext), so compare.sh can put them side by side:
 //

@@ -60,7 +60,7 @@ struct runtime_holder {
     release_runtime(r);
   }
 };
-thread_local runtime_holder holder;
+__attribute__((tls_model("initial-exec"))) thread_local runtime_holder holder;
 
 [[noreturn]] void rethrow_pending(tasklet_impl* t) {
   std::exception_ptr e = std::move(t->pending);

@@ -34,13 +34,29 @@ struct handoff {
   tasklet_impl* to;
 };
 
+// The thread's exception state lives at a fixed address per thread: look it up once per thread
+// (through libstdc++'s general-dynamic TLS) and keep it in a fast initial-exec thread-local.
+// (In the parallel modes a tasklet resumes on another thread; DESIGN.md §4 notes that GCC may then
+// reuse a thread-local address computed before the switch, which is why this is read in
+// non-inlined helpers after every jump.)
+__attribute__((tls_model("initial-exec"))) thread_local void** eh_globals_here = nullptr;
+
+// Read through the fs segment on every call, never through an address computed earlier, so this
+// stays right if a tasklet resumes on another thread.
+inline void** eh_globals() noexcept {
+  void** g = eh_globals_here;
+  if (!g) [[unlikely]]
+    g = eh_globals_here = static_cast<void**>(__cxa_get_globals());
+  return g;
+}
+
 inline void save_eh(tasklet_impl* t) noexcept {
-  auto** g = static_cast<void**>(__cxa_get_globals());
+  void** g = eh_globals();
   t->eh_globals[0] = g[0];
   t->eh_globals[1] = g[1];
 }
 inline void load_eh(const tasklet_impl* t) noexcept {
-  auto** g = static_cast<void**>(__cxa_get_globals());
+  void** g = eh_globals();
   g[0] = t->eh_globals[0];
   g[1] = t->eh_globals[1];
 }

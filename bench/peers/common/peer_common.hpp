@@ -5,7 +5,7 @@
 // line each run prints on stdout:
 //   {"impl":...,"workload":...,"n":...,"k":...,"ns_per_op":...,"total_ms":...,"checksum":...,
 //    "bytes_per_task":...,"teardown_ms":...}
-// ns_per_op = total / n. The workload definitions live in /work/shared/ANCHORS.md and in the header of
+// ns_per_op = total / n. The workload definitions live in ../shared/ANCHORS.md and in the header of
 // each peer's workloads.cpp. Header-only; single-threaded programs only.
 #pragma once
 

@@ -3,7 +3,7 @@
 // What it measures: Boost.Fiber 1.74 on one thread, round-robin scheduler, every fiber on a 16 KiB
 // fixedsize_stack, channels = boost::fibers::unbuffered_channel (a push completes only when a consumer has
 // taken the value: the rendezvous semantics of Go's and Stackless' unbuffered channels). Workloads as
-// defined in /work/shared/ANCHORS.md ("Microthread runtimes"):
+// defined in ../shared/ANCHORS.md ("Microthread runtimes"):
 //
 //   yield      2 fibers calling this_fiber::yield(); N switches in total (default 10,000,000).
 //              ns_per_op = ns per switch; checksum = number of yield calls (= N).

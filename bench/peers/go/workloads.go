@@ -1,7 +1,7 @@
 // Go peer for weft's microthread benchmarks (bench/compare.sh).
 //
 // What it measures: the cost of goroutines and unbuffered channels on ONE processor (GOMAXPROCS=1 is
-// forced below), for the workloads defined in /work/shared/ANCHORS.md ("Microthread runtimes"):
+// forced below), for the workloads defined in ../shared/ANCHORS.md ("Microthread runtimes"):
 //
 //	yield      2 goroutines calling runtime.Gosched; N switches in total (default 10,000,000).
 //	           ns_per_op = ns per switch; checksum = number of Gosched calls (= N).
