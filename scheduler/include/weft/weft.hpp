@@ -4,4 +4,5 @@
 #include "weft/channel.hpp"
 #include "weft/gc.hpp"
 #include "weft/scheduler.hpp"
+#include "weft/stm.hpp"
 #include "weft/tasklet.hpp"

@@ -1,0 +1,72 @@
+// weft/detail/alloc_log.hpp — transactional allocation (private to weft).
+//
+// weft replaces the global operator new/delete (gc/src/tx_alloc.cpp). Outside a transaction they are
+// malloc/free. While a transaction is active on the thread, its alloc_log is installed and:
+//   * memory allocated by `new` is recorded; if the attempt aborts it is freed;
+//   * `delete` of memory allocated in the same attempt frees it at once; `delete` of older memory is
+//     deferred: dropped if the attempt aborts, and at commit handed to the epoch GC, because a
+//     concurrent transaction may still be reading the object.
+// The log itself allocates with malloc, never through operator new.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace weft::detail {
+
+class alloc_log {
+ public:
+  alloc_log() = default;
+  ~alloc_log();
+  alloc_log(const alloc_log&) = delete;
+  alloc_log& operator=(const alloc_log&) = delete;
+
+  void record_alloc(void* p) noexcept;
+  /// True if p was allocated in this attempt (and is now forgotten: the caller frees it).
+  bool forget_alloc(void* p) noexcept;
+  void defer_free(void* p) noexcept;
+
+  /// Where a nested scope (or_else branch) starts; rollback_to undoes only what came after.
+  struct mark {
+    std::size_t allocs, frees;
+  };
+  mark position() const noexcept { return {alloc_count_, free_count_}; }
+  void rollback_to(mark m) noexcept;
+
+  /// Attempt committed: allocations stay, deferred frees go to the epoch GC.
+  void commit() noexcept;
+  /// Attempt ended by an exception: allocations stay (the exception may use them), frees are dropped.
+  void keep_allocations() noexcept;
+  /// Attempt aborted: allocations are freed, deferred frees are dropped.
+  void abort() noexcept { rollback_to({0, 0}); }
+  bool empty() const noexcept { return alloc_count_ == 0 && free_count_ == 0; }
+
+ private:
+  // Allocations in order (for rollback) plus an open-addressing index (for forget_alloc).
+  void** allocs_ = nullptr;
+  std::size_t alloc_count_ = 0, alloc_cap_ = 0;
+  void** frees_ = nullptr;
+  std::size_t free_count_ = 0, free_cap_ = 0;
+  std::uintptr_t* index_ = nullptr;  // slots: 0 empty, 1 tombstone, else pointer
+  std::size_t index_cap_ = 0, index_used_ = 0;
+  void index_insert(void* p) noexcept;
+  bool index_erase(void* p) noexcept;
+  void index_rebuild(std::size_t cap) noexcept;
+};
+
+/// The log of the transaction active on this thread, or nullptr.
+alloc_log* active_alloc_log() noexcept;
+/// Installs (or removes, with nullptr) the thread's active log; returns the previous one.
+alloc_log* set_active_alloc_log(alloc_log* log) noexcept;
+
+/// Suspends logging in the current scope (weft's own allocations inside a transaction).
+class alloc_log_pause {
+ public:
+  alloc_log_pause() noexcept : saved_(set_active_alloc_log(nullptr)) {}
+  ~alloc_log_pause() { set_active_alloc_log(saved_); }
+
+ private:
+  alloc_log* saved_;
+};
+
+}  // namespace weft::detail

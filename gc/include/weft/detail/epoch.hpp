@@ -1,0 +1,49 @@
+// weft/detail/epoch.hpp — epoch-based reclamation (private to weft).
+//
+// Memory that a concurrent reader may still hold (an old boxed tvar version, an object deleted by a
+// committed transaction) is *retired*, not freed: it is freed once every thread that was inside a
+// critical section when it was retired has left it. Readers bracket their accesses with
+// `epoch_guard` (a transaction does, for its whole attempt).
+//
+// Protocol: a global epoch E; each participating thread publishes, in its own cache line, either
+// "quiescent" or the epoch it entered at. E advances from e to e+1 when every active participant
+// entered at e. Memory retired while the retiring thread saw epoch e is freed once E >= e + 2: by
+// then everyone active at retirement has left. Entering is a plain store: the reclaimer pays instead,
+// with a process-wide membarrier() that makes every thread's earlier stores visible before it scans
+// (the asymmetric-fence technique); where membarrier is unavailable (or under TSan, which cannot
+// see it) entering uses a sequentially consistent store.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace weft::detail {
+
+struct epoch_participant;
+
+/// The calling thread's participant record (made on first use, recycled after the thread exits).
+epoch_participant& epoch_self();
+
+void epoch_enter(epoch_participant& p) noexcept;
+void epoch_exit(epoch_participant& p) noexcept;
+/// Frees `p` with `deleter(p)` once no reader can hold it. Callable inside or outside a critical section.
+void epoch_retire(void* p, void (*deleter)(void*)) noexcept;
+/// Tries to advance the epoch and frees what is safe to free (called by retire every so often).
+void epoch_collect() noexcept;
+/// For tests: objects retired and not yet freed, in the whole process.
+std::size_t epoch_pending() noexcept;
+
+/// RAII critical section; nests.
+class epoch_guard {
+ public:
+  epoch_guard() : p_(epoch_self()) { epoch_enter(p_); }
+  ~epoch_guard() { epoch_exit(p_); }
+  epoch_guard(const epoch_guard&) = delete;
+  epoch_guard& operator=(const epoch_guard&) = delete;
+
+ private:
+  epoch_participant& p_;
+};
+
+}  // namespace weft::detail

@@ -1,0 +1,183 @@
+// Epoch-based reclamation; see weft/detail/epoch.hpp for the protocol.
+//
+// Participants live in an append-only, never-freed linked list (readers of the list never lock);
+// a thread that exits marks its record free for reuse and hands its unreclaimed memory to the
+// orphan list. Each participant's limbo lists are touched only by its own thread, except the orphan
+// list, which is protected by orphans_lock.
+#include "weft/detail/epoch.hpp"
+
+#include <cstdlib>
+#include <mutex>
+#include <vector>
+
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+namespace weft::detail {
+
+namespace {
+
+constexpr std::uint64_t quiescent = ~std::uint64_t{0};
+constexpr unsigned collect_every = 64;
+
+struct retired {
+  void* p;
+  void (*deleter)(void*);
+  std::uint64_t epoch;
+};
+
+// A vector that allocates with malloc, so that reclamation never goes through (transactional)
+// operator new.
+struct retired_list {
+  retired* items = nullptr;
+  std::size_t size = 0, capacity = 0;
+  void push(retired r) noexcept {
+    if (size == capacity) {
+      std::size_t c = capacity ? capacity * 2 : 64;
+      auto* n = static_cast<retired*>(std::realloc(items, c * sizeof(retired)));
+      if (!n) {  // out of memory: leak rather than free early
+        return;
+      }
+      items = n;
+      capacity = c;
+    }
+    items[size++] = r;
+  }
+  // Frees entries retired at or before `safe`, keeps the rest in order.
+  std::size_t free_upto(std::uint64_t safe) noexcept {
+    std::size_t kept = 0, freed = 0;
+    for (std::size_t i = 0; i < size; ++i) {
+      if (items[i].epoch <= safe) {
+        items[i].deleter(items[i].p);
+        ++freed;
+      } else {
+        items[kept++] = items[i];
+      }
+    }
+    size = kept;
+    return freed;
+  }
+};
+
+}  // namespace
+
+struct alignas(64) epoch_participant {
+  std::atomic<std::uint64_t> entered{quiescent};  // the epoch it entered at, or quiescent
+  std::atomic<bool> in_use{true};
+  unsigned depth = 0;
+  unsigned since_collect = 0;
+  retired_list limbo;
+  epoch_participant* next = nullptr;  // list of all participants (append-only)
+};
+
+namespace {
+
+std::atomic<std::uint64_t> global_epoch{1};
+std::atomic<epoch_participant*> participants{nullptr};
+std::atomic<std::size_t> pending_count{0};
+
+std::mutex orphans_lock;  // protects orphans; deleters (plain frees) may run under it
+retired_list orphans;
+
+bool use_membarrier() {
+#if defined(__SANITIZE_THREAD__)
+  return false;  // TSan cannot see the barrier's ordering
+#else
+  static const bool ok = ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+  return ok;
+#endif
+}
+const bool cheap_enter = use_membarrier();
+
+struct participant_owner {
+  epoch_participant* p = nullptr;
+  ~participant_owner() {
+    if (!p) return;
+    // Hand what this thread could not free yet to the orphan list.
+    if (p->limbo.size) {
+      std::lock_guard lock(orphans_lock);
+      for (std::size_t i = 0; i < p->limbo.size; ++i) orphans.push(p->limbo.items[i]);
+      p->limbo.size = 0;
+    }
+    p->entered.store(quiescent, std::memory_order_release);
+    p->in_use.store(false, std::memory_order_release);  // pairs with the acquire exchange in epoch_self
+  }
+};
+thread_local participant_owner owner;
+
+bool try_advance() noexcept {
+  std::uint64_t e = global_epoch.load(std::memory_order_acquire);
+  if (cheap_enter) ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+  else std::atomic_thread_fence(std::memory_order_seq_cst);
+  for (epoch_participant* p = participants.load(std::memory_order_acquire); p; p = p->next) {
+    std::uint64_t x = p->entered.load(std::memory_order_acquire);
+    if (x != quiescent && x != e) return false;
+  }
+  return global_epoch.compare_exchange_strong(e, e + 1, std::memory_order_acq_rel);
+}
+
+}  // namespace
+
+epoch_participant& epoch_self() {
+  if (owner.p) [[likely]] return *owner.p;
+  for (epoch_participant* p = participants.load(std::memory_order_acquire); p; p = p->next) {
+    bool free = false;
+    if (!p->in_use.load(std::memory_order_relaxed) &&
+        p->in_use.compare_exchange_strong(free, true, std::memory_order_acquire)) {
+      owner.p = p;
+      return *p;
+    }
+  }
+  auto* p = new (std::malloc(sizeof(epoch_participant))) epoch_participant;
+  epoch_participant* head = participants.load(std::memory_order_relaxed);
+  do {
+    p->next = head;
+  } while (!participants.compare_exchange_weak(head, p, std::memory_order_release, std::memory_order_relaxed));
+  owner.p = p;
+  return *p;
+}
+
+void epoch_enter(epoch_participant& p) noexcept {
+  if (p.depth++ != 0) return;
+  std::uint64_t e = global_epoch.load(std::memory_order_acquire);
+  if (cheap_enter) {
+    p.entered.store(e, std::memory_order_relaxed);
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // the reclaimer's membarrier orders the rest
+  } else {
+    p.entered.store(e, std::memory_order_seq_cst);
+  }
+}
+
+void epoch_exit(epoch_participant& p) noexcept {
+  if (--p.depth != 0) return;
+  // release: our reads of shared memory happen before a reclaimer sees us quiescent.
+  p.entered.store(quiescent, std::memory_order_release);
+}
+
+void epoch_retire(void* ptr, void (*deleter)(void*)) noexcept {
+  epoch_participant& p = epoch_self();
+  p.limbo.push({ptr, deleter, global_epoch.load(std::memory_order_acquire)});
+  pending_count.fetch_add(1, std::memory_order_relaxed);
+  if (++p.since_collect >= collect_every) {
+    p.since_collect = 0;
+    epoch_collect();
+  }
+}
+
+void epoch_collect() noexcept {
+  epoch_participant& p = epoch_self();
+  try_advance();
+  std::uint64_t e = global_epoch.load(std::memory_order_acquire);
+  if (e < 2) return;
+  std::size_t freed = p.limbo.free_upto(e - 2);
+  {
+    std::unique_lock lock(orphans_lock, std::try_to_lock);
+    if (lock.owns_lock() && orphans.size) freed += orphans.free_upto(e - 2);
+  }
+  pending_count.fetch_sub(freed, std::memory_order_relaxed);
+}
+
+std::size_t epoch_pending() noexcept { return pending_count.load(std::memory_order_relaxed); }
+
+}  // namespace weft::detail

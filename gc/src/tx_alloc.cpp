@@ -1,0 +1,220 @@
+// The replacement global operator new/delete and the allocation log of transactions
+// (weft/detail/alloc_log.hpp). Every allocation of the program comes through here, so the path
+// outside a transaction is one thread-local load and a branch on top of malloc/free.
+//
+// The thread-local `active` is set only by the owning thread (stm/ installs its transaction's log
+// for the length of an attempt); the log belongs to that transaction.
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "weft/detail/alloc_log.hpp"
+#include "weft/detail/epoch.hpp"
+
+namespace weft::detail {
+
+namespace {
+__attribute__((tls_model("initial-exec"))) thread_local alloc_log* active = nullptr;
+
+template <class T>
+bool grow(T*& items, std::size_t& cap, std::size_t need) noexcept {
+  if (need <= cap) return true;
+  std::size_t c = cap ? cap * 2 : 16;
+  while (c < need) c *= 2;
+  auto* n = static_cast<T*>(std::realloc(items, c * sizeof(T)));
+  if (!n) return false;
+  items = n;
+  cap = c;
+  return true;
+}
+
+inline std::size_t slot_of(const void* p, std::size_t cap) noexcept {
+  auto x = reinterpret_cast<std::uintptr_t>(p);
+  x ^= x >> 17;
+  x *= 0x9e3779b97f4a7c15ULL;
+  return (x >> 20) & (cap - 1);
+}
+
+void free_now(void* p) { std::free(p); }
+}  // namespace
+
+alloc_log* active_alloc_log() noexcept { return active; }
+alloc_log* set_active_alloc_log(alloc_log* log) noexcept {
+  alloc_log* old = active;
+  active = log;
+  return old;
+}
+
+alloc_log::~alloc_log() {
+  std::free(allocs_);
+  std::free(frees_);
+  std::free(index_);
+}
+
+void alloc_log::index_rebuild(std::size_t cap) noexcept {
+  auto* n = static_cast<std::uintptr_t*>(std::calloc(cap, sizeof(std::uintptr_t)));
+  if (!n) return;
+  std::free(index_);
+  index_ = n;
+  index_cap_ = cap;
+  index_used_ = 0;
+  for (std::size_t i = 0; i < alloc_count_; ++i)
+    if (allocs_[i]) index_insert(allocs_[i]);
+}
+
+void alloc_log::index_insert(void* p) noexcept {
+  if ((index_used_ + 1) * 2 > index_cap_) {
+    index_rebuild(index_cap_ ? index_cap_ * 2 : 64);
+    if ((index_used_ + 1) * 2 > index_cap_) return;  // out of memory: forget_alloc falls back to a scan
+  }
+  std::size_t i = slot_of(p, index_cap_);
+  while (index_[i] > 1) i = (i + 1) & (index_cap_ - 1);
+  if (index_[i] == 0) ++index_used_;
+  index_[i] = reinterpret_cast<std::uintptr_t>(p);
+}
+
+bool alloc_log::index_erase(void* p) noexcept {
+  if (!index_cap_) return false;
+  for (std::size_t i = slot_of(p, index_cap_);; i = (i + 1) & (index_cap_ - 1)) {
+    if (index_[i] == 0) return false;
+    if (index_[i] == reinterpret_cast<std::uintptr_t>(p)) {
+      index_[i] = 1;  // tombstone
+      return true;
+    }
+  }
+}
+
+void alloc_log::record_alloc(void* p) noexcept {
+  if (!grow(allocs_, alloc_cap_, alloc_count_ + 1)) return;  // cannot track: it will simply survive an abort
+  allocs_[alloc_count_++] = p;
+  index_insert(p);
+}
+
+bool alloc_log::forget_alloc(void* p) noexcept {
+  if (!index_erase(p)) return false;
+  for (std::size_t i = alloc_count_; i-- > 0;)  // usually the most recent allocation
+    if (allocs_[i] == p) {
+      allocs_[i] = nullptr;
+      break;
+    }
+  return true;
+}
+
+void alloc_log::defer_free(void* p) noexcept {
+  if (!grow(frees_, free_cap_, free_count_ + 1)) {
+    std::free(p);  // cannot defer: freeing now is the lesser evil than leaking on every attempt
+    return;
+  }
+  frees_[free_count_++] = p;
+}
+
+void alloc_log::rollback_to(mark m) noexcept {
+  for (std::size_t i = alloc_count_; i-- > m.allocs;) {
+    if (allocs_[i]) {
+      index_erase(allocs_[i]);
+      std::free(allocs_[i]);
+    }
+  }
+  alloc_count_ = m.allocs;
+  free_count_ = m.frees;
+  if (alloc_count_ == 0 && index_used_) index_rebuild(index_cap_);  // drop tombstones
+}
+
+void alloc_log::commit() noexcept {
+  for (std::size_t i = 0; i < free_count_; ++i) epoch_retire(frees_[i], &free_now);
+  free_count_ = 0;
+  alloc_count_ = 0;
+  if (index_used_) std::memset(index_, 0, index_cap_ * sizeof(std::uintptr_t));
+  index_used_ = 0;
+}
+
+void alloc_log::keep_allocations() noexcept {
+  free_count_ = 0;
+  alloc_count_ = 0;
+  if (index_used_) std::memset(index_, 0, index_cap_ * sizeof(std::uintptr_t));
+  index_used_ = 0;
+}
+
+namespace {
+inline void* allocate(std::size_t n) {
+  void* p = std::malloc(n ? n : 1);
+  if (!p) [[unlikely]]
+    throw std::bad_alloc();
+  if (alloc_log* log = active) [[unlikely]]
+    log->record_alloc(p);
+  return p;
+}
+inline void* allocate_aligned(std::size_t n, std::size_t align) {
+  void* p = std::aligned_alloc(align, (n + align - 1) / align * align);
+  if (!p) [[unlikely]]
+    throw std::bad_alloc();
+  if (alloc_log* log = active) [[unlikely]]
+    log->record_alloc(p);
+  return p;
+}
+inline void deallocate(void* p) noexcept {
+  if (!p) return;
+  if (alloc_log* log = active) [[unlikely]] {
+    if (!log->forget_alloc(p)) {
+      log->defer_free(p);
+      return;
+    }
+  }
+  std::free(p);
+}
+}  // namespace
+
+// Referenced by stm/ so that this object file (and so the replacement operators) is always linked
+// from the static library.
+void link_tx_alloc() noexcept {}
+
+}  // namespace weft::detail
+
+using weft::detail::allocate;
+using weft::detail::allocate_aligned;
+using weft::detail::deallocate;
+
+void* operator new(std::size_t n) { return allocate(n); }
+void* operator new[](std::size_t n) { return allocate(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  try {
+    return allocate(n);
+  } catch (...) {
+    return nullptr;
+  }
+}
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
+  try {
+    return allocate(n);
+  } catch (...) {
+    return nullptr;
+  }
+}
+void* operator new(std::size_t n, std::align_val_t a) { return allocate_aligned(n, static_cast<std::size_t>(a)); }
+void* operator new[](std::size_t n, std::align_val_t a) { return allocate_aligned(n, static_cast<std::size_t>(a)); }
+void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
+  try {
+    return allocate_aligned(n, static_cast<std::size_t>(a));
+  } catch (...) {
+    return nullptr;
+  }
+}
+void* operator new[](std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
+  try {
+    return allocate_aligned(n, static_cast<std::size_t>(a));
+  } catch (...) {
+    return nullptr;
+  }
+}
+void operator delete(void* p) noexcept { deallocate(p); }
+void operator delete[](void* p) noexcept { deallocate(p); }
+void operator delete(void* p, std::size_t) noexcept { deallocate(p); }
+void operator delete[](void* p, std::size_t) noexcept { deallocate(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { deallocate(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { deallocate(p); }
+void operator delete(void* p, std::align_val_t) noexcept { deallocate(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { deallocate(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { deallocate(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { deallocate(p); }
+void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { deallocate(p); }
+void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { deallocate(p); }

@@ -1,0 +1,237 @@
+// weft/detail/stm_core.hpp — the transaction descriptor and the inline read/write barriers (private
+// to weft; public only because tvar<T> and atomically are templates).
+//
+// Lock word (tvar_base::meta), one 64-bit atomic per tvar:
+//   unlocked:  version << 2 | reserved      reserved (bit 1): the inevitable transaction uses this tvar;
+//                                           others may read it but nobody else may lock it
+//   locked:    owner descriptor | 1         held only by a committing transaction (or a direct write)
+//                                           during write-back
+// The value (tvar_base::bits) is written only while the lock is held and read seqlock-style:
+// meta (acquire) -> bits -> acquire fence -> meta again; the writer puts a release fence between
+// taking the lock and writing bits, and unlocks with a release store of the new version.
+//
+// A descriptor belongs to one thread at a time (the one running the transaction); its logs are
+// malloc-backed arrays reused from one transaction to the next, so the common path does not allocate.
+// In the parallel tasklet modes a finished segment's descriptor will be committed by another worker
+// (DESIGN.md §6); nothing here assumes the committing thread is the one that ran it, except
+// current_transaction(), which the runtime sets when it switches tasklets.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <source_location>
+#include <thread>
+#include <vector>
+
+#include "weft/detail/alloc_log.hpp"
+#include "weft/detail/epoch.hpp"
+#include "weft/observe.hpp"
+
+namespace weft::detail {
+
+struct tx_abort_signal {};  ///< thrown out of f by a barrier that found a conflict; caught by atomically
+struct tx_retry_signal {};  ///< thrown by retry()
+
+inline constexpr std::uint64_t lock_bit = 1;
+inline constexpr std::uint64_t reserved_bit = 2;
+inline constexpr std::uint64_t version_of(std::uint64_t meta) noexcept { return meta >> 2; }
+
+static_assert(sizeof(std::source_location) == sizeof(std::uintptr_t), "source_location is one pointer");
+
+struct tvar_base {
+  explicit tvar_base(const char* n) noexcept : name(n) {}
+  std::atomic<std::uint64_t> meta{0};
+  std::atomic<std::uint64_t> bits{0};
+  const char* name;
+  std::atomic<std::uintptr_t> last_write{0};  ///< source_location of the last committed write
+
+  /// A consistent read outside any transaction (waits while a writer holds the lock).
+  std::uint64_t read_direct() const noexcept {
+    for (;;) {
+      std::uint64_t m1 = meta.load(std::memory_order_acquire);
+      std::uint64_t b = bits.load(std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_acquire);  // pairs with the writer's release fence
+      if (!(m1 & lock_bit) && meta.load(std::memory_order_relaxed) == m1) [[likely]]
+        return b;
+      wait_unlocked();
+    }
+  }
+  /// A write outside any transaction: a transaction of one write (lock, new version, unlock).
+  void write_direct(std::uint64_t b, void (*drop)(void*), const std::source_location& where);
+  void wait_unlocked() const noexcept;
+};
+
+struct read_entry {
+  const tvar_base* var;
+  std::source_location where;
+};
+
+struct write_entry {
+  tvar_base* var;
+  std::uint64_t bits;
+  void (*drop)(void*);    ///< boxed tvars: frees a box (nullptr for inline values)
+  std::uint64_t old_meta; ///< the unlocked lock word, while we hold the lock at commit
+  std::source_location where;
+};
+
+/// A malloc-backed array that keeps its capacity (never goes through operator new).
+template <class E>
+struct log_array {
+  E* data = nullptr;
+  std::uint32_t size = 0, cap = 0;
+  log_array() = default;
+  log_array(const log_array&) = delete;
+  log_array& operator=(const log_array&) = delete;
+  ~log_array() { std::free(data); }
+  void push(const E& e) {
+    if (size == cap) [[unlikely]]
+      grow();
+    data[size++] = e;
+  }
+  void grow() {
+    std::uint32_t c = cap ? cap * 2 : 64;
+    auto* n = static_cast<E*>(std::realloc(static_cast<void*>(data), c * sizeof(E)));
+    if (!n) throw std::bad_alloc();
+    data = n;
+    cap = c;
+  }
+  E* begin() noexcept { return data; }
+  E* end() noexcept { return data + size; }
+};
+
+struct counters {
+  // Written only by the owning thread (load + store, no read-modify-write); read by stats().
+  std::atomic<std::uint64_t> commits{0}, read_only_commits{0}, aborts_conflict{0}, aborts_validation{0},
+      aborts_locked{0}, aborts_inevitable{0}, aborts_exception{0}, retries{0}, inevitable{0}, extensions{0},
+      locks_acquired{0};
+  static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept {
+    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+};
+
+class alignas(64) transaction {
+ public:
+  transaction();
+  ~transaction();
+  transaction(const transaction&) = delete;
+  transaction& operator=(const transaction&) = delete;
+
+  std::uint64_t read(const tvar_base& v, const std::source_location& where) {
+    if (writes_.size) [[unlikely]] {
+      if (const write_entry* w = find_write(&v)) return w->bits;
+    }
+    if (!inevitable_) [[likely]] {
+      std::uint64_t m1 = v.meta.load(std::memory_order_acquire);
+      std::uint64_t b = v.bits.load(std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_acquire);  // pairs with the writer's release fence
+      std::uint64_t m2 = v.meta.load(std::memory_order_relaxed);
+      if (m1 == m2 && !(m1 & lock_bit) && version_of(m1) <= rv_) [[likely]] {
+        reads_.push({&v, where});
+        return b;
+      }
+    }
+    return read_slow(v, where);
+  }
+
+  void write(tvar_base& v, std::uint64_t b, void (*drop)(void*), const std::source_location& where) {
+    if (writes_.size) {
+      if (write_entry* w = find_write(&v)) {
+        replace_write(*w, b, where);
+        return;
+      }
+    }
+    if (inevitable_) reserve(v);
+    writes_.push({&v, b, drop, 0, where});
+    if (writes_.size > linear_limit) index_write(writes_.size - 1);
+  }
+
+  // Driven by atomically().
+  void begin();
+  bool commit();
+  void after_commit();
+  void rollback_after_conflict();
+  void abort_by_exception() noexcept;
+  void wait_for_change();
+
+  // or_else scopes.
+  struct scope_mark {
+    std::uint32_t writes, undo, commit_hooks, abort_hooks;
+    alloc_log::mark allocs;
+  };
+  scope_mark open_scope();
+  void close_scope(const scope_mark& m) noexcept;
+  void rollback_scope(const scope_mark& m) noexcept;
+
+  void add_commit_hook(std::function<void()> fn);
+  void add_abort_hook(std::function<void()> fn);
+  void make_inevitable(const char* reason);
+  bool inevitable() const noexcept { return inevitable_; }
+
+  counters stats;
+  std::thread::id thread;
+
+ private:
+  static constexpr std::uint32_t linear_limit = 8;
+
+  const write_entry* find_write(const tvar_base* v) const noexcept {
+    if (writes_.size <= linear_limit) {
+      for (std::uint32_t i = 0; i < writes_.size; ++i)
+        if (writes_.data[i].var == v) return &writes_.data[i];
+      return nullptr;
+    }
+    return find_write_indexed(v);
+  }
+  write_entry* find_write(const tvar_base* v) noexcept {
+    return const_cast<write_entry*>(static_cast<const transaction*>(this)->find_write(v));
+  }
+  const write_entry* find_write_indexed(const tvar_base* v) const noexcept;
+  void index_write(std::uint32_t i);
+  void rebuild_index();
+  void replace_write(write_entry& w, std::uint64_t b, const std::source_location& where);
+  std::uint64_t read_slow(const tvar_base& v, const std::source_location& where);
+  bool extend() noexcept;
+  bool reads_valid(std::uint64_t rv, const read_entry** failed) const noexcept;
+  [[noreturn]] void abort_conflict(conflict_kind kind, const tvar_base* v, const std::source_location& where);
+  void reserve(const tvar_base& v);
+  void release_reservations() noexcept;
+  void release_locks(std::uint32_t count) noexcept;
+  bool commit_inevitable();
+  void reset_attempt() noexcept;
+  void record_conflict(conflict_kind kind, const tvar_base* v, const std::source_location& where) noexcept;
+  void backoff() noexcept;
+
+  std::uint64_t rv_ = 0;
+  bool inevitable_ = false;
+  bool want_inevitable_ = false;
+  bool holds_token_ = false;
+  bool measuring_ = false;
+  std::uint32_t consecutive_aborts_ = 0;
+  std::uint32_t scope_depth_ = 0;
+  std::uint64_t attempt_start_ns_ = 0;
+  std::uint64_t rng_ = 0x9e3779b97f4a7c15ULL;
+  log_array<read_entry> reads_;
+  log_array<write_entry> writes_;
+  log_array<const tvar_base*> reserved_;  ///< inevitable: tvars whose reserved bit we set
+  struct undo_entry {
+    std::uint32_t index;
+    std::uint64_t bits;
+    std::source_location where;
+  };
+  log_array<undo_entry> undo_;             ///< or_else: write entries overwritten inside a scope
+  log_array<std::uint32_t> index_;         ///< open addressing over writes_ (index + 1; 0 = empty)
+  std::vector<std::function<void()>> commit_hooks_, abort_hooks_;
+  alloc_log allocs_;
+  alloc_log* saved_log_ = nullptr;
+  epoch_participant* epoch_ = nullptr;
+};
+
+__attribute__((tls_model("initial-exec"))) extern thread_local transaction* current_tx;
+
+/// The transaction running on this thread, or nullptr.
+inline transaction* current_transaction() noexcept { return current_tx; }
+/// This thread's descriptor (made on first use).
+transaction& thread_transaction();
+
+}  // namespace weft::detail

@@ -1,0 +1,218 @@
+// weft/stm.hpp — weft's software transactional memory (DESIGN.md §6), usable from plain threads.
+//
+//   weft::tvar<int> x{0, "x"};
+//   weft::atomically([&] { x.set(x.get() + 1); });
+//
+// TL2/LSA: a global version clock, a versioned lock per tvar, a redo log, commit-time locking;
+// reads are validated as they happen (opacity: a transaction never sees an inconsistent state, even
+// one that will abort), and a read of something newer than the snapshot extends the snapshot instead
+// of aborting when everything read so far is still current. Read-only transactions commit without
+// locks or clock increments. A trivially copyable T of at most 8 bytes is stored inline; any other T
+// lives in an immutable box replaced on each committed write (old boxes go to the epoch GC).
+//
+// Contract inside atomically(f): f may run several times; it must keep its effects to tvars, to
+// memory it allocates (freed again if the attempt aborts), and to on_commit/on_abort callbacks.
+// An exception escaping f aborts the transaction (nothing it wrote becomes visible) and propagates;
+// memory f allocated in that attempt is then left alive, since the exception may refer to it.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <new>
+#include <source_location>
+#include <stdexcept>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "weft/detail/stm_core.hpp"
+#include "weft/observe.hpp"
+
+namespace weft {
+
+template <class T>
+class tvar : private detail::tvar_base {
+  static_assert(std::is_copy_constructible_v<T>, "tvar<T> needs a copyable T");
+  static constexpr bool is_inline = std::is_trivially_copyable_v<T> && sizeof(T) <= sizeof(std::uint64_t);
+  struct box {
+    T value;
+  };
+
+ public:
+  explicit tvar(T init = T{}, const char* name = nullptr) : tvar_base(name) {
+    bits.store(encode(std::move(init)), std::memory_order_relaxed);
+  }
+  ~tvar() {
+    if constexpr (!is_inline) drop_box(reinterpret_cast<void*>(bits.load(std::memory_order_relaxed)));
+  }
+  tvar(const tvar&) = delete;
+  tvar& operator=(const tvar&) = delete;
+
+  /// In a transaction: a validated read. Outside: one atomic read.
+  T get(std::source_location where = std::source_location::current()) const {
+    if (detail::transaction* tx = detail::current_transaction()) [[likely]]
+      return decode(tx->read(*this, where));
+    if constexpr (is_inline) {
+      return decode(read_direct());
+    } else {
+      detail::epoch_guard guard;
+      return decode(read_direct());
+    }
+  }
+
+  /// In a transaction: buffered until commit. Outside: one atomic write.
+  void set(T v, std::source_location where = std::source_location::current()) {
+    std::uint64_t b = encode(std::move(v));
+    if (detail::transaction* tx = detail::current_transaction()) [[likely]] {
+      tx->write(*this, b, is_inline ? nullptr : &drop_box, where);
+      return;
+    }
+    write_direct(b, is_inline ? nullptr : &drop_box, where);
+  }
+
+  /// f(T&) on a private copy, then written back.
+  template <class F>
+  void modify(F&& f, std::source_location where = std::source_location::current()) {
+    T copy = get(where);
+    std::forward<F>(f)(copy);
+    set(std::move(copy), where);
+  }
+
+  const char* name() const noexcept { return tvar_base::name; }
+
+ private:
+  static std::uint64_t encode(T v) {
+    if constexpr (is_inline) {
+      std::uint64_t b = 0;
+      std::memcpy(&b, &v, sizeof(T));
+      return b;
+    } else {
+      // Boxes bypass the transactional allocation log: the STM frees them itself.
+      void* mem = std::malloc(sizeof(box));
+      if (!mem) throw std::bad_alloc();
+      return reinterpret_cast<std::uint64_t>(new (mem) box{std::move(v)});
+    }
+  }
+  static T decode(std::uint64_t b) {
+    if constexpr (is_inline) {
+      T v;
+      std::memcpy(&v, &b, sizeof(T));
+      return v;
+    } else {
+      return reinterpret_cast<const box*>(b)->value;
+    }
+  }
+  static void drop_box(void* p) noexcept {
+    if (!p) return;
+    static_cast<box*>(p)->~box();
+    std::free(p);
+  }
+};
+
+/// Runs f as a transaction, again and again until it commits; returns what f returned. Inside a
+/// transaction it simply calls f (nested transactions flatten).
+template <class F>
+auto atomically(F&& f) -> std::invoke_result_t<F&> {
+  using R = std::invoke_result_t<F&>;
+  if (detail::current_transaction()) return f();
+  detail::transaction& tx = detail::thread_transaction();
+  for (;;) {
+    tx.begin();
+    try {
+      if constexpr (std::is_void_v<R>) {
+        f();
+        if (tx.commit()) {
+          tx.after_commit();
+          return;
+        }
+      } else {
+        R result = f();
+        if (tx.commit()) {
+          tx.after_commit();
+          return result;
+        }
+      }
+    } catch (const detail::tx_abort_signal&) {
+      // a conflict seen while running: rolled back below
+    } catch (const detail::tx_retry_signal&) {
+      tx.wait_for_change();  // rolls back, then waits until something read has changed
+      continue;
+    } catch (...) {
+      tx.abort_by_exception();
+      throw;
+    }
+    tx.rollback_after_conflict();
+  }
+}
+
+/// Blocks the transaction until a tvar it has read changes, then runs it again.
+[[noreturn]] void retry();
+
+/// Runs f; if f calls retry(), undoes what f did and runs g instead (whose retry() propagates).
+template <class F, class G>
+auto or_else(F&& f, G&& g) -> std::invoke_result_t<F&> {
+  detail::transaction* tx = detail::current_transaction();
+  if (!tx) return atomically([&]() -> std::invoke_result_t<F&> { return or_else(f, g); });
+  detail::transaction::scope_mark mark = tx->open_scope();
+  try {
+    if constexpr (std::is_void_v<std::invoke_result_t<F&>>) {
+      f();
+      tx->close_scope(mark);
+      return;
+    } else {
+      auto r = f();
+      tx->close_scope(mark);
+      return r;
+    }
+  } catch (const detail::tx_retry_signal&) {
+    tx->rollback_scope(mark);
+  }
+  return g();
+}
+
+/// Runs fn after the enclosing transaction commits (at once, outside a transaction), in order.
+void on_commit(std::function<void()> fn);
+/// Runs fn each time the enclosing transaction's attempt is rolled back (ignored outside one).
+void on_abort(std::function<void()> fn);
+/// Makes the enclosing transaction inevitable: it cannot abort any more (at most one at a time;
+/// others go on committing unless they conflict with it). For irreversible work. No-op outside.
+void become_inevitable(const char* reason);
+
+struct stm_counters {
+  std::uint64_t commits = 0;            ///< all committed transactions
+  std::uint64_t read_only_commits = 0;  ///< of which wrote nothing (no lock, no clock increment)
+  std::uint64_t aborts_conflict = 0;    ///< read-write conflicts seen while reading
+  std::uint64_t aborts_validation = 0;  ///< read-write conflicts seen at commit
+  std::uint64_t aborts_locked = 0;      ///< write-write: a lock stayed taken
+  std::uint64_t aborts_inevitable = 0;  ///< lost to the inevitable transaction
+  std::uint64_t aborts_exception = 0;   ///< an exception escaped
+  std::uint64_t retries = 0;            ///< retry() waits
+  std::uint64_t inevitable = 0;         ///< transactions that ran inevitable
+  std::uint64_t extensions = 0;         ///< snapshot extensions (LSA)
+  std::uint64_t locks_acquired = 0;     ///< tvar locks taken at commit
+  std::uint64_t aborts() const noexcept {
+    return aborts_conflict + aborts_validation + aborts_locked + aborts_inevitable + aborts_exception;
+  }
+  stm_counters& operator+=(const stm_counters& o) noexcept;
+};
+
+struct stm_thread_stats {
+  std::thread::id thread;  ///< default id: threads that have exited, summed
+  stm_counters counters;
+};
+
+struct stm_stats {
+  std::vector<stm_thread_stats> per_thread;
+  stm_counters total;
+};
+
+stm_stats stats();
+
+struct stm_options {
+  unsigned inevitable_after = 8;  ///< consecutive aborts before a transaction runs inevitable
+};
+void configure_stm(const stm_options& o);
+
+}  // namespace weft

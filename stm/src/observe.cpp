@@ -1,0 +1,40 @@
+// The observer hook (weft/observe.hpp). The pair (function, context) is published as one pointer to
+// an immutable record, so a reader never sees a function with another observer's context; records
+// are never freed (observers are installed a handful of times per process).
+#include <atomic>
+#include <cstdlib>
+#include <utility>
+
+#include "observe_impl.hpp"
+#include "weft/detail/stm_core.hpp"
+
+namespace weft {
+
+namespace detail {
+std::atomic<const observer_record*> observer_slot{nullptr};
+
+void notify_slow(const observer_record* r, const event& e) noexcept {
+  alloc_log_pause pause;
+  transaction* tx = std::exchange(current_tx, nullptr);
+  try {
+    r->fn(e, r->context);
+  } catch (...) {
+    // an observer must not throw; a throwing one is ignored rather than corrupt the transaction
+  }
+  current_tx = tx;
+}
+}  // namespace detail
+
+void set_observer(observer_fn fn, void* context) {
+  const detail::observer_record* rec = nullptr;
+  if (fn) {
+    auto* r = static_cast<detail::observer_record*>(std::malloc(sizeof(detail::observer_record)));
+    if (!r) throw std::bad_alloc();
+    r->fn = fn;
+    r->context = context;
+    rec = r;
+  }
+  detail::observer_slot.store(rec, std::memory_order_release);  // pairs with the acquire in notify()
+}
+
+}  // namespace weft

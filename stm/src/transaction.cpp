@@ -1,0 +1,725 @@
+// The transaction protocol (TL2 with LSA snapshot extension), inevitability, retry and or_else
+// scopes, contention management, conflict records and statistics. See weft/detail/stm_core.hpp for
+// the lock-word layout and the read/write barriers.
+//
+// Commit of a writing transaction: lock every written tvar (CAS unlocked -> owner|1; a tvar reserved
+// by the inevitable transaction is waited for with no lock held), release fence, take a new version
+// wv = clock + 1, validate the reads unless nobody committed since our snapshot (wv == rv + 1),
+// write back, unlock with version wv. Write-back completes before unlocking, and a tvar is locked
+// before the clock moves, so a transaction whose snapshot includes wv can never read the old value
+// of something written at wv: it sees the lock and waits.
+//
+// Inevitability: one token (inevitable_holder). Its holder reserves every tvar it reads or writes;
+// others keep reading them and committing elsewhere, but cannot lock them until it commits, so it
+// can never be invalidated. A transaction that aborts `inevitable_after` times in a row takes the
+// token before its next attempt.
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+#include <stdexcept>
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "observe_impl.hpp"
+#include "weft/stm.hpp"
+
+namespace weft::detail {
+
+void link_tx_alloc() noexcept;  // gc/src/tx_alloc.cpp
+
+__attribute__((tls_model("initial-exec"))) thread_local transaction* current_tx = nullptr;
+
+namespace {
+
+// The global version clock, alone in its cache line.
+struct alignas(64) padded_clock {
+  std::atomic<std::uint64_t> value{0};
+};
+padded_clock clock;
+
+std::atomic<transaction*> inevitable_holder{nullptr};
+std::atomic<unsigned> inevitable_after{8};
+
+// retry(): waiters sleep on commit_signal; writers bump it when someone waits.
+alignas(64) std::atomic<std::uint32_t> commit_signal{0};
+alignas(64) std::atomic<std::uint32_t> retry_waiters{0};
+
+// Registry of descriptors for stats(); exited threads are summed into `departed`.
+std::mutex registry_lock;  // protects registry and departed; never held inside a transaction
+std::vector<transaction*>* registry = new std::vector<transaction*>;
+stm_counters departed;
+
+inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
+
+std::uint64_t now_ns() noexcept {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count());
+}
+
+stm_counters snapshot(const counters& c) {
+  stm_counters s;
+  s.commits = c.commits.load(std::memory_order_relaxed);
+  s.read_only_commits = c.read_only_commits.load(std::memory_order_relaxed);
+  s.aborts_conflict = c.aborts_conflict.load(std::memory_order_relaxed);
+  s.aborts_validation = c.aborts_validation.load(std::memory_order_relaxed);
+  s.aborts_locked = c.aborts_locked.load(std::memory_order_relaxed);
+  s.aborts_inevitable = c.aborts_inevitable.load(std::memory_order_relaxed);
+  s.aborts_exception = c.aborts_exception.load(std::memory_order_relaxed);
+  s.retries = c.retries.load(std::memory_order_relaxed);
+  s.inevitable = c.inevitable.load(std::memory_order_relaxed);
+  s.extensions = c.extensions.load(std::memory_order_relaxed);
+  s.locks_acquired = c.locks_acquired.load(std::memory_order_relaxed);
+  return s;
+}
+
+struct descriptor_owner {
+  transaction* tx = nullptr;
+  ~descriptor_owner() {
+    if (!tx) return;
+    {
+      std::lock_guard lock(registry_lock);
+      departed += snapshot(tx->stats);
+      std::erase(*registry, tx);
+    }
+    delete tx;
+  }
+};
+thread_local descriptor_owner descriptor;
+
+std::uintptr_t location_bits(const std::source_location& l) noexcept {
+  std::uintptr_t b;
+  std::memcpy(&b, &l, sizeof b);
+  return b;
+}
+std::source_location location_from(std::uintptr_t b) noexcept {
+  std::source_location l;
+  if (b) std::memcpy(static_cast<void*>(&l), &b, sizeof b);  // trivially copyable: one pointer
+  return l;
+}
+
+void wake_retry_waiters() noexcept {
+  if (retry_waiters.load(std::memory_order_relaxed) == 0) return;
+  commit_signal.fetch_add(1, std::memory_order_release);
+  ::syscall(SYS_futex, &commit_signal, FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr, nullptr, 0);
+}
+
+}  // namespace
+
+// --- tvar_base -------------------------------------------------------------------------------------
+
+void tvar_base::wait_unlocked() const noexcept {
+  for (unsigned spins = 0; meta.load(std::memory_order_acquire) & lock_bit; ++spins) {
+    if (spins < 64)
+      cpu_relax();
+    else
+      std::this_thread::yield();  // the lock holder may have been preempted
+  }
+}
+
+void tvar_base::write_direct(std::uint64_t b, void (*drop)(void*), const std::source_location& where) {
+  // Lock (waiting out committers and the inevitable transaction's reservation).
+  std::uint64_t m;
+  for (unsigned spins = 0;; ++spins) {
+    m = meta.load(std::memory_order_relaxed);
+    if (!(m & (lock_bit | reserved_bit)) &&
+        meta.compare_exchange_weak(m, reinterpret_cast<std::uint64_t>(this) | lock_bit, std::memory_order_acquire))
+      break;
+    if (spins < 64)
+      cpu_relax();
+    else
+      std::this_thread::yield();
+  }
+  std::atomic_thread_fence(std::memory_order_release);  // pairs with the readers' acquire fence
+  std::uint64_t old = bits.load(std::memory_order_relaxed);
+  bits.store(b, std::memory_order_relaxed);
+  last_write.store(location_bits(where), std::memory_order_relaxed);
+  std::uint64_t wv = clock.value.fetch_add(1, std::memory_order_acq_rel) + 1;
+  meta.store(wv << 2, std::memory_order_release);  // unlock; pairs with the readers' acquire load
+  if (drop) epoch_retire(reinterpret_cast<void*>(old), drop);
+  wake_retry_waiters();
+}
+
+// --- descriptor -------------------------------------------------------------------------------------
+
+transaction::transaction() : thread(std::this_thread::get_id()) { link_tx_alloc(); }
+transaction::~transaction() = default;
+
+transaction& thread_transaction() {
+  if (descriptor.tx) [[likely]]
+    return *descriptor.tx;
+  auto* tx = new transaction;
+  {
+    std::lock_guard lock(registry_lock);
+    registry->push_back(tx);
+  }
+  descriptor.tx = tx;
+  return *tx;
+}
+
+void transaction::begin() {
+  if (!epoch_) epoch_ = &epoch_self();
+  epoch_enter(*epoch_);
+  measuring_ = observing();
+  if (measuring_) attempt_start_ns_ = now_ns();
+  if (want_inevitable_ && !holds_token_) {
+    // Wait for the token before reading anything: this attempt cannot be invalidated.
+    transaction* expected = nullptr;
+    for (unsigned spins = 0; !inevitable_holder.compare_exchange_weak(expected, this, std::memory_order_acquire);
+         ++spins) {
+      expected = nullptr;
+      if (spins < 64)
+        cpu_relax();
+      else
+        std::this_thread::yield();
+    }
+    holds_token_ = true;
+  }
+  inevitable_ = holds_token_;
+  rv_ = clock.value.load(std::memory_order_acquire);
+  saved_log_ = set_active_alloc_log(&allocs_);
+  current_tx = this;
+}
+
+void transaction::reset_attempt() noexcept {
+  reads_.size = 0;
+  writes_.size = 0;
+  undo_.size = 0;
+  scope_depth_ = 0;
+  if (index_.size) index_.size = 0;
+  current_tx = nullptr;
+  set_active_alloc_log(saved_log_);
+  epoch_exit(*epoch_);
+}
+
+bool transaction::reads_valid(std::uint64_t rv, const read_entry** failed) const noexcept {
+  const std::uint64_t self = reinterpret_cast<std::uint64_t>(this) | lock_bit;
+  for (std::uint32_t i = 0; i < reads_.size; ++i) {
+    const read_entry& r = reads_.data[i];
+    std::uint64_t m = r.var->meta.load(std::memory_order_acquire);
+    if (m & lock_bit) {
+      if (m != self) {
+        *failed = &r;
+        return false;
+      }
+      // Locked by us at commit: judge by the version it had when we locked it.
+      const write_entry* w = find_write(r.var);
+      if (!w || version_of(w->old_meta) > rv) {
+        *failed = &r;
+        return false;
+      }
+    } else if (version_of(m) > rv) {
+      *failed = &r;
+      return false;
+    }
+  }
+  return true;
+}
+
+bool transaction::extend() noexcept {
+  std::uint64_t now = clock.value.load(std::memory_order_acquire);
+  const read_entry* failed = nullptr;
+  if (!reads_valid(rv_, &failed)) return false;
+  rv_ = now;
+  counters::bump(stats.extensions);
+  return true;
+}
+
+void transaction::record_conflict(conflict_kind kind, const tvar_base* v, const std::source_location& where) noexcept {
+  if (!measuring_) return;
+  conflict_record rec{kind,
+                      v,
+                      v ? v->name : nullptr,
+                      where,
+                      v ? location_from(v->last_write.load(std::memory_order_relaxed)) : std::source_location{},
+                      now_ns() - attempt_start_ns_,
+                      std::this_thread::get_id()};
+  event e{event_kind::tx_abort, &rec};
+  notify(e);
+}
+
+void transaction::abort_conflict(conflict_kind kind, const tvar_base* v, const std::source_location& where) {
+  switch (kind) {
+    case conflict_kind::read_write: counters::bump(stats.aborts_conflict); break;
+    case conflict_kind::write_write: counters::bump(stats.aborts_locked); break;
+    case conflict_kind::inevitable: counters::bump(stats.aborts_inevitable); break;
+  }
+  record_conflict(kind, v, where);
+  throw tx_abort_signal{};
+}
+
+std::uint64_t transaction::read_slow(const tvar_base& v, const std::source_location& where) {
+  if (inevitable_) {
+    reserve(v);  // now nobody can change it until we commit
+    return v.bits.load(std::memory_order_acquire);
+  }
+  for (unsigned spins = 0;; ++spins) {
+    std::uint64_t m1 = v.meta.load(std::memory_order_acquire);
+    if (m1 & lock_bit) {  // a committer is writing it back: wait, it is quick
+      if (spins < 128)
+        cpu_relax();
+      else
+        std::this_thread::yield();
+      continue;
+    }
+    std::uint64_t b = v.bits.load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (v.meta.load(std::memory_order_relaxed) != m1) continue;
+    if (version_of(m1) > rv_) {
+      // Newer than our snapshot: extend the snapshot if everything read so far is still current.
+      if (!extend()) {
+        const read_entry* failed = nullptr;
+        reads_valid(rv_, &failed);
+        if (failed) abort_conflict(conflict_kind::read_write, failed->var, failed->where);
+        abort_conflict(conflict_kind::read_write, &v, where);
+      }
+      continue;
+    }
+    reads_.push({&v, where});
+    return b;
+  }
+}
+
+void transaction::reserve(const tvar_base& v) {
+  auto& meta = const_cast<tvar_base&>(v).meta;
+  for (unsigned spins = 0;; ++spins) {
+    std::uint64_t m = meta.load(std::memory_order_acquire);
+    if (m & lock_bit) {
+      if (spins < 128)
+        cpu_relax();
+      else
+        std::this_thread::yield();
+      continue;
+    }
+    if (m & reserved_bit) return;  // ours: only the token holder reserves
+    if (meta.compare_exchange_weak(m, m | reserved_bit, std::memory_order_acq_rel)) {
+      reserved_.push(&v);
+      return;
+    }
+  }
+}
+
+void transaction::release_reservations() noexcept {
+  for (const tvar_base* v : reserved_)
+    const_cast<tvar_base*>(v)->meta.fetch_and(~reserved_bit, std::memory_order_release);
+  reserved_.size = 0;
+}
+
+void transaction::make_inevitable(const char* reason) {
+  if (inevitable_) return;
+  transaction* expected = nullptr;
+  if (!inevitable_holder.compare_exchange_strong(expected, this, std::memory_order_acquire)) {
+    // Someone else is inevitable: start over, waiting for the token first.
+    want_inevitable_ = true;
+    abort_conflict(conflict_kind::inevitable, nullptr, std::source_location::current());
+  }
+  holds_token_ = true;
+  // Everything read so far must still be current, and must stay so: reserve it.
+  for (std::uint32_t i = 0; i < reads_.size; ++i) {
+    const tvar_base& v = *reads_.data[i].var;
+    reserve(v);
+    if (version_of(v.meta.load(std::memory_order_acquire)) > rv_) {
+      want_inevitable_ = true;  // keep the token; the next attempt starts inevitable
+      abort_conflict(conflict_kind::read_write, &v, reads_.data[i].where);
+    }
+  }
+  for (std::uint32_t i = 0; i < writes_.size; ++i) reserve(*writes_.data[i].var);
+  inevitable_ = true;
+  event e{event_kind::inevitable, nullptr, reason};
+  notify(e);
+}
+
+void transaction::release_locks(std::uint32_t count) noexcept {
+  for (std::uint32_t i = 0; i < count; ++i)
+    writes_.data[i].var->meta.store(writes_.data[i].old_meta, std::memory_order_release);
+}
+
+bool transaction::commit_inevitable() {
+  // Every written tvar is reserved by us, so nobody else can hold its lock: take them all.
+  const std::uint64_t self = reinterpret_cast<std::uint64_t>(this) | lock_bit;
+  for (write_entry& w : writes_) {
+    std::uint64_t m = w.var->meta.load(std::memory_order_relaxed);
+    w.old_meta = m;
+    w.var->meta.store(self, std::memory_order_relaxed);
+  }
+  std::atomic_thread_fence(std::memory_order_release);
+  std::uint64_t wv = writes_.size ? clock.value.fetch_add(1, std::memory_order_acq_rel) + 1 : 0;
+  for (write_entry& w : writes_) {
+    std::uint64_t old = w.var->bits.load(std::memory_order_relaxed);
+    w.var->bits.store(w.bits, std::memory_order_relaxed);
+    w.var->last_write.store(location_bits(w.where), std::memory_order_relaxed);
+    if (w.drop) epoch_retire(reinterpret_cast<void*>(old), w.drop);
+  }
+  for (write_entry& w : writes_) w.var->meta.store(wv << 2, std::memory_order_release);  // also clears reserved
+  release_reservations();
+  inevitable_holder.store(nullptr, std::memory_order_release);
+  holds_token_ = want_inevitable_ = inevitable_ = false;
+  counters::bump(stats.inevitable);
+  if (writes_.size) wake_retry_waiters();
+  return true;
+}
+
+bool transaction::commit() {
+  if (inevitable_) return commit_inevitable();
+  if (writes_.size == 0) {  // read-only: consistent at rv_ by construction (opacity): nothing to do
+    counters::bump(stats.read_only_commits);
+    return true;
+  }
+  const std::uint64_t self = reinterpret_cast<std::uint64_t>(this) | lock_bit;
+relock:
+  for (std::uint32_t i = 0; i < writes_.size; ++i) {
+    write_entry& w = writes_.data[i];
+    for (unsigned spins = 0;; ++spins) {
+      std::uint64_t m = w.var->meta.load(std::memory_order_relaxed);
+      if (m & reserved_bit) {
+        // The inevitable transaction uses it: let go of everything and wait for it to finish.
+        release_locks(i);
+        while (w.var->meta.load(std::memory_order_acquire) & reserved_bit) std::this_thread::yield();
+        goto relock;
+      }
+      if (m & lock_bit) {
+        if (spins < 256) {
+          cpu_relax();
+          continue;
+        }
+        release_locks(i);
+        counters::bump(stats.aborts_locked);
+        record_conflict(conflict_kind::write_write, w.var, w.where);
+        return false;
+      }
+      if (w.var->meta.compare_exchange_weak(m, self, std::memory_order_acquire)) {
+        w.old_meta = m;
+        counters::bump(stats.locks_acquired);
+        break;
+      }
+    }
+  }
+  std::atomic_thread_fence(std::memory_order_release);  // locks before data; pairs with readers' fence
+  const std::uint64_t wv = clock.value.fetch_add(1, std::memory_order_acq_rel) + 1;
+  if (wv != rv_ + 1) {
+    const read_entry* failed = nullptr;
+    if (!reads_valid(rv_, &failed)) {
+      release_locks(writes_.size);
+      counters::bump(stats.aborts_validation);
+      record_conflict(conflict_kind::read_write, failed->var, failed->where);
+      return false;
+    }
+  }
+  for (write_entry& w : writes_) {
+    std::uint64_t old = w.var->bits.load(std::memory_order_relaxed);
+    w.var->bits.store(w.bits, std::memory_order_relaxed);
+    w.var->last_write.store(location_bits(w.where), std::memory_order_relaxed);
+    if (w.drop) epoch_retire(reinterpret_cast<void*>(old), w.drop);
+  }
+  for (write_entry& w : writes_) w.var->meta.store(wv << 2, std::memory_order_release);  // unlock
+  wake_retry_waiters();
+  return true;
+}
+
+void transaction::after_commit() {
+  counters::bump(stats.commits);
+  allocs_.commit();
+  consecutive_aborts_ = 0;
+  reset_attempt();
+  if (observing()) {
+    event e{event_kind::tx_commit};
+    notify(e);
+  }
+  if (!commit_hooks_.empty() || !abort_hooks_.empty()) {
+    abort_hooks_.clear();
+    std::vector<std::function<void()>> hooks;
+    hooks.swap(commit_hooks_);
+    for (auto& h : hooks) h();  // outside the transaction: hooks may start new ones
+  }
+}
+
+void transaction::rollback_after_conflict() {
+  // The attempt's allocations are freed; hooks made in it are destroyed first (while the log can
+  // still tell which of their memory came from this attempt).
+  commit_hooks_.clear();
+  std::vector<std::function<void()>> aborts;
+  aborts.swap(abort_hooks_);
+  for (write_entry& w : writes_)
+    if (w.drop) w.drop(reinterpret_cast<void*>(w.bits));
+  for (undo_entry& u : undo_) {
+    write_entry& w = writes_.data[u.index];
+    if (w.drop) w.drop(reinterpret_cast<void*>(u.bits));
+  }
+  if (inevitable_) release_reservations();
+  allocs_.abort();
+  const bool keep_token = holds_token_ && want_inevitable_;
+  if (holds_token_ && !keep_token) {
+    inevitable_holder.store(nullptr, std::memory_order_release);
+    holds_token_ = false;
+  }
+  reset_attempt();
+  for (auto& h : aborts) h();
+  aborts.clear();
+  if (++consecutive_aborts_ >= inevitable_after.load(std::memory_order_relaxed)) want_inevitable_ = true;
+  backoff();
+}
+
+void transaction::abort_by_exception() noexcept {
+  counters::bump(stats.aborts_exception);
+  commit_hooks_.clear();
+  std::vector<std::function<void()>> aborts;
+  aborts.swap(abort_hooks_);
+  for (write_entry& w : writes_)
+    if (w.drop) w.drop(reinterpret_cast<void*>(w.bits));
+  for (undo_entry& u : undo_) {
+    write_entry& w = writes_.data[u.index];
+    if (w.drop) w.drop(reinterpret_cast<void*>(u.bits));
+  }
+  if (inevitable_) release_reservations();
+  if (holds_token_) {
+    inevitable_holder.store(nullptr, std::memory_order_release);
+    holds_token_ = false;
+  }
+  want_inevitable_ = false;
+  consecutive_aborts_ = 0;
+  allocs_.keep_allocations();  // the exception may refer to memory allocated in the attempt: keep it
+  reset_attempt();
+  for (auto& h : aborts) {
+    try {
+      h();
+    } catch (...) {
+    }
+  }
+}
+
+void transaction::wait_for_change() {
+  if (reads_.size == 0 && reserved_.size == 0) {
+    // Nothing was read, so nothing could ever wake us: that is a bug in the program.
+    abort_by_exception();
+    throw std::logic_error("weft::retry(): the transaction read no tvar, so nothing could ever wake it");
+  }
+  counters::bump(stats.retries);
+  // Remember what we read, then roll back (abort hooks run; allocations freed).
+  std::vector<const tvar_base*> watched;
+  {
+    alloc_log_pause pause;
+    watched.reserve(reads_.size + reserved_.size);
+    for (const read_entry& r : reads_) watched.push_back(r.var);
+    for (const tvar_base* v : reserved_) watched.push_back(v);  // an inevitable transaction's reads
+  }
+  const std::uint64_t rv = rv_;
+  if (observing()) {
+    event e{event_kind::tx_retry_wait};
+    notify(e);
+  }
+  const std::uint32_t aborts = consecutive_aborts_;
+  const bool was_inevitable = inevitable_;
+  rollback_after_conflict();
+  consecutive_aborts_ = aborts;  // waiting is not contention
+  if (holds_token_) {  // do not keep others from the token while we sleep
+    inevitable_holder.store(nullptr, std::memory_order_release);
+    holds_token_ = false;
+  }
+  want_inevitable_ = was_inevitable;
+  auto changed = [&] {
+    for (const tvar_base* v : watched) {
+      std::uint64_t m = v->meta.load(std::memory_order_acquire);
+      if ((m & lock_bit) || version_of(m) > rv) return true;
+    }
+    return false;
+  };
+  retry_waiters.fetch_add(1, std::memory_order_seq_cst);
+  for (unsigned spins = 0; !changed(); ++spins) {
+    if (spins < 64) {
+      cpu_relax();
+      continue;
+    }
+    std::uint32_t seen = commit_signal.load(std::memory_order_acquire);
+    if (changed()) break;
+    // A wake-up can slip between the check and the sleep (writers do not fence): sleep 1 ms at most.
+    timespec timeout{0, 1'000'000};
+    ::syscall(SYS_futex, &commit_signal, FUTEX_WAIT_PRIVATE, seen, &timeout, nullptr, 0);
+  }
+  retry_waiters.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void transaction::backoff() noexcept {
+  // Randomized exponential backoff: up to 2^min(aborts, 12) pauses.
+  rng_ ^= rng_ << 13;
+  rng_ ^= rng_ >> 7;
+  rng_ ^= rng_ << 17;
+  const unsigned shift = consecutive_aborts_ < 12 ? consecutive_aborts_ : 12;
+  const std::uint64_t spins = rng_ & ((std::uint64_t{1} << shift) - 1);
+  for (std::uint64_t i = 0; i < spins; ++i) cpu_relax();
+}
+
+// --- write log -----------------------------------------------------------------------------------
+
+const write_entry* transaction::find_write_indexed(const tvar_base* v) const noexcept {
+  if (index_.size == 0) {
+    for (std::uint32_t i = 0; i < writes_.size; ++i)
+      if (writes_.data[i].var == v) return &writes_.data[i];
+    return nullptr;
+  }
+  const std::uint32_t mask = index_.size - 1;
+  for (std::uint32_t s = static_cast<std::uint32_t>((reinterpret_cast<std::uintptr_t>(v) >> 4) * 2654435761u) & mask;;
+       s = (s + 1) & mask) {
+    std::uint32_t e = index_.data[s];
+    if (e == 0) return nullptr;
+    if (writes_.data[e - 1].var == v) return &writes_.data[e - 1];
+  }
+}
+
+void transaction::rebuild_index() {
+  std::uint32_t cap = 64;
+  while (cap < writes_.size * 2) cap *= 2;
+  while (index_.cap < cap) index_.grow();
+  index_.size = cap;
+  std::memset(index_.data, 0, cap * sizeof(std::uint32_t));
+  for (std::uint32_t i = 0; i < writes_.size; ++i) {
+    const std::uint32_t mask = cap - 1;
+    std::uint32_t s = static_cast<std::uint32_t>((reinterpret_cast<std::uintptr_t>(writes_.data[i].var) >> 4) *
+                                                 2654435761u) & mask;
+    while (index_.data[s]) s = (s + 1) & mask;
+    index_.data[s] = i + 1;
+  }
+}
+
+void transaction::index_write(std::uint32_t i) {
+  if (index_.size == 0 || (writes_.size * 2 > index_.size)) {
+    rebuild_index();
+    return;
+  }
+  const std::uint32_t mask = index_.size - 1;
+  std::uint32_t s = static_cast<std::uint32_t>((reinterpret_cast<std::uintptr_t>(writes_.data[i].var) >> 4) *
+                                               2654435761u) & mask;
+  while (index_.data[s]) s = (s + 1) & mask;
+  index_.data[s] = i + 1;
+}
+
+void transaction::replace_write(write_entry& w, std::uint64_t b, const std::source_location& where) {
+  const auto index = static_cast<std::uint32_t>(&w - writes_.data);
+  if (scope_depth_) {
+    undo_.push({index, w.bits, w.where});  // or_else may have to put it back
+  } else if (w.drop) {
+    w.drop(reinterpret_cast<void*>(w.bits));  // a box nobody else ever saw
+  }
+  w.bits = b;
+  w.where = where;
+}
+
+// --- or_else scopes ------------------------------------------------------------------------------
+
+transaction::scope_mark transaction::open_scope() {
+  ++scope_depth_;
+  return {writes_.size, undo_.size, static_cast<std::uint32_t>(commit_hooks_.size()),
+          static_cast<std::uint32_t>(abort_hooks_.size()), allocs_.position()};
+}
+
+void transaction::close_scope(const scope_mark& m) noexcept {
+  if (--scope_depth_ != 0) return;  // an enclosing scope may still roll back: keep the undo entries
+  for (std::uint32_t i = m.undo; i < undo_.size; ++i) {
+    write_entry& w = writes_.data[undo_.data[i].index];
+    if (w.drop) w.drop(reinterpret_cast<void*>(undo_.data[i].bits));
+  }
+  undo_.size = m.undo;
+}
+
+void transaction::rollback_scope(const scope_mark& m) noexcept {
+  --scope_depth_;
+  // Writes to tvars first written in the scope go; older entries get their values back.
+  for (std::uint32_t i = m.writes; i < writes_.size; ++i)
+    if (writes_.data[i].drop) writes_.data[i].drop(reinterpret_cast<void*>(writes_.data[i].bits));
+  for (std::uint32_t i = undo_.size; i-- > m.undo;) {
+    undo_entry& u = undo_.data[i];
+    if (u.index < m.writes) {
+      write_entry& w = writes_.data[u.index];
+      if (w.drop) w.drop(reinterpret_cast<void*>(w.bits));
+      w.bits = u.bits;
+      w.where = u.where;
+    } else if (writes_.data[u.index].drop) {
+      writes_.data[u.index].drop(reinterpret_cast<void*>(u.bits));
+    }
+  }
+  undo_.size = m.undo;
+  writes_.size = m.writes;
+  if (index_.size) rebuild_index();
+  commit_hooks_.resize(m.commit_hooks);
+  std::vector<std::function<void()>> aborts;
+  {
+    alloc_log_pause pause;
+    aborts.assign(std::make_move_iterator(abort_hooks_.begin() + m.abort_hooks),
+                  std::make_move_iterator(abort_hooks_.end()));
+  }
+  abort_hooks_.resize(m.abort_hooks);
+  allocs_.rollback_to(m.allocs);
+  for (auto& h : aborts) h();
+}
+
+void transaction::add_commit_hook(std::function<void()> fn) {
+  alloc_log_pause pause;  // the vector's own buffer is ours, not the attempt's
+  commit_hooks_.push_back(std::move(fn));
+}
+void transaction::add_abort_hook(std::function<void()> fn) {
+  // A copy made outside the log: an abort frees the attempt's allocations before running the abort
+  // hooks, so the hooks must not live in them. (`fn` itself is freed with the attempt's memory.)
+  alloc_log_pause pause;
+  abort_hooks_.push_back(fn);
+}
+
+}  // namespace weft::detail
+
+namespace weft {
+
+using namespace detail;
+
+void retry() {
+  if (!current_transaction()) throw std::logic_error("weft::retry() called outside a transaction");
+  throw tx_retry_signal{};
+}
+
+void on_commit(std::function<void()> fn) {
+  if (transaction* tx = current_transaction())
+    tx->add_commit_hook(std::move(fn));
+  else
+    fn();
+}
+
+void on_abort(std::function<void()> fn) {
+  if (transaction* tx = current_transaction()) tx->add_abort_hook(std::move(fn));
+}
+
+void become_inevitable(const char* reason) {
+  if (transaction* tx = current_transaction()) tx->make_inevitable(reason ? reason : "unspecified");
+}
+
+stm_counters& stm_counters::operator+=(const stm_counters& o) noexcept {
+  commits += o.commits;
+  read_only_commits += o.read_only_commits;
+  aborts_conflict += o.aborts_conflict;
+  aborts_validation += o.aborts_validation;
+  aborts_locked += o.aborts_locked;
+  aborts_inevitable += o.aborts_inevitable;
+  aborts_exception += o.aborts_exception;
+  retries += o.retries;
+  inevitable += o.inevitable;
+  extensions += o.extensions;
+  locks_acquired += o.locks_acquired;
+  return *this;
+}
+
+stm_stats stats() {
+  stm_stats s;
+  std::lock_guard lock(registry_lock);
+  for (transaction* tx : *registry) {
+    s.per_thread.push_back({tx->thread, snapshot(tx->stats)});
+    s.total += s.per_thread.back().counters;
+  }
+  s.per_thread.push_back({std::thread::id(), departed});
+  s.total += departed;
+  return s;
+}
+
+void configure_stm(const stm_options& o) {
+  if (o.inevitable_after == 0) throw std::invalid_argument("weft::stm_options::inevitable_after must be at least 1");
+  inevitable_after.store(o.inevitable_after, std::memory_order_relaxed);
+}
+
+}  // namespace weft

@@ -1,0 +1,459 @@
+// stm/: tvar, atomically, retry/or_else, hooks, inevitability, allocation, conflict records.
+#include <atomic>
+#include <cstdlib>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+
+#include <weft/detail/epoch.hpp>
+#include <weft/stm.hpp>
+
+#include <catch2/catch.hpp>
+
+using namespace weft;
+
+namespace {
+std::uint64_t seed_from_env(const char* what) {
+  std::uint64_t seed = std::random_device{}();
+  if (const char* s = std::getenv("WEFT_TEST_SEED")) seed = std::strtoull(s, nullptr, 10);
+  std::printf("%s: seed %llu (rerun with WEFT_TEST_SEED=%llu)\n", what, static_cast<unsigned long long>(seed),
+              static_cast<unsigned long long>(seed));
+  return seed;
+}
+
+stm_counters my_counters() {
+  for (const auto& t : stats().per_thread)
+    if (t.thread == std::this_thread::get_id()) return t.counters;
+  return {};
+}
+
+// Runs `body` on a helper thread when `go` is raised, and raises `done` after.
+struct helper_thread {
+  std::atomic<bool> go{false}, done{false}, quit{false};
+  std::thread th;
+  template <class F>
+  explicit helper_thread(F body)
+      : th([this, body] {
+          while (!quit.load()) {
+            if (go.exchange(false)) {
+              body();
+              done.store(true);
+            }
+            std::this_thread::yield();
+          }
+        }) {}
+  void run_and_wait() {
+    done.store(false);
+    go.store(true);
+    while (!done.load()) std::this_thread::yield();
+  }
+  ~helper_thread() {
+    quit.store(true);
+    th.join();
+  }
+};
+}  // namespace
+
+TEST_CASE("tvar reads and writes outside and inside transactions", "[unit][stm]") {
+  tvar<int> x{1, "x"};
+  tvar<std::string> s{"boxed"};
+  tvar<double> d{2.5};
+  CHECK(x.get() == 1);
+  CHECK(s.get() == "boxed");
+  x.set(2);
+  s.set(std::string(100, 'a'));
+  CHECK(x.get() == 2);
+  CHECK(s.get().size() == 100);
+  CHECK(std::string(x.name()) == "x");
+  int r = atomically([&] {
+    x.set(x.get() + 40);
+    s.modify([](std::string& v) { v += "b"; });
+    CHECK(x.get() == 42);  // read-after-write
+    d.set(d.get() * 2);
+    return x.get();
+  });
+  CHECK(r == 42);
+  CHECK(x.get() == 42);
+  CHECK(s.get().size() == 101);
+  CHECK(d.get() == 5.0);
+  atomically([&] {
+    for (int i = 0; i < 100; ++i) s.set(std::to_string(i));  // boxes replaced before commit are freed
+  });
+  CHECK(s.get() == "99");
+}
+
+TEST_CASE("many writes in one transaction use the indexed write log", "[unit][stm]") {
+  std::vector<std::unique_ptr<tvar<long>>> vars;
+  for (int i = 0; i < 300; ++i) vars.push_back(std::make_unique<tvar<long>>(i));
+  atomically([&] {
+    for (int round = 0; round < 3; ++round)
+      for (auto& v : vars) v->set(v->get() + 1);
+  });
+  long sum = 0;
+  for (auto& v : vars) sum += v->get();
+  CHECK(sum == 300 * 299 / 2 + 900);
+}
+
+TEST_CASE("nested atomically flattens", "[unit][stm]") {
+  tvar<int> x{0};
+  atomically([&] {
+    x.set(1);
+    atomically([&] {
+      CHECK(x.get() == 1);
+      x.set(2);
+    });
+    CHECK(x.get() == 2);
+  });
+  CHECK(x.get() == 2);
+  // An exception from the inner one aborts the whole.
+  CHECK_THROWS_AS(atomically([&] {
+                    x.set(3);
+                    atomically([&] { throw std::runtime_error("inner"); });
+                  }),
+                  std::runtime_error);
+  CHECK(x.get() == 2);
+}
+
+TEST_CASE("an exception aborts the transaction: nothing it wrote is visible", "[unit][stm]") {
+  tvar<int> x{5};
+  tvar<std::string> s{"keep"};
+  auto before = my_counters();
+  bool aborted = false, committed = false;
+  CHECK_THROWS_WITH(atomically([&] {
+                      x.set(6);
+                      s.set("lost");
+                      on_abort([&] { aborted = true; });
+                      on_commit([&] { committed = true; });
+                      throw std::runtime_error("stop");
+                    }),
+                    "stop");
+  CHECK(x.get() == 5);
+  CHECK(s.get() == "keep");
+  CHECK(aborted);
+  CHECK(!committed);
+  CHECK(my_counters().aborts_exception == before.aborts_exception + 1);
+}
+
+TEST_CASE("on_commit hooks run after commit, in order; outside a transaction at once", "[unit][stm]") {
+  std::vector<int> order;
+  tvar<int> x{0};
+  atomically([&] {
+    on_commit([&] { order.push_back(1); });
+    x.set(1);
+    on_commit([&] {
+      order.push_back(2);
+      CHECK(x.get() == 1);  // visible, and hooks may run transactions
+      atomically([&] { x.set(2); });
+    });
+    CHECK(order.empty());
+  });
+  CHECK(order == std::vector<int>{1, 2});
+  CHECK(x.get() == 2);
+  on_commit([&] { order.push_back(3); });
+  CHECK(order.back() == 3);
+  on_abort([&] { order.push_back(4); });  // ignored outside
+  CHECK(order.back() == 3);
+}
+
+TEST_CASE("on_abort runs for each conflicting attempt, on_commit once", "[unit][stm]") {
+  tvar<int> x{0}, y{0};
+  helper_thread writer([&] { x.set(x.get() + 100); });
+  int attempts = 0, aborts = 0, commits = 0;
+  atomically([&] {
+    ++attempts;
+    on_abort([&] { ++aborts; });
+    on_commit([&] { ++commits; });
+    int v = x.get();
+    if (attempts == 1) writer.run_and_wait();  // x changes under us: this attempt must fail
+    y.set(v + 1);
+  });
+  CHECK(attempts == 2);
+  CHECK(aborts == 1);
+  CHECK(commits == 1);
+  CHECK(y.get() == 101);
+}
+
+TEST_CASE("retry blocks until something read changes", "[unit][stm]") {
+  tvar<int> ready{0};
+  tvar<int> value{0};
+  std::atomic<bool> started{false};
+  int seen = 0;
+  std::thread waiter([&] {
+    seen = atomically([&] {
+      started.store(true);
+      if (ready.get() == 0) retry();
+      return value.get();
+    });
+  });
+  while (!started.load()) std::this_thread::yield();
+  atomically([&] {
+    value.set(7);
+    ready.set(1);
+  });
+  waiter.join();
+  CHECK(seen == 7);
+  CHECK(stats().total.retries >= 1);
+  CHECK_THROWS_AS(retry(), std::logic_error);  // outside a transaction
+  CHECK_THROWS_WITH(atomically([] { retry(); }),
+                    "weft::retry(): the transaction read no tvar, so nothing could ever wake it");
+}
+
+TEST_CASE("or_else runs the second branch when the first retries, undoing the first", "[unit][stm]") {
+  tvar<int> x{0}, y{1}, z{0};
+  std::vector<std::string> hooks;
+  int r = atomically([&] {
+    y.set(10);  // before the scope: must survive
+    return or_else(
+        [&] {
+          y.set(20);  // overwritten inside the scope: must be undone
+          z.set(5);   // first written inside the scope: must go
+          on_abort([&] { hooks.push_back("first-aborted"); });
+          on_commit([&] { hooks.push_back("first-committed"); });
+          if (x.get() == 0) retry();
+          return 1;
+        },
+        [&] {
+          on_commit([&] { hooks.push_back("second-committed"); });
+          return 2;
+        });
+  });
+  CHECK(r == 2);
+  CHECK(y.get() == 10);
+  CHECK(z.get() == 0);
+  CHECK(hooks == std::vector<std::string>{"first-aborted", "second-committed"});
+  // First branch succeeds: second not run.
+  x.set(1);
+  CHECK(or_else([&] { return x.get() == 1 ? 11 : (retry(), 0); }, [] { return 22; }) == 11);
+  // Both retry: the whole transaction retries; nested or_else composes.
+  tvar<std::string> s{"a"};
+  std::string got = atomically([&] {
+    return or_else([&]() -> std::string { retry(); },
+                   [&]() -> std::string {
+                     return or_else([&]() -> std::string {
+                       s.set("b");
+                       retry();
+                     }, [&] { return s.get(); });
+                   });
+  });
+  CHECK(got == "a");
+  CHECK(s.get() == "a");
+}
+
+TEST_CASE("read-only transactions take no locks and commit as read-only", "[unit][stm]") {
+  tvar<int> a{1}, b{2};
+  auto before = my_counters();
+  long sum = 0;
+  for (int i = 0; i < 1000; ++i) sum += atomically([&] { return a.get() + b.get(); });
+  auto after = my_counters();
+  CHECK(sum == 3000);
+  CHECK(after.locks_acquired == before.locks_acquired);
+  CHECK(after.read_only_commits == before.read_only_commits + 1000);
+  atomically([&] { a.set(5); });
+  CHECK(my_counters().locks_acquired == after.locks_acquired + 1);
+}
+
+TEST_CASE("opacity: a transaction never sees x + y != 0, even when doomed", "[stress][stm]") {
+  const std::uint64_t seed = seed_from_env("opacity");
+  tvar<long> x{0, "x"}, y{0, "y"};
+  std::atomic<bool> stop{false};
+  std::atomic<long> violations{0};
+  std::thread writer([&] {
+    std::mt19937_64 rng(seed);
+    while (!stop.load(std::memory_order_relaxed)) {
+      long d = static_cast<long>(rng() % 1000) - 500;
+      atomically([&] {
+        x.set(x.get() + d);
+        y.set(y.get() - d);
+      });
+    }
+  });
+  for (int i = 0; i < 200000; ++i) {
+    atomically([&] {
+      long a = x.get();
+      for (int k = 0; k < 20; ++k) asm volatile("" ::: "memory");  // widen the window
+      long b = y.get();
+      if (a + b != 0) violations.fetch_add(1);
+    });
+  }
+  stop.store(true);
+  writer.join();
+  CHECK(violations.load() == 0);
+  CHECK(x.get() + y.get() == 0);
+}
+
+TEST_CASE("bank: random transfers on two threads conserve money", "[stress][stm]") {
+  const std::uint64_t seed = seed_from_env("stm bank");
+  for (int accounts : {64, 4096}) {
+    std::vector<std::unique_ptr<tvar<long>>> bank;
+    for (int i = 0; i < accounts; ++i) bank.push_back(std::make_unique<tvar<long>>(1000));
+    std::atomic<long> bad_sums{0};
+    auto worker = [&](std::uint64_t s) {
+      std::mt19937_64 rng(s);
+      for (int i = 0; i < 60000; ++i) {
+        int from = static_cast<int>(rng() % accounts), to = static_cast<int>(rng() % accounts);
+        long amount = static_cast<long>(rng() % 100);
+        const bool audit = accounts <= 64 ? rng() % 10 == 0 : i % 500 == 0;
+        if (audit) {  // read-only: every consistent snapshot holds all the money
+          long total = atomically([&] {
+            long t = 0;
+            for (auto& a : bank) t += a->get();
+            return t;
+          });
+          if (total != 1000L * accounts) bad_sums.fetch_add(1);
+          continue;
+        }
+        atomically([&] {
+          long f = bank[from]->get();
+          bank[from]->set(f - amount);
+          bank[to]->set(bank[to]->get() + amount);
+        });
+      }
+    };
+    std::thread t1(worker, seed), t2(worker, seed * 31 + 7);
+    t1.join();
+    t2.join();
+    long total = atomically([&] {
+      long t = 0;
+      for (auto& a : bank) t += a->get();
+      return t;
+    });
+    CHECK(total == 1000L * accounts);
+    CHECK(bad_sums.load() == 0);
+  }
+  auto s = stats();
+  CHECK(s.total.commits > 0);
+}
+
+TEST_CASE("an inevitable transaction never aborts while others commit", "[stress][stm]") {
+  tvar<long> shared{0, "shared"}, other{0, "other"};
+  std::atomic<bool> stop{false};
+  std::atomic<long> other_commits{0}, shared_commits{0};
+  std::thread hammer([&] {
+    for (long i = 0; !stop.load(); ++i) {
+      atomically([&] { other.set(other.get() + 1); });  // disjoint from the inevitable one: goes on
+      other_commits.fetch_add(1);
+      if (i % 16 == 0) {
+        atomically([&] { shared.set(shared.get() + 1); });  // conflicting: waits for it
+        shared_commits.fetch_add(1);
+      }
+    }
+  });
+  for (int round = 0; round < 20; ++round) {
+    int attempts_after_inevitable = 0;
+    bool others_committed = false;
+    atomically([&] {
+      become_inevitable("test output");
+      ++attempts_after_inevitable;
+      const long c0 = other_commits.load();  // others keep committing while we are inevitable
+      for (long spins = 0; spins < 20000000 && other_commits.load() < c0 + 5; ++spins) std::this_thread::yield();
+      others_committed = other_commits.load() >= c0 + 5;
+      long v = shared.get();  // reserved from now on: the hammer cannot change it
+      for (int k = 0; k < 1000; ++k) std::this_thread::yield();
+      shared.set(v + 1000);
+    });
+    CHECK(attempts_after_inevitable == 1);
+    CHECK(others_committed);
+  }
+  stop.store(true);
+  hammer.join();
+  CHECK(shared.get() == 20 * 1000 + shared_commits.load());
+  CHECK(other.get() == other_commits.load());
+  CHECK(stats().total.inevitable >= 20);
+}
+
+TEST_CASE("after K aborts in a row a transaction runs inevitable", "[stress][stm]") {
+  configure_stm({.inevitable_after = 1});
+  tvar<long> counter{0, "counter"};
+  auto bump = [&] {
+    for (int i = 0; i < 20000; ++i) atomically([&] { counter.set(counter.get() + 1); });
+  };
+  auto before = stats().total.inevitable;
+  std::thread t1(bump), t2(bump);
+  t1.join();
+  t2.join();
+  configure_stm({});
+  CHECK(counter.get() == 40000);
+  auto s = stats().total;
+  INFO("aborts " << s.aborts() << ", inevitable " << s.inevitable - before);
+  if (s.aborts() > 0) CHECK(s.inevitable > before);
+}
+
+TEST_CASE("memory allocated in an aborted attempt is freed; deletes wait for commit", "[unit][stm]") {
+  struct node {
+    long value;
+    node* next;
+  };
+  tvar<node*> head{nullptr};
+  tvar<int> x{0};
+  helper_thread writer([&] { x.set(x.get() + 1); });
+  // Aborted attempts allocate nodes that are never published: freed (ASan would report a leak).
+  int attempts = 0;
+  atomically([&] {
+    ++attempts;
+    x.get();
+    node* n = new node{attempts, head.get()};
+    std::string scratch(1000, 'x');  // a temporary freed within the attempt
+    if (attempts < 4) writer.run_and_wait();
+    head.set(n);
+  });
+  CHECK(attempts == 4);
+  REQUIRE(head.get() != nullptr);
+  CHECK(head.get()->value == 4);
+  // A delete in an aborted attempt does not happen; in a committed one it is deferred to the GC.
+  node* keep = head.get();
+  attempts = 0;
+  atomically([&] {
+    ++attempts;
+    x.get();
+    node* n = head.get();
+    head.set(nullptr);
+    delete n;
+    if (attempts == 1) writer.run_and_wait();
+  });
+  CHECK(attempts == 2);
+  CHECK(head.get() == nullptr);
+  (void)keep;  // freed by the epoch GC once no transaction can still read it
+  for (int i = 0; i < 200; ++i) detail::epoch_collect();
+}
+
+TEST_CASE("boxed versions are reclaimed by the epoch GC", "[unit][stm]") {
+  tvar<std::string> s{"start"};
+  for (int i = 0; i < 10000; ++i) atomically([&] { s.set(std::string(64, static_cast<char>('a' + i % 26))); });
+  for (int i = 0; i < 10; ++i) detail::epoch_collect();
+  CHECK(detail::epoch_pending() < 500);
+}
+
+TEST_CASE("conflicts are reported to the observer with names and source locations", "[unit][stm]") {
+  static std::mutex lock;
+  static std::vector<conflict_record> records;
+  records.clear();
+  set_observer([](const event& e, void*) {
+    if (e.kind == event_kind::tx_abort && e.conflict) {
+      std::lock_guard g(lock);
+      records.push_back(*e.conflict);
+    }
+  });
+  tvar<int> hot{0, "hot"};
+  helper_thread writer([&] { atomically([&] { hot.set(hot.get() + 1); }); });
+  const std::uint_least32_t write_line = __LINE__ - 1;
+  int attempts = 0;
+  std::uint_least32_t read_line = 0;
+  atomically([&] {
+    ++attempts;
+    read_line = __LINE__ + 1;
+    int v = hot.get();
+    if (attempts == 1) writer.run_and_wait();
+    hot.set(v + 1);
+  });
+  set_observer(nullptr);
+  REQUIRE(!records.empty());
+  const conflict_record& r = records.front();
+  CHECK(r.kind == conflict_kind::read_write);
+  CHECK(r.object == &hot);
+  CHECK(std::string(r.name) == "hot");
+  CHECK(r.read_at.line() == read_line);
+  CHECK(r.write_at.line() == write_line);
+  CHECK(r.thread == std::this_thread::get_id());
+  CHECK(hot.get() == 2);
+}
