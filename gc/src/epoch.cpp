@@ -129,7 +129,9 @@ epoch_participant& epoch_self() {
       return *p;
     }
   }
-  auto* p = new (std::malloc(sizeof(epoch_participant))) epoch_participant;
+  void* mem = std::aligned_alloc(alignof(epoch_participant), sizeof(epoch_participant));
+  if (!mem) std::abort();  // cannot take part in reclamation: nothing sane to do
+  auto* p = new (mem) epoch_participant;
   epoch_participant* head = participants.load(std::memory_order_relaxed);
   do {
     p->next = head;

@@ -3,6 +3,7 @@
 // are never freed (observers are installed a handful of times per process).
 #include <atomic>
 #include <cstdlib>
+#include <mutex>
 #include <utility>
 
 #include "observe_impl.hpp"
@@ -25,13 +26,21 @@ void notify_slow(const observer_record* r, const event& e) noexcept {
 }
 }  // namespace detail
 
+namespace {
+std::mutex history_lock;  // protects history
+const detail::observer_record* history = nullptr;
+}  // namespace
+
 void set_observer(observer_fn fn, void* context) {
   const detail::observer_record* rec = nullptr;
   if (fn) {
     auto* r = static_cast<detail::observer_record*>(std::malloc(sizeof(detail::observer_record)));
     if (!r) throw std::bad_alloc();
+    std::lock_guard lock(history_lock);
     r->fn = fn;
     r->context = context;
+    r->older = history;
+    history = r;
     rec = r;
   }
   detail::observer_slot.store(rec, std::memory_order_release);  // pairs with the acquire in notify()

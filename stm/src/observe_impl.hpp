@@ -11,6 +11,7 @@ namespace weft::detail {
 struct observer_record {
   observer_fn fn;
   void* context;
+  const observer_record* older;  // every record ever made stays reachable (readers may still hold one)
 };
 extern std::atomic<const observer_record*> observer_slot;
 
