@@ -40,6 +40,7 @@ void set_observer(observer_fn fn, void* context) {
     r->fn = fn;
     r->context = context;
     r->older = history;
+    detail::side_tables_used.store(true, std::memory_order_relaxed);  // tvars must now leave the tables
     history = r;
     rec = r;
   }

@@ -23,13 +23,14 @@
 #include <unistd.h>
 
 #include "observe_impl.hpp"
+#include "side_tables.hpp"
 #include "weft/stm.hpp"
 
 namespace weft::detail {
 
 void link_tx_alloc() noexcept;  // gc/src/tx_alloc.cpp
 
-__attribute__((tls_model("initial-exec"))) thread_local transaction* current_tx = nullptr;
+__attribute__((tls_model("initial-exec"))) constinit thread_local transaction* current_tx = nullptr;
 
 namespace {
 
@@ -135,7 +136,8 @@ void tvar_base::write_direct(std::uint64_t b, void (*drop)(void*), const std::so
   std::atomic_thread_fence(std::memory_order_release);  // pairs with the readers' acquire fence
   std::uint64_t old = bits.load(std::memory_order_relaxed);
   bits.store(b, std::memory_order_relaxed);
-  last_write.store(location_bits(where), std::memory_order_relaxed);
+  if (observing()) [[unlikely]]
+    note_write(this, location_bits(where));
   std::uint64_t wv = clock.value.fetch_add(1, std::memory_order_acq_rel) + 1;
   meta.store(wv << 2, std::memory_order_release);  // unlock; pairs with the readers' acquire load
   if (drop) epoch_retire(reinterpret_cast<void*>(old), drop);
@@ -231,9 +233,9 @@ void transaction::record_conflict(conflict_kind kind, const tvar_base* v, const 
   if (!measuring_) return;
   conflict_record rec{kind,
                       v,
-                      v ? v->name : nullptr,
+                      v ? tvar_name(v) : nullptr,
                       where,
-                      v ? location_from(v->last_write.load(std::memory_order_relaxed)) : std::source_location{},
+                      v ? location_from(last_write_of(v)) : std::source_location{},
                       now_ns() - attempt_start_ns_,
                       std::this_thread::get_id()};
   event e{event_kind::tx_abort, &rec};
@@ -349,7 +351,8 @@ bool transaction::commit_inevitable() {
   for (write_entry& w : writes_) {
     std::uint64_t old = w.var->bits.load(std::memory_order_relaxed);
     w.var->bits.store(w.bits, std::memory_order_relaxed);
-    w.var->last_write.store(location_bits(w.where), std::memory_order_relaxed);
+    if (measuring_) [[unlikely]]
+      note_write(w.var, location_bits(w.where));
     if (w.drop) epoch_retire(reinterpret_cast<void*>(old), w.drop);
   }
   for (write_entry& w : writes_) w.var->meta.store(wv << 2, std::memory_order_release);  // also clears reserved
@@ -410,7 +413,8 @@ relock:
   for (write_entry& w : writes_) {
     std::uint64_t old = w.var->bits.load(std::memory_order_relaxed);
     w.var->bits.store(w.bits, std::memory_order_relaxed);
-    w.var->last_write.store(location_bits(w.where), std::memory_order_relaxed);
+    if (measuring_) [[unlikely]]
+      note_write(w.var, location_bits(w.where));
     if (w.drop) epoch_retire(reinterpret_cast<void*>(old), w.drop);
   }
   for (write_entry& w : writes_) w.var->meta.store(wv << 2, std::memory_order_release);  // unlock
@@ -420,7 +424,7 @@ relock:
 
 void transaction::after_commit() {
   counters::bump(stats.commits);
-  allocs_.commit();
+  if (!allocs_.empty()) allocs_.commit();
   consecutive_aborts_ = 0;
   reset_attempt();
   if (observing()) {

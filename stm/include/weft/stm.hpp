@@ -35,6 +35,7 @@ namespace weft {
 template <class T>
 class tvar : private detail::tvar_base {
   static_assert(std::is_copy_constructible_v<T>, "tvar<T> needs a copyable T");
+  static_assert(sizeof(detail::tvar_base) == 16, "a tvar is two words");
   static constexpr bool is_inline = std::is_trivially_copyable_v<T> && sizeof(T) <= sizeof(std::uint64_t);
   struct box {
     T value;
@@ -51,7 +52,7 @@ class tvar : private detail::tvar_base {
   tvar& operator=(const tvar&) = delete;
 
   /// In a transaction: a validated read. Outside: one atomic read.
-  T get(std::source_location where = std::source_location::current()) const {
+  [[gnu::always_inline]] T get(std::source_location where = std::source_location::current()) const {
     if (detail::transaction* tx = detail::current_transaction()) [[likely]]
       return decode(tx->read(*this, where));
     if constexpr (is_inline) {
@@ -63,7 +64,7 @@ class tvar : private detail::tvar_base {
   }
 
   /// In a transaction: buffered until commit. Outside: one atomic write.
-  void set(T v, std::source_location where = std::source_location::current()) {
+  [[gnu::always_inline]] void set(T v, std::source_location where = std::source_location::current()) {
     std::uint64_t b = encode(std::move(v));
     if (detail::transaction* tx = detail::current_transaction()) [[likely]] {
       tx->write(*this, b, is_inline ? nullptr : &drop_box, where);
@@ -80,7 +81,8 @@ class tvar : private detail::tvar_base {
     set(std::move(copy), where);
   }
 
-  const char* name() const noexcept { return tvar_base::name; }
+  /// The name given at construction, or nullptr.
+  const char* name() const noexcept { return detail::tvar_name(this); }
 
  private:
   static std::uint64_t encode(T v) {

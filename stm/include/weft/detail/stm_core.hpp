@@ -40,12 +40,25 @@ inline constexpr std::uint64_t version_of(std::uint64_t meta) noexcept { return 
 
 static_assert(sizeof(std::source_location) == sizeof(std::uintptr_t), "source_location is one pointer");
 
+// Names and last-writer locations live in side tables (stm/src/side_tables.cpp), not in the tvar:
+// they are needed only for conflict records, and 16 bytes per tvar keep big data sets dense.
+extern std::atomic<bool> side_tables_used;  ///< set once a tvar is named or an observer installed
+void tvar_named(const void* var, const char* name);
+void tvar_gone(const void* var) noexcept;
+const char* tvar_name(const void* var) noexcept;
+
 struct tvar_base {
-  explicit tvar_base(const char* n) noexcept : name(n) {}
+  explicit tvar_base(const char* name) {
+    if (name) tvar_named(this, name);
+  }
+  ~tvar_base() {
+    if (side_tables_used.load(std::memory_order_relaxed)) [[unlikely]]
+      tvar_gone(this);
+  }
+  tvar_base(const tvar_base&) = delete;
+  tvar_base& operator=(const tvar_base&) = delete;
   std::atomic<std::uint64_t> meta{0};
   std::atomic<std::uint64_t> bits{0};
-  const char* name;
-  std::atomic<std::uintptr_t> last_write{0};  ///< source_location of the last committed write
 
   /// A consistent read outside any transaction (waits while a writer holds the lock).
   std::uint64_t read_direct() const noexcept {
@@ -118,7 +131,7 @@ class alignas(64) transaction {
   transaction(const transaction&) = delete;
   transaction& operator=(const transaction&) = delete;
 
-  std::uint64_t read(const tvar_base& v, const std::source_location& where) {
+  [[gnu::always_inline]] std::uint64_t read(const tvar_base& v, const std::source_location& where) {
     if (writes_.size) [[unlikely]] {
       if (const write_entry* w = find_write(&v)) return w->bits;
     }
@@ -135,7 +148,8 @@ class alignas(64) transaction {
     return read_slow(v, where);
   }
 
-  void write(tvar_base& v, std::uint64_t b, void (*drop)(void*), const std::source_location& where) {
+  [[gnu::always_inline]] void write(tvar_base& v, std::uint64_t b, void (*drop)(void*),
+                                    const std::source_location& where) {
     if (writes_.size) {
       if (write_entry* w = find_write(&v)) {
         replace_write(*w, b, where);
@@ -227,7 +241,8 @@ class alignas(64) transaction {
   epoch_participant* epoch_ = nullptr;
 };
 
-__attribute__((tls_model("initial-exec"))) extern thread_local transaction* current_tx;
+// constinit: no thread-local initialisation wrapper on every access.
+__attribute__((tls_model("initial-exec"))) extern constinit thread_local transaction* current_tx;
 
 /// The transaction running on this thread, or nullptr.
 inline transaction* current_transaction() noexcept { return current_tx; }
