@@ -2,6 +2,10 @@
 // that gives every test a fresh runtime and checks that nothing leaked.
 #pragma once
 
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -25,6 +29,22 @@ struct event_log {
   }
   void clear() { events.clear(); }
 };
+
+/// Appends `what` to the log when destroyed: shows which frames unwound, and in which order.
+struct on_unwind {
+  event_log* log;
+  std::string what;
+  ~on_unwind() { (*log)(what); }
+};
+
+/// A random seed, or WEFT_TEST_SEED; printed so that a failing stress run can be replayed.
+inline std::uint64_t seed_from_env(const char* what) {
+  std::uint64_t seed = std::random_device{}();
+  if (const char* s = std::getenv("WEFT_TEST_SEED")) seed = std::strtoull(s, nullptr, 10);
+  std::printf("%s: seed %llu (rerun with WEFT_TEST_SEED=%llu)\n", what, static_cast<unsigned long long>(seed),
+              static_cast<unsigned long long>(seed));
+  return seed;
+}
 
 /// Starts each test with no runtime; at the end shuts the runtime down (killing what is left).
 /// check_clean() asserts that nothing is left alive and no stack is in use after the shutdown.

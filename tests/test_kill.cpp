@@ -5,15 +5,11 @@ using namespace weft;
 using weft::test::event_log;
 using weft::test::flags;
 using weft::test::fresh_runtime;
+using weft::test::on_unwind;
 
 namespace {
 struct boom : std::runtime_error {
   boom() : std::runtime_error("boom") {}
-};
-struct on_unwind {
-  event_log* log;
-  std::string what;
-  ~on_unwind() { (*log)(what); }
 };
 }  // namespace
 

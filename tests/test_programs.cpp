@@ -20,13 +20,6 @@ struct xorshift64 {
   }
 };
 
-std::uint64_t seed_from_env(const char* what) {
-  std::uint64_t seed = std::random_device{}();
-  if (const char* s = std::getenv("WEFT_TEST_SEED")) seed = std::strtoull(s, nullptr, 10);
-  std::printf("%s: seed %llu (rerun with WEFT_TEST_SEED=%llu)\n", what, static_cast<unsigned long long>(seed),
-              static_cast<unsigned long long>(seed));
-  return seed;
-}
 }  // namespace
 
 TEST_CASE_METHOD(fresh_runtime, "7 hackysack with 5 players: pass sequence and exit order", "[model][program]") {
@@ -72,7 +65,7 @@ TEST_CASE_METHOD(fresh_runtime, "stress: random transfers between account taskle
   // Main sends payment orders to account tasklets; an account pays out of its balance and hands the
   // money to a courier tasklet that delivers it to the payee's inbox. Random preferences, yields and
   // kills; money is conserved: balances + money in couriers + balances of killed accounts.
-  const std::uint64_t seed = seed_from_env("account transfers");
+  const std::uint64_t seed = weft::test::seed_from_env("account transfers");
   std::mt19937_64 rng(seed);
   constexpr int accounts = 64;
   constexpr long initial = 1000;
@@ -141,7 +134,7 @@ TEST_CASE_METHOD(fresh_runtime, "stress: random transfers between account taskle
 }
 
 TEST_CASE_METHOD(fresh_runtime, "stress: pipelines of random length and preference deliver every item once", "[stress][program]") {
-  const std::uint64_t seed = seed_from_env("pipelines");
+  const std::uint64_t seed = weft::test::seed_from_env("pipelines");
   std::mt19937_64 rng(seed);
   for (int round = 0; round < 50; ++round) {
     int stages = 1 + static_cast<int>(rng() % 20);

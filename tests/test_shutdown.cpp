@@ -7,14 +7,8 @@
 using namespace weft;
 using weft::test::event_log;
 using weft::test::fresh_runtime;
+using weft::test::on_unwind;
 
-namespace {
-struct on_unwind {
-  event_log* log;
-  std::string what;
-  ~on_unwind() { (*log)(what); }
-};
-}  // namespace
 
 TEST_CASE_METHOD(fresh_runtime, "shutdown kills ring, then blocked (channel order), then paused tasklets", "[unit][shutdown]") {
   event_log log;

@@ -9,18 +9,11 @@
 #include <weft/detail/epoch.hpp>
 #include <weft/stm.hpp>
 
-#include <catch2/catch.hpp>
+#include "support.hpp"
 
 using namespace weft;
 
 namespace {
-std::uint64_t seed_from_env(const char* what) {
-  std::uint64_t seed = std::random_device{}();
-  if (const char* s = std::getenv("WEFT_TEST_SEED")) seed = std::strtoull(s, nullptr, 10);
-  std::printf("%s: seed %llu (rerun with WEFT_TEST_SEED=%llu)\n", what, static_cast<unsigned long long>(seed),
-              static_cast<unsigned long long>(seed));
-  return seed;
-}
 
 stm_counters my_counters() {
   for (const auto& t : stats().per_thread)
@@ -254,7 +247,7 @@ TEST_CASE("read-only transactions take no locks and commit as read-only", "[unit
 }
 
 TEST_CASE("opacity: a transaction never sees x + y != 0, even when doomed", "[stress][stm]") {
-  const std::uint64_t seed = seed_from_env("opacity");
+  const std::uint64_t seed = weft::test::seed_from_env("opacity");
   tvar<long> x{0, "x"}, y{0, "y"};
   std::atomic<bool> stop{false};
   std::atomic<long> violations{0};
@@ -283,7 +276,7 @@ TEST_CASE("opacity: a transaction never sees x + y != 0, even when doomed", "[st
 }
 
 TEST_CASE("bank: random transfers on two threads conserve money", "[stress][stm]") {
-  const std::uint64_t seed = seed_from_env("stm bank");
+  const std::uint64_t seed = weft::test::seed_from_env("stm bank");
   for (int accounts : {64, 4096}) {
     std::vector<std::unique_ptr<tvar<long>>> bank;
     for (int i = 0; i < accounts; ++i) bank.push_back(std::make_unique<tvar<long>>(1000));

@@ -338,6 +338,19 @@ void transaction::release_locks(std::uint32_t count) noexcept {
     writes_.data[i].var->meta.store(writes_.data[i].old_meta, std::memory_order_release);
 }
 
+// With every written tvar locked by us: install the new values, retire replaced boxes, and unlock
+// each with version wv.
+void transaction::write_back_and_unlock(std::uint64_t wv) noexcept {
+  for (write_entry& w : writes_) {
+    std::uint64_t old = w.var->bits.load(std::memory_order_relaxed);
+    w.var->bits.store(w.bits, std::memory_order_relaxed);
+    if (measuring_) [[unlikely]]
+      note_write(w.var, location_bits(w.where));
+    if (w.drop) epoch_retire(reinterpret_cast<void*>(old), w.drop);
+  }
+  for (write_entry& w : writes_) w.var->meta.store(wv << 2, std::memory_order_release);
+}
+
 bool transaction::commit_inevitable() {
   // Every written tvar is reserved by us, so nobody else can hold its lock: take them all.
   const std::uint64_t self = reinterpret_cast<std::uint64_t>(this) | lock_bit;
@@ -348,14 +361,7 @@ bool transaction::commit_inevitable() {
   }
   std::atomic_thread_fence(std::memory_order_release);
   std::uint64_t wv = writes_.size ? clock.value.fetch_add(1, std::memory_order_acq_rel) + 1 : 0;
-  for (write_entry& w : writes_) {
-    std::uint64_t old = w.var->bits.load(std::memory_order_relaxed);
-    w.var->bits.store(w.bits, std::memory_order_relaxed);
-    if (measuring_) [[unlikely]]
-      note_write(w.var, location_bits(w.where));
-    if (w.drop) epoch_retire(reinterpret_cast<void*>(old), w.drop);
-  }
-  for (write_entry& w : writes_) w.var->meta.store(wv << 2, std::memory_order_release);  // also clears reserved
+  write_back_and_unlock(wv);  // also clears our reservations of the written tvars
   release_reservations();
   inevitable_holder.store(nullptr, std::memory_order_release);
   holds_token_ = want_inevitable_ = inevitable_ = false;
@@ -410,14 +416,7 @@ relock:
       return false;
     }
   }
-  for (write_entry& w : writes_) {
-    std::uint64_t old = w.var->bits.load(std::memory_order_relaxed);
-    w.var->bits.store(w.bits, std::memory_order_relaxed);
-    if (measuring_) [[unlikely]]
-      note_write(w.var, location_bits(w.where));
-    if (w.drop) epoch_retire(reinterpret_cast<void*>(old), w.drop);
-  }
-  for (write_entry& w : writes_) w.var->meta.store(wv << 2, std::memory_order_release);  // unlock
+  write_back_and_unlock(wv);
   wake_retry_waiters();
   return true;
 }
@@ -439,19 +438,24 @@ void transaction::after_commit() {
   }
 }
 
-void transaction::rollback_after_conflict() {
-  // The attempt's allocations are freed; hooks made in it are destroyed first (while the log can
-  // still tell which of their memory came from this attempt).
+std::vector<std::function<void()>> transaction::discard_attempt() noexcept {
+  // Commit hooks made in the attempt are destroyed while the log can still tell which of their
+  // memory came from it; abort hooks were copied outside the log and are handed back to be run.
   commit_hooks_.clear();
   std::vector<std::function<void()>> aborts;
   aborts.swap(abort_hooks_);
-  for (write_entry& w : writes_)
+  for (write_entry& w : writes_)  // boxes nobody else ever saw
     if (w.drop) w.drop(reinterpret_cast<void*>(w.bits));
   for (undo_entry& u : undo_) {
     write_entry& w = writes_.data[u.index];
     if (w.drop) w.drop(reinterpret_cast<void*>(u.bits));
   }
   if (inevitable_) release_reservations();
+  return aborts;
+}
+
+void transaction::rollback_after_conflict() {
+  std::vector<std::function<void()>> aborts = discard_attempt();
   allocs_.abort();
   const bool keep_token = holds_token_ && want_inevitable_;
   if (holds_token_ && !keep_token) {
@@ -467,16 +471,7 @@ void transaction::rollback_after_conflict() {
 
 void transaction::abort_by_exception() noexcept {
   counters::bump(stats.aborts_exception);
-  commit_hooks_.clear();
-  std::vector<std::function<void()>> aborts;
-  aborts.swap(abort_hooks_);
-  for (write_entry& w : writes_)
-    if (w.drop) w.drop(reinterpret_cast<void*>(w.bits));
-  for (undo_entry& u : undo_) {
-    write_entry& w = writes_.data[u.index];
-    if (w.drop) w.drop(reinterpret_cast<void*>(u.bits));
-  }
-  if (inevitable_) release_reservations();
+  std::vector<std::function<void()>> aborts = discard_attempt();
   if (holds_token_) {
     inevitable_holder.store(nullptr, std::memory_order_release);
     holds_token_ = false;

@@ -212,7 +212,9 @@ class alignas(64) transaction {
   void release_reservations() noexcept;
   void release_locks(std::uint32_t count) noexcept;
   bool commit_inevitable();
+  void write_back_and_unlock(std::uint64_t wv) noexcept;
   void reset_attempt() noexcept;
+  std::vector<std::function<void()>> discard_attempt() noexcept;
   void record_conflict(conflict_kind kind, const tvar_base* v, const std::source_location& where) noexcept;
   void backoff() noexcept;
 
