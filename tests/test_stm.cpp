@@ -8,6 +8,7 @@
 
 #include <weft/detail/epoch.hpp>
 #include <weft/stm.hpp>
+#include <weft/weft.hpp>
 
 #include "support.hpp"
 
@@ -449,4 +450,27 @@ TEST_CASE("conflicts are reported to the observer with names and source location
   CHECK(r.write_at.line() == write_line);
   CHECK(r.thread == std::this_thread::get_id());
   CHECK(hot.get() == 2);
+}
+
+TEST_CASE("a switch point inside a transaction is refused", "[unit][stm]") {
+  weft::test::fresh_runtime fresh;
+  tvar<int> x{0};
+  channel<int> ch;
+  weft::spawn([&] { ch.receive(); });
+  std::string what;
+  try {
+    atomically([&] {
+      x.set(1);
+      ch.send(1);
+    });
+  } catch (const std::logic_error& e) {
+    what = e.what();
+  }
+  CHECK(what.find("inside weft::atomically") != std::string::npos);
+  CHECK(x.get() == 0);
+  CHECK(ch.balance() == 0);  // the receiver has not run yet: nothing was queued or delivered
+  weft::run();
+  CHECK(ch.balance() == -1);
+  ch.send(2);
+  fresh.check_clean();
 }

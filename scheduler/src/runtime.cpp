@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "runtime.hpp"
+#include "weft/detail/stm_core.hpp"
 
 namespace weft::detail {
 
@@ -164,6 +165,10 @@ void retire(runtime& r, tasklet_impl* t) noexcept {
 }
 
 op_status perform(intent& in) {
+  if (current_transaction()) [[unlikely]]
+    throw std::logic_error(
+        "a switch point (channel operation, schedule, run, kill, ...) inside weft::atomically: "
+        "a transaction cannot give up the processor; move it out of the transaction");
   runtime& r = this_runtime();
   tasklet_impl* self = r.current;
   apply_result res = apply(r, in);
