@@ -474,3 +474,55 @@ TEST_CASE("a switch point inside a transaction is refused", "[unit][stm]") {
   ch.send(2);
   fresh.check_clean();
 }
+
+TEST_CASE("objects holding tvars can be made and deleted inside transactions", "[unit][stm]") {
+  struct node {
+    tvar<std::string> label;
+    tvar<int> count{0};
+    explicit node(std::string s) : label(std::move(s)) {}
+  };
+  node* first = new node(std::string(64, 'x'));
+  tvar<node*> head{first};
+  tvar<int> x{0};
+  // Deleted in an attempt that is abandoned: the node and its tvars stay intact.
+  CHECK_THROWS_AS(atomically([&] {
+                    node* victim = head.get();
+                    head.set(nullptr);
+                    delete victim;
+                    throw std::runtime_error("abandon");
+                  }),
+                  std::runtime_error);
+  REQUIRE(head.get() == first);
+  CHECK(head.get()->label.get().size() == 64);
+  // Made, then the attempt conflicts: the first attempt's node (and its box) are freed (ASan checks).
+  {
+    std::atomic<bool> go{false}, done{false};
+    std::thread writer([&] {
+      while (!go.load()) std::this_thread::yield();
+      x.set(1);
+      done.store(true);
+    });
+    int attempts = 0;
+    atomically([&] {
+      ++attempts;
+      x.get();
+      node* fresh = new node(std::string(100, 'y'));
+      tvar<std::string> scratch{std::string(50, 'z')};  // made and destroyed within the attempt
+      if (attempts == 1) {
+        go.store(true);
+        while (!done.load()) std::this_thread::yield();
+      }
+      node* old = head.get();
+      head.set(fresh);
+      delete old;  // committed at the second attempt: its box goes to the epoch GC
+    });
+    writer.join();
+    CHECK(attempts == 2);
+  }
+  CHECK(head.get()->label.get().size() == 100);
+  atomically([&] {
+    delete head.get();
+    head.set(nullptr);
+  });
+  for (int i = 0; i < 50; ++i) detail::epoch_collect();
+}

@@ -421,8 +421,47 @@ relock:
   return true;
 }
 
+void transaction::tvar_created(tvar_base* v, void (*drop)(void*)) { created_.push({v, drop}); }
+
+void transaction::tvar_destroyed(tvar_base* v, void (*drop)(void*)) {
+  for (std::uint32_t i = created_.size; i-- > 0;) {
+    if (created_.data[i].var == v) {  // made in this attempt: nobody else ever saw it
+      if (drop) drop(reinterpret_cast<void*>(v->bits.load(std::memory_order_relaxed)));
+      v->forget();
+      created_.data[i].var = nullptr;
+      return;
+    }
+  }
+  destroyed_.push({v, drop});
+}
+
+// The commit made the destructions real: boxes go to the epoch GC (readers may still hold them), names
+// and last-writer entries go from the side tables. Tvars made in the attempt simply live on.
+void transaction::finish_destroyed_tvars() noexcept {
+  for (const tvar_entry& d : destroyed_) {
+    if (d.drop) epoch_retire(reinterpret_cast<void*>(d.var->bits.load(std::memory_order_relaxed)), d.drop);
+    d.var->forget();
+  }
+  destroyed_.size = 0;
+  created_.size = 0;
+}
+
+// Tvars made in the attempt (from entry `first` on) that still exist: their boxes are freed (their
+// memory goes with the attempt's allocations).
+void transaction::drop_created_from(std::uint32_t first) noexcept {
+  for (std::uint32_t i = first; i < created_.size; ++i) {
+    const tvar_entry& c = created_.data[i];
+    if (!c.var) continue;
+    if (c.drop) c.drop(reinterpret_cast<void*>(c.var->bits.load(std::memory_order_relaxed)));
+    c.var->forget();
+  }
+  created_.size = first;
+}
+
 void transaction::after_commit() {
   counters::bump(stats.commits);
+  if (destroyed_.size || created_.size) [[unlikely]]
+    finish_destroyed_tvars();
   if (!allocs_.empty()) allocs_.commit();
   consecutive_aborts_ = 0;
   reset_attempt();
@@ -438,7 +477,7 @@ void transaction::after_commit() {
   }
 }
 
-std::vector<std::function<void()>> transaction::discard_attempt() noexcept {
+std::vector<std::function<void()>> transaction::discard_attempt(bool free_created) noexcept {
   // Commit hooks made in the attempt are destroyed while the log can still tell which of their
   // memory came from it; abort hooks were copied outside the log and are handed back to be run.
   commit_hooks_.clear();
@@ -451,11 +490,16 @@ std::vector<std::function<void()>> transaction::discard_attempt() noexcept {
     if (w.drop) w.drop(reinterpret_cast<void*>(u.bits));
   }
   if (inevitable_) release_reservations();
+  if (free_created)
+    drop_created_from(0);
+  else
+    created_.size = 0;  // kept alive with the attempt's allocations (see abort_by_exception)
+  destroyed_.size = 0;  // tvars "destroyed" in the attempt are still alive
   return aborts;
 }
 
 void transaction::rollback_after_conflict() {
-  std::vector<std::function<void()>> aborts = discard_attempt();
+  std::vector<std::function<void()>> aborts = discard_attempt(true);
   allocs_.abort();
   const bool keep_token = holds_token_ && want_inevitable_;
   if (holds_token_ && !keep_token) {
@@ -471,7 +515,7 @@ void transaction::rollback_after_conflict() {
 
 void transaction::abort_by_exception() noexcept {
   counters::bump(stats.aborts_exception);
-  std::vector<std::function<void()>> aborts = discard_attempt();
+  std::vector<std::function<void()>> aborts = discard_attempt(false);
   if (holds_token_) {
     inevitable_holder.store(nullptr, std::memory_order_release);
     holds_token_ = false;
@@ -608,8 +652,13 @@ void transaction::replace_write(write_entry& w, std::uint64_t b, const std::sour
 
 transaction::scope_mark transaction::open_scope() {
   ++scope_depth_;
-  return {writes_.size, undo_.size, static_cast<std::uint32_t>(commit_hooks_.size()),
-          static_cast<std::uint32_t>(abort_hooks_.size()), allocs_.position()};
+  return {writes_.size,
+          undo_.size,
+          static_cast<std::uint32_t>(commit_hooks_.size()),
+          static_cast<std::uint32_t>(abort_hooks_.size()),
+          created_.size,
+          destroyed_.size,
+          allocs_.position()};
 }
 
 void transaction::close_scope(const scope_mark& m) noexcept {
@@ -648,6 +697,8 @@ void transaction::rollback_scope(const scope_mark& m) noexcept {
                   std::make_move_iterator(abort_hooks_.end()));
   }
   abort_hooks_.resize(m.abort_hooks);
+  drop_created_from(m.created);
+  destroyed_.size = m.destroyed;
   allocs_.rollback_to(m.allocs);
   for (auto& h : aborts) h();
 }

@@ -44,9 +44,21 @@ class tvar : private detail::tvar_base {
  public:
   explicit tvar(T init = T{}, const char* name = nullptr) : tvar_base(name) {
     bits.store(encode(std::move(init)), std::memory_order_relaxed);
+    // Made inside a transaction (say, in a node allocated there): nobody else can see it before the
+    // commit, and its box goes if the attempt aborts.
+    if (detail::transaction* tx = detail::current_transaction()) [[unlikely]]
+      tx->tvar_created(this, is_inline ? nullptr : &drop_box);
   }
+  /// Inside a transaction (a `delete` of the object holding it) the tvar is only *marked*
+  /// destroyed: its box goes to the epoch GC when the transaction commits, and nothing happens if
+  /// the attempt aborts — the object is then still reachable and must stay intact.
   ~tvar() {
+    if (detail::transaction* tx = detail::current_transaction()) [[unlikely]] {
+      tx->tvar_destroyed(this, is_inline ? nullptr : &drop_box);
+      return;
+    }
     if constexpr (!is_inline) drop_box(reinterpret_cast<void*>(bits.load(std::memory_order_relaxed)));
+    forget();
   }
   tvar(const tvar&) = delete;
   tvar& operator=(const tvar&) = delete;

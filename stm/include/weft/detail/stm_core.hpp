@@ -51,7 +51,8 @@ struct tvar_base {
   explicit tvar_base(const char* name) {
     if (name) tvar_named(this, name);
   }
-  ~tvar_base() {
+  ~tvar_base() = default;  // tvar<T>'s destructor decides when the tvar is really gone
+  void forget() noexcept {
     if (side_tables_used.load(std::memory_order_relaxed)) [[unlikely]]
       tvar_gone(this);
   }
@@ -171,12 +172,18 @@ class alignas(64) transaction {
 
   // or_else scopes.
   struct scope_mark {
-    std::uint32_t writes, undo, commit_hooks, abort_hooks;
+    std::uint32_t writes, undo, commit_hooks, abort_hooks, created, destroyed;
     alloc_log::mark allocs;
   };
   scope_mark open_scope();
   void close_scope(const scope_mark& m) noexcept;
   void rollback_scope(const scope_mark& m) noexcept;
+
+  /// A tvar constructed in this attempt: its box is freed if the attempt aborts.
+  void tvar_created(tvar_base* v, void (*drop)(void*));
+  /// A tvar destroyed in this attempt: at once if it was made in the attempt too; otherwise only at
+  /// commit (its box then goes to the epoch GC), and not at all if the attempt aborts.
+  void tvar_destroyed(tvar_base* v, void (*drop)(void*));
 
   void add_commit_hook(std::function<void()> fn);
   void add_abort_hook(std::function<void()> fn);
@@ -213,8 +220,10 @@ class alignas(64) transaction {
   void release_locks(std::uint32_t count) noexcept;
   bool commit_inevitable();
   void write_back_and_unlock(std::uint64_t wv) noexcept;
+  void finish_destroyed_tvars() noexcept;
   void reset_attempt() noexcept;
-  std::vector<std::function<void()>> discard_attempt() noexcept;
+  std::vector<std::function<void()>> discard_attempt(bool free_created) noexcept;
+  void drop_created_from(std::uint32_t first) noexcept;
   void record_conflict(conflict_kind kind, const tvar_base* v, const std::source_location& where) noexcept;
   void backoff() noexcept;
 
@@ -236,6 +245,12 @@ class alignas(64) transaction {
     std::source_location where;
   };
   log_array<undo_entry> undo_;             ///< or_else: write entries overwritten inside a scope
+  struct tvar_entry {
+    tvar_base* var;
+    void (*drop)(void*);  ///< boxed tvars: frees a box
+  };
+  log_array<tvar_entry> created_;    ///< tvars constructed in the attempt (var == nullptr: since destroyed)
+  log_array<tvar_entry> destroyed_;  ///< older tvars destroyed in the attempt
   log_array<std::uint32_t> index_;         ///< open addressing over writes_ (index + 1; 0 = empty)
   std::vector<std::function<void()>> commit_hooks_, abort_hooks_;
   alloc_log allocs_;
