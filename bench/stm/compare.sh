@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# bench/stm/compare.sh — weft's STM against its peers (no synchronisation, one std::mutex, striped
+# locks, GCC libitm), every workload of issue 4 at 1 and 2 threads, measured in the same run; prints a
+# markdown table of medians with ratio columns, then the issue-4 targets as MET / NOT MET.
+#
+# Usage (from anywhere):  bench/stm/compare.sh [--quick]
+#   --quick   one repetition per combination instead of three (the workloads are never shrunk)
+# Environment:
+#   STM_BENCH_BUILD     build directory (default build-stm, Release); configured if it has no cache yet
+#   STM_BENCH_SECONDS   measured window of each run (default 1)
+#   STM_BENCH_JOBS      parallel compile jobs (default 2)
+#   BENCH_TIMEOUT       seconds allowed per run (default 60)
+#
+# Every run is one process printing one JSON line (bench/stm/main.cpp); the lines are appended to
+# $STM_BENCH_BUILD/stm-results.jsonl. Repetitions are interleaved (rep -> workload -> variant -> threads)
+# so that drift on this shared machine hits every variant alike, and the 1- and 2-thread runs of a
+# variant are back to back (their ratio comes from the same moment). A run whose end-of-run check fails
+# (money not conserved, list broken, wrong size, weft's commit count off) or that crashes or times out
+# is reported as a WARNING under the table and left out of the medians.
+# Full run: 5 workloads x 9 combinations x 3 repetitions of ~1.4 s (0.2 s warm-up, 1 s window,
+# setup), about 3 minutes; --quick about 1 minute.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+cd "$ROOT"
+
+REPS=3
+for arg in "$@"; do
+    case "$arg" in
+        --quick) REPS=1 ;;
+        -h|--help) sed -n '2,/^set -e/{/^set -e/!p}' "$HERE/compare.sh"; exit 0 ;;
+        *) echo "compare.sh: unknown argument '$arg' (use --quick)" >&2; exit 2 ;;
+    esac
+done
+
+BUILD="${STM_BENCH_BUILD:-build-stm}"
+SECONDS_PER_RUN="${STM_BENCH_SECONDS:-1}"
+JOBS="${STM_BENCH_JOBS:-2}"
+TIMEOUT="${BENCH_TIMEOUT:-60}"
+BIN="$BUILD/bench/stm/weft_stm_bench"
+RESULTS="$BUILD/stm-results.jsonl"
+
+say() { echo "compare.sh: $*" >&2; }
+
+# ---- build ----------------------------------------------------------------------------------------
+mkdir -p "$BUILD"
+if [[ ! -f "$BUILD/CMakeCache.txt" ]]; then
+    say "configuring $BUILD (Release)"
+    cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >"$BUILD/stm-configure.log" 2>&1 ||
+        { say "configure failed, see $BUILD/stm-configure.log"; exit 1; }
+fi
+say "building weft_stm_bench in $BUILD"
+if ! cmake --build "$BUILD" --target weft_stm_bench --parallel "$JOBS" >"$BUILD/stm-build.log" 2>&1; then
+    tail -n 30 "$BUILD/stm-build.log" >&2
+    [[ -x "$BIN" ]] || { say "build failed, see $BUILD/stm-build.log"; exit 1; }
+    say "WARNING: build failed (see $BUILD/stm-build.log); running the previous binary"
+fi
+
+# ---- run ------------------------------------------------------------------------------------------
+CASES=("bank 64" "bank 1000000" "intset-list 1024" "intset-skiplist 65536" "hashmap 32768")
+VARIANTS=(unsync mutex striped libitm weft)
+
+: >"$RESULTS"
+FAILURES="$BUILD/stm-failures.txt"
+: >"$FAILURES"
+say "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+for ((rep = 1; rep <= REPS; rep++)); do
+    for case in "${CASES[@]}"; do
+        read -r workload param <<<"$case"
+        for variant in "${VARIANTS[@]}"; do
+            for threads in 1 2; do
+                [[ $variant == unsync && $threads -ne 1 ]] && continue
+                say "$workload $param $variant $threads thread(s) [run $rep/$REPS]"
+                status=0
+                line="$(timeout "$TIMEOUT" "$BIN" "$workload" "$variant" "$threads" "$param" \
+                    --seconds "$SECONDS_PER_RUN" --seed "$((0x5eed + rep))" 2>"$BUILD/stm-last-stderr.log")" ||
+                    status=$?
+                json="$(grep -m1 '^{' <<<"$line" || true)"
+                if [[ $status -eq 3 ]]; then
+                    continue  # variant not built (libitm)
+                elif [[ $status -eq 124 ]]; then
+                    echo "$workload $param $variant $threads: TIMEOUT after ${TIMEOUT}s (hang?)" >>"$FAILURES"
+                elif [[ $status -ne 0 && $status -ne 1 ]]; then
+                    detail="$(tail -n 2 "$BUILD/stm-last-stderr.log" | tr '\n' ' ')"
+                    echo "$workload $param $variant $threads: exit status $status (crash?): $detail" >>"$FAILURES"
+                elif [[ -z "$json" ]]; then
+                    echo "$workload $param $variant $threads: no JSON line" >>"$FAILURES"
+                else
+                    echo "$json" >>"$RESULTS"  # status 1 (check failed) is reported from the JSON
+                fi
+            done
+        done
+    done
+done
+say "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ---- table ----------------------------------------------------------------------------------------
+python3 - "$RESULTS" "$FAILURES" "$REPS" "$SECONDS_PER_RUN" <<'PY'
+import json, statistics, sys
+from collections import defaultdict
+
+results_path, failures_path, reps, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+runs = defaultdict(list)          # (workload, param, variant, threads) -> [mtx_per_s]
+aborts = defaultdict(list)        # same key -> [aborts_per_commit]
+warnings = [f"WARNING: {l.strip()}" for l in open(failures_path) if l.strip()]
+for line in open(results_path):
+    r = json.loads(line)
+    key = (r["workload"], int(r["param"]), r["variant"], int(r["threads"]))
+    if r["check"] != "ok":
+        warnings.append(f"WARNING: {key[0]} {key[1]} {key[2]} {key[3]} thread(s): check failed: {r['check']}")
+        continue
+    runs[key].append(float(r["mtx_per_s"]))
+    if r.get("aborts_per_commit") is not None:
+        aborts[key].append(float(r["aborts_per_commit"]))
+
+def med(workload, param, variant, threads):
+    v = runs.get((workload, param, variant, threads))
+    return statistics.median(v) if v else None
+
+def num(v):
+    if v is None:
+        return "—"
+    return f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 0.1 else f"{v:.3f}"
+
+def ratio(a, b):
+    return f"{a / b:.2f}" if a is not None and b else "—"
+
+CASES = [("bank", 64), ("bank", 1000000), ("intset-list", 1024), ("intset-skiplist", 65536), ("hashmap", 32768)]
+VARIANTS = ["unsync", "mutex", "striped", "libitm", "weft"]
+
+print(f"weft_stm_bench: million committed transactions per second, median of {reps} run{'s' if reps > 1 else ''}"
+      f" of a {seconds} s window (after 0.2 s warm-up); ratios of medians from this run.")
+print()
+header = ["workload", "param", "threads"] + VARIANTS + ["weft/mutex", "weft/libitm", "weft/unsync",
+                                                       "weft 2T/1T", "weft aborts/commit"]
+print("| " + " | ".join(header) + " |")
+print("| --- | ---: | ---: |" + " ---: |" * (len(header) - 3))
+for workload, param in CASES:
+    for threads in (1, 2):
+        v = {var: med(workload, param, var, threads) for var in VARIANTS}
+        w = v["weft"]
+        unsync1 = med(workload, param, "unsync", 1)
+        weft1 = med(workload, param, "weft", 1)
+        ab = aborts.get((workload, param, "weft", threads))
+        cells = [workload, f"{param:,}", str(threads)] + [num(v[var]) for var in VARIANTS] + [
+            ratio(w, v["mutex"]), ratio(w, v["libitm"]),
+            ratio(w, unsync1) if threads == 1 else "",
+            ratio(w, weft1) if threads == 2 else "",
+            f"{statistics.median(ab):.3g}" if ab else "—"]
+        print("| " + " | ".join(cells) + " |")
+
+if reps > 1:
+    spreads = [(max(v) / min(v), k) for k, v in runs.items() if len(v) > 1 and min(v) > 0]
+    if spreads:
+        worst, k = max(spreads)
+        print()
+        print(f"Noise: largest max/min over the repetitions of one cell: {worst:.2f} ({k[0]} {k[1]} {k[2]}"
+              f" {k[3]}T); median spread {statistics.median(x for x, _ in spreads):.2f}.")
+
+print()
+print("striped = 1024 padded std::mutex stripes (bank: by account, both stripes in index order; hashmap: by"
+      " bucket); intset-list: hand-over-hand node locks; intset-skiplist: one std::shared_mutex (lookups"
+      " shared). The 64K-key intset is a skip list. unsync runs 1 thread only.")
+
+# ---- issue-4 targets --------------------------------------------------------------------------------
+print()
+print("Issue 4 targets (weft, bank):")
+def verdict(ok):
+    return "—   (missing data)" if ok is None else ("MET" if ok else "NOT MET")
+u1, w1, w2 = med("bank", 1000000, "unsync", 1), med("bank", 1000000, "weft", 1), med("bank", 1000000, "weft", 2)
+l1, m1 = med("bank", 1000000, "libitm", 1), med("bank", 1000000, "mutex", 1)
+s1, s2 = med("bank", 64, "weft", 1), med("bank", 64, "weft", 2)
+TINYSTM_1T, MUTEX_ANCHOR_1T = 5.6, 17.7
+ok = None if None in (u1, w1) else w1 * 3 >= u1
+print(f"  {verdict(ok):8} 1 thread, 1M accounts, within 3x of unsync: weft {num(w1)} vs unsync {num(u1)}"
+      f" M tx/s (unsync/weft = {ratio(u1, w1)})")
+ok = None if None in (l1, w1) else w1 > l1
+print(f"  {verdict(ok):8} 1 thread, 1M accounts, ahead of libitm: weft {num(w1)} vs libitm {num(l1)}"
+      f" (weft/libitm = {ratio(w1, l1)})")
+ok = None if w1 is None else w1 > TINYSTM_1T
+scaled = f"; scaled by this run's mutex ({num(m1)} here vs {MUTEX_ANCHOR_1T} in ANCHORS) the anchor is" \
+         f" {TINYSTM_1T * m1 / MUTEX_ANCHOR_1T:.2f}" if m1 else ""
+print(f"  {verdict(ok):8} 1 thread, 1M accounts, ahead of TinySTM's {TINYSTM_1T} M tx/s anchor (absolute,"
+      f" another run): weft {num(w1)}{scaled}")
+ok = None if None in (w1, w2) else w2 >= 1.7 * w1
+print(f"  {verdict(ok):8} 2 threads >= 1.7x 1 thread, 1M accounts: weft {num(w2)} / {num(w1)} = {ratio(w2, w1)}")
+ok = None if None in (s1, s2) else s2 >= 0.9 * s1
+print(f"  {verdict(ok):8} 2 threads >= 0.9x 1 thread, 64 accounts: weft {num(s2)} / {num(s1)} = {ratio(s2, s1)}")
+
+if warnings:
+    print()
+    for w in warnings:
+        print(w)
+PY
+say "raw results: $RESULTS"
