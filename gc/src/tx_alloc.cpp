@@ -13,8 +13,9 @@
 
 namespace weft::detail {
 
+__attribute__((tls_model("initial-exec"))) constinit thread_local alloc_log* active_log = nullptr;
+
 namespace {
-__attribute__((tls_model("initial-exec"))) thread_local alloc_log* active = nullptr;
 
 template <class T>
 bool grow(T*& items, std::size_t& cap, std::size_t need) noexcept {
@@ -38,12 +39,6 @@ inline std::size_t slot_of(const void* p, std::size_t cap) noexcept {
 void free_now(void* p) { std::free(p); }
 }  // namespace
 
-alloc_log* active_alloc_log() noexcept { return active; }
-alloc_log* set_active_alloc_log(alloc_log* log) noexcept {
-  alloc_log* old = active;
-  active = log;
-  return old;
-}
 
 alloc_log::~alloc_log() {
   std::free(allocs_);
@@ -140,7 +135,7 @@ inline void* allocate(std::size_t n) {
   void* p = std::malloc(n ? n : 1);
   if (!p) [[unlikely]]
     throw std::bad_alloc();
-  if (alloc_log* log = active) [[unlikely]]
+  if (alloc_log* log = active_log) [[unlikely]]
     log->record_alloc(p);
   return p;
 }
@@ -148,13 +143,13 @@ inline void* allocate_aligned(std::size_t n, std::size_t align) {
   void* p = std::aligned_alloc(align, (n + align - 1) / align * align);
   if (!p) [[unlikely]]
     throw std::bad_alloc();
-  if (alloc_log* log = active) [[unlikely]]
+  if (alloc_log* log = active_log) [[unlikely]]
     log->record_alloc(p);
   return p;
 }
 inline void deallocate(void* p) noexcept {
   if (!p) return;
-  if (alloc_log* log = active) [[unlikely]] {
+  if (alloc_log* log = active_log) [[unlikely]] {
     if (!log->forget_alloc(p)) {
       log->defer_free(p);
       return;

@@ -85,6 +85,7 @@ struct descriptor_owner {
       departed += snapshot(tx->stats);
       std::erase(*registry, tx);
     }
+    thread_tx = nullptr;
     delete tx;
   }
 };
@@ -149,15 +150,15 @@ void tvar_base::write_direct(std::uint64_t b, void (*drop)(void*), const std::so
 transaction::transaction() : thread(std::this_thread::get_id()) { link_tx_alloc(); }
 transaction::~transaction() = default;
 
-transaction& thread_transaction() {
-  if (descriptor.tx) [[likely]]
-    return *descriptor.tx;
+__attribute__((tls_model("initial-exec"))) constinit thread_local transaction* thread_tx = nullptr;
+
+transaction& make_thread_transaction() {
   auto* tx = new transaction;
   {
     std::lock_guard lock(registry_lock);
     registry->push_back(tx);
   }
-  descriptor.tx = tx;
+  descriptor.tx = thread_tx = tx;
   return *tx;
 }
 

@@ -54,10 +54,16 @@ class alloc_log {
   void index_rebuild(std::size_t cap) noexcept;
 };
 
+__attribute__((tls_model("initial-exec"))) extern constinit thread_local alloc_log* active_log;
+
 /// The log of the transaction active on this thread, or nullptr.
-alloc_log* active_alloc_log() noexcept;
+inline alloc_log* active_alloc_log() noexcept { return active_log; }
 /// Installs (or removes, with nullptr) the thread's active log; returns the previous one.
-alloc_log* set_active_alloc_log(alloc_log* log) noexcept;
+inline alloc_log* set_active_alloc_log(alloc_log* log) noexcept {
+  alloc_log* old = active_log;
+  active_log = log;
+  return old;
+}
 
 /// Suspends logging in the current scope (weft's own allocations inside a transaction).
 class alloc_log_pause {

@@ -99,10 +99,16 @@ struct log_array {
   log_array(const log_array&) = delete;
   log_array& operator=(const log_array&) = delete;
   ~log_array() { std::free(data); }
-  void push(const E& e) {
+  [[gnu::always_inline]] void push(const E& e) {
     if (size == cap) [[unlikely]]
       grow();
     data[size++] = e;
+  }
+  /// The next slot, for filling field by field (no temporary, no store-to-load forwarding stall).
+  [[gnu::always_inline]] E& emplace() {
+    if (size == cap) [[unlikely]]
+      grow();
+    return data[size++];
   }
   void grow() {
     std::uint32_t c = cap ? cap * 2 : 64;
@@ -142,7 +148,9 @@ class alignas(64) transaction {
       std::atomic_thread_fence(std::memory_order_acquire);  // pairs with the writer's release fence
       std::uint64_t m2 = v.meta.load(std::memory_order_relaxed);
       if (m1 == m2 && !(m1 & lock_bit) && version_of(m1) <= rv_) [[likely]] {
-        reads_.push({&v, where});
+        read_entry& e = reads_.emplace();
+        e.var = &v;
+        e.where = where;
         return b;
       }
     }
@@ -158,7 +166,11 @@ class alignas(64) transaction {
       }
     }
     if (inevitable_) reserve(v);
-    writes_.push({&v, b, drop, 0, where});
+    write_entry& e = writes_.emplace();
+    e.var = &v;
+    e.bits = b;
+    e.drop = drop;
+    e.where = where;
     if (writes_.size > linear_limit) index_write(writes_.size - 1);
   }
 
@@ -263,7 +275,13 @@ __attribute__((tls_model("initial-exec"))) extern constinit thread_local transac
 
 /// The transaction running on this thread, or nullptr.
 inline transaction* current_transaction() noexcept { return current_tx; }
+__attribute__((tls_model("initial-exec"))) extern constinit thread_local transaction* thread_tx;
+transaction& make_thread_transaction();
 /// This thread's descriptor (made on first use).
-transaction& thread_transaction();
+inline transaction& thread_transaction() {
+  if (transaction* tx = thread_tx) [[likely]]
+    return *tx;
+  return make_thread_transaction();
+}
 
 }  // namespace weft::detail
