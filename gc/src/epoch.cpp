@@ -18,7 +18,7 @@ namespace weft::detail {
 
 namespace {
 
-constexpr std::uint64_t quiescent = ~std::uint64_t{0};
+constexpr std::uint64_t quiescent = epoch_quiescent;
 constexpr unsigned collect_every = 64;
 
 struct retired {
@@ -62,18 +62,16 @@ struct retired_list {
 
 }  // namespace
 
-struct alignas(64) epoch_participant {
-  std::atomic<std::uint64_t> entered{quiescent};  // the epoch it entered at, or quiescent
+struct epoch_participant : epoch_slot {
   std::atomic<bool> in_use{true};
-  unsigned depth = 0;
   unsigned since_collect = 0;
   retired_list limbo;
   epoch_participant* next = nullptr;  // list of all participants (append-only)
 };
 
-namespace {
+std::atomic<std::uint64_t> epoch_global{1};
 
-std::atomic<std::uint64_t> global_epoch{1};
+namespace {
 std::atomic<epoch_participant*> participants{nullptr};
 std::atomic<std::size_t> pending_count{0};
 
@@ -88,7 +86,11 @@ bool use_membarrier() {
   return ok;
 #endif
 }
-const bool cheap_enter = use_membarrier();
+}  // namespace
+
+const bool epoch_cheap_enter = use_membarrier();
+
+namespace {
 
 struct participant_owner {
   epoch_participant* p = nullptr;
@@ -107,19 +109,19 @@ struct participant_owner {
 thread_local participant_owner owner;
 
 bool try_advance() noexcept {
-  std::uint64_t e = global_epoch.load(std::memory_order_acquire);
-  if (cheap_enter) ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+  std::uint64_t e = epoch_global.load(std::memory_order_acquire);
+  if (epoch_cheap_enter) ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
   else std::atomic_thread_fence(std::memory_order_seq_cst);
   for (epoch_participant* p = participants.load(std::memory_order_acquire); p; p = p->next) {
     std::uint64_t x = p->entered.load(std::memory_order_acquire);
     if (x != quiescent && x != e) return false;
   }
-  return global_epoch.compare_exchange_strong(e, e + 1, std::memory_order_acq_rel);
+  return epoch_global.compare_exchange_strong(e, e + 1, std::memory_order_acq_rel);
 }
 
 }  // namespace
 
-epoch_participant& epoch_self() {
+epoch_slot& epoch_self() {
   if (owner.p) [[likely]] return *owner.p;
   for (epoch_participant* p = participants.load(std::memory_order_acquire); p; p = p->next) {
     bool free = false;
@@ -140,26 +142,9 @@ epoch_participant& epoch_self() {
   return *p;
 }
 
-void epoch_enter(epoch_participant& p) noexcept {
-  if (p.depth++ != 0) return;
-  std::uint64_t e = global_epoch.load(std::memory_order_acquire);
-  if (cheap_enter) {
-    p.entered.store(e, std::memory_order_relaxed);
-    std::atomic_signal_fence(std::memory_order_seq_cst);  // the reclaimer's membarrier orders the rest
-  } else {
-    p.entered.store(e, std::memory_order_seq_cst);
-  }
-}
-
-void epoch_exit(epoch_participant& p) noexcept {
-  if (--p.depth != 0) return;
-  // release: our reads of shared memory happen before a reclaimer sees us quiescent.
-  p.entered.store(quiescent, std::memory_order_release);
-}
-
 void epoch_retire(void* ptr, void (*deleter)(void*)) noexcept {
-  epoch_participant& p = epoch_self();
-  p.limbo.push({ptr, deleter, global_epoch.load(std::memory_order_acquire)});
+  auto& p = static_cast<epoch_participant&>(epoch_self());
+  p.limbo.push({ptr, deleter, epoch_global.load(std::memory_order_acquire)});
   pending_count.fetch_add(1, std::memory_order_relaxed);
   if (++p.since_collect >= collect_every) {
     p.since_collect = 0;
@@ -168,9 +153,9 @@ void epoch_retire(void* ptr, void (*deleter)(void*)) noexcept {
 }
 
 void epoch_collect() noexcept {
-  epoch_participant& p = epoch_self();
+  auto& p = static_cast<epoch_participant&>(epoch_self());
   try_advance();
-  std::uint64_t e = global_epoch.load(std::memory_order_acquire);
+  std::uint64_t e = epoch_global.load(std::memory_order_acquire);
   if (e < 2) return;
   std::size_t freed = p.limbo.free_upto(e - 2);
   {

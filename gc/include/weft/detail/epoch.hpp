@@ -20,13 +20,36 @@
 
 namespace weft::detail {
 
-struct epoch_participant;
+inline constexpr std::uint64_t epoch_quiescent = ~std::uint64_t{0};
+
+/// The part of a thread's participant record that entering and leaving touch (the rest is private).
+struct alignas(64) epoch_slot {
+  std::atomic<std::uint64_t> entered{epoch_quiescent};  ///< the epoch it entered at, or quiescent
+  unsigned depth = 0;                                   ///< nesting; only the owning thread touches it
+};
+
+extern std::atomic<std::uint64_t> epoch_global;
+extern const bool epoch_cheap_enter;  ///< reclaimers use membarrier(): entering needs no fence
 
 /// The calling thread's participant record (made on first use, recycled after the thread exits).
-epoch_participant& epoch_self();
+epoch_slot& epoch_self();
 
-void epoch_enter(epoch_participant& p) noexcept;
-void epoch_exit(epoch_participant& p) noexcept;
+inline void epoch_enter(epoch_slot& p) noexcept {
+  if (p.depth++ != 0) return;
+  const std::uint64_t e = epoch_global.load(std::memory_order_acquire);
+  if (epoch_cheap_enter) {
+    p.entered.store(e, std::memory_order_relaxed);
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // the reclaimer's membarrier orders the rest
+  } else {
+    p.entered.store(e, std::memory_order_seq_cst);
+  }
+}
+
+inline void epoch_exit(epoch_slot& p) noexcept {
+  if (--p.depth != 0) return;
+  // release: our reads of shared memory happen before a reclaimer sees us quiescent.
+  p.entered.store(epoch_quiescent, std::memory_order_release);
+}
 /// Frees `p` with `deleter(p)` once no reader can hold it. Callable inside or outside a critical section.
 void epoch_retire(void* p, void (*deleter)(void*)) noexcept;
 /// Tries to advance the epoch and frees what is safe to free (called by retire every so often).
@@ -43,7 +66,7 @@ class epoch_guard {
   epoch_guard& operator=(const epoch_guard&) = delete;
 
  private:
-  epoch_participant& p_;
+  epoch_slot& p_;
 };
 
 }  // namespace weft::detail

@@ -267,7 +267,7 @@ class alignas(64) transaction {
   std::vector<std::function<void()>> commit_hooks_, abort_hooks_;
   alloc_log allocs_;
   alloc_log* saved_log_ = nullptr;
-  epoch_participant* epoch_ = nullptr;
+  epoch_slot* epoch_ = nullptr;
 };
 
 // constinit: no thread-local initialisation wrapper on every access.
