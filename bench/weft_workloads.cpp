@@ -40,48 +40,19 @@
 
 #include <weft/weft.hpp>
 
+#include "peers/common/peer_common.hpp"
+
 namespace {
 
 constexpr const char* workloads = "yield|pingpong|spawn|sieve|hackysack";
-constexpr std::uint64_t xorshift_seed = 88172645463325252ULL;
+constexpr std::uint64_t xorshift_seed = peers::kXorshiftSeed;
 
-struct result {
-  std::string workload;
-  std::uint64_t n = 0;
-  std::uint64_t k = 0;
-  std::int64_t total_ns = 0;
-  std::uint64_t checksum = 0;
-  double bytes_per_task = 0;
-  std::int64_t teardown_ns = 0;
-};
-
-std::int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-std::uint64_t xorshift64(std::uint64_t& x) {
-  x ^= x << 13;
-  x ^= x >> 7;
-  x ^= x << 17;
-  return x;
-}
-
-// Resident set size in bytes (VmRSS of /proc/self/status), 0 if unavailable.
-std::int64_t rss_bytes() {
-  std::FILE* f = std::fopen("/proc/self/status", "r");
-  if (!f) return 0;
-  char line[256];
-  std::int64_t kb = 0;
-  while (std::fgets(line, sizeof line, f)) {
-    if (std::strncmp(line, "VmRSS:", 6) == 0) {
-      kb = std::strtoll(line + 6, nullptr, 10);
-      break;
-    }
-  }
-  std::fclose(f);
-  return kb * 1024;
-}
+// The run's plumbing (clock, RSS probe, command line, JSON line) is the peers' own, so that every
+// implementation is measured and reported the same way.
+using peers::now_ns;
+using peers::result;
+using peers::rss_bytes;
+using peers::xorshift64;
 
 // Times weft::shutdown(); complains on stderr if a tasklet survived it.
 std::int64_t timed_shutdown() {
@@ -216,27 +187,9 @@ result hackysack_bench(std::uint64_t passes, std::uint64_t k) {
   return {"hackysack", passes, k, total, checksum, 0, teardown};
 }
 
-[[noreturn]] void usage(const char* prog) {
-  std::fprintf(stderr, "usage: %s {%s} [N] [K]\n", prog, workloads);
-  std::exit(2);
-}
-
-// Positional argument i as a positive integer, or def when absent.
+[[noreturn]] void usage(const char* prog) { peers::usage(prog, workloads); }
 std::uint64_t arg_or(int argc, char** argv, int i, std::uint64_t def) {
-  if (argc <= i) return def;
-  char* end = nullptr;
-  const unsigned long long v = std::strtoull(argv[i], &end, 10);
-  if (end == argv[i] || *end != '\0' || v == 0) usage(argv[0]);
-  return v;
-}
-
-void print_json(const result& r) {
-  std::printf("{\"impl\":\"weft\",\"workload\":\"%s\",\"n\":%" PRIu64 ",\"k\":%" PRIu64
-              ",\"ns_per_op\":%.2f,\"total_ms\":%.3f,\"checksum\":%" PRIu64
-              ",\"bytes_per_task\":%.1f,\"teardown_ms\":%.3f}\n",
-              r.workload.c_str(), r.n, r.k, double(r.total_ns) / double(r.n), double(r.total_ns) / 1e6, r.checksum,
-              r.bytes_per_task, double(r.teardown_ns) / 1e6);
-  std::fflush(stdout);
+  return peers::arg_or(argc, argv, i, def, workloads);
 }
 
 }  // namespace
@@ -260,6 +213,6 @@ int main(int argc, char** argv) {
   } else {
     usage(argv[0]);
   }
-  print_json(r);
+  peers::print_json("weft", r);
   return 0;
 }
