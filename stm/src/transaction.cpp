@@ -181,7 +181,11 @@ void transaction::begin() {
     holds_token_ = true;
   }
   inevitable_ = holds_token_;
-  rv_ = clock.value.load(std::memory_order_acquire);
+  // The snapshot starts at the last clock value this thread saw, not at a fresh load of the shared
+  // clock (whose line moves to every committer): a tvar written since has a newer version, and the
+  // read barrier then extends the snapshot (LSA), so no stale value is ever returned. Transactions
+  // that touch nothing recently written never load the clock at all.
+  rv_ = last_clock_;
   saved_log_ = set_active_alloc_log(&allocs_);
   current_tx = this;
 }
@@ -225,7 +229,7 @@ bool transaction::extend() noexcept {
   std::uint64_t now = clock.value.load(std::memory_order_acquire);
   const read_entry* failed = nullptr;
   if (!reads_valid(rv_, &failed)) return false;
-  rv_ = now;
+  rv_ = last_clock_ = now;
   counters::bump(stats.extensions);
   return true;
 }
@@ -362,6 +366,7 @@ bool transaction::commit_inevitable() {
   }
   std::atomic_thread_fence(std::memory_order_release);
   std::uint64_t wv = writes_.size ? clock.value.fetch_add(1, std::memory_order_acq_rel) + 1 : 0;
+  if (wv) last_clock_ = wv;
   write_back_and_unlock(wv);  // also clears our reservations of the written tvars
   release_reservations();
   inevitable_holder.store(nullptr, std::memory_order_release);
@@ -418,6 +423,7 @@ relock:
     }
   }
   write_back_and_unlock(wv);
+  last_clock_ = wv;
   wake_retry_waiters();
   return true;
 }

@@ -240,6 +240,7 @@ class alignas(64) transaction {
   void backoff() noexcept;
 
   std::uint64_t rv_ = 0;
+  std::uint64_t last_clock_ = 0;  ///< the newest clock value this descriptor has seen
   bool inevitable_ = false;
   bool want_inevitable_ = false;
   bool holds_token_ = false;
