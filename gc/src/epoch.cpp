@@ -163,8 +163,12 @@ void epoch_collect() noexcept {
     if (lock.owns_lock() && orphans.size) freed += orphans.free_upto(e - 2);
   }
   pending_count.fetch_sub(freed, std::memory_order_relaxed);
+  if (freed)
+    if (auto hook = epoch_freed_hook.load(std::memory_order_acquire)) hook(freed);
 }
 
 std::size_t epoch_pending() noexcept { return pending_count.load(std::memory_order_relaxed); }
+
+std::atomic<void (*)(std::size_t)> epoch_freed_hook{nullptr};
 
 }  // namespace weft::detail

@@ -7,12 +7,21 @@
 #include <utility>
 
 #include "observe_impl.hpp"
+#include "weft/detail/epoch.hpp"
 #include "weft/detail/stm_core.hpp"
 
 namespace weft {
 
 namespace detail {
 std::atomic<const observer_record*> observer_slot{nullptr};
+
+namespace {
+void report_gc(std::size_t freed) noexcept {
+  event e{event_kind::gc};
+  e.count = freed;
+  notify(e);
+}
+}  // namespace
 
 void notify_slow(const observer_record* r, const event& e) noexcept {
   alloc_log_pause pause;
@@ -41,6 +50,7 @@ void set_observer(observer_fn fn, void* context) {
     r->context = context;
     r->older = history;
     detail::side_tables_used.store(true, std::memory_order_relaxed);  // tvars must now leave the tables
+    detail::epoch_freed_hook.store(&detail::report_gc, std::memory_order_release);
     history = r;
     rec = r;
   }

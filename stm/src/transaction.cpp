@@ -347,13 +347,18 @@ void transaction::release_locks(std::uint32_t count) noexcept {
 // each with version wv.
 void transaction::write_back_and_unlock(std::uint64_t wv) noexcept {
   for (write_entry& w : writes_) {
-    std::uint64_t old = w.var->bits.load(std::memory_order_relaxed);
+    const std::uint64_t old = w.var->bits.load(std::memory_order_relaxed);
     w.var->bits.store(w.bits, std::memory_order_relaxed);
+    w.bits = old;  // the entry now holds what it replaced (retired below)
     if (measuring_) [[unlikely]]
       note_write(w.var, location_bits(w.where));
-    if (w.drop) epoch_retire(reinterpret_cast<void*>(old), w.drop);
   }
   for (write_entry& w : writes_) w.var->meta.store(wv << 2, std::memory_order_release);
+  // Replaced boxes go to the epoch GC only now: a collection may call the observer, which must never
+  // run while we hold tvar locks.
+  for (write_entry& w : writes_)
+    if (w.drop) epoch_retire(reinterpret_cast<void*>(w.bits), w.drop);
+  writes_.size = 0;  // the entries no longer describe this transaction's writes
 }
 
 bool transaction::commit_inevitable() {
@@ -372,7 +377,7 @@ bool transaction::commit_inevitable() {
   inevitable_holder.store(nullptr, std::memory_order_release);
   holds_token_ = want_inevitable_ = inevitable_ = false;
   counters::bump(stats.inevitable);
-  if (writes_.size) wake_retry_waiters();
+  if (wv) wake_retry_waiters();
   return true;
 }
 

@@ -56,6 +56,9 @@ void epoch_retire(void* p, void (*deleter)(void*)) noexcept;
 void epoch_collect() noexcept;
 /// For tests: objects retired and not yet freed, in the whole process.
 std::size_t epoch_pending() noexcept;
+/// Called (when set) after a collection freed something, with the count; stm/ routes it to the
+/// observer hook as event_kind::gc (gc/ sits below the module that owns the hook).
+extern std::atomic<void (*)(std::size_t freed)> epoch_freed_hook;
 
 /// RAII critical section; nests.
 class epoch_guard {
