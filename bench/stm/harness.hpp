@@ -180,6 +180,19 @@ struct no_probe {
   void close() {}
 };
 
+/// A Sync that just runs the operation: no synchronisation at all (unsync), or a structure that
+/// locks itself (the hand-over-hand list).
+struct call_directly : no_probe {
+  template <class F>
+  void read(F&& f) {
+    f();
+  }
+  template <class F>
+  void write(F&& f) {
+    f();
+  }
+};
+
 /// Runs `body(thread_state&)` (one transaction per call) on cfg.threads threads: cfg.warmup seconds
 /// unmeasured, then the window of cfg.seconds, counted from the threads' own counters.
 template <class Body, class Probe = no_probe>

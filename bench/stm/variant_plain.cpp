@@ -10,16 +10,7 @@ namespace stm_bench {
 
 namespace {
 
-struct no_sync : no_probe {
-  template <class F>
-  void read(F&& f) {
-    f();
-  }
-  template <class F>
-  void write(F&& f) {
-    f();
-  }
-};
+using no_sync = call_directly;
 
 struct global_mutex : no_probe {
   alignas(64) std::mutex lock;  // protects every cell of the structure; held for one operation, nothing else

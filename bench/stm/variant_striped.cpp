@@ -199,16 +199,7 @@ outcome run_striped_hashmap(const config& cfg) {
 }
 
 /// run_intset's Sync for a structure that locks itself.
-struct self_locking : no_probe {
-  template <class F>
-  void read(F&& f) {
-    f();
-  }
-  template <class F>
-  void write(F&& f) {
-    f();
-  }
-};
+using self_locking = call_directly;
 
 /// hand_over_hand_list with the constructor run_intset expects.
 struct locked_list : hand_over_hand_list {
