@@ -79,8 +79,10 @@ class bank {
   void transfer(const bank_op& op) {
     Cell<long>& from = accounts_[op.from];
     Cell<long>& to = accounts_[op.to];
-    from.set(from.get() - op.amount);
-    to.set(to.get() + op.amount);
+    const long a = from.get();
+    const long b = to.get();
+    from.set(a - op.amount);
+    to.set(b + op.amount);
   }
   long sum(const bank_op& op) const {
     long s = 0;

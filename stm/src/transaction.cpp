@@ -2,12 +2,22 @@
 // scopes, contention management, conflict records and statistics. See weft/detail/stm_core.hpp for
 // the lock-word layout and the read/write barriers.
 //
+// The version clock is lazy (TL2's GV5, with LSA extension): a commit does not increment it.
 // Commit of a writing transaction: lock every written tvar (CAS unlocked -> owner|1; a tvar reserved
-// by the inevitable transaction is waited for with no lock held), release fence, take a new version
-// wv = clock + 1, validate the reads unless nobody committed since our snapshot (wv == rv + 1),
-// write back, unlock with version wv. Write-back completes before unlocking, and a tvar is locked
-// before the clock moves, so a transaction whose snapshot includes wv can never read the old value
-// of something written at wv: it sees the lock and waits.
+// by the inevitable transaction is waited for with no lock held), load the clock c, wv = c + 1,
+// validate the reads, write back, unlock with version wv. The clock moves only when a transaction
+// meets a version newer than its snapshot rv: it advances the clock to that version (CAS), checks
+// that everything it read is still current, and continues with rv = the new clock (extension).
+// Why this is safe:
+//   * every version ever written is <= clock + 1, and every snapshot rv is <= clock, so a version
+//     written after a snapshot was taken is > rv: a recorded read (version <= rv) that is overwritten
+//     changes version, and the version that triggered an extension is read again, not recorded;
+//   * a committer loads the clock only after holding its locks (all seq_cst), so a snapshot rv >= wv
+//     was taken after those locks: reads made under it see the lock (and wait) or the new value;
+//   * several commits may share a version, so validation is never skipped on the version alone.
+// Why: a counter incremented by every commit moves its cache line to every committing core; here
+// the clock line is written only when someone reads data newer than its snapshot, and a commit
+// costs a plain load of it (measured in bench/stm: issue 4's note).
 //
 // Inevitability: one token (inevitable_holder). Its holder reserves every tvar it reads or writes;
 // others keep reading them and committing elsewhere, but cannot lock them until it commits, so it
@@ -127,7 +137,8 @@ void tvar_base::write_direct(std::uint64_t b, void (*drop)(void*), const std::so
   for (unsigned spins = 0;; ++spins) {
     m = meta.load(std::memory_order_relaxed);
     if (!(m & (lock_bit | reserved_bit)) &&
-        meta.compare_exchange_weak(m, reinterpret_cast<std::uint64_t>(this) | lock_bit, std::memory_order_acquire))
+        meta.compare_exchange_weak(m, reinterpret_cast<std::uint64_t>(this) | lock_bit, std::memory_order_seq_cst,
+                                   std::memory_order_relaxed))
       break;
     if (spins < 64)
       cpu_relax();
@@ -139,7 +150,7 @@ void tvar_base::write_direct(std::uint64_t b, void (*drop)(void*), const std::so
   bits.store(b, std::memory_order_relaxed);
   if (observing()) [[unlikely]]
     note_write(this, location_bits(where));
-  std::uint64_t wv = clock.value.fetch_add(1, std::memory_order_acq_rel) + 1;
+  const std::uint64_t wv = clock.value.load(std::memory_order_seq_cst) + 1;  // after the lock (seq_cst CAS)
   meta.store(wv << 2, std::memory_order_release);  // unlock; pairs with the readers' acquire load
   if (drop) epoch_retire(reinterpret_cast<void*>(old), drop);
   wake_retry_waiters();
@@ -205,7 +216,7 @@ bool transaction::reads_valid(std::uint64_t rv, const read_entry** failed) const
   const std::uint64_t self = reinterpret_cast<std::uint64_t>(this) | lock_bit;
   for (std::uint32_t i = 0; i < reads_.size; ++i) {
     const read_entry& r = reads_.data[i];
-    std::uint64_t m = r.var->meta.load(std::memory_order_acquire);
+    std::uint64_t m = r.var->meta.load(std::memory_order_seq_cst);  // after the clock load
     if (m & lock_bit) {
       if (m != self) {
         *failed = &r;
@@ -225,8 +236,12 @@ bool transaction::reads_valid(std::uint64_t rv, const read_entry** failed) const
   return true;
 }
 
-bool transaction::extend() noexcept {
-  std::uint64_t now = clock.value.load(std::memory_order_acquire);
+bool transaction::extend(std::uint64_t seen) noexcept {
+  // Advance the clock to the version we met (it is at most clock + 1), then take it as our snapshot.
+  std::uint64_t now = clock.value.load(std::memory_order_seq_cst);
+  while (now < seen && !clock.value.compare_exchange_weak(now, seen, std::memory_order_seq_cst)) {
+  }
+  if (now < seen) now = seen;  // our CAS put it there
   const read_entry* failed = nullptr;
   if (!reads_valid(rv_, &failed)) return false;
   rv_ = last_clock_ = now;
@@ -263,7 +278,7 @@ std::uint64_t transaction::read_slow(const tvar_base& v, const std::source_locat
     return v.bits.load(std::memory_order_acquire);
   }
   for (unsigned spins = 0;; ++spins) {
-    std::uint64_t m1 = v.meta.load(std::memory_order_acquire);
+    std::uint64_t m1 = v.meta.load(std::memory_order_seq_cst);  // after the clock load of rv_
     if (m1 & lock_bit) {  // a committer is writing it back: wait, it is quick
       if (spins < 128)
         cpu_relax();
@@ -276,7 +291,7 @@ std::uint64_t transaction::read_slow(const tvar_base& v, const std::source_locat
     if (v.meta.load(std::memory_order_relaxed) != m1) continue;
     if (version_of(m1) > rv_) {
       // Newer than our snapshot: extend the snapshot if everything read so far is still current.
-      if (!extend()) {
+      if (!extend(version_of(m1))) {
         const read_entry* failed = nullptr;
         reads_valid(rv_, &failed);
         if (failed) abort_conflict(conflict_kind::read_write, failed->var, failed->where);
@@ -370,8 +385,13 @@ bool transaction::commit_inevitable() {
     w.var->meta.store(self, std::memory_order_relaxed);
   }
   std::atomic_thread_fence(std::memory_order_release);
-  std::uint64_t wv = writes_.size ? clock.value.fetch_add(1, std::memory_order_acq_rel) + 1 : 0;
-  if (wv) last_clock_ = wv;
+  std::uint64_t wv = 0;
+  if (writes_.size) {
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // the locks before the clock load
+    const std::uint64_t now = clock.value.load(std::memory_order_seq_cst);
+    if (now > last_clock_) last_clock_ = now;
+    wv = now + 1;
+  }
   write_back_and_unlock(wv);  // also clears our reservations of the written tvars
   release_reservations();
   inevitable_holder.store(nullptr, std::memory_order_release);
@@ -409,7 +429,7 @@ relock:
         record_conflict(conflict_kind::write_write, w.var, w.where);
         return false;
       }
-      if (w.var->meta.compare_exchange_weak(m, self, std::memory_order_acquire)) {
+      if (w.var->meta.compare_exchange_weak(m, self, std::memory_order_seq_cst, std::memory_order_relaxed)) {
         w.old_meta = m;
         counters::bump(stats.locks_acquired);
         break;
@@ -417,18 +437,18 @@ relock:
     }
   }
   std::atomic_thread_fence(std::memory_order_release);  // locks before data; pairs with readers' fence
-  const std::uint64_t wv = clock.value.fetch_add(1, std::memory_order_acq_rel) + 1;
-  if (wv != rv_ + 1) {
-    const read_entry* failed = nullptr;
-    if (!reads_valid(rv_, &failed)) {
-      release_locks(writes_.size);
-      counters::bump(stats.aborts_validation);
-      record_conflict(conflict_kind::read_write, failed->var, failed->where);
-      return false;
-    }
+  // Lazy clock: our version is one past the clock, loaded after every lock is held (seq_cst CAS,
+  // seq_cst load). Other commits may get the same version, so the reads are always validated.
+  const std::uint64_t now = clock.value.load(std::memory_order_seq_cst);
+  const read_entry* failed = nullptr;
+  if (reads_.size && !reads_valid(rv_, &failed)) {
+    release_locks(writes_.size);
+    counters::bump(stats.aborts_validation);
+    record_conflict(conflict_kind::read_write, failed->var, failed->where);
+    return false;
   }
-  write_back_and_unlock(wv);
-  last_clock_ = wv;
+  write_back_and_unlock(now + 1);
+  if (now > last_clock_) last_clock_ = now;
   wake_retry_waiters();
   return true;
 }

@@ -143,7 +143,9 @@ class alignas(64) transaction {
       if (const write_entry* w = find_write(&v)) return w->bits;
     }
     if (!inevitable_) [[likely]] {
-      std::uint64_t m1 = v.meta.load(std::memory_order_acquire);
+      // seq_cst (a plain load on x86): ordered after the clock load that produced rv_ (see
+      // transaction.cpp on the lazy clock).
+      std::uint64_t m1 = v.meta.load(std::memory_order_seq_cst);
       std::uint64_t b = v.bits.load(std::memory_order_relaxed);
       std::atomic_thread_fence(std::memory_order_acquire);  // pairs with the writer's release fence
       std::uint64_t m2 = v.meta.load(std::memory_order_relaxed);
@@ -224,7 +226,7 @@ class alignas(64) transaction {
   void rebuild_index();
   void replace_write(write_entry& w, std::uint64_t b, const std::source_location& where);
   std::uint64_t read_slow(const tvar_base& v, const std::source_location& where);
-  bool extend() noexcept;
+  bool extend(std::uint64_t seen) noexcept;
   bool reads_valid(std::uint64_t rv, const read_entry** failed) const noexcept;
   [[noreturn]] void abort_conflict(conflict_kind kind, const tvar_base* v, const std::source_location& where);
   void reserve(const tvar_base& v);
