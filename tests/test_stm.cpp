@@ -1,10 +1,14 @@
 // stm/: tvar, atomically, retry/or_else, hooks, inevitability, allocation, conflict records.
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <weft/detail/epoch.hpp>
 #include <weft/stm.hpp>
@@ -47,6 +51,12 @@ struct helper_thread {
     th.join();
   }
 };
+// Solo mode is on unless the test process runs with WEFT_STM_SOLO=0 (CTest runs every [stm] test both
+// ways). It applies only while one thread uses the STM.
+bool solo_on() {
+  const char* e = std::getenv("WEFT_STM_SOLO");
+  return !(e && std::string(e) == "0");
+}
 }  // namespace
 
 TEST_CASE("tvar reads and writes outside and inside transactions", "[unit][stm]") {
@@ -244,7 +254,203 @@ TEST_CASE("read-only transactions take no locks and commit as read-only", "[unit
   CHECK(after.locks_acquired == before.locks_acquired);
   CHECK(after.read_only_commits == before.read_only_commits + 1000);
   atomically([&] { a.set(5); });
-  CHECK(my_counters().locks_acquired == after.locks_acquired + 1);
+  // Alone, a writing transaction runs solo (no lock); otherwise it locks what it writes.
+  CHECK(my_counters().locks_acquired == after.locks_acquired + (solo_on() ? 0 : 1));
+  CHECK(my_counters().solo == after.solo + (solo_on() ? 1 : 0));
+  {
+    std::atomic<bool> registered{false}, release{false};
+    std::thread other([&] {
+      atomically([&] { b.get(); });  // this thread now uses the STM too: nobody runs solo
+      registered = true;
+      while (!release) std::this_thread::yield();
+    });
+    while (!registered) std::this_thread::yield();
+    auto before_write = my_counters();
+    atomically([&] { a.set(6); });
+    CHECK(my_counters().locks_acquired == before_write.locks_acquired + 1);
+    CHECK(my_counters().solo == before_write.solo);
+    release = true;
+    other.join();
+  }
+  CHECK(a.get() == 6);
+}
+
+TEST_CASE("solo mode: a thread alone commits without locks; a second thread ends it, its exit restores it",
+          "[unit][stm]") {
+  tvar<long> x{0, "x"};
+  auto c0 = my_counters();
+  for (int i = 0; i < 100; ++i) atomically([&] { x.set(x.get() + 1); });
+  auto c1 = my_counters();
+  CHECK(c1.solo - c0.solo == (solo_on() ? 100u : 0u));
+  CHECK(c1.locks_acquired - c0.locks_acquired == (solo_on() ? 0u : 100u));
+
+  std::atomic<int> phase{0};
+  stm_counters theirs;
+  std::thread other([&] {
+    atomically([&] { x.set(x.get() + 1000); });
+    phase = 1;
+    while (phase != 2) std::this_thread::yield();
+    theirs = my_counters();
+  });
+  while (phase != 1) std::this_thread::yield();
+  auto c2 = my_counters();
+  atomically([&] { x.set(x.get() + 1); });
+  auto c3 = my_counters();
+  CHECK(c3.solo == c2.solo);  // two threads: the locked path
+  CHECK(c3.locks_acquired == c2.locks_acquired + 1);
+  phase = 2;
+  other.join();
+  CHECK(theirs.solo == 0);
+  CHECK(theirs.commits == 1);
+
+  atomically([&] { x.set(x.get() + 1); });  // alone again
+  CHECK(my_counters().solo == c3.solo + (solo_on() ? 1 : 0));
+  CHECK(x.get() == 1102);
+}
+
+TEST_CASE("solo mode: a direct write from another thread ends it", "[unit][stm]") {
+  tvar<int> x{0};
+  atomically([&] { x.set(1); });
+  std::atomic<int> phase{0};
+  std::thread writer([&] {
+    x.set(2);  // outside a transaction: a one-write transaction of this thread
+    phase = 1;
+    while (phase != 2) std::this_thread::yield();
+  });
+  while (phase != 1) std::this_thread::yield();
+  auto before = my_counters();
+  atomically([&] { x.set(x.get() + 1); });
+  CHECK(my_counters().solo == before.solo);
+  phase = 2;
+  writer.join();
+  CHECK(x.get() == 3);
+}
+
+TEST_CASE("solo mode: retry() waits for another thread's write", "[unit][stm]") {
+  tvar<bool> ready{false};
+  tvar<int> value{0};
+  std::thread producer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    atomically([&] {
+      value.set(42);
+      ready.set(true);
+    });
+  });
+  const auto before = my_counters();
+  const int got = atomically([&] {
+    if (!ready.get()) retry();  // the first attempt may run solo: it is re-run normally, then waits
+    return value.get();
+  });
+  producer.join();
+  CHECK(got == 42);
+  CHECK(my_counters().retries >= before.retries + 1);
+}
+
+TEST_CASE("solo mode: or_else, exceptions and become_inevitable behave as with many threads", "[unit][stm]") {
+  tvar<int> a{1}, b{2};
+  int got = atomically([&] {
+    a.set(10);
+    return or_else([&]() -> int {
+      b.set(20);
+      retry();
+    }, [&] { return a.get() + b.get(); });
+  });
+  CHECK(got == 12);
+  CHECK(a.get() == 10);
+  CHECK(b.get() == 2);
+  CHECK_THROWS_AS(atomically([&] {
+                    a.set(99);
+                    throw std::runtime_error("boom");
+                  }),
+                  std::runtime_error);
+  CHECK(a.get() == 10);
+  const auto before = my_counters();
+  atomically([&] {
+    become_inevitable("test");
+    a.set(a.get() + 1);
+  });
+  CHECK(a.get() == 11);
+  CHECK(my_counters().inevitable == before.inevitable + 1);
+  CHECK_THROWS_WITH(atomically([] { configure_stm({}); }),
+                    "weft::configure_stm() called inside a transaction");
+}
+
+TEST_CASE("solo mode: readers outside transactions see whole values while a thread runs solo", "[stress][stm]") {
+  // A boxed tvar replaced by solo commits: readers on other threads (which never start a
+  // transaction, so solo mode stays on) must always get a whole vector, never freed memory.
+  tvar<std::vector<int>> v{std::vector<int>(1, 1)};
+  std::atomic<bool> stop{false};
+  std::atomic<long> bad{0}, reads{0};
+  auto reader = [&] {
+    while (!stop) {
+      std::vector<int> got = v.get();
+      for (int e : got)
+        if (e != static_cast<int>(got.size())) bad.fetch_add(1);
+      reads.fetch_add(1, std::memory_order_relaxed);
+    }
+  };
+  std::thread r1(reader), r2(reader);
+  const auto before = my_counters();
+  for (int i = 0; i < 20000; ++i)
+    atomically([&] {
+      const int n = 1 + (i % 64);
+      v.set(std::vector<int>(static_cast<std::size_t>(n), n));
+    });
+  stop = true;
+  r1.join();
+  r2.join();
+  CHECK(bad.load() == 0);
+  CHECK(reads.load() > 0);
+  CHECK(my_counters().solo - before.solo == (solo_on() ? 20000u : 0u));
+}
+
+TEST_CASE("solo mode: money is conserved while threads come and go", "[stress][stm]") {
+  const std::uint64_t seed = weft::test::seed_from_env("stm solo handover");
+  constexpr int accounts = 256;
+  std::vector<std::unique_ptr<tvar<long>>> bank;
+  for (int i = 0; i < accounts; ++i) bank.push_back(std::make_unique<tvar<long>>(1000));
+  auto transfers = [&](std::uint64_t s, int n) {
+    std::mt19937_64 rng(s);
+    long bad_sums = 0;
+    for (int i = 0; i < n; ++i) {
+      const int from = static_cast<int>(rng() % accounts), to = static_cast<int>(rng() % accounts);
+      const long amount = static_cast<long>(rng() % 100);
+      if (rng() % 50 == 0) {
+        const long total = atomically([&] {
+          long t = 0;
+          for (auto& a : bank) t += a->get();
+          return t;
+        });
+        if (total != 1000L * accounts) ++bad_sums;
+        continue;
+      }
+      atomically([&] {
+        bank[from]->set(bank[from]->get() - amount);
+        bank[to]->set(bank[to]->get() + amount);
+      });
+    }
+    return bad_sums;
+  };
+  // Main keeps transferring (solo whenever it is alone) while helpers start and stop around it, so
+  // solo mode is revoked and restored many times in the middle of main's stream of transactions.
+  std::atomic<bool> stop{false};
+  std::atomic<long> bad{0};
+  std::thread churn([&] {
+    for (std::uint64_t k = 0; !stop; ++k) {
+      std::thread helper([&, k] { bad += transfers(seed + 1 + k, 300); });
+      helper.join();
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  });
+  const auto before = my_counters();
+  bad += transfers(seed, 200000);
+  stop = true;
+  churn.join();
+  long total = 0;
+  for (auto& a : bank) total += a->get();
+  CHECK(total == 1000L * accounts);
+  CHECK(bad.load() == 0);
+  if (solo_on()) CHECK(my_counters().solo > before.solo);  // main ran alone at times
 }
 
 TEST_CASE("opacity: a transaction never sees x + y != 0, even when doomed", "[stress][stm]") {
@@ -438,6 +644,9 @@ TEST_CASE("conflicts are reported to the observer with names and source location
   tvar<int> hot{0, "hot"};
   helper_thread writer([&] { atomically([&] { hot.set(hot.get() + 1); }); });
   const std::uint_least32_t write_line = __LINE__ - 1;
+  // Once: the helper now uses the STM too, so main runs the multi-thread path (a thread alone runs
+  // solo, keeps no read log, and has no reads to name in a conflict).
+  writer.run_and_wait();
   int attempts = 0;
   std::uint_least32_t read_line = 0;
   atomically([&] {
@@ -456,7 +665,7 @@ TEST_CASE("conflicts are reported to the observer with names and source location
   CHECK(r.read_at.line() == read_line);
   CHECK(r.write_at.line() == write_line);
   CHECK(r.thread == std::this_thread::get_id());
-  CHECK(hot.get() == 2);
+  CHECK(hot.get() == 3);
 }
 
 TEST_CASE("a switch point inside a transaction is refused", "[unit][stm]") {

@@ -259,5 +259,6 @@ outcome run_mutex(const config& cfg);
 outcome run_striped(const config& cfg);
 outcome run_libitm(const config& cfg);  ///< defined only when built with -fgnu-tm (WEFT_STM_BENCH_LIBITM)
 outcome run_weft(const config& cfg);
+outcome run_weft_nosolo(const config& cfg);
 
 }  // namespace stm_bench

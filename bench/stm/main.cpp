@@ -12,7 +12,8 @@
 //                               up to a power of two); 80% lookups, 10% insert, 10% remove
 //             intset and hashmap check at the end: structure well formed, size = initial + inserts -
 //             removes that succeeded
-//   VARIANT   unsync | mutex | striped | libitm | weft   (see variant_*.cpp; unsync: THREADS = 1 only)
+//   VARIANT   unsync | mutex | striped | libitm | weft | weft-nosolo   (see variant_*.cpp; unsync:
+//             THREADS = 1 only; weft-nosolo: weft with solo mode off)
 //   --seconds measured window (default 1); --warmup unmeasured time before it (default 0.2);
 //   --seed    base seed of the per-thread streams and of the initial contents
 //
@@ -41,7 +42,7 @@ constexpr int exit_check_failed = 1, exit_usage = 2, exit_unavailable = 3;
   std::fprintf(stderr,
                "weft_stm_bench: %s\n"
                "usage: weft_stm_bench bank|intset-list|intset-skiplist|hashmap "
-               "unsync|mutex|striped|libitm|weft THREADS [PARAM] [--seconds S] [--warmup S] [--seed N]\n",
+               "unsync|mutex|striped|libitm|weft|weft-nosolo THREADS [PARAM] [--seconds S] [--warmup S] [--seed N]\n",
                why);
   std::exit(exit_usage);
 }
@@ -131,6 +132,8 @@ int main(int argc, char** argv) {
 #endif
   } else if (variant == "weft") {
     run = run_weft;
+  } else if (variant == "weft-nosolo") {
+    run = run_weft_nosolo;
   } else {
     usage(("unknown variant " + variant).c_str());
   }

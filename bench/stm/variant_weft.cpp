@@ -3,6 +3,9 @@
 // transaction (weft frees them if the attempt aborts) and deleted with plain `delete` (weft defers the
 // free to its epoch GC at commit).
 //
+// weft-nosolo: the same with solo mode off (weft::stm_options::solo), so that one thread runs the
+// path every thread takes when several use the STM: the baseline of the 2-thread scaling figures.
+//
 // Besides throughput it reports weft's own counters (weft::stats()) over the measured window: aborts
 // per commit and inevitable (serialised) transactions. Each operation of the run is exactly one
 // committed transaction, so over the whole run (warm-up included) weft's commit count must equal the
@@ -48,6 +51,11 @@ outcome run_weft(const config& cfg) {
     out.check = "weft::stats() counted " + std::to_string(after.commits - before.commits) + " commits for " +
                 std::to_string(out.all_transactions) + " transactions";
   return out;
+}
+
+outcome run_weft_nosolo(const config& cfg) {
+  weft::configure_stm({.solo = false});  // every transaction takes the multi-thread path, even alone
+  return run_weft(cfg);
 }
 
 }  // namespace stm_bench

@@ -90,6 +90,13 @@ bool use_membarrier() {
 
 const bool epoch_cheap_enter = use_membarrier();
 
+void asymmetric_fence_heavy() noexcept {
+  if (epoch_cheap_enter)
+    ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+  else
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
 namespace {
 
 struct participant_owner {
@@ -110,8 +117,7 @@ thread_local participant_owner owner;
 
 bool try_advance() noexcept {
   std::uint64_t e = epoch_global.load(std::memory_order_acquire);
-  if (epoch_cheap_enter) ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
-  else std::atomic_thread_fence(std::memory_order_seq_cst);
+  asymmetric_fence_heavy();
   for (epoch_participant* p = participants.load(std::memory_order_acquire); p; p = p->next) {
     std::uint64_t x = p->entered.load(std::memory_order_acquire);
     if (x != quiescent && x != e) return false;

@@ -19,6 +19,23 @@
 // the clock line is written only when someone reads data newer than its snapshot, and a commit
 // costs a plain load of it (measured in bench/stm: issue 4's note).
 //
+// Solo mode: while one descriptor is registered (one thread uses the STM), its transactions run
+// "solo": reads are plain loads (no seqlock, no read log), writes stay in the redo log (or_else,
+// exceptions and allocation rollback work as always) and commit stores them with no lock, no clock
+// and no validation. solo_state holds the owner (claimed under registry_lock when the registry is
+// down to one descriptor). A second thread registering (its first transaction, or a direct tvar
+// write) revokes it before doing anything else: it marks the state (owner | 1), runs the heavy side
+// of an asymmetric fence and waits while the owner's `in_solo` flag is up. The owner raises that flag
+// only around its write-back, checking the state after
+// the light side of the fence: either it sees the mark and abandons the attempt (it re-runs normally;
+// nothing was published), or the revoker waits for a write-back that runs no user code. A solo
+// attempt that is still running when the mark appears re-checks the state after every read, so a
+// value committed by the new thread is never mixed with older ones: the attempt aborts instead.
+// Solo commits do not change versions: no transaction of another thread overlaps them, and the
+// revocation's release/acquire chain makes their writes visible to everything that follows.
+// Unregistered threads may still read tvars outside transactions: a value is one atomic word and
+// replaced boxes go to the epoch GC.
+//
 // Inevitability: one token (inevitable_holder). Its holder reserves every tvar it reads or writes;
 // others keep reading them and committing elsewhere, but cannot lock them until it commits, so it
 // can never be invalidated. A transaction that aborts `inevitable_after` times in a row takes the
@@ -42,6 +59,13 @@ void link_tx_alloc() noexcept;  // gc/src/tx_alloc.cpp
 
 __attribute__((tls_model("initial-exec"))) constinit thread_local transaction* current_tx = nullptr;
 
+// Solo mode: solo_state = claim number << 2 | solo_active | solo_revoking, and solo_owner the
+// descriptor of the current claim. Each claim has a new number, so an attempt that began solo can
+// tell that solo mode was revoked and handed back to it meanwhile (no ABA). Both are written under
+// registry_lock, except the revoker's final store.
+alignas(64) std::atomic<std::uint64_t> solo_state{0};
+std::atomic<transaction*> solo_owner{nullptr};
+
 namespace {
 
 // The global version clock, alone in its cache line.
@@ -64,6 +88,51 @@ stm_counters departed;
 
 inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
 
+bool solo_from_env() noexcept {
+  const char* e = std::getenv("WEFT_STM_SOLO");
+  return !(e && e[0] == '0' && e[1] == '\0');
+}
+std::atomic<bool> solo_enabled{solo_from_env()};
+constexpr std::uint64_t solo_revoking = 1, solo_active = 2;
+
+// Under registry_lock: hand solo mode to the only registered descriptor, if there is one.
+void claim_solo_locked() noexcept {
+  const std::uint64_t s = solo_state.load(std::memory_order_relaxed);
+  if (registry->size() == 1 && solo_enabled.load(std::memory_order_relaxed) && !(s & solo_active)) {
+    solo_owner.store(registry->front(), std::memory_order_relaxed);
+    solo_state.store(((s >> 2) + 1) << 2 | solo_active, std::memory_order_release);
+  }
+}
+
+// Ends solo mode (if on) and returns once no solo attempt can be running. Never called from the
+// owner inside a transaction (it would wait for itself): callers are registration, configure_stm
+// (refused inside transactions) and write_direct from another thread.
+void revoke_solo() noexcept {
+  std::uint64_t s = solo_state.load(std::memory_order_acquire);
+  for (unsigned spins = 0; s & solo_active; ++spins) {
+    if (!(s & solo_revoking) &&
+        solo_state.compare_exchange_weak(s, s | solo_revoking, std::memory_order_seq_cst, std::memory_order_acquire)) {
+      const transaction* owner = solo_owner.load(std::memory_order_relaxed);  // set before the claim's release
+      asymmetric_fence_heavy();  // pairs with the owner's light fence in pin_solo()
+      for (unsigned w = 0; owner->in_solo.load(std::memory_order_acquire); ++w) {
+        if (w < 64)
+          cpu_relax();
+        else
+          std::this_thread::yield();  // a solo write-back is running (no user code: it is short)
+      }
+      solo_state.store(s & ~(solo_active | solo_revoking), std::memory_order_release);
+      return;
+    }
+    // Someone else is revoking it: wait for them.
+    if (spins < 64)
+      cpu_relax();
+    else
+      std::this_thread::yield();
+    s = solo_state.load(std::memory_order_acquire);
+  }
+}
+
+
 std::uint64_t now_ns() noexcept {
   return static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -83,6 +152,7 @@ stm_counters snapshot(const counters& c) {
   s.inevitable = c.inevitable.load(std::memory_order_relaxed);
   s.extensions = c.extensions.load(std::memory_order_relaxed);
   s.locks_acquired = c.locks_acquired.load(std::memory_order_relaxed);
+  s.solo = c.solo.load(std::memory_order_relaxed);
   return s;
 }
 
@@ -90,10 +160,24 @@ struct descriptor_owner {
   transaction* tx = nullptr;
   ~descriptor_owner() {
     if (!tx) return;
+    bool revoked_owner = false;
     {
       std::lock_guard lock(registry_lock);
       departed += snapshot(tx->stats);
       std::erase(*registry, tx);
+      const std::uint64_t s = solo_state.load(std::memory_order_relaxed);
+      if ((s & solo_active) && solo_owner.load(std::memory_order_relaxed) == tx) {
+        if (s & solo_revoking)
+          revoked_owner = true;  // a revoker may still look at our in_solo flag
+        else
+          solo_state.store(s & ~solo_active, std::memory_order_relaxed);
+      }
+      if (!revoked_owner) claim_solo_locked();  // the thread left alone (if any) runs solo from now on
+    }
+    if (revoked_owner) {
+      while (solo_state.load(std::memory_order_acquire) & solo_active) std::this_thread::yield();
+      std::lock_guard lock(registry_lock);
+      claim_solo_locked();
     }
     thread_tx = nullptr;
     delete tx;
@@ -132,6 +216,9 @@ void tvar_base::wait_unlocked() const noexcept {
 }
 
 void tvar_base::write_direct(std::uint64_t b, void (*drop)(void*), const std::source_location& where) {
+  // A direct write is a transaction of one write: its thread registers, so that no other thread
+  // runs solo (lock-free) transactions while it writes.
+  (void)thread_transaction();
   // Lock (waiting out committers and the inevitable transaction's reservation).
   std::uint64_t m;
   for (unsigned spins = 0;; ++spins) {
@@ -165,10 +252,14 @@ __attribute__((tls_model("initial-exec"))) constinit thread_local transaction* t
 
 transaction& make_thread_transaction() {
   auto* tx = new transaction;
+  bool someone_solo;
   {
     std::lock_guard lock(registry_lock);
     registry->push_back(tx);
+    someone_solo = (solo_state.load(std::memory_order_acquire) & solo_active) != 0;
+    claim_solo_locked();  // the first thread to use the STM starts solo
   }
+  if (someone_solo) revoke_solo();  // another thread ran solo: from now on we both run normally
   descriptor.tx = thread_tx = tx;
   return *tx;
 }
@@ -178,6 +269,20 @@ void transaction::begin() {
   epoch_enter(*epoch_);
   measuring_ = observing();
   if (measuring_) attempt_start_ns_ = now_ns();
+  const std::uint64_t solo = solo_state.load(std::memory_order_acquire);
+  if ((solo & (solo_active | solo_revoking)) == solo_active && !solo_blocked_ &&
+      solo_owner.load(std::memory_order_relaxed) == this) {
+    solo_ = true;  // a revocation from now on is seen by the reads and the commit
+    solo_token_ = solo;
+    if (holds_token_) {  // kept from an attempt that aborted while other threads still ran
+      inevitable_holder.store(nullptr, std::memory_order_release);
+      holds_token_ = false;
+    }
+    inevitable_ = want_inevitable_ = false;
+    saved_log_ = set_active_alloc_log(&allocs_);
+    current_tx = this;
+    return;
+  }
   if (want_inevitable_ && !holds_token_) {
     // Wait for the token before reading anything: this attempt cannot be invalidated.
     transaction* expected = nullptr;
@@ -201,7 +306,23 @@ void transaction::begin() {
   current_tx = this;
 }
 
+// Raises in_solo if we still own solo mode; a revoker then waits until it drops.
+bool transaction::pin_solo() noexcept {
+  in_solo.store(true, std::memory_order_relaxed);
+  asymmetric_fence_light();  // pairs with the revoker's heavy fence
+  if (solo_state.load(std::memory_order_acquire) == solo_token_) return true;
+  in_solo.store(false, std::memory_order_release);
+  return false;
+}
+
+// A solo read found solo mode revoked: the value may come from the new thread's commits.
+std::uint64_t transaction::solo_revoked(std::uint64_t) {
+  counters::bump(stats.aborts_conflict);
+  throw tx_abort_signal{};  // nothing was published; the next attempt runs normally
+}
+
 void transaction::reset_attempt() noexcept {
+  solo_ = false;
   reads_.size = 0;
   writes_.size = 0;
   undo_.size = 0;
@@ -331,6 +452,14 @@ void transaction::release_reservations() noexcept {
 
 void transaction::make_inevitable(const char* reason) {
   if (inevitable_) return;
+  if (solo_) {
+    // A solo attempt kept no read log, and pinning solo mode would keep every other thread out
+    // until we finish (they must be able to commit beside an inevitable transaction). So start
+    // over on the multi-thread path, inevitable from the beginning (nothing was published).
+    want_inevitable_ = solo_blocked_ = true;
+    counters::bump(stats.aborts_inevitable);
+    throw tx_abort_signal{};
+  }
   transaction* expected = nullptr;
   if (!inevitable_holder.compare_exchange_strong(expected, this, std::memory_order_acquire)) {
     // Someone else is inevitable: start over, waiting for the token first.
@@ -361,19 +490,48 @@ void transaction::release_locks(std::uint32_t count) noexcept {
 // With every written tvar locked by us: install the new values, retire replaced boxes, and unlock
 // each with version wv.
 void transaction::write_back_and_unlock(std::uint64_t wv) noexcept {
+  install_writes();
+  for (write_entry& w : writes_) w.var->meta.store(wv << 2, std::memory_order_release);
+  retire_replaced();
+}
+
+// Stores the new values; each entry then holds the value it replaced.
+void transaction::install_writes() noexcept {
   for (write_entry& w : writes_) {
     const std::uint64_t old = w.var->bits.load(std::memory_order_relaxed);
     w.var->bits.store(w.bits, std::memory_order_relaxed);
-    w.bits = old;  // the entry now holds what it replaced (retired below)
+    w.bits = old;
     if (measuring_) [[unlikely]]
       note_write(w.var, location_bits(w.where));
   }
-  for (write_entry& w : writes_) w.var->meta.store(wv << 2, std::memory_order_release);
-  // Replaced boxes go to the epoch GC only now: a collection may call the observer, which must never
-  // run while we hold tvar locks.
+}
+
+// Replaced boxes go to the epoch GC only after the locks are released: a collection may call the
+// observer, which must never run while we hold tvar locks.
+void transaction::retire_replaced() noexcept {
   for (write_entry& w : writes_)
     if (w.drop) epoch_retire(reinterpret_cast<void*>(w.bits), w.drop);
   writes_.size = 0;  // the entries no longer describe this transaction's writes
+}
+
+bool transaction::commit_solo() {
+  if (writes_.size == 0) {
+    // Every read was checked against a revocation: the snapshot is consistent.
+    counters::bump(stats.read_only_commits);
+  } else {
+    if (!pin_solo()) {  // revoked: nothing published, run again normally
+      counters::bump(stats.aborts_validation);
+      return false;
+    }
+    // New boxes were built before this fence: a direct reader that loads the new pointer and then
+    // runs its acquire fence sees them whole.
+    std::atomic_thread_fence(std::memory_order_release);
+    install_writes();
+    in_solo.store(false, std::memory_order_release);  // a revoker may go on; it sees all we wrote
+    retire_replaced();  // may run the observer (gc event): not while a revoker waits
+  }
+  counters::bump(stats.solo);
+  return true;
 }
 
 bool transaction::commit_inevitable() {
@@ -402,6 +560,7 @@ bool transaction::commit_inevitable() {
 }
 
 bool transaction::commit() {
+  if (solo_) return commit_solo();
   if (inevitable_) return commit_inevitable();
   if (writes_.size == 0) {  // read-only: consistent at rv_ by construction (opacity): nothing to do
     counters::bump(stats.read_only_commits);
@@ -496,6 +655,7 @@ void transaction::after_commit() {
     finish_destroyed_tvars();
   if (!allocs_.empty()) allocs_.commit();
   consecutive_aborts_ = 0;
+  want_inevitable_ = solo_blocked_ = false;
   reset_attempt();
   if (observing()) {
     event e{event_kind::tx_commit};
@@ -552,7 +712,7 @@ void transaction::abort_by_exception() noexcept {
     inevitable_holder.store(nullptr, std::memory_order_release);
     holds_token_ = false;
   }
-  want_inevitable_ = false;
+  want_inevitable_ = solo_blocked_ = false;
   consecutive_aborts_ = 0;
   allocs_.keep_allocations();  // the exception may refer to memory allocated in the attempt: keep it
   reset_attempt();
@@ -565,6 +725,15 @@ void transaction::abort_by_exception() noexcept {
 }
 
 void transaction::wait_for_change() {
+  if (solo_) {
+    // A solo attempt keeps no read set to wait on: roll back and run it again normally, which
+    // records its reads and, if it retries again, waits on them.
+    const std::uint32_t aborts = consecutive_aborts_;
+    rollback_after_conflict();
+    consecutive_aborts_ = aborts;
+    solo_blocked_ = true;
+    return;
+  }
   if (reads_.size == 0 && reserved_.size == 0) {
     // Nothing was read, so nothing could ever wake us: that is a bug in the program.
     abort_by_exception();
@@ -784,6 +953,7 @@ stm_counters& stm_counters::operator+=(const stm_counters& o) noexcept {
   inevitable += o.inevitable;
   extensions += o.extensions;
   locks_acquired += o.locks_acquired;
+  solo += o.solo;
   return *this;
 }
 
@@ -801,7 +971,15 @@ stm_stats stats() {
 
 void configure_stm(const stm_options& o) {
   if (o.inevitable_after == 0) throw std::invalid_argument("weft::stm_options::inevitable_after must be at least 1");
+  if (current_transaction()) throw std::logic_error("weft::configure_stm() called inside a transaction");
   inevitable_after.store(o.inevitable_after, std::memory_order_relaxed);
+  solo_enabled.store(o.solo, std::memory_order_relaxed);
+  if (o.solo) {
+    std::lock_guard lock(registry_lock);
+    claim_solo_locked();
+  } else {
+    revoke_solo();
+  }
 }
 
 }  // namespace weft

@@ -206,6 +206,7 @@ struct stm_counters {
   std::uint64_t inevitable = 0;         ///< transactions that ran inevitable
   std::uint64_t extensions = 0;         ///< snapshot extensions (LSA)
   std::uint64_t locks_acquired = 0;     ///< tvar locks taken at commit
+  std::uint64_t solo = 0;               ///< of the commits, run solo (the only thread using the STM)
   std::uint64_t aborts() const noexcept {
     return aborts_conflict + aborts_validation + aborts_locked + aborts_inevitable + aborts_exception;
   }
@@ -226,6 +227,10 @@ stm_stats stats();
 
 struct stm_options {
   unsigned inevitable_after = 8;  ///< consecutive aborts before a transaction runs inevitable
+  /// Solo mode: while a single thread uses the STM, its transactions run without locks, read log or
+  /// validation (as libitm runs one thread serially). A second thread's first transaction (or direct
+  /// tvar write) ends it, waiting for the solo transaction in flight to finish. Also: WEFT_STM_SOLO=0.
+  bool solo = true;
 };
 void configure_stm(const stm_options& o);
 

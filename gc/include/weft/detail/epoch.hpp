@@ -34,15 +34,24 @@ extern const bool epoch_cheap_enter;  ///< reclaimers use membarrier(): entering
 /// The calling thread's participant record (made on first use, recycled after the thread exits).
 epoch_slot& epoch_self();
 
+// A Dekker handshake with one cheap side: the frequent side stores, calls asymmetric_fence_light(),
+// then loads; the rare side stores, calls asymmetric_fence_heavy(), then loads. One of the two then
+// sees the other's store. With membarrier(PRIVATE_EXPEDITED) the light side is only a compiler
+// barrier (the heavy side interrupts every running thread of the process); without it (or under
+// TSan) both sides are seq_cst fences.
+inline void asymmetric_fence_light() noexcept {
+  if (epoch_cheap_enter)
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  else
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+void asymmetric_fence_heavy() noexcept;
+
 inline void epoch_enter(epoch_slot& p) noexcept {
   if (p.depth++ != 0) return;
   const std::uint64_t e = epoch_global.load(std::memory_order_acquire);
-  if (epoch_cheap_enter) {
-    p.entered.store(e, std::memory_order_relaxed);
-    std::atomic_signal_fence(std::memory_order_seq_cst);  // the reclaimer's membarrier orders the rest
-  } else {
-    p.entered.store(e, std::memory_order_seq_cst);
-  }
+  p.entered.store(e, std::memory_order_relaxed);
+  asymmetric_fence_light();  // the reclaimer's heavy fence orders the rest
 }
 
 inline void epoch_exit(epoch_slot& p) noexcept {

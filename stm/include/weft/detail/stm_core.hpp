@@ -47,6 +47,9 @@ void tvar_named(const void* var, const char* name);
 void tvar_gone(const void* var) noexcept;
 const char* tvar_name(const void* var) noexcept;
 
+/// Solo mode's claim word (see stm/src/transaction.cpp): a solo attempt checks it is unchanged.
+extern std::atomic<std::uint64_t> solo_state;
+
 struct tvar_base {
   explicit tvar_base(const char* name) {
     if (name) tvar_named(this, name);
@@ -125,7 +128,7 @@ struct counters {
   // Written only by the owning thread (load + store, no read-modify-write); read by stats().
   std::atomic<std::uint64_t> commits{0}, read_only_commits{0}, aborts_conflict{0}, aborts_validation{0},
       aborts_locked{0}, aborts_inevitable{0}, aborts_exception{0}, retries{0}, inevitable{0}, extensions{0},
-      locks_acquired{0};
+      locks_acquired{0}, solo{0};
   static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept {
     c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
@@ -141,6 +144,16 @@ class alignas(64) transaction {
   [[gnu::always_inline]] std::uint64_t read(const tvar_base& v, const std::source_location& where) {
     if (writes_.size) [[unlikely]] {
       if (const write_entry* w = find_write(&v)) return w->bits;
+    }
+    if (solo_) {
+      // Nobody else commits while we are solo. Revokers mark solo_state before their first commit,
+      // and commits put a release fence before their stores: if we loaded a value written since,
+      // we see the mark and give up the attempt (opacity).
+      const std::uint64_t b = v.bits.load(std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (solo_state.load(std::memory_order_relaxed) == solo_token_) [[likely]]
+        return b;
+      return solo_revoked(b);
     }
     if (!inevitable_) [[likely]] {
       // seq_cst (a plain load on x86): ordered after the clock load that produced rv_ (see
@@ -203,6 +216,9 @@ class alignas(64) transaction {
   void add_abort_hook(std::function<void()> fn);
   void make_inevitable(const char* reason);
   bool inevitable() const noexcept { return inevitable_; }
+  /// Solo mode (see transaction.cpp): this descriptor is the only one registered, and its current
+  /// attempt runs without locks, read log or validation.
+  bool solo() const noexcept { return solo_; }
 
   counters stats;
   std::thread::id thread;
@@ -233,6 +249,11 @@ class alignas(64) transaction {
   void release_reservations() noexcept;
   void release_locks(std::uint32_t count) noexcept;
   bool commit_inevitable();
+  bool commit_solo();
+  bool pin_solo() noexcept;
+  std::uint64_t solo_revoked(std::uint64_t b);
+  void install_writes() noexcept;
+  void retire_replaced() noexcept;
   void write_back_and_unlock(std::uint64_t wv) noexcept;
   void finish_destroyed_tvars() noexcept;
   void reset_attempt() noexcept;
@@ -243,6 +264,9 @@ class alignas(64) transaction {
 
   std::uint64_t rv_ = 0;
   std::uint64_t last_clock_ = 0;  ///< the newest clock value this descriptor has seen
+  bool solo_ = false;             ///< this attempt runs solo
+  std::uint64_t solo_token_ = 0;  ///< solo_state when it began
+  bool solo_blocked_ = false;     ///< retry() in a solo attempt: run normally until the commit
   bool inevitable_ = false;
   bool want_inevitable_ = false;
   bool holds_token_ = false;
@@ -271,6 +295,10 @@ class alignas(64) transaction {
   alloc_log allocs_;
   alloc_log* saved_log_ = nullptr;
   epoch_slot* epoch_ = nullptr;
+
+ public:
+  /// Raised while a solo attempt writes back: a revoker waits until it drops.
+  std::atomic<bool> in_solo{false};
 };
 
 // constinit: no thread-local initialisation wrapper on every access.
