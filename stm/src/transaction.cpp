@@ -499,7 +499,9 @@ void transaction::write_back_and_unlock(std::uint64_t wv) noexcept {
 void transaction::install_writes() noexcept {
   for (write_entry& w : writes_) {
     const std::uint64_t old = w.var->bits.load(std::memory_order_relaxed);
-    w.var->bits.store(w.bits, std::memory_order_relaxed);
+    // release: the value (a new box, say) is published by this store itself in solo mode, where
+    // no version store follows (free on x86; what lets TSan, which ignores fences, see it).
+    w.var->bits.store(w.bits, std::memory_order_release);
     w.bits = old;
     if (measuring_) [[unlikely]]
       note_write(w.var, location_bits(w.where));
@@ -728,6 +730,7 @@ void transaction::wait_for_change() {
   if (solo_) {
     // A solo attempt keeps no read set to wait on: roll back and run it again normally, which
     // records its reads and, if it retries again, waits on them.
+    counters::bump(stats.retries);
     const std::uint32_t aborts = consecutive_aborts_;
     rollback_after_conflict();
     consecutive_aborts_ = aborts;

@@ -202,7 +202,7 @@ struct stm_counters {
   std::uint64_t aborts_locked = 0;      ///< write-write: a lock stayed taken
   std::uint64_t aborts_inevitable = 0;  ///< lost to the inevitable transaction
   std::uint64_t aborts_exception = 0;   ///< an exception escaped
-  std::uint64_t retries = 0;            ///< retry() waits
+  std::uint64_t retries = 0;            ///< retry() calls (each abandons its attempt and waits)
   std::uint64_t inevitable = 0;         ///< transactions that ran inevitable
   std::uint64_t extensions = 0;         ///< snapshot extensions (LSA)
   std::uint64_t locks_acquired = 0;     ///< tvar locks taken at commit

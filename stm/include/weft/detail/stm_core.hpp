@@ -68,7 +68,8 @@ struct tvar_base {
   std::uint64_t read_direct() const noexcept {
     for (;;) {
       std::uint64_t m1 = meta.load(std::memory_order_acquire);
-      std::uint64_t b = bits.load(std::memory_order_relaxed);
+      // acquire: a solo commit publishes a value by this store alone (see transaction.cpp)
+      std::uint64_t b = bits.load(std::memory_order_acquire);
       std::atomic_thread_fence(std::memory_order_acquire);  // pairs with the writer's release fence
       if (!(m1 & lock_bit) && meta.load(std::memory_order_relaxed) == m1) [[likely]]
         return b;
