@@ -3,11 +3,12 @@
 //   weft::tvar<int> x{0, "x"};
 //   weft::atomically([&] { x.set(x.get() + 1); });
 //
-// TL2/LSA: a global version clock, a versioned lock per tvar, a redo log, commit-time locking;
-// reads are validated as they happen (opacity: a transaction never sees an inconsistent state, even
-// one that will abort), and a read of something newer than the snapshot extends the snapshot instead
-// of aborting when everything read so far is still current. Read-only transactions commit without
-// locks or clock increments. A trivially copyable T of at most 8 bytes is stored inline; any other T
+// TL2/LSA: a global version clock (lazy: commits read it, readers that meet newer data advance it),
+// a versioned lock per tvar, a redo log, commit-time locking; reads are validated as they happen
+// (opacity: a transaction never sees an inconsistent state, even one that will abort), and a read of
+// something newer than the snapshot extends the snapshot instead of aborting when everything read so
+// far is still current. Read-only transactions commit without locks or clock writes. While one
+// thread alone uses the STM its transactions run solo (no locks, no read log; stm_options::solo). A trivially copyable T of at most 8 bytes is stored inline; any other T
 // lives in an immutable box replaced on each committed write (old boxes go to the epoch GC).
 //
 // Contract inside atomically(f): f may run several times; it must keep its effects to tvars, to
