@@ -85,14 +85,24 @@ void alloc_log::record_alloc(void* p) noexcept {
   index_insert(p);
 }
 
+bool alloc_log::index_contains(const void* p) const noexcept {
+  if (!index_cap_) return false;
+  for (std::size_t i = slot_of(p, index_cap_);; i = (i + 1) & (index_cap_ - 1)) {
+    if (index_[i] == 0) return false;
+    if (index_[i] == reinterpret_cast<std::uintptr_t>(p)) return true;
+  }
+}
+
 bool alloc_log::forget_alloc(void* p) noexcept {
-  if (!index_erase(p)) return false;
-  for (std::size_t i = alloc_count_; i-- > 0;)  // usually the most recent allocation
-    if (allocs_[i] == p) {
-      allocs_[i] = nullptr;
-      break;
-    }
-  return true;
+  if (!index_contains(p)) return false;
+  for (std::size_t i = alloc_count_; i-- > 0;) {  // usually the most recent allocation
+    if (allocs_[i] != p) continue;
+    if (i < floor_) return false;  // an enclosing scope's: deferred (the scope may roll back)
+    allocs_[i] = nullptr;
+    index_erase(p);
+    return true;
+  }
+  return false;
 }
 
 void alloc_log::defer_free(void* p) noexcept {
@@ -112,6 +122,7 @@ void alloc_log::rollback_to(mark m) noexcept {
   }
   alloc_count_ = m.allocs;
   free_count_ = m.frees;
+  if (floor_ > alloc_count_) floor_ = alloc_count_;
   if (alloc_count_ == 0 && index_used_) index_rebuild(index_cap_);  // drop tombstones
 }
 
@@ -119,13 +130,18 @@ void alloc_log::commit() noexcept {
   for (std::size_t i = 0; i < free_count_; ++i) epoch_retire(frees_[i], &free_now);
   free_count_ = 0;
   alloc_count_ = 0;
+  floor_ = 0;
   if (index_used_) std::memset(index_, 0, index_cap_ * sizeof(std::uintptr_t));
   index_used_ = 0;
 }
 
 void alloc_log::keep_allocations() noexcept {
+  // The attempt's allocations stay alive, except those it deleted (inside an or_else scope).
+  for (std::size_t i = 0; i < free_count_; ++i)
+    if (index_contains(frees_[i])) std::free(frees_[i]);
   free_count_ = 0;
   alloc_count_ = 0;
+  floor_ = 0;
   if (index_used_) std::memset(index_, 0, index_cap_ * sizeof(std::uintptr_t));
   index_used_ = 0;
 }

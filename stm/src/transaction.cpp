@@ -856,16 +856,19 @@ void transaction::replace_write(write_entry& w, std::uint64_t b, const std::sour
 
 transaction::scope_mark transaction::open_scope() {
   ++scope_depth_;
+  const alloc_log::mark here = allocs_.position();
   return {writes_.size,
           undo_.size,
           static_cast<std::uint32_t>(commit_hooks_.size()),
           static_cast<std::uint32_t>(abort_hooks_.size()),
           created_.size,
           destroyed_.size,
-          allocs_.position()};
+          here,
+          allocs_.set_floor(here.allocs)};  // deleting older allocations inside the scope is deferred
 }
 
 void transaction::close_scope(const scope_mark& m) noexcept {
+  allocs_.set_floor(m.alloc_floor);
   if (--scope_depth_ != 0) return;  // an enclosing scope may still roll back: keep the undo entries
   for (std::uint32_t i = m.undo; i < undo_.size; ++i) {
     write_entry& w = writes_.data[undo_.data[i].index];
@@ -904,6 +907,7 @@ void transaction::rollback_scope(const scope_mark& m) noexcept {
   drop_created_from(m.created);
   destroyed_.size = m.destroyed;
   allocs_.rollback_to(m.allocs);
+  allocs_.set_floor(m.alloc_floor);
   for (auto& h : aborts) h();
 }
 

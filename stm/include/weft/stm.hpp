@@ -183,6 +183,9 @@ auto or_else(F&& f, G&& g) -> std::invoke_result_t<F&> {
     }
   } catch (const detail::tx_retry_signal&) {
     tx->rollback_scope(mark);
+  } catch (...) {
+    tx->close_scope(mark);  // an exception leaves the scope like any block; a conflict aborts it all
+    throw;
   }
   return g();
 }

@@ -3,9 +3,11 @@
 // weft replaces the global operator new/delete (gc/src/tx_alloc.cpp). Outside a transaction they are
 // malloc/free. While a transaction is active on the thread, its alloc_log is installed and:
 //   * memory allocated by `new` is recorded; if the attempt aborts it is freed;
-//   * `delete` of memory allocated in the same attempt frees it at once; `delete` of older memory is
-//     deferred: dropped if the attempt aborts, and at commit handed to the epoch GC, because a
-//     concurrent transaction may still be reading the object.
+//   * `delete` of memory allocated in the same attempt (and in the current or_else scope) frees it at
+//     once; `delete` of older memory is deferred: dropped if the attempt (or the scope) is rolled back,
+//     and at commit handed to the epoch GC, because a concurrent transaction may still be reading the
+//     object. Memory allocated in the attempt before the innermost open scope counts as older: the
+//     scope may be rolled back and the state it returns to may still point to it.
 // The log itself allocates with malloc, never through operator new.
 #pragma once
 
@@ -22,7 +24,8 @@ class alloc_log {
   alloc_log& operator=(const alloc_log&) = delete;
 
   void record_alloc(void* p) noexcept;
-  /// True if p was allocated in this attempt (and is now forgotten: the caller frees it).
+  /// True if p was allocated in this attempt, inside the innermost open scope (it is now forgotten:
+  /// the caller frees it).
   bool forget_alloc(void* p) noexcept;
   void defer_free(void* p) noexcept;
 
@@ -31,6 +34,13 @@ class alloc_log {
     std::size_t allocs, frees;
   };
   mark position() const noexcept { return {alloc_count_, free_count_}; }
+  /// Allocations before `floor` belong to an enclosing scope: deleting them inside the scope is
+  /// deferred like older memory. Returns the previous floor (to restore when the scope ends).
+  std::size_t set_floor(std::size_t floor) noexcept {
+    const std::size_t old = floor_;
+    floor_ = floor;
+    return old;
+  }
   void rollback_to(mark m) noexcept;
 
   /// Attempt committed: allocations stay, deferred frees go to the epoch GC.
@@ -49,7 +59,9 @@ class alloc_log {
   std::size_t free_count_ = 0, free_cap_ = 0;
   std::uintptr_t* index_ = nullptr;  // slots: 0 empty, 1 tombstone, else pointer
   std::size_t index_cap_ = 0, index_used_ = 0;
+  std::size_t floor_ = 0;  // allocs_ entries before it belong to enclosing scopes
   void index_insert(void* p) noexcept;
+  bool index_contains(const void* p) const noexcept;
   bool index_erase(void* p) noexcept;
   void index_rebuild(std::size_t cap) noexcept;
 };

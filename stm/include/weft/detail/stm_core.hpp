@@ -202,6 +202,7 @@ class alignas(64) transaction {
   struct scope_mark {
     std::uint32_t writes, undo, commit_hooks, abort_hooks, created, destroyed;
     alloc_log::mark allocs;
+    std::size_t alloc_floor;  ///< the enclosing scope's, restored when this one ends
   };
   scope_mark open_scope();
   void close_scope(const scope_mark& m) noexcept;
