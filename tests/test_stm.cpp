@@ -346,6 +346,23 @@ TEST_CASE("solo mode: retry() waits for another thread's write", "[unit][stm]") 
   CHECK(my_counters().retries >= before.retries + 1);
 }
 
+TEST_CASE("an exception from an on_commit callback propagates after the commit", "[unit][stm]") {
+  tvar<int> x{0};
+  const auto before = my_counters();
+  CHECK_THROWS_WITH(atomically([&] {
+                      x.set(1);
+                      on_commit([] { throw std::runtime_error("from the hook"); });
+                    }),
+                    "from the hook");
+  CHECK(x.get() == 1);  // committed
+  const auto after = my_counters();
+  CHECK(after.commits == before.commits + 1);
+  CHECK(after.aborts_exception == before.aborts_exception);
+  CHECK(detail::epoch_self().depth == 0);  // entered and left exactly once
+  atomically([&] { x.set(x.get() + 1); });  // the descriptor is fine
+  CHECK(x.get() == 2);
+}
+
 TEST_CASE("or_else: memory deleted in a branch that retries stays alive", "[unit][stm]") {
   tvar<std::vector<int>*> holder{nullptr};
   int seen = 0;

@@ -155,7 +155,9 @@ auto atomically(F&& f) -> std::invoke_result_t<F&> {
       tx.wait_for_change();  // rolls back, then waits until something read has changed
       continue;
     } catch (...) {
-      tx.abort_by_exception();
+      // From f: the attempt is abandoned. From an on_commit callback (run by after_commit once the
+      // transaction is over): it committed; the exception just propagates.
+      if (detail::current_transaction() == &tx) tx.abort_by_exception();
       throw;
     }
     tx.rollback_after_conflict();
