@@ -113,7 +113,7 @@ void revoke_solo() noexcept {
     if (!(s & solo_revoking) &&
         solo_state.compare_exchange_weak(s, s | solo_revoking, std::memory_order_seq_cst, std::memory_order_acquire)) {
       const transaction* owner = solo_owner.load(std::memory_order_relaxed);  // set before the claim's release
-      asymmetric_fence_heavy();  // pairs with the owner's light fence in pin_solo()
+      asymmetric_fence_heavy();  // pairs with the owner's light fence in commit_solo()
       for (unsigned w = 0; owner->in_solo.load(std::memory_order_acquire); ++w) {
         if (w < 64)
           cpu_relax();
@@ -265,14 +265,29 @@ transaction& make_thread_transaction() {
 }
 
 void transaction::begin() {
-  if (!epoch_) epoch_ = &epoch_self();
+  if (!epoch_) [[unlikely]]
+    epoch_ = &epoch_self();
   epoch_enter(*epoch_);
+  const std::uint64_t solo = solo_state.load(std::memory_order_acquire);
+  if ((solo & (solo_active | solo_revoking)) == solo_active && !(solo_blocked_ | holds_token_) &&
+      solo_owner.load(std::memory_order_relaxed) == this && !observing()) [[likely]] {
+    // Solo (the common case of a thread alone): nothing else to prepare.
+    solo_ = true;  // a revocation from now on is seen by the reads and the commit
+    solo_token_ = solo;
+    measuring_ = inevitable_ = want_inevitable_ = false;
+    saved_log_ = set_active_alloc_log(&allocs_);
+    current_tx = this;
+    return;
+  }
+  begin_slow(solo);
+}
+
+void transaction::begin_slow(std::uint64_t solo) {
   measuring_ = observing();
   if (measuring_) attempt_start_ns_ = now_ns();
-  const std::uint64_t solo = solo_state.load(std::memory_order_acquire);
   if ((solo & (solo_active | solo_revoking)) == solo_active && !solo_blocked_ &&
       solo_owner.load(std::memory_order_relaxed) == this) {
-    solo_ = true;  // a revocation from now on is seen by the reads and the commit
+    solo_ = true;
     solo_token_ = solo;
     if (holds_token_) {  // kept from an attempt that aborted while other threads still ran
       inevitable_holder.store(nullptr, std::memory_order_release);
@@ -306,22 +321,13 @@ void transaction::begin() {
   current_tx = this;
 }
 
-// Raises in_solo if we still own solo mode; a revoker then waits until it drops.
-bool transaction::pin_solo() noexcept {
-  in_solo.store(true, std::memory_order_relaxed);
-  asymmetric_fence_light();  // pairs with the revoker's heavy fence
-  if (solo_state.load(std::memory_order_acquire) == solo_token_) return true;
-  in_solo.store(false, std::memory_order_release);
-  return false;
-}
-
 // A solo read found solo mode revoked: the value may come from the new thread's commits.
 std::uint64_t transaction::solo_revoked(std::uint64_t) {
   counters::bump(stats.aborts_conflict);
   throw tx_abort_signal{};  // nothing was published; the next attempt runs normally
 }
 
-void transaction::reset_attempt() noexcept {
+[[gnu::always_inline]] inline void transaction::reset_attempt() noexcept {
   solo_ = false;
   reads_.size = 0;
   writes_.size = 0;
@@ -520,17 +526,34 @@ bool transaction::commit_solo() {
   if (writes_.size == 0) {
     // Every read was checked against a revocation: the snapshot is consistent.
     counters::bump(stats.read_only_commits);
-  } else {
-    if (!pin_solo()) {  // revoked: nothing published, run again normally
-      counters::bump(stats.aborts_validation);
-      return false;
-    }
-    // New boxes were built before this fence: a direct reader that loads the new pointer and then
-    // runs its acquire fence sees them whole.
-    std::atomic_thread_fence(std::memory_order_release);
+    counters::bump(stats.solo);
+    return true;
+  }
+  // Pin solo mode for the write-back: a revoker now waits until in_solo drops.
+  in_solo.store(true, std::memory_order_relaxed);
+  asymmetric_fence_light();  // pairs with the revoker's heavy fence
+  if (solo_state.load(std::memory_order_acquire) != solo_token_) {
+    in_solo.store(false, std::memory_order_release);
+    counters::bump(stats.aborts_validation);  // revoked: nothing published, run again normally
+    return false;
+  }
+  bool boxes = false;
+  if (measuring_) [[unlikely]] {
     install_writes();
-    in_solo.store(false, std::memory_order_release);  // a revoker may go on; it sees all we wrote
+  } else {
+    for (write_entry& w : writes_) {
+      // release: the store itself publishes the value (no version store follows in solo mode)
+      const std::uint64_t old = w.var->bits.load(std::memory_order_relaxed);
+      w.var->bits.store(w.bits, std::memory_order_release);
+      w.bits = old;
+      boxes |= w.drop != nullptr;
+    }
+  }
+  in_solo.store(false, std::memory_order_release);  // a revoker may go on; it sees all we wrote
+  if (boxes || measuring_) {
     retire_replaced();  // may run the observer (gc event): not while a revoker waits
+  } else {
+    writes_.size = 0;
   }
   counters::bump(stats.solo);
   return true;

@@ -252,7 +252,7 @@ class alignas(64) transaction {
   void release_locks(std::uint32_t count) noexcept;
   bool commit_inevitable();
   bool commit_solo();
-  bool pin_solo() noexcept;
+  void begin_slow(std::uint64_t solo);
   std::uint64_t solo_revoked(std::uint64_t b);
   void install_writes() noexcept;
   void retire_replaced() noexcept;
