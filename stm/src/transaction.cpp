@@ -107,9 +107,11 @@ void claim_solo_locked() noexcept {
 // Ends solo mode (if on) and returns once no solo attempt can be running. Never called from the
 // owner inside a transaction (it would wait for itself): callers are registration, configure_stm
 // (refused inside transactions) and write_direct from another thread.
-void revoke_solo() noexcept {
+void revoke_solo(const transaction* self) noexcept {
   std::uint64_t s = solo_state.load(std::memory_order_acquire);
   for (unsigned spins = 0; s & solo_active; ++spins) {
+    // Solo mode handed to ourselves meanwhile (the other thread exited): nothing to revoke.
+    if (!(s & solo_revoking) && solo_owner.load(std::memory_order_relaxed) == self) return;
     if (!(s & solo_revoking) &&
         solo_state.compare_exchange_weak(s, s | solo_revoking, std::memory_order_seq_cst, std::memory_order_acquire)) {
       const transaction* owner = solo_owner.load(std::memory_order_relaxed);  // set before the claim's release
@@ -165,12 +167,12 @@ struct descriptor_owner {
       std::lock_guard lock(registry_lock);
       departed += snapshot(tx->stats);
       std::erase(*registry, tx);
-      const std::uint64_t s = solo_state.load(std::memory_order_relaxed);
+      std::uint64_t s = solo_state.load(std::memory_order_relaxed);
       if ((s & solo_active) && solo_owner.load(std::memory_order_relaxed) == tx) {
-        if (s & solo_revoking)
-          revoked_owner = true;  // a revoker may still look at our in_solo flag
-        else
-          solo_state.store(s & ~solo_active, std::memory_order_relaxed);
+        // A revoker (it does not take the lock) may mark the state at any moment: only a CAS may
+        // end the claim, and a marked claim means the revoker may still look at our in_solo flag.
+        if ((s & solo_revoking) || !solo_state.compare_exchange_strong(s, s & ~solo_active, std::memory_order_acq_rel))
+          revoked_owner = true;
       }
       if (!revoked_owner) claim_solo_locked();  // the thread left alone (if any) runs solo from now on
     }
@@ -259,7 +261,7 @@ transaction& make_thread_transaction() {
     someone_solo = (solo_state.load(std::memory_order_acquire) & solo_active) != 0;
     claim_solo_locked();  // the first thread to use the STM starts solo
   }
-  if (someone_solo) revoke_solo();  // another thread ran solo: from now on we both run normally
+  if (someone_solo) revoke_solo(tx);  // another thread ran solo: from now on we both run normally
   descriptor.tx = thread_tx = tx;
   return *tx;
 }
@@ -1008,7 +1010,7 @@ void configure_stm(const stm_options& o) {
     std::lock_guard lock(registry_lock);
     claim_solo_locked();
   } else {
-    revoke_solo();
+    revoke_solo(nullptr);
   }
 }
 
