@@ -729,6 +729,57 @@ TEST_CASE("conflicts are reported to the observer with names and source location
   CHECK(hot.get() == 3);
 }
 
+TEST_CASE("the conflict profiler sums conflicts by site, costliest first", "[unit][stm]") {
+  tvar<int> hot{0, "hot"}, cold{0};
+  helper_thread writer([&] { atomically([&] { hot.set(hot.get() + 1); }); });
+  const std::uint_least32_t write_line = __LINE__ - 1;
+  writer.run_and_wait();  // the helper uses the STM too: main runs the multi-thread path
+  start_profiling();
+  std::uint_least32_t read_line = 0;
+  for (int round = 0; round < 3; ++round) {
+    int attempts = 0;
+    atomically([&] {
+      ++attempts;
+      read_line = __LINE__ + 1;
+      int v = hot.get();
+      if (attempts == 1) writer.run_and_wait();  // hot changes under us: this attempt fails
+      hot.set(v + 1);
+    });
+    CHECK(attempts == 2);
+  }
+  atomically([&] {
+    become_inevitable("profiler test");
+    cold.set(1);
+  });
+  const profile p = stop_profiling();
+  REQUIRE(!p.sites.empty());
+  const conflict_site& s = p.sites.front();
+  CHECK(s.kind == conflict_kind::read_write);
+  CHECK(s.object == "hot");
+  CHECK(s.read_at.line() == read_line);
+  CHECK(s.write_at.line() == write_line);
+  CHECK(s.aborts == 3);
+  CHECK(s.threads == 1);
+  CHECK(s.time_lost_ns > 0);
+  CHECK(p.conflicts >= 3);
+  CHECK(p.inevitable == 1);
+  REQUIRE(p.inevitable_reasons.size() == 1);
+  CHECK(p.inevitable_reasons[0].first == "profiler test");
+  CHECK(p.stats.total.commits >= 4);
+  const std::string text = format_profile(p);
+  INFO(text);
+  CHECK(text.find("weft conflict profile:") == 0);
+  CHECK(text.find("read-write") != std::string::npos);
+  CHECK(text.find("hot") != std::string::npos);
+  CHECK(text.find("test_stm.cpp:" + std::to_string(read_line)) != std::string::npos);
+  CHECK(text.find("\"profiler test\" x1") != std::string::npos);
+  // Stopped: later conflicts are not counted; a new start clears the tables.
+  atomically([&] { hot.set(0); });
+  CHECK(profile_snapshot().conflicts == p.conflicts);
+  start_profiling();
+  CHECK(stop_profiling().sites.empty());
+}
+
 TEST_CASE("a switch point inside a transaction is refused", "[unit][stm]") {
   weft::test::fresh_runtime fresh;
   tvar<int> x{0};

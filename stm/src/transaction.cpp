@@ -56,6 +56,7 @@
 namespace weft::detail {
 
 void link_tx_alloc() noexcept;  // gc/src/tx_alloc.cpp
+void link_profiler() noexcept;  // stm/src/profiler.cpp (WEFT_PROFILE)
 
 __attribute__((tls_model("initial-exec"))) constinit thread_local transaction* current_tx = nullptr;
 
@@ -247,7 +248,10 @@ void tvar_base::write_direct(std::uint64_t b, void (*drop)(void*), const std::so
 
 // --- descriptor -------------------------------------------------------------------------------------
 
-transaction::transaction() : thread(std::this_thread::get_id()) { link_tx_alloc(); }
+transaction::transaction() : thread(std::this_thread::get_id()) {
+  link_tx_alloc();
+  link_profiler();
+}
 transaction::~transaction() = default;
 
 __attribute__((tls_model("initial-exec"))) constinit thread_local transaction* thread_tx = nullptr;

@@ -4,5 +4,6 @@
 #include "weft/channel.hpp"
 #include "weft/gc.hpp"
 #include "weft/scheduler.hpp"
+#include "weft/profile.hpp"
 #include "weft/stm.hpp"
 #include "weft/tasklet.hpp"
