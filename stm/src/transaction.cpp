@@ -105,9 +105,9 @@ void claim_solo_locked() noexcept {
   }
 }
 
-// Ends solo mode (if on) and returns once no solo attempt can be running. Never called from the
-// owner inside a transaction (it would wait for itself): callers are registration, configure_stm
-// (refused inside transactions) and write_direct from another thread.
+// Ends solo mode (if on; not when it is `self`'s) and returns once no solo write-back can be running:
+// attempts still in flight see the mark at their next read or at commit and re-run normally. It waits
+// only for a write-back (no user code), so any thread may call it, the owner included.
 void revoke_solo(const transaction* self) noexcept {
   std::uint64_t s = solo_state.load(std::memory_order_acquire);
   for (unsigned spins = 0; s & solo_active; ++spins) {
