@@ -68,30 +68,23 @@ void alloc_log::index_insert(void* p) noexcept {
   index_[i] = reinterpret_cast<std::uintptr_t>(p);
 }
 
+// The slot holding p, or index_cap_ when p is not in the index.
+std::size_t alloc_log::index_find(const void* p) const noexcept {
+  if (!index_cap_) return 0;
+  for (std::size_t i = slot_of(p, index_cap_);; i = (i + 1) & (index_cap_ - 1)) {
+    if (index_[i] == 0) return index_cap_;
+    if (index_[i] == reinterpret_cast<std::uintptr_t>(p)) return i;
+  }
+}
+
 bool alloc_log::index_erase(void* p) noexcept {
-  if (!index_cap_) return false;
-  for (std::size_t i = slot_of(p, index_cap_);; i = (i + 1) & (index_cap_ - 1)) {
-    if (index_[i] == 0) return false;
-    if (index_[i] == reinterpret_cast<std::uintptr_t>(p)) {
-      index_[i] = 1;  // tombstone
-      return true;
-    }
-  }
+  const std::size_t i = index_find(p);
+  if (i == index_cap_) return false;
+  index_[i] = 1;  // tombstone
+  return true;
 }
 
-void alloc_log::record_alloc(void* p) noexcept {
-  if (!grow(allocs_, alloc_cap_, alloc_count_ + 1)) return;  // cannot track: it will simply survive an abort
-  allocs_[alloc_count_++] = p;
-  index_insert(p);
-}
-
-bool alloc_log::index_contains(const void* p) const noexcept {
-  if (!index_cap_) return false;
-  for (std::size_t i = slot_of(p, index_cap_);; i = (i + 1) & (index_cap_ - 1)) {
-    if (index_[i] == 0) return false;
-    if (index_[i] == reinterpret_cast<std::uintptr_t>(p)) return true;
-  }
-}
+bool alloc_log::index_contains(const void* p) const noexcept { return index_find(p) != index_cap_; }
 
 bool alloc_log::forget_alloc(void* p) noexcept {
   if (!index_contains(p)) return false;

@@ -61,6 +61,7 @@ class alloc_log {
   std::size_t index_cap_ = 0, index_used_ = 0;
   std::size_t floor_ = 0;  // allocs_ entries before it belong to enclosing scopes
   void index_insert(void* p) noexcept;
+  std::size_t index_find(const void* p) const noexcept;
   bool index_contains(const void* p) const noexcept;
   bool index_erase(void* p) noexcept;
   void index_rebuild(std::size_t cap) noexcept;
