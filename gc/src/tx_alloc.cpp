@@ -86,6 +86,12 @@ bool alloc_log::index_erase(void* p) noexcept {
 
 bool alloc_log::index_contains(const void* p) const noexcept { return index_find(p) != index_cap_; }
 
+void alloc_log::record_alloc(void* p) noexcept {
+  if (!grow(allocs_, alloc_cap_, alloc_count_ + 1)) return;  // cannot track: it will simply survive an abort
+  allocs_[alloc_count_++] = p;
+  index_insert(p);
+}
+
 bool alloc_log::forget_alloc(void* p) noexcept {
   if (!index_contains(p)) return false;
   for (std::size_t i = alloc_count_; i-- > 0;) {  // usually the most recent allocation
