@@ -43,7 +43,9 @@
 #include <chrono>
 #include <cstdio>
 #include <mutex>
+#include <iterator>
 #include <stdexcept>
+#include <utility>
 
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -135,27 +137,33 @@ void revoke_solo(const transaction* self) noexcept {
   }
 }
 
-
 std::uint64_t now_ns() noexcept {
   return static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
           .count());
 }
 
+// Every counter, once: the descriptor's atomic and the field of stm_counters it is reported in.
+constexpr std::pair<std::atomic<std::uint64_t> counters::*, std::uint64_t stm_counters::*> counter_fields[] = {
+    {&counters::commits, &stm_counters::commits},
+    {&counters::read_only_commits, &stm_counters::read_only_commits},
+    {&counters::aborts_conflict, &stm_counters::aborts_conflict},
+    {&counters::aborts_validation, &stm_counters::aborts_validation},
+    {&counters::aborts_locked, &stm_counters::aborts_locked},
+    {&counters::aborts_inevitable, &stm_counters::aborts_inevitable},
+    {&counters::aborts_exception, &stm_counters::aborts_exception},
+    {&counters::retries, &stm_counters::retries},
+    {&counters::inevitable, &stm_counters::inevitable},
+    {&counters::extensions, &stm_counters::extensions},
+    {&counters::locks_acquired, &stm_counters::locks_acquired},
+    {&counters::solo, &stm_counters::solo},
+};
+static_assert(sizeof(stm_counters) == std::size(counter_fields) * sizeof(std::uint64_t),
+              "every stm_counters field is listed in counter_fields");
+
 stm_counters snapshot(const counters& c) {
   stm_counters s;
-  s.commits = c.commits.load(std::memory_order_relaxed);
-  s.read_only_commits = c.read_only_commits.load(std::memory_order_relaxed);
-  s.aborts_conflict = c.aborts_conflict.load(std::memory_order_relaxed);
-  s.aborts_validation = c.aborts_validation.load(std::memory_order_relaxed);
-  s.aborts_locked = c.aborts_locked.load(std::memory_order_relaxed);
-  s.aborts_inevitable = c.aborts_inevitable.load(std::memory_order_relaxed);
-  s.aborts_exception = c.aborts_exception.load(std::memory_order_relaxed);
-  s.retries = c.retries.load(std::memory_order_relaxed);
-  s.inevitable = c.inevitable.load(std::memory_order_relaxed);
-  s.extensions = c.extensions.load(std::memory_order_relaxed);
-  s.locks_acquired = c.locks_acquired.load(std::memory_order_relaxed);
-  s.solo = c.solo.load(std::memory_order_relaxed);
+  for (const auto& [from, to] : counter_fields) s.*to = (c.*from).load(std::memory_order_relaxed);
   return s;
 }
 
@@ -978,18 +986,7 @@ void become_inevitable(const char* reason) {
 }
 
 stm_counters& stm_counters::operator+=(const stm_counters& o) noexcept {
-  commits += o.commits;
-  read_only_commits += o.read_only_commits;
-  aborts_conflict += o.aborts_conflict;
-  aborts_validation += o.aborts_validation;
-  aborts_locked += o.aborts_locked;
-  aborts_inevitable += o.aborts_inevitable;
-  aborts_exception += o.aborts_exception;
-  retries += o.retries;
-  inevitable += o.inevitable;
-  extensions += o.extensions;
-  locks_acquired += o.locks_acquired;
-  solo += o.solo;
+  for (const auto& field : counter_fields) this->*field.second += o.*field.second;
   return *this;
 }
 
