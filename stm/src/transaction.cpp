@@ -278,19 +278,28 @@ transaction& make_thread_transaction() {
   return *tx;
 }
 
+// Solo mode is ours if the current claim is active, not being revoked, and names this descriptor.
+[[gnu::always_inline]] inline bool transaction::solo_claimed(std::uint64_t solo) const noexcept {
+  return (solo & (solo_active | solo_revoking)) == solo_active && !solo_blocked_ &&
+         solo_owner.load(std::memory_order_relaxed) == this;
+}
+
+[[gnu::always_inline]] inline void transaction::start_attempt(bool solo, std::uint64_t token) noexcept {
+  solo_ = solo;  // a revocation from now on is seen by the reads and the commit
+  solo_token_ = token;
+  saved_log_ = set_active_alloc_log(&allocs_);
+  current_tx = this;
+}
+
 void transaction::begin() {
   if (!epoch_) [[unlikely]]
     epoch_ = &epoch_self();
   epoch_enter(*epoch_);
   const std::uint64_t solo = solo_state.load(std::memory_order_acquire);
-  if ((solo & (solo_active | solo_revoking)) == solo_active && !(solo_blocked_ | holds_token_) &&
-      solo_owner.load(std::memory_order_relaxed) == this && !observing()) [[likely]] {
+  if (solo_claimed(solo) && !holds_token_ && !observing()) [[likely]] {
     // Solo (the common case of a thread alone): nothing else to prepare.
-    solo_ = true;  // a revocation from now on is seen by the reads and the commit
-    solo_token_ = solo;
     measuring_ = inevitable_ = want_inevitable_ = false;
-    saved_log_ = set_active_alloc_log(&allocs_);
-    current_tx = this;
+    start_attempt(true, solo);
     return;
   }
   begin_slow(solo);
@@ -299,17 +308,13 @@ void transaction::begin() {
 void transaction::begin_slow(std::uint64_t solo) {
   measuring_ = observing();
   if (measuring_) attempt_start_ns_ = now_ns();
-  if ((solo & (solo_active | solo_revoking)) == solo_active && !solo_blocked_ &&
-      solo_owner.load(std::memory_order_relaxed) == this) {
-    solo_ = true;
-    solo_token_ = solo;
+  if (solo_claimed(solo)) {
     if (holds_token_) {  // kept from an attempt that aborted while other threads still ran
       inevitable_holder.store(nullptr, std::memory_order_release);
       holds_token_ = false;
     }
     inevitable_ = want_inevitable_ = false;
-    saved_log_ = set_active_alloc_log(&allocs_);
-    current_tx = this;
+    start_attempt(true, solo);
     return;
   }
   if (want_inevitable_ && !holds_token_) {
@@ -331,8 +336,7 @@ void transaction::begin_slow(std::uint64_t solo) {
   // read barrier then extends the snapshot (LSA), so no stale value is ever returned. Transactions
   // that touch nothing recently written never load the clock at all.
   rv_ = last_clock_;
-  saved_log_ = set_active_alloc_log(&allocs_);
-  current_tx = this;
+  start_attempt(false, 0);
 }
 
 // A solo read found solo mode revoked: the value may come from the new thread's commits.
@@ -507,25 +511,28 @@ void transaction::release_locks(std::uint32_t count) noexcept {
     writes_.data[i].var->meta.store(writes_.data[i].old_meta, std::memory_order_release);
 }
 
-// With every written tvar locked by us: install the new values, retire replaced boxes, and unlock
-// each with version wv.
-void transaction::write_back_and_unlock(std::uint64_t wv) noexcept {
-  install_writes();
-  for (write_entry& w : writes_) w.var->meta.store(wv << 2, std::memory_order_release);
-  retire_replaced();
-}
-
-// Stores the new values; each entry then holds the value it replaced.
-void transaction::install_writes() noexcept {
+// Stores the new values; each entry then holds the value it replaced. True if a box was replaced.
+[[gnu::always_inline]] inline bool transaction::install_writes() noexcept {
+  bool boxes = false;
   for (write_entry& w : writes_) {
     const std::uint64_t old = w.var->bits.load(std::memory_order_relaxed);
     // release: the value (a new box, say) is published by this store itself in solo mode, where
     // no version store follows (free on x86; what lets TSan, which ignores fences, see it).
     w.var->bits.store(w.bits, std::memory_order_release);
     w.bits = old;
+    boxes |= w.drop != nullptr;
     if (measuring_) [[unlikely]]
       note_write(w.var, location_bits(w.where));
   }
+  return boxes;
+}
+
+// With every written tvar locked by us: install the new values, retire replaced boxes, and unlock
+// each with version wv.
+void transaction::write_back_and_unlock(std::uint64_t wv) noexcept {
+  install_writes();
+  for (write_entry& w : writes_) w.var->meta.store(wv << 2, std::memory_order_release);
+  retire_replaced();
 }
 
 // Replaced boxes go to the epoch GC only after the locks are released: a collection may call the
@@ -551,24 +558,12 @@ bool transaction::commit_solo() {
     counters::bump(stats.aborts_validation);  // revoked: nothing published, run again normally
     return false;
   }
-  bool boxes = false;
-  if (measuring_) [[unlikely]] {
-    install_writes();
-  } else {
-    for (write_entry& w : writes_) {
-      // release: the store itself publishes the value (no version store follows in solo mode)
-      const std::uint64_t old = w.var->bits.load(std::memory_order_relaxed);
-      w.var->bits.store(w.bits, std::memory_order_release);
-      w.bits = old;
-      boxes |= w.drop != nullptr;
-    }
-  }
+  const bool boxes = install_writes();
   in_solo.store(false, std::memory_order_release);  // a revoker may go on; it sees all we wrote
-  if (boxes || measuring_) {
+  if (boxes)
     retire_replaced();  // may run the observer (gc event): not while a revoker waits
-  } else {
+  else
     writes_.size = 0;
-  }
   counters::bump(stats.solo);
   return true;
 }

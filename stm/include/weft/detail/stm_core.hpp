@@ -253,8 +253,10 @@ class alignas(64) transaction {
   bool commit_inevitable();
   bool commit_solo();
   void begin_slow(std::uint64_t solo);
+  bool solo_claimed(std::uint64_t solo) const noexcept;
+  void start_attempt(bool solo, std::uint64_t token) noexcept;
   std::uint64_t solo_revoked(std::uint64_t b);
-  void install_writes() noexcept;
+  bool install_writes() noexcept;
   void retire_replaced() noexcept;
   void write_back_and_unlock(std::uint64_t wv) noexcept;
   void finish_destroyed_tvars() noexcept;
