@@ -9,7 +9,7 @@ using weft::test::event_log;
 using weft::test::flags;
 using weft::test::fresh_runtime;
 
-TEST_CASE_METHOD(fresh_runtime, "2.1 a tasklet without partner blocks; balance counts waiters", "[unit][channel]") {
+TEST_CASE_METHOD(fresh_runtime, "2.1 a tasklet without partner blocks, balance counts waiters", "[unit][channel]") {
   channel<int> ch;
   CHECK(ch.balance() == 0);
   CHECK(ch.preference() == -1);
@@ -284,7 +284,7 @@ TEST_CASE_METHOD(fresh_runtime, "preference outside -1..1 is rejected", "[unit][
   check_clean();
 }
 
-TEST_CASE_METHOD(fresh_runtime, "channels carry move-only and large values; handles share one channel", "[unit][channel]") {
+TEST_CASE_METHOD(fresh_runtime, "channels carry move-only and large values, handles share one channel", "[unit][channel]") {
   channel<std::unique_ptr<std::string>> ch;
   auto copy = ch;
   CHECK(copy == ch);

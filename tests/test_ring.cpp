@@ -172,7 +172,7 @@ TEST_CASE_METHOD(fresh_runtime, "1.7 getruncount counts the ring including the c
   check_clean();
 }
 
-TEST_CASE_METHOD(fresh_runtime, "1.8 t.run() rotates the ring to t; the caller keeps its place", "[unit][ring]") {
+TEST_CASE_METHOD(fresh_runtime, "1.8 t.run() rotates the ring to t, the caller keeps its place", "[unit][ring]") {
   event_log log;
   std::vector<tasklet> ts;
   for (const char* n : {"A", "B", "C", "D"}) ts.push_back(spawn([&log, n] { log(n); }));

@@ -112,26 +112,31 @@ void alloc_log::defer_free(void* p) noexcept {
   frees_[free_count_++] = p;
 }
 
-void alloc_log::rollback_to(mark m) noexcept {
+std::size_t alloc_log::rollback_to(mark m) noexcept {
+  std::size_t freed = 0;
   for (std::size_t i = alloc_count_; i-- > m.allocs;) {
     if (allocs_[i]) {
       index_erase(allocs_[i]);
       std::free(allocs_[i]);
+      ++freed;
     }
   }
   alloc_count_ = m.allocs;
   free_count_ = m.frees;
   if (floor_ > alloc_count_) floor_ = alloc_count_;
   if (alloc_count_ == 0 && index_used_) index_rebuild(index_cap_);  // drop tombstones
+  return freed;
 }
 
-void alloc_log::commit() noexcept {
+std::size_t alloc_log::commit() noexcept {
+  const std::size_t deferred = free_count_;
   for (std::size_t i = 0; i < free_count_; ++i) epoch_retire(frees_[i], &free_now);
   free_count_ = 0;
   alloc_count_ = 0;
   floor_ = 0;
   if (index_used_) std::memset(index_, 0, index_cap_ * sizeof(std::uintptr_t));
   index_used_ = 0;
+  return deferred;
 }
 
 void alloc_log::keep_allocations() noexcept {

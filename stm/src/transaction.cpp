@@ -157,6 +157,8 @@ constexpr std::pair<std::atomic<std::uint64_t> counters::*, std::uint64_t stm_co
     {&counters::extensions, &stm_counters::extensions},
     {&counters::locks_acquired, &stm_counters::locks_acquired},
     {&counters::solo, &stm_counters::solo},
+    {&counters::allocations_undone, &stm_counters::allocations_undone},
+    {&counters::frees_deferred, &stm_counters::frees_deferred},
 };
 static_assert(sizeof(stm_counters) == std::size(counter_fields) * sizeof(std::uint64_t),
               "every stm_counters field is listed in counter_fields");
@@ -331,6 +333,13 @@ void transaction::begin_slow(std::uint64_t solo) {
     holds_token_ = true;
   }
   inevitable_ = holds_token_;
+  if (inevitable_ && inevitable_reason_ && measuring_) {
+    // Inevitable from the start (after K aborts, or become_inevitable() had to start over): the
+    // observer hears of it once, here, with the reason.
+    event e{event_kind::inevitable, nullptr, inevitable_reason_};
+    notify(e);
+  }
+  inevitable_reason_ = nullptr;
   // The snapshot starts at the last clock value this thread saw, not at a fresh load of the shared
   // clock (whose line moves to every committer): a tvar written since has a newer version, and the
   // read barrier then extends the snapshot (LSA), so no stale value is ever returned. Transactions
@@ -481,6 +490,7 @@ void transaction::make_inevitable(const char* reason) {
     // until we finish (they must be able to commit beside an inevitable transaction). So start
     // over on the multi-thread path, inevitable from the beginning (nothing was published).
     want_inevitable_ = solo_blocked_ = true;
+    inevitable_reason_ = reason;
     counters::bump(stats.aborts_inevitable);
     throw tx_abort_signal{};
   }
@@ -488,6 +498,7 @@ void transaction::make_inevitable(const char* reason) {
   if (!inevitable_holder.compare_exchange_strong(expected, this, std::memory_order_acquire)) {
     // Someone else is inevitable: start over, waiting for the token first.
     want_inevitable_ = true;
+    inevitable_reason_ = reason;
     abort_conflict(conflict_kind::inevitable, nullptr, std::source_location::current());
   }
   holds_token_ = true;
@@ -497,11 +508,13 @@ void transaction::make_inevitable(const char* reason) {
     reserve(v);
     if (version_of(v.meta.load(std::memory_order_acquire)) > rv_) {
       want_inevitable_ = true;  // keep the token; the next attempt starts inevitable
+      inevitable_reason_ = reason;
       abort_conflict(conflict_kind::read_write, &v, reads_.data[i].where);
     }
   }
   for (std::uint32_t i = 0; i < writes_.size; ++i) reserve(*writes_.data[i].var);
   inevitable_ = true;
+  inevitable_reason_ = nullptr;
   event e{event_kind::inevitable, nullptr, reason};
   notify(e);
 }
@@ -687,7 +700,7 @@ void transaction::after_commit() {
   counters::bump(stats.commits);
   if (destroyed_.size || created_.size) [[unlikely]]
     finish_destroyed_tvars();
-  if (!allocs_.empty()) allocs_.commit();
+  if (!allocs_.empty()) counters::bump(stats.frees_deferred, allocs_.commit());
   consecutive_aborts_ = 0;
   want_inevitable_ = solo_blocked_ = false;
   reset_attempt();
@@ -726,7 +739,7 @@ std::vector<std::function<void()>> transaction::discard_attempt(bool free_create
 
 void transaction::rollback_after_conflict() {
   std::vector<std::function<void()>> aborts = discard_attempt(true);
-  allocs_.abort();
+  counters::bump(stats.allocations_undone, allocs_.abort());
   const bool keep_token = holds_token_ && want_inevitable_;
   if (holds_token_ && !keep_token) {
     inevitable_holder.store(nullptr, std::memory_order_release);
@@ -735,7 +748,10 @@ void transaction::rollback_after_conflict() {
   reset_attempt();
   for (auto& h : aborts) h();
   aborts.clear();
-  if (++consecutive_aborts_ >= inevitable_after.load(std::memory_order_relaxed)) want_inevitable_ = true;
+  if (++consecutive_aborts_ >= inevitable_after.load(std::memory_order_relaxed) && !want_inevitable_) {
+    want_inevitable_ = true;
+    inevitable_reason_ = "too many aborts in a row (stm_options::inevitable_after)";
+  }
   backoff();
 }
 
@@ -938,7 +954,7 @@ void transaction::rollback_scope(const scope_mark& m) noexcept {
   abort_hooks_.resize(m.abort_hooks);
   drop_created_from(m.created);
   destroyed_.size = m.destroyed;
-  allocs_.rollback_to(m.allocs);
+  counters::bump(stats.allocations_undone, allocs_.rollback_to(m.allocs));
   allocs_.set_floor(m.alloc_floor);
   for (auto& h : aborts) h();
 }

@@ -213,6 +213,12 @@ struct stm_counters {
   std::uint64_t extensions = 0;         ///< snapshot extensions (LSA)
   std::uint64_t locks_acquired = 0;     ///< tvar locks taken at commit
   std::uint64_t solo = 0;               ///< of the commits, run solo (the only thread using the STM)
+  /// Objects allocated with `new` in attempts (or or_else branches) that were rolled back, and so freed
+  /// at once.
+  std::uint64_t allocations_undone = 0;
+  /// `delete`s of memory older than the attempt, committed and handed to the epoch GC (freed once no
+  /// transaction can still read them; detail::epoch_pending() counts those not freed yet).
+  std::uint64_t frees_deferred = 0;
   std::uint64_t aborts() const noexcept {
     return aborts_conflict + aborts_validation + aborts_locked + aborts_inevitable + aborts_exception;
   }

@@ -41,14 +41,16 @@ class alloc_log {
     floor_ = floor;
     return old;
   }
-  void rollback_to(mark m) noexcept;
+  /// Frees what was allocated after `m` and drops the frees deferred after it; returns the number of
+  /// allocations freed.
+  std::size_t rollback_to(mark m) noexcept;
 
-  /// Attempt committed: allocations stay, deferred frees go to the epoch GC.
-  void commit() noexcept;
+  /// Attempt committed: allocations stay, deferred frees go to the epoch GC; returns their number.
+  std::size_t commit() noexcept;
   /// Attempt ended by an exception: allocations stay (the exception may use them), frees are dropped.
   void keep_allocations() noexcept;
-  /// Attempt aborted: allocations are freed, deferred frees are dropped.
-  void abort() noexcept { rollback_to({0, 0}); }
+  /// Attempt aborted: allocations are freed, deferred frees are dropped; returns the number freed.
+  std::size_t abort() noexcept { return rollback_to({0, 0}); }
   bool empty() const noexcept { return alloc_count_ == 0 && free_count_ == 0; }
 
  private:

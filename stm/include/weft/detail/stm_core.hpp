@@ -129,7 +129,7 @@ struct counters {
   // Written only by the owning thread (load + store, no read-modify-write); read by stats().
   std::atomic<std::uint64_t> commits{0}, read_only_commits{0}, aborts_conflict{0}, aborts_validation{0},
       aborts_locked{0}, aborts_inevitable{0}, aborts_exception{0}, retries{0}, inevitable{0}, extensions{0},
-      locks_acquired{0}, solo{0};
+      locks_acquired{0}, solo{0}, allocations_undone{0}, frees_deferred{0};
   static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept {
     c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
@@ -273,6 +273,8 @@ class alignas(64) transaction {
   bool solo_blocked_ = false;     ///< retry() in a solo attempt: run normally until the commit
   bool inevitable_ = false;
   bool want_inevitable_ = false;
+  /// Why the next attempt starts inevitable (reported to the observer when it does), or nullptr.
+  const char* inevitable_reason_ = nullptr;
   bool holds_token_ = false;
   bool measuring_ = false;
   std::uint32_t consecutive_aborts_ = 0;
