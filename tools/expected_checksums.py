@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""tools/expected_checksums.py — the expected outputs of the samples and workloads, computed without weft.
+
+The CTest tests of samples/ and bench/ and the checksum table of bench/compare.sh compare weft's
+output with numbers written into those files. Those numbers must not come from weft's own output (a
+test that copies the program's answer cannot fail), so this script recomputes each one with a plain
+re-implementation of the program's arithmetic (standard library only) and compares it with the value
+the file cites:
+
+  pingpong           main sends i = 0 .. N-1, the partner answers i + 1; checksum = sum of the answers.
+  hackysack          K players, P passes; player 0 gets ball 0; the holder computes nb = ball + 1 and
+                     stops at nb == P (the "last holder"), otherwise picks t = xorshift64() % K (itself
+                     -> (t + 1) % K), adds t to the checksum and passes nb to t. xorshift64: x ^= x << 13;
+                     x ^= x >> 7; x ^= x << 17 on 64 bits, seed 88172645463325252. In the sample the
+                     last holder then sends exit to the others in index order and leaves last.
+  sieve              the numbers 2, 3, ... that no earlier prime divides; the first N, their sum and the
+                     Nth; the chain holds the generator and one filter per prime (N + 1 tasklets).
+  producer_consumer  producer p sends p*ITEMS + 1 .. (p+1)*ITEMS; every item is consumed once.
+
+Usage: tools/expected_checksums.py [--check]
+  prints, for every cited value, the file citing it, the computed value and the cited one. With
+  --check it exits with status 1 if any computed value differs from the cited one, or if the cited
+  text is no longer in the file (the file changed and this table did not).
+The two hackysack games of 1,000,000 passes take a few seconds.
+"""
+import functools
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MASK64 = (1 << 64) - 1
+XORSHIFT_SEED = 88172645463325252
+
+
+# ---- the arithmetic of each program ------------------------------------------------------------------
+
+def pingpong(rounds):
+    """Sum of the answers of `rounds` round trips (the partner answers i + 1 to i)."""
+    total = 0
+    for i in range(rounds):
+        total += i + 1
+    return total
+
+
+@functools.lru_cache(maxsize=None)
+def hackysack(players, passes):
+    """Returns (last holder, checksum, exit order of the sample's --verbose output)."""
+    x = XORSHIFT_SEED
+    holder, ball, checksum = 0, 0, 0
+    while True:
+        nb = ball + 1
+        if nb == passes:
+            break
+        x ^= (x << 13) & MASK64
+        x ^= x >> 7
+        x ^= (x << 17) & MASK64
+        t = x % players
+        if t == holder:
+            t = (t + 1) % players
+        checksum += t
+        holder, ball = t, nb
+    assert checksum <= MASK64, "the programs keep the checksum in 64 bits"
+    # The sample: the last holder sends exit to every other player in index order (each leaves at
+    # once), leaves itself, then main gets the signal.
+    exits = [f"p{p}-exit" for p in range(players) if p != holder] + [f"p{holder}-exit", "main-got-signal"]
+    return holder, checksum, "\\n".join(exits)
+
+
+@functools.lru_cache(maxsize=None)
+def sieve(count):
+    """Returns (sum of the first `count` primes, the last of them, tasklets in the chain)."""
+    primes = []
+    candidate = 2
+    while len(primes) < count:
+        # The candidate passes the chain of filters if no prime found so far divides it.
+        if all(candidate % p != 0 for p in primes if p * p <= candidate):
+            primes.append(candidate)
+        candidate += 1
+    return sum(primes), primes[-1], 1 + len(primes)
+
+
+def producer_consumer(producers, items):
+    """Returns (items consumed, their sum): every item produced is consumed exactly once."""
+    consumed = [v for p in range(producers) for v in range(p * items + 1, (p + 1) * items + 1)]
+    return len(consumed), sum(consumed)
+
+
+# ---- what the files cite -------------------------------------------------------------------------------
+# (file, what, computed, cited value, text): `text` (default "{}") formatted with the cited value must
+# appear in the file verbatim; the CMake files write "\n" in their regular expressions as backslash-n.
+SAMPLES = "samples/CMakeLists.txt"
+BENCH = "bench/CMakeLists.txt"
+COMPARE = "bench/compare.sh"
+CITED = [
+    (SAMPLES, "pingpong 1000: checksum", lambda: pingpong(1000), 500500, "checksum: {}\\n"),
+    (SAMPLES, "pingpong 3: checksum", lambda: pingpong(3), 6, "checksum: {}\\n"),
+    (SAMPLES, "hackysack K=1000 P=1000000: last holder", lambda: hackysack(1000, 1000000)[0], 366,
+     "last holder: {}\\n"),
+    (SAMPLES, "hackysack K=1000 P=1000000: checksum", lambda: hackysack(1000, 1000000)[1], 499382756,
+     "checksum: {}\\n"),
+    (SAMPLES, "hackysack K=5 P=5: exit order", lambda: hackysack(5, 5)[2],
+     "p0-exit\\np1-exit\\np2-exit\\np4-exit\\np3-exit\\nmain-got-signal", "{}"),
+    (SAMPLES, "hackysack K=5 P=5: last holder", lambda: hackysack(5, 5)[0], 3, "last holder: {}\\n"),
+    (SAMPLES, "hackysack K=5 P=5: checksum", lambda: hackysack(5, 5)[1], 7, "checksum: {}\\n"),
+    (SAMPLES, "sieve 100: last prime", lambda: sieve(100)[1], 541, "last prime: {}\\n"),
+    (SAMPLES, "sieve 100: tasklets in the chain", lambda: sieve(100)[2], 101, "tasklets in the chain: {}\\n"),
+    (SAMPLES, "sieve 100: checksum", lambda: sieve(100)[0], 24133, "checksum: {}\\n"),
+    (SAMPLES, "sieve 2000: last prime", lambda: sieve(2000)[1], 17389, "last prime: {}\\n"),
+    (SAMPLES, "sieve 2000: tasklets in the chain", lambda: sieve(2000)[2], 2001, "tasklets in the chain: {}\\n"),
+    (SAMPLES, "sieve 2000: checksum", lambda: sieve(2000)[0], 16274627, "checksum: {}\\n"),
+    (SAMPLES, "producer_consumer 5 3 777: consumed", lambda: producer_consumer(5, 777)[0], 3885,
+     "consumed: {}\\n"),
+    (SAMPLES, "producer_consumer 5 3 777: checksum", lambda: producer_consumer(5, 777)[1], 7548555,
+     "checksum: {}\\n"),
+    (BENCH, "weft_workloads hackysack 100 1000: checksum", lambda: hackysack(1000, 100)[1], 43855,
+     '\\"checksum\\":{},'),
+    (COMPARE, "sieve 2000: checksum", lambda: sieve(2000)[0], 16274627, "{}"),
+    (COMPARE, "hackysack 1000000 1000: checksum", lambda: hackysack(1000, 1000000)[1], 499382756, "{}"),
+    (COMPARE, "hackysack 1000000 100000: checksum", lambda: hackysack(100000, 1000000)[1], 50011331750, "{}"),
+    # The program headers quote the same numbers.
+    ("samples/hackysack.cpp", "K=1000 P=1000000: checksum", lambda: hackysack(1000, 1000000)[1], 499382756,
+     "{}"),
+    ("samples/hackysack.cpp", "K=100000 P=1000000: checksum", lambda: hackysack(100000, 1000000)[1],
+     50011331750, "{}"),
+    ("samples/sieve.cpp", "N=2000: checksum", lambda: sieve(2000)[0], 16274627, "{}"),
+    ("samples/producer_consumer.cpp", "4 3 10000: checksum", lambda: producer_consumer(4, 10000)[1],
+     800020000, "{}"),
+]
+
+
+def main(argv):
+    check = "--check" in argv[1:]
+    if any(a not in ("--check",) for a in argv[1:]):
+        print("usage: tools/expected_checksums.py [--check]", file=sys.stderr)
+        return 2
+    problems = 0
+    texts = {}
+    for path, what, compute, cited, text in CITED:
+        if path not in texts:
+            with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+                texts[path] = f.read()
+        computed = compute()
+        shown = computed if not isinstance(computed, str) else computed.replace("\\n", " ")
+        status = "ok"
+        if computed != cited:
+            status = f"MISMATCH: cited {cited}"
+            problems += 1
+        elif text.format(cited) not in texts[path]:
+            status = f"NOT CITED: '{text.format(cited)}' is no longer in the file"
+            problems += 1
+        print(f"{path:30} {what:45} {shown!s:>20}  {status}")
+    if problems:
+        print(f"{problems} cited value(s) differ from the computed ones or are no longer in their file",
+              file=sys.stderr)
+    return 1 if check and problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
