@@ -29,6 +29,9 @@
 // Channels keep their default preference -1 (a send switches straight to the waiting receiver). Timing:
 // std::chrono::steady_clock around the workload only. Tasklets share plain variables (counters, the
 // generator): fine with one worker, which is all these workloads measure.
+//
+// Exit status: 0; 1 if the run went wrong (a tasklet or stack survived weft::shutdown(), or not every
+// spawned tasklet blocked): the JSON line is still printed, and the message is on stderr; 2 usage.
 #include <chrono>
 #include <cinttypes>
 #include <cstdint>
@@ -47,6 +50,9 @@ namespace {
 constexpr const char* workloads = "yield|pingpong|spawn|sieve|hackysack";
 constexpr std::uint64_t xorshift_seed = peers::kXorshiftSeed;
 
+// Set when the run went wrong in a way its checksum does not show; main() then exits with status 1.
+bool run_failed = false;
+
 // The run's plumbing (clock, RSS probe, command line, JSON line) is the peers' own, so that every
 // implementation is measured and reported the same way.
 using peers::now_ns;
@@ -54,14 +60,16 @@ using peers::result;
 using peers::rss_bytes;
 using peers::xorshift64;
 
-// Times weft::shutdown(); complains on stderr if a tasklet survived it.
+// Times weft::shutdown(); fails the run if a tasklet or a stack survived it.
 std::int64_t timed_shutdown() {
   const std::int64_t start = now_ns();
   const weft::resource_counts left = weft::shutdown();
   const std::int64_t took = now_ns() - start;
-  if (left.live_tasklets != 0 || left.stacks_in_use != 0)
-    std::fprintf(stderr, "weft_workloads: after shutdown %zu tasklets live, %zu stacks in use\n",
+  if (left.live_tasklets != 0 || left.stacks_in_use != 0) {
+    std::fprintf(stderr, "weft_workloads: tasklets left after shutdown: %zu (stacks in use: %zu)\n",
                  left.live_tasklets, left.stacks_in_use);
+    run_failed = true;
+  }
   return took;
 }
 
@@ -121,7 +129,10 @@ result spawn_bench(std::uint64_t n) {
   weft::run();  // runs each new tasklet up to its receive(); returns when none is runnable
   const std::int64_t total = now_ns() - start;
   const std::int64_t rss_after = rss_bytes();
-  if (blocked != n) std::fprintf(stderr, "weft_workloads: only %" PRIu64 " of %" PRIu64 " blocked\n", blocked, n);
+  if (blocked != n) {
+    std::fprintf(stderr, "weft_workloads: only %" PRIu64 " of %" PRIu64 " blocked\n", blocked, n);
+    run_failed = true;
+  }
 
   const std::int64_t teardown = timed_shutdown();
   return {"spawn", n, 0, total, ended, double(rss_after - rss_before) / double(n), teardown};
@@ -214,5 +225,5 @@ int main(int argc, char** argv) {
     usage(argv[0]);
   }
   peers::print_json("weft", r);
-  return 0;
+  return run_failed ? 1 : 0;
 }
