@@ -6,7 +6,13 @@
 //
 //   weft_workloads WORKLOAD [N] [K]
 //   {"impl":"weft","workload":...,"n":...,"k":...,"ns_per_op":...,"total_ms":...,"checksum":...,
-//    "bytes_per_task":...,"teardown_ms":...}
+//    "bytes_per_task":...,"teardown_ms":...,"stack_bytes":...,"build":...,"cxxflags":...,"sanitize":...,
+//    "compiler":...}
+//
+// build, cxxflags and sanitize: how this binary and weft were compiled (bench/CMakeLists.txt defines
+// them); stack_bytes: the tasklet stack size in force. Tasklets run on weft's default stack
+// (weft::options::stack_size, 64 KiB), which is also the peers' (peers::kStackBytes; static_assert
+// below); WEFT_STACK_SIZE in the environment would change it, which is why compare.sh scrubs WEFT_*.
 //
 //   yield      2 tasklets calling weft::schedule(), main in weft::run(); N switches in total (default
 //              10,000,000). ns_per_op = ns per switch; checksum = number of schedule() calls (= N).
@@ -49,6 +55,8 @@ namespace {
 
 constexpr const char* workloads = "yield|pingpong|spawn|sieve|hackysack";
 constexpr std::uint64_t xorshift_seed = peers::kXorshiftSeed;
+static_assert(weft::options{}.stack_size == peers::kStackBytes,
+              "weft's default tasklet stack and the peers' stack must be the same size");
 
 // Set when the run went wrong in a way its checksum does not show; main() then exits with status 1.
 bool run_failed = false;
@@ -224,6 +232,6 @@ int main(int argc, char** argv) {
   } else {
     usage(argv[0]);
   }
-  peers::print_json("weft", r);
+  peers::print_json("weft", r, weft::configuration().stack_size);
   return run_failed ? 1 : 0;
 }

@@ -2,9 +2,9 @@
 //
 // What it measures: the bare cost of a stack switch with boost::context::detail::make_fcontext /
 // jump_fcontext (Boost 1.74), with no scheduler, no run queue and no channel. Every context runs on a
-// 16 KiB stack carved from ONE mmap(MAP_NORESERVE) region (one mapping per stack would hit
-// vm.max_map_count = 65,530). Workloads as defined in ../shared/ANCHORS.md ("Microthread runtimes"),
-// where this column is "raw fcontext":
+// stack of peers::kStackBytes (64 KiB, weft's tasklet stack) carved from ONE mmap(MAP_NORESERVE)
+// region (one mapping per stack would hit vm.max_map_count = 65,530). Workloads as defined in
+// ../shared/ANCHORS.md ("Microthread runtimes"), where this column is "raw fcontext":
 //
 //   yield      main and one context jump back and forth; N jumps in total (default 10,000,000; an odd N
 //              is rounded down). ns_per_op = ns per switch; checksum = number of jumps (= N).

@@ -1,7 +1,8 @@
 // Boost.Fiber peer for weft's microthread benchmarks (bench/compare.sh).
 //
-// What it measures: Boost.Fiber 1.74 on one thread, round-robin scheduler, every fiber on a 16 KiB
-// fixedsize_stack, channels = boost::fibers::unbuffered_channel (a push completes only when a consumer has
+// What it measures: Boost.Fiber 1.74 on one thread, round-robin scheduler, every fiber on a
+// fixedsize_stack of peers::kStackBytes (64 KiB, weft's tasklet stack; malloc'd, untouched pages stay
+// uncommitted), channels = boost::fibers::unbuffered_channel (a push completes only when a consumer has
 // taken the value: the rendezvous semantics of Go's and Stackless' unbuffered channels). Workloads as
 // defined in ../shared/ANCHORS.md ("Microthread runtimes"):
 //

@@ -24,7 +24,12 @@
 // Usage: workloads WORKLOAD [N] [K]. Prints exactly one JSON line on stdout:
 //
 //	{"impl":"go","workload":...,"n":...,"k":...,"ns_per_op":...,"total_ms":...,"checksum":...,
-//	 "bytes_per_task":...,"teardown_ms":...}
+//	 "bytes_per_task":...,"teardown_ms":...,"stack_bytes":null,"build":"go","cxxflags":"",
+//	 "sanitize":"","compiler":"go1.19.8"}
+//
+// stack_bytes is null: goroutine stacks start small and grow, there is no size to set (the C++
+// implementations all run on 64 KiB). build/cxxflags/sanitize have no Go meaning; compiler is
+// runtime.Version(). The Go toolchain always optimises (no -N/-l here).
 //
 // Timing uses time.Now/time.Since (monotonic) around the workload only.
 // Build: GO111MODULE=off go build -o go_workloads workloads.go   (standard library only)
@@ -266,7 +271,8 @@ func main() {
 	}
 	totalNs := float64(r.total.Nanoseconds())
 	fmt.Printf("{\"impl\":\"go\",\"workload\":\"%s\",\"n\":%d,\"k\":%d,\"ns_per_op\":%.2f,\"total_ms\":%.3f,"+
-		"\"checksum\":%d,\"bytes_per_task\":%.1f,\"teardown_ms\":%.3f}\n",
+		"\"checksum\":%d,\"bytes_per_task\":%.1f,\"teardown_ms\":%.3f,\"stack_bytes\":null,\"build\":\"go\","+
+		"\"cxxflags\":\"\",\"sanitize\":\"\",\"compiler\":%q}\n",
 		r.workload, r.n, r.k, totalNs/float64(r.n), totalNs/1e6, r.checksum, r.bytesPerTask,
-		float64(r.teardown.Nanoseconds())/1e6)
+		float64(r.teardown.Nanoseconds())/1e6, runtime.Version())
 }
