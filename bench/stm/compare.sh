@@ -10,13 +10,18 @@
 #   STM_BENCH_SECONDS   measured window of each run (default 1)
 #   STM_BENCH_JOBS      parallel compile jobs (default 2)
 #   BENCH_TIMEOUT       seconds allowed per run (default 60)
+#   Every WEFT_* variable (WEFT_STM_SOLO, WEFT_PROFILE, ...) is removed from the environment of the runs:
+#   weft is measured as built, with its defaults. A build directory configured as anything but Release or
+#   RelWithDebInfo, or with WEFT_SANITIZE, is refused (exit status 2).
 #
 # Every run is one process printing one JSON line (bench/stm/main.cpp); the lines are appended to
 # $STM_BENCH_BUILD/stm-results.jsonl. Repetitions are interleaved (rep -> workload -> variant -> threads)
 # so that drift on this shared machine hits every variant alike, and the 1- and 2-thread runs of a
 # variant are back to back (their ratio comes from the same moment). A run whose end-of-run check fails
-# (money not conserved, list broken, wrong size, weft's commit count off) or that crashes or times out
-# is reported as a WARNING under the table and left out of the medians.
+# (money not conserved, list broken, wrong size, weft's commit count off), that crashes, times out or
+# prints no JSON line leaves its cell (and the ratios using it) blank, is listed as FAILED under the
+# table, and makes the script exit with status 1 once the table is printed; so does a failed build
+# (the previous binary is then measured, and reported as such).
 # Full run: 5 workloads x 10 combinations x 3 repetitions of ~1.4 s (0.2 s warm-up, 1 s window,
 # setup), about 3.5 minutes; --quick about 1.2 minutes.
 set -euo pipefail
@@ -45,25 +50,45 @@ say() { echo "compare.sh: $*" >&2; }
 
 # ---- build ----------------------------------------------------------------------------------------
 mkdir -p "$BUILD"
+FAILURES="$BUILD/stm-failures.txt"  # one line per problem: "workload<TAB>param<TAB>variant<TAB>threads<TAB>what"
+: >"$FAILURES"
 if [[ ! -f "$BUILD/CMakeCache.txt" ]]; then
     say "configuring $BUILD (Release)"
     cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >"$BUILD/stm-configure.log" 2>&1 ||
         { say "configure failed, see $BUILD/stm-configure.log"; exit 1; }
 fi
-say "building weft_stm_bench in $BUILD"
+cache_value() { sed -n "s/^$1:[A-Z]*=//p" "$BUILD/CMakeCache.txt"; }
+build_type="$(cache_value CMAKE_BUILD_TYPE)"
+sanitize="$(cache_value WEFT_SANITIZE)"
+if [[ $build_type != Release && $build_type != RelWithDebInfo ]] || [[ -n $sanitize ]]; then
+    say "refusing to measure $BUILD: CMAKE_BUILD_TYPE='$build_type' WEFT_SANITIZE='$sanitize'; only a Release or"
+    say "RelWithDebInfo build without sanitizer is measured (set STM_BENCH_BUILD to one, or remove $BUILD)"
+    exit 2
+fi
+say "building weft_stm_bench in $BUILD ($build_type)"
 if ! cmake --build "$BUILD" --target weft_stm_bench --parallel "$JOBS" >"$BUILD/stm-build.log" 2>&1; then
     tail -n 30 "$BUILD/stm-build.log" >&2
     [[ -x "$BIN" ]] || { say "build failed, see $BUILD/stm-build.log"; exit 1; }
-    say "WARNING: build failed (see $BUILD/stm-build.log); running the previous binary"
+    printf 'build\t\t\t\tthe build failed (see %s): the previous binary was measured\n' "$BUILD/stm-build.log" >>"$FAILURES"
+    say "FAILED: build failed (see $BUILD/stm-build.log); running the previous binary"
 fi
+
+# ---- a clean environment for every run -----------------------------------------------------------
+RUN_ENV=(env)
+while IFS= read -r var; do
+    say "ignoring $var=${!var} from the environment"
+    RUN_ENV+=(-u "$var")
+done < <(compgen -e | grep '^WEFT_' || true)
 
 # ---- run ------------------------------------------------------------------------------------------
 CASES=("bank 64" "bank 1000000" "intset-list 1024" "intset-skiplist 65536" "hashmap 32768")
 VARIANTS=(unsync mutex striped libitm weft weft-nosolo)
 
 : >"$RESULTS"
-FAILURES="$BUILD/stm-failures.txt"
-: >"$FAILURES"
+failed_run() {
+    printf '%s\t%s\t%s\t%s\t%s\n' "$workload" "$param" "$variant" "$threads" "$1" >>"$FAILURES"
+    say "FAILED: $workload $param $variant $threads thread(s): $1"
+}
 say "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for ((rep = 1; rep <= REPS; rep++)); do
     for case in "${CASES[@]}"; do
@@ -75,21 +100,22 @@ for ((rep = 1; rep <= REPS; rep++)); do
                 [[ $variant == weft-nosolo && $threads -ne 1 ]] && continue
                 say "$workload $param $variant $threads thread(s) [run $rep/$REPS]"
                 status=0
-                line="$(timeout "$TIMEOUT" "$BIN" "$workload" "$variant" "$threads" "$param" \
+                line="$(timeout "$TIMEOUT" "${RUN_ENV[@]}" "$BIN" "$workload" "$variant" "$threads" "$param" \
                     --seconds "$SECONDS_PER_RUN" --seed "$((0x5eed + rep))" 2>"$BUILD/stm-last-stderr.log")" ||
                     status=$?
                 json="$(grep -m1 '^{' <<<"$line" || true)"
                 if [[ $status -eq 3 ]]; then
                     continue  # variant not built (libitm)
                 elif [[ $status -eq 124 ]]; then
-                    echo "$workload $param $variant $threads: TIMEOUT after ${TIMEOUT}s (hang?)" >>"$FAILURES"
+                    failed_run "timed out after ${TIMEOUT}s (hang?)"
                 elif [[ $status -ne 0 && $status -ne 1 ]]; then
-                    detail="$(tail -n 2 "$BUILD/stm-last-stderr.log" | tr '\n' ' ')"
-                    echo "$workload $param $variant $threads: exit status $status (crash?): $detail" >>"$FAILURES"
+                    failed_run "exit status $status (crash?): $(tail -n 2 "$BUILD/stm-last-stderr.log" | tr '\n' ' ')"
                 elif [[ -z "$json" ]]; then
-                    echo "$workload $param $variant $threads: no JSON line" >>"$FAILURES"
+                    failed_run "exit status $status, no JSON line"
                 else
-                    echo "$json" >>"$RESULTS"  # status 1 (check failed) is reported from the JSON
+                    # Status 1 = the check failed: the JSON line says why, the table reports it.
+                    echo "$json" >>"$RESULTS"
+                    [[ $status -eq 0 ]] || say "FAILED: $workload $param $variant $threads thread(s): check failed"
                 fi
             done
         done
@@ -98,27 +124,50 @@ done
 say "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ---- table ----------------------------------------------------------------------------------------
-python3 - "$RESULTS" "$FAILURES" "$REPS" "$SECONDS_PER_RUN" <<'PY'
+status=0
+python3 - "$RESULTS" "$FAILURES" "$REPS" "$SECONDS_PER_RUN" <<'PY' || status=$?
 import json, statistics, sys
 from collections import defaultdict
 
 results_path, failures_path, reps, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 runs = defaultdict(list)          # (workload, param, variant, threads) -> [mtx_per_s]
 aborts = defaultdict(list)        # same key -> [aborts_per_commit]
-warnings = [f"WARNING: {l.strip()}" for l in open(failures_path) if l.strip()]
-for line in open(results_path):
-    r = json.loads(line)
-    key = (r["workload"], int(r["param"]), r["variant"], int(r["threads"]))
-    if r["check"] != "ok":
-        warnings.append(f"WARNING: {key[0]} {key[1]} {key[2]} {key[3]} thread(s): check failed: {r['check']}")
+problems = []                     # printed under the table; any of them fails the script
+failed = set()                    # keys whose cells are left blank
+for line in open(failures_path):
+    workload, param, variant, threads, what = line.rstrip("\n").split("\t", 4)
+    if workload == "build":
+        problems.append(what)
         continue
-    runs[key].append(float(r["mtx_per_s"]))
+    problems.append(f"{workload} {param} {variant} {threads} thread(s): {what}")
+    failed.add((workload, int(param), variant, int(threads)))
+for line in open(results_path):
+    try:
+        r = json.loads(line)
+        key = (r["workload"], int(r["param"]), r["variant"], int(r["threads"]))
+        check = r["check"]
+        mtx = float(r["mtx_per_s"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        problems.append(f"unusable result line ({e!r}): {line.strip()}")
+        continue
+    if check != "ok":
+        problems.append(f"{key[0]} {key[1]} {key[2]} {key[3]} thread(s): check failed: {check}")
+        failed.add(key)
+        continue
+    runs[key].append(mtx)
     if r.get("aborts_per_commit") is not None:
         aborts[key].append(float(r["aborts_per_commit"]))
 
 def med(workload, param, variant, threads):
-    v = runs.get((workload, param, variant, threads))
-    return statistics.median(v) if v else None
+    """Median of the key's runs; None if it has none or any of them failed."""
+    key = (workload, param, variant, threads)
+    v = runs.get(key)
+    return statistics.median(v) if v and key not in failed else None
+
+def cell(workload, param, variant, threads):
+    if (workload, param, variant, threads) in failed:
+        return ""
+    return num(med(workload, param, variant, threads))
 
 def num(v):
     if v is None:
@@ -128,11 +177,18 @@ def num(v):
 def ratio(a, b):
     return f"{a / b:.2f}" if a is not None and b else "—"
 
+def ratio_of(a_key, b_key):
+    """a/b of two keys' medians; blank if either failed."""
+    if a_key in failed or b_key in failed:
+        return ""
+    return ratio(med(*a_key), med(*b_key))
+
 CASES = [("bank", 64), ("bank", 1000000), ("intset-list", 1024), ("intset-skiplist", 65536), ("hashmap", 32768)]
 VARIANTS = ["unsync", "mutex", "striped", "libitm", "weft", "weft-nosolo"]
 
 print(f"weft_stm_bench: million committed transactions per second, median of {reps} run{'s' if reps > 1 else ''}"
-      f" of a {seconds} s window (after 0.2 s warm-up); ratios of medians from this run.")
+      f" of a {seconds} s window (after 0.2 s warm-up); ratios of medians from this run; — = not run,"
+      " blank = FAILED (see below).")
 print()
 header = ["workload", "param", "threads"] + VARIANTS + ["weft/mutex", "weft/libitm", "weft/unsync",
                                                        "weft 2T/1T", "weft 2T/1T nosolo", "weft aborts/commit"]
@@ -140,18 +196,14 @@ print("| " + " | ".join(header) + " |")
 print("| --- | ---: | ---: |" + " ---: |" * (len(header) - 3))
 for workload, param in CASES:
     for threads in (1, 2):
-        v = {var: med(workload, param, var, threads) for var in VARIANTS}
-        w = v["weft"]
-        unsync1 = med(workload, param, "unsync", 1)
-        weft1 = med(workload, param, "weft", 1)
-        nosolo1 = med(workload, param, "weft-nosolo", 1)
-        ab = aborts.get((workload, param, "weft", threads))
-        cells = [workload, f"{param:,}", str(threads)] + [num(v[var]) for var in VARIANTS] + [
-            ratio(w, v["mutex"]), ratio(w, v["libitm"]),
-            ratio(w, unsync1) if threads == 1 else "",
-            ratio(w, weft1) if threads == 2 else "",
-            ratio(w, nosolo1) if threads == 2 else "",
-            f"{statistics.median(ab):.3g}" if ab else "—"]
+        k = lambda variant, t=threads: (workload, param, variant, t)
+        ab = aborts.get(k("weft"))
+        cells = [workload, f"{param:,}", str(threads)] + [cell(*k(var)) for var in VARIANTS] + [
+            ratio_of(k("weft"), k("mutex")), ratio_of(k("weft"), k("libitm")),
+            ratio_of(k("weft"), k("unsync", 1)) if threads == 1 else "",
+            ratio_of(k("weft"), k("weft", 1)) if threads == 2 else "",
+            ratio_of(k("weft"), k("weft-nosolo", 1)) if threads == 2 else "",
+            "" if k("weft") in failed else f"{statistics.median(ab):.3g}" if ab else "—"]
         print("| " + " | ".join(cells) + " |")
 
 if reps > 1:
@@ -199,9 +251,14 @@ print(f"  {verdict(ok):8} 2 threads >= 0.9x 1 thread, 64 accounts: weft {num(s2)
 ok = None if None in (ns1, s2) else s2 >= 0.9 * ns1
 print(f"  {verdict(ok):8}   the same against 1 thread with solo off: {num(s2)} / {num(ns1)} = {ratio(s2, ns1)}")
 
-if warnings:
+if problems:
     print()
-    for w in warnings:
-        print(w)
+    for p in problems:
+        print(f"FAILED: {p}")
+    sys.exit(1)
 PY
 say "raw results: $RESULTS"
+if [[ $status -ne 0 ]]; then
+    say "FAILED: see the lines under the table (exit status 1)"
+    exit 1
+fi
