@@ -64,19 +64,37 @@ TEST_CASE_METHOD(fresh_runtime, "7 hackysack with 5 players: pass sequence and e
 TEST_CASE_METHOD(fresh_runtime, "stress: random transfers between account tasklets conserve money", "[stress][program]") {
   // Main sends payment orders to account tasklets; an account pays out of its balance and hands the
   // money to a courier tasklet that delivers it to the payee's inbox. Random preferences, yields and
-  // kills; money is conserved: balances + money in couriers + balances of killed accounts.
+  // kills. Every order and every payment has an identity, so the checks see what a conserved total
+  // cannot: an order or a payment lost or delivered twice. At the end:
+  //   * each order reached its account exactly once (at most once if the account was killed);
+  //   * each payment was delivered exactly once (at most once if the payee was killed), to its payee,
+  //     with its amount;
+  //   * each account that was never killed holds its initial balance plus the payments delivered to
+  //     it minus those it made, both taken from the payment table, not from its own arithmetic;
+  //   * balances + balances of killed accounts + payments not delivered = all the money (also checked
+  //     along the way).
   const std::uint64_t seed = weft::test::seed_from_env("account transfers");
   std::mt19937_64 rng(seed);
   constexpr int accounts = 64;
   constexpr long initial = 1000;
   struct order {
+    std::size_t id;  // orders: index in `orders_seen`; payments: index in `payments`
     int to;
     long amount;
-    bool deposit;
+    bool payment;
+  };
+  struct payment_record {
+    int from, to;
+    long amount;
+    int delivered = 0;
   };
   std::vector<channel<order>> inbox(accounts);
   std::vector<long> balance(accounts, initial);
-  long in_flight = 0, lost_to_kills = 0;
+  std::vector<int> orders_seen;
+  std::vector<int> order_to;
+  std::vector<payment_record> payments;
+  std::vector<bool> killed(accounts, false);
+  long lost_to_kills = 0, bad_payments = 0;
   for (auto& c : inbox) {
     c.preference(static_cast<int>(rng() % 3) - 1);
     c.schedule_all(rng() % 8 == 0);
@@ -88,15 +106,19 @@ TEST_CASE_METHOD(fresh_runtime, "stress: random transfers between account taskle
       std::mt19937_64 r(local_seed);
       try {
         for (order o : inbox[i]) {
-          if (o.deposit) {
-            in_flight -= o.amount;
+          if (o.payment) {
+            payment_record& p = payments.at(o.id);
+            if (p.to != i || p.amount != o.amount) ++bad_payments;
+            ++p.delivered;
             balance[i] += o.amount;
             continue;
           }
-          long amount = std::min<long>(o.amount, balance[i]);
+          ++orders_seen.at(o.id);
+          const long amount = std::min<long>(o.amount, balance[i]);
           balance[i] -= amount;
-          in_flight += amount;
-          spawn([&inbox, to = o.to, amount] { inbox[to].send({to, amount, true}); });
+          const std::size_t id = payments.size();
+          payments.push_back({i, o.to, amount});
+          spawn([&inbox, id, to = o.to, amount] { inbox[to].send({id, to, amount, true}); });
           if (r() % 4 == 0) schedule();
         }
       } catch (const tasklet_exit&) {
@@ -107,7 +129,13 @@ TEST_CASE_METHOD(fresh_runtime, "stress: random transfers between account taskle
     }));
   }
   run();
-  std::vector<bool> killed(accounts, false);
+  auto all_money = [&] {
+    long total = lost_to_kills;
+    for (long b : balance) total += b;
+    for (const payment_record& p : payments)
+      if (p.delivered == 0) total += p.amount;
+    return total;
+  };
   long kills = 0;
   for (int step = 0; step < 20000; ++step) {
     int from = static_cast<int>(rng() % accounts);
@@ -119,16 +147,31 @@ TEST_CASE_METHOD(fresh_runtime, "stress: random transfers between account taskle
       ++kills;
       continue;
     }
-    inbox[from].send({to, static_cast<long>(rng() % 50), false});
+    orders_seen.push_back(0);
+    order_to.push_back(from);
+    inbox[from].send({orders_seen.size() - 1, to, static_cast<long>(rng() % 50), false});
     if (rng() % 8 == 0) run();
-    long total = lost_to_kills + in_flight;
-    for (long b : balance) total += b;
-    REQUIRE(total == accounts * initial);
+    if (step % 1000 == 0) REQUIRE(all_money() == accounts * initial);
   }
   run();
-  long total = lost_to_kills + in_flight;
-  for (long b : balance) total += b;
-  CHECK(total == accounts * initial);
+  CHECK(all_money() == accounts * initial);
+  CHECK(bad_payments == 0);
+  long orders_wrong = 0, payments_wrong = 0, balances_wrong = 0;
+  for (std::size_t id = 0; id < orders_seen.size(); ++id)
+    if (orders_seen[id] > 1 || (orders_seen[id] == 0 && !killed[order_to[id]])) ++orders_wrong;
+  std::vector<long> paid_in(accounts, 0), paid_out(accounts, 0);
+  for (const payment_record& p : payments) {
+    if (p.delivered > 1 || (p.delivered == 0 && !killed[p.to])) ++payments_wrong;
+    paid_out[p.from] += p.amount;
+    if (p.delivered == 1) paid_in[p.to] += p.amount;
+  }
+  for (int i = 0; i < accounts; ++i)
+    if (!killed[i] && balance[i] != initial + paid_in[i] - paid_out[i]) ++balances_wrong;
+  INFO(orders_seen.size() << " orders, " << payments.size() << " payments, " << kills << " kills");
+  CHECK(orders_wrong == 0);
+  CHECK(payments_wrong == 0);
+  CHECK(balances_wrong == 0);
+  CHECK(payments.size() > 10000);
   CHECK(kills > 0);
   check_clean();
 }
