@@ -25,6 +25,27 @@ TEST_CASE_METHOD(fresh_runtime, "1.1 spawn and insert append at the tail", "[uni
   spawn([&] { log("B"); });
   run();
   CHECK(log.str() == "A A-end B X");
+
+  // insert() into a ring that already holds others: each goes to the tail in the order inserted.
+  log.clear();
+  tasklet a([&] { log("A"); }), b([&] { log("B"); }), c([&] { log("C"); });
+  spawn([&] { log("X"); });
+  c.insert();
+  a.insert();
+  b.insert();  // [M X C A B]
+  CHECK(getruncount() == 5);
+  schedule();
+  CHECK(log.str() == "X C A B");
+  log.clear();
+  tasklet y([&] { log("Y"); });
+  spawn([&] {
+    log("P");
+    y.insert();  // inside P with [P Q]: Y goes after Q
+    log("P-end");
+  });
+  spawn([&] { log("Q"); });
+  run();
+  CHECK(log.str() == "P P-end Q Y");
   check_clean();
 }
 

@@ -1,11 +1,35 @@
 // gc/: the stack pool.
+#include <cstdint>
+#include <cstdio>
 #include <set>
+#include <string>
 
 #include <weft/gc.hpp>
 
 #include "support.hpp"
 
 using weft::detail::stack_pool;
+
+namespace {
+// The permissions ("rw-p", "---p", ...) of the mapping that holds `addr`, from /proc/self/maps.
+std::string protection_of(const void* addr) {
+  const auto a = reinterpret_cast<std::uintptr_t>(addr);
+  std::FILE* maps = std::fopen("/proc/self/maps", "r");
+  if (!maps) return "no /proc/self/maps";
+  char line[512];
+  std::string found = "unmapped";
+  while (std::fgets(line, sizeof line, maps)) {
+    unsigned long lo = 0, hi = 0;
+    char perms[8] = {};
+    if (std::sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 && a >= lo && a < hi) {
+      found = perms;
+      break;
+    }
+  }
+  std::fclose(maps);
+  return found;
+}
+}  // namespace
 
 TEST_CASE("stack pool hands out page-aligned, disjoint stacks and reuses them LIFO", "[unit][gc]") {
   stack_pool pool(20000, false);
@@ -43,7 +67,20 @@ TEST_CASE("guarded stacks have an inaccessible page below them", "[unit][gc]") {
   // The guard page of the upper stack lies between the two.
   char* lower = std::min(a.base, b.base);
   char* upper = std::max(a.base, b.base);
-  CHECK(upper - (lower + pool.stack_size()) == static_cast<std::ptrdiff_t>(weft::detail::page_size()));
+  const std::size_t page = weft::detail::page_size();
+  CHECK(upper - (lower + pool.stack_size()) == static_cast<std::ptrdiff_t>(page));
+  // The kernel agrees: the guard page can be neither read nor written (a touch would be SIGSEGV); the
+  // stacks on both sides of it can.
+  CHECK(protection_of(upper - page).substr(0, 3) == "---");
+  CHECK(protection_of(upper - 1).substr(0, 3) == "---");
+  CHECK(protection_of(upper).substr(0, 2) == "rw");
+  CHECK(protection_of(upper - page - 1).substr(0, 2) == "rw");
+  // Unguarded pools have no such page.
+  stack_pool plain(64 * 1024, false);
+  auto c = plain.allocate();
+  CHECK(protection_of(c.base).substr(0, 2) == "rw");
+  CHECK(!plain.guarded());
+  plain.release(c);
   pool.release(a);
   pool.release(b);
 }
