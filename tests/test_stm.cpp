@@ -525,17 +525,22 @@ TEST_CASE("solo mode: money is conserved while threads come and go", "[stress][s
   // solo mode is revoked and restored many times in the middle of main's stream of transactions.
   std::atomic<bool> stop{false};
   std::atomic<long> bad{0};
+  std::atomic<long> helpers_during_main{0};
+  std::atomic<bool> main_running{false};
   std::thread churn([&] {
     for (std::uint64_t k = 0; !stop; ++k) {
       std::thread helper([&, k] { bad += transfers(seed + 1 + k, 300); });
       helper.join();
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
+      if (main_running && !stop) helpers_during_main.fetch_add(1);
+      std::this_thread::sleep_for(std::chrono::microseconds(200));  // pacing: main alone between helpers
     }
   });
   const auto before = my_counters();
+  main_running = true;
   bad += transfers(seed, 200000);
   stop = true;
   churn.join();
+  CHECK(helpers_during_main.load() > 0);  // helpers did come and go while main transferred
   long total = 0;
   for (auto& a : bank) total += a->get();
   CHECK(total == 1000L * accounts);
@@ -573,8 +578,9 @@ TEST_CASE("opacity: a transaction never sees x + y != 0, even when doomed", "[st
       ++attempts;
       long a = x.get();
       if (attempts == 1 && i % doomed_every == 0) {
+        // Two commits after c: the second surely commits after our read of x (see the bank test).
         const long c = writer_commits.load();
-        if (!wait_until([&] { return writer_commits.load() > c + 1; })) ++stuck;  // x and y changed since
+        if (!wait_until([&] { return writer_commits.load() > c + 1; })) ++stuck;
       } else {
         for (int k = 0; k < 20; ++k) asm volatile("" ::: "memory");  // widen the window
       }
@@ -615,8 +621,10 @@ TEST_CASE("bank: random transfers on two threads conserve money", "[stress][stm]
         ++attempts;
         const long f = bank[from]->get();
         if (force && attempts == 1) {
+          // Two commits after c: the first may have committed before our read (and counted after
+          // it); the second began after the first was counted, so it changes account 0 after our read.
           const long c = hot_commits.load();
-          if (!wait_until([&] { return hot_commits.load() > c; })) stuck.fetch_add(1);
+          if (!wait_until([&] { return hot_commits.load() > c + 1; })) stuck.fetch_add(1);
         }
         bank[from]->set(f - amount);
         bank[to]->set(bank[to]->get() + amount);
