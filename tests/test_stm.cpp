@@ -120,7 +120,7 @@ TEST_CASE("many writes in one transaction use the indexed write log", "[unit][st
   CHECK(sum == 300 * 299 / 2 + 900);
 }
 
-TEST_CASE("nested atomically flattens", "[unit][stm]") {
+TEST_CASE("a nested atomically that returns joins the enclosing transaction", "[unit][stm]") {
   tvar<int> x{0};
   atomically([&] {
     x.set(1);
@@ -131,7 +131,7 @@ TEST_CASE("nested atomically flattens", "[unit][stm]") {
     CHECK(x.get() == 2);
   });
   CHECK(x.get() == 2);
-  // An exception from the inner one aborts the whole.
+  // An exception that leaves both aborts the whole.
   CHECK_THROWS_AS(atomically([&] {
                     x.set(3);
                     atomically([&] { throw std::runtime_error("inner"); });

@@ -351,7 +351,28 @@ void transaction::begin_slow(std::uint64_t solo) {
 // A solo read found solo mode revoked: the value may come from the new thread's commits.
 std::uint64_t transaction::solo_revoked(std::uint64_t) {
   counters::bump(stats.aborts_conflict);
-  throw tx_abort_signal{};  // nothing was published; the next attempt runs normally
+  raise_abort();  // nothing was published; the next attempt runs normally
+}
+
+void transaction::raise_abort() {
+  signal_pending_ = 1;
+  throw tx_abort_signal{};
+}
+
+void transaction::raise_retry() {
+  signal_pending_ = 2;
+  throw tx_retry_signal{};
+}
+
+// commit() found a signal that never reached atomically(): user code caught it and went on. The
+// attempt saw a conflict (or asked to wait), so what it did after cannot be committed.
+void transaction::signal_swallowed() {
+  const bool was_retry = signal_pending_ == 2;
+  signal_pending_ = 0;
+  throw std::logic_error(was_retry ? "weft::atomically: a retry signal was caught inside a transaction (a catch (...) "
+                                     "in the transaction must rethrow it: weft::retry() cannot return)"
+                                   : "weft::atomically: a conflict signal was caught inside a transaction (a catch "
+                                     "(...) in the transaction must rethrow it: the attempt cannot commit)");
 }
 
 [[gnu::always_inline]] inline void transaction::reset_attempt() noexcept {
@@ -360,6 +381,8 @@ std::uint64_t transaction::solo_revoked(std::uint64_t) {
   writes_.size = 0;
   undo_.size = 0;
   scope_depth_ = 0;
+  created_floor_ = 0;
+  signal_pending_ = 0;
   if (index_.size) index_.size = 0;
   current_tx = nullptr;
   set_active_alloc_log(saved_log_);
@@ -423,7 +446,7 @@ void transaction::abort_conflict(conflict_kind kind, const tvar_base* v, const s
     case conflict_kind::inevitable: counters::bump(stats.aborts_inevitable); break;
   }
   record_conflict(kind, v, where);
-  throw tx_abort_signal{};
+  raise_abort();
 }
 
 std::uint64_t transaction::read_slow(const tvar_base& v, const std::source_location& where) {
@@ -492,7 +515,7 @@ void transaction::make_inevitable(const char* reason) {
     want_inevitable_ = solo_blocked_ = true;
     inevitable_reason_ = reason;
     counters::bump(stats.aborts_inevitable);
-    throw tx_abort_signal{};
+    raise_abort();
   }
   transaction* expected = nullptr;
   if (!inevitable_holder.compare_exchange_strong(expected, this, std::memory_order_acquire)) {
@@ -607,6 +630,8 @@ bool transaction::commit_inevitable() {
 }
 
 bool transaction::commit() {
+  if (signal_pending_) [[unlikely]]
+    signal_swallowed();
   if (solo_) return commit_solo();
   if (inevitable_) return commit_inevitable();
   if (writes_.size == 0) {  // read-only: consistent at rv_ by construction (opacity): nothing to do
@@ -662,15 +687,51 @@ relock:
 void transaction::tvar_created(tvar_base* v, void (*drop)(void*)) { created_.push({v, drop}); }
 
 void transaction::tvar_destroyed(tvar_base* v, void (*drop)(void*)) {
-  for (std::uint32_t i = created_.size; i-- > 0;) {
-    if (created_.data[i].var == v) {  // made in this attempt: nobody else ever saw it
+  for (std::uint32_t i = created_.size; i-- > created_floor_;) {
+    if (created_.data[i].var == v) {
+      // Made in this attempt, in the innermost scope: nobody else ever saw it and no rollback can
+      // bring it back. Its storage may be freed as soon as we return, so nothing in the logs may
+      // point to it any more.
+      forget_logged(v);
       if (drop) drop(reinterpret_cast<void*>(v->bits.load(std::memory_order_relaxed)));
       v->forget();
       created_.data[i].var = nullptr;
       return;
     }
   }
+  // Older (or made before the innermost scope, which may still roll back): the destruction happens
+  // at commit. Its storage is still there until then (a delete of it is deferred).
   destroyed_.push({v, drop});
+}
+
+// Drops every log entry of v (read, write and its pending boxes, undo, reservation).
+void transaction::forget_logged(const tvar_base* v) noexcept {
+  std::uint32_t k = 0;
+  for (std::uint32_t i = 0; i < reads_.size; ++i)
+    if (reads_.data[i].var != v) reads_.data[k++] = reads_.data[i];
+  reads_.size = k;
+  k = 0;
+  for (std::uint32_t i = 0; i < reserved_.size; ++i)
+    if (reserved_.data[i] != v) reserved_.data[k++] = reserved_.data[i];
+  reserved_.size = k;
+  const write_entry* w = find_write(v);
+  if (!w) return;
+  const auto gone = static_cast<std::uint32_t>(w - writes_.data);
+  if (w->drop) w->drop(reinterpret_cast<void*>(w->bits));
+  k = 0;
+  for (std::uint32_t i = 0; i < undo_.size; ++i) {
+    undo_entry u = undo_.data[i];
+    if (u.index == gone) {
+      if (w->drop) w->drop(reinterpret_cast<void*>(u.bits));
+      continue;
+    }
+    if (u.index > gone) --u.index;
+    undo_.data[k++] = u;
+  }
+  undo_.size = k;
+  for (std::uint32_t i = gone + 1; i < writes_.size; ++i) writes_.data[i - 1] = writes_.data[i];
+  --writes_.size;
+  if (index_.size) rebuild_index();
 }
 
 // The commit made the destructions real: boxes go to the epoch GC (readers may still hold them), names
@@ -728,7 +789,9 @@ std::vector<std::function<void()>> transaction::discard_attempt(bool free_create
     write_entry& w = writes_.data[u.index];
     if (w.drop) w.drop(reinterpret_cast<void*>(u.bits));
   }
-  if (inevitable_) release_reservations();
+  // Whatever the attempt reserved goes back, inevitable or not: an attempt that failed to become
+  // inevitable may hold reservations of what it had read.
+  if (reserved_.size) release_reservations();
   if (free_created)
     drop_created_from(0);
   else
@@ -912,11 +975,13 @@ transaction::scope_mark transaction::open_scope() {
           created_.size,
           destroyed_.size,
           here,
-          allocs_.set_floor(here.allocs)};  // deleting older allocations inside the scope is deferred
+          allocs_.set_floor(here.allocs),  // deleting older allocations inside the scope is deferred
+          std::exchange(created_floor_, created_.size)};  // so is destroying older tvars
 }
 
 void transaction::close_scope(const scope_mark& m) noexcept {
   allocs_.set_floor(m.alloc_floor);
+  created_floor_ = m.created_floor;
   if (--scope_depth_ != 0) return;  // an enclosing scope may still roll back: keep the undo entries
   for (std::uint32_t i = m.undo; i < undo_.size; ++i) {
     write_entry& w = writes_.data[undo_.data[i].index];
@@ -925,7 +990,7 @@ void transaction::close_scope(const scope_mark& m) noexcept {
   undo_.size = m.undo;
 }
 
-void transaction::rollback_scope(const scope_mark& m) noexcept {
+void transaction::rollback_scope(const scope_mark& m, bool keep_allocations) noexcept {
   --scope_depth_;
   // Writes to tvars first written in the scope go; older entries get their values back.
   for (std::uint32_t i = m.writes; i < writes_.size; ++i)
@@ -952,10 +1017,17 @@ void transaction::rollback_scope(const scope_mark& m) noexcept {
                   std::make_move_iterator(abort_hooks_.end()));
   }
   abort_hooks_.resize(m.abort_hooks);
-  drop_created_from(m.created);
   destroyed_.size = m.destroyed;
-  counters::bump(stats.allocations_undone, allocs_.rollback_to(m.allocs));
+  if (keep_allocations) {
+    // The memory stays (the exception may refer to it), and so do the tvars made in it, with the
+    // values they were made with; deletes in the scope did not happen.
+    allocs_.drop_frees_after(m.allocs);
+  } else {
+    drop_created_from(m.created);
+    counters::bump(stats.allocations_undone, allocs_.rollback_to(m.allocs));
+  }
   allocs_.set_floor(m.alloc_floor);
+  created_floor_ = m.created_floor;
   for (auto& h : aborts) h();
 }
 
@@ -977,8 +1049,9 @@ namespace weft {
 using namespace detail;
 
 void retry() {
-  if (!current_transaction()) throw std::logic_error("weft::retry() called outside a transaction");
-  throw tx_retry_signal{};
+  transaction* tx = current_transaction();
+  if (!tx) throw std::logic_error("weft::retry() called outside a transaction");
+  tx->raise_retry();
 }
 
 void on_commit(std::function<void()> fn) {

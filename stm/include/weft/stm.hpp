@@ -126,12 +126,43 @@ class tvar : private detail::tvar_base {
   }
 };
 
-/// Runs f as a transaction, again and again until it commits; returns what f returned. Inside a
-/// transaction it simply calls f (nested transactions flatten).
+/// Runs f as a transaction, again and again until it commits; returns what f returned.
+///
+/// Inside a transaction, atomically(f) is a nested block of the enclosing one (a scope, as in
+/// ScalaSTM and GHC's catchSTM): if f returns, its effects join the enclosing transaction; if an
+/// exception escapes f, what f did is undone (its tvar writes, tvars made or destroyed, on_commit
+/// hooks; its on_abort hooks run) and the exception propagates to the enclosing code, which may
+/// catch it and go on. Memory f allocated stays, as it does when an exception ends a whole
+/// transaction (the exception may refer to it). Conflicts and retry() end the whole transaction.
+///
+/// Throws what f throws (after aborting the attempt), and std::logic_error when f caught weft's
+/// conflict or retry signal without rethrowing it (a `catch (...)` inside a transaction must rethrow).
 template <class F>
 auto atomically(F&& f) -> std::invoke_result_t<F&> {
   using R = std::invoke_result_t<F&>;
-  if (detail::current_transaction()) return f();
+  if (detail::transaction* outer = detail::current_transaction()) {
+    const detail::transaction::scope_mark mark = outer->open_scope();
+    try {
+      if constexpr (std::is_void_v<R>) {
+        f();
+        outer->close_scope(mark);
+        return;
+      } else {
+        R result = f();
+        outer->close_scope(mark);
+        return result;
+      }
+    } catch (const detail::tx_abort_signal&) {
+      outer->close_scope(mark);  // the whole attempt ends: nothing to undo here
+      throw;
+    } catch (const detail::tx_retry_signal&) {
+      outer->close_scope(mark);
+      throw;
+    } catch (...) {
+      outer->rollback_scope(mark, /*keep_allocations=*/true);
+      throw;
+    }
+  }
   detail::transaction& tx = detail::thread_transaction();
   for (;;) {
     tx.begin();
@@ -184,6 +215,7 @@ auto or_else(F&& f, G&& g) -> std::invoke_result_t<F&> {
       return r;
     }
   } catch (const detail::tx_retry_signal&) {
+    tx->retry_consumed();
     tx->rollback_scope(mark);
   } catch (...) {
     tx->close_scope(mark);  // an exception leaves the scope like any block; a conflict aborts it all

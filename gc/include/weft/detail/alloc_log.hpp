@@ -45,6 +45,8 @@ class alloc_log {
   /// allocations freed.
   std::size_t rollback_to(mark m) noexcept;
 
+  /// Drops the frees deferred after `m` (those deletes did not happen); allocations stay.
+  void drop_frees_after(mark m) noexcept { free_count_ = m.frees; }
   /// Attempt committed: allocations stay, deferred frees go to the epoch GC; returns their number.
   std::size_t commit() noexcept;
   /// Attempt ended by an exception: allocations stay (the exception may use them), frees are dropped.

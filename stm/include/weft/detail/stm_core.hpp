@@ -199,14 +199,28 @@ class alignas(64) transaction {
   void wait_for_change();
 
   // or_else scopes.
+  // Scopes: or_else branches and nested atomically blocks. A scope that ends normally or by a
+  // conflict/retry signal is closed (its effects join the enclosing scope); one that retries inside
+  // or_else, or that an exception leaves, is rolled back.
   struct scope_mark {
     std::uint32_t writes, undo, commit_hooks, abort_hooks, created, destroyed;
     alloc_log::mark allocs;
-    std::size_t alloc_floor;  ///< the enclosing scope's, restored when this one ends
+    std::size_t alloc_floor;      ///< the enclosing scope's, restored when this one ends
+    std::uint32_t created_floor;  ///< likewise
   };
   scope_mark open_scope();
   void close_scope(const scope_mark& m) noexcept;
-  void rollback_scope(const scope_mark& m) noexcept;
+  /// Undoes the scope: its writes, tvars made and destroyed in it, hooks (its abort hooks run), and
+  /// its allocations — unless `keep_allocations` (an exception leaves the scope and may refer to
+  /// memory allocated there: it stays, owned by the enclosing attempt).
+  void rollback_scope(const scope_mark& m, bool keep_allocations = false) noexcept;
+
+  /// The control-flow signals (conflict, retry). Recorded before they are thrown, so that an attempt
+  /// whose signal was caught by user code (`catch (...)` that does not rethrow) cannot commit.
+  [[noreturn]] void raise_abort();
+  [[noreturn]] void raise_retry();
+  /// or_else consumed a retry signal (it runs the other branch).
+  void retry_consumed() noexcept { signal_pending_ = 0; }
 
   /// A tvar constructed in this attempt: its box is freed if the attempt aborts.
   void tvar_created(tvar_base* v, void (*drop)(void*));
@@ -257,6 +271,8 @@ class alignas(64) transaction {
   void start_attempt(bool solo, std::uint64_t token) noexcept;
   std::uint64_t solo_revoked(std::uint64_t b);
   bool install_writes() noexcept;
+  void forget_logged(const tvar_base* v) noexcept;
+  [[noreturn]] void signal_swallowed();
   void retire_replaced() noexcept;
   void write_back_and_unlock(std::uint64_t wv) noexcept;
   void finish_destroyed_tvars() noexcept;
@@ -279,6 +295,8 @@ class alignas(64) transaction {
   bool measuring_ = false;
   std::uint32_t consecutive_aborts_ = 0;
   std::uint32_t scope_depth_ = 0;
+  std::uint32_t created_floor_ = 0;  ///< created_ entries below it were made before the innermost scope
+  std::uint8_t signal_pending_ = 0;  ///< 1: conflict, 2: retry thrown and not yet handled by atomically
   std::uint64_t attempt_start_ns_ = 0;
   std::uint64_t rng_ = 0x9e3779b97f4a7c15ULL;
   log_array<read_entry> reads_;

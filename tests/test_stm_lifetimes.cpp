@@ -1,0 +1,420 @@
+// stm/: what real STM users hit (issue 9) — objects made and freed inside one transaction, what an
+// attempt takes and must give back on every path out of it, nested blocks and exceptions, signals
+// swallowed by user code, threads that end. Each runs on one thread (solo) and on two (a helper
+// thread keeps the STM on the multi-thread path); CTest runs every [stm] case with solo off too.
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <weft/stm.hpp>
+#include <weft/detail/epoch.hpp>
+
+#include "support.hpp"
+
+using namespace weft;
+
+namespace {
+
+stm_counters counters_of_this_thread() {
+  for (int round = 0; round < 2; ++round) {
+    for (const auto& t : stats().per_thread)
+      if (t.thread == std::this_thread::get_id()) return t.counters;
+    atomically([] {});
+  }
+  FAIL("stats() does not list this thread");
+  return {};
+}
+
+// A second thread that has used the STM and stays alive until destroyed: while it exists, nobody
+// runs solo. `run(f)` runs f on it and waits.
+class second_thread {
+ public:
+  second_thread() : th_([this] { loop(); }) { run([] { atomically([] {}); }); }
+  ~second_thread() {
+    {
+      std::lock_guard g(lock_);
+      quit_ = true;
+    }
+    cv_.notify_all();
+    th_.join();
+  }
+  template <class F>
+  void run(F f) {
+    std::unique_lock g(lock_);
+    job_ = f;
+    done_ = false;
+    cv_.notify_all();
+    cv_.wait(g, [&] { return done_; });
+  }
+
+ private:
+  void loop() {
+    std::unique_lock g(lock_);
+    for (;;) {
+      cv_.wait(g, [&] { return quit_ || job_; });
+      if (quit_) return;
+      auto job = std::move(job_);
+      job_ = nullptr;
+      g.unlock();
+      job();
+      g.lock();
+      done_ = true;
+      cv_.notify_all();
+    }
+  }
+  std::mutex lock_;
+  std::condition_variable cv_;
+  std::function<void()> job_;
+  bool done_ = false, quit_ = false;
+  std::thread th_;
+};
+
+struct node {
+  tvar<long> value{0, "node.value"};
+  tvar<std::string> label{"", "node.label"};
+  tvar<node*> next{nullptr};
+};
+
+// The §1 programs: each makes, uses and frees objects holding tvars inside one transaction.
+void made_used_freed(tvar<long>& elsewhere, tvar<node*>& head) {
+  // new, write, delete
+  atomically([&] {
+    node* n = new node;
+    n->value.set(1);
+    n->label.set(std::string(100, 'x'));  // a boxed value pending in the write log
+    delete n;
+    elsewhere.set(elsewhere.get() + 1);  // the commit locks and validates: n must not be in the logs
+  });
+  // read of a tvar made in the attempt, destroyed before a commit that writes elsewhere
+  atomically([&] {
+    auto* n = new node;
+    long v = n->value.get();
+    n->label.get();
+    delete n;
+    elsewhere.set(elsewhere.get() + v + 1);
+  });
+  // push then pop the same queue node
+  atomically([&] {
+    node* n = new node;
+    n->value.set(42);
+    n->next.set(head.get());
+    head.set(n);
+    node* top = head.get();
+    head.set(top->next.get());
+    delete top;
+  });
+  // insert and erase one map entry (a tvar on the stack, a boxed one replaced several times)
+  atomically([&] {
+    tvar<std::string> scratch{"a"};
+    for (int i = 0; i < 10; ++i) scratch.set(scratch.get() + "b");
+    elsewhere.set(elsewhere.get() + static_cast<long>(scratch.get().size()));
+  });
+  // many at once (the write log's index), some written after others were freed
+  atomically([&] {
+    std::vector<node*> nodes;
+    for (int i = 0; i < 40; ++i) {
+      nodes.push_back(new node);
+      nodes.back()->value.set(i);
+    }
+    for (int i = 0; i < 40; i += 2) delete nodes[static_cast<std::size_t>(i)];
+    long sum = 0;
+    for (int i = 1; i < 40; i += 2) sum += nodes[static_cast<std::size_t>(i)]->value.get();
+    for (int i = 1; i < 40; i += 2) delete nodes[static_cast<std::size_t>(i)];
+    elsewhere.set(elsewhere.get() + sum);
+  });
+}
+
+}  // namespace
+
+TEST_CASE("objects made, used and freed inside one transaction leave nothing in its logs", "[unit][stm]") {
+  tvar<long> elsewhere{0, "elsewhere"};
+  tvar<node*> head{nullptr, "head"};
+  SECTION("alone (solo when it is on)") { made_used_freed(elsewhere, head); }
+  SECTION("with a second thread alive") {
+    second_thread other;
+    made_used_freed(elsewhere, head);
+  }
+  SECTION("inevitable") {
+    second_thread other;
+    atomically([&] {
+      become_inevitable("test");
+      node* n = new node;
+      n->value.set(n->value.get() + 1);  // reserved by the inevitable attempt
+      delete n;
+      elsewhere.set(elsewhere.get() + 1 + 1 + 11 + 400);  // what the other sections add
+    });
+  }
+  SECTION("inside an or_else branch, made before it and destroyed in it, then rolled back") {
+    second_thread other;
+    long seen = atomically([&] {
+      node* n = new node;  // made in the attempt, before the branch
+      n->value.set(5);
+      or_else([&] {
+        delete n;  // deferred: the branch rolls back, n must come back whole
+        retry();
+      }, [] {});
+      const long v = n->value.get() + static_cast<long>(n->label.get().size());
+      delete n;
+      return v;
+    });
+    CHECK(seen == 5);
+    elsewhere.set(1 + 1 + 11 + 400);
+  }
+  CHECK(elsewhere.get() == 1 + 1 + 11 + 400);
+  CHECK(head.get() == nullptr);
+  // The tvars are fully usable afterwards (no lock or reservation left on anything).
+  elsewhere.set(0);
+  atomically([&] { elsewhere.set(elsewhere.get() + 1); });
+  CHECK(elsewhere.get() == 1);
+}
+
+TEST_CASE("what an attempt takes is given back on every path out of it", "[unit][stm]") {
+  // Each path ends an attempt that took something (a reservation, the inevitable token, locks);
+  // afterwards a direct write and a transaction from another thread must go through.
+  tvar<long> x{0, "x"}, y{0, "y"};
+  auto others_can_write = [&] {
+    std::thread t([&] {
+      x.set(x.get() + 1);                                  // direct
+      atomically([&] { y.set(y.get() + x.get()); });       // transactional
+    });
+    t.join();
+  };
+  SECTION("commit of an inevitable transaction") {
+    atomically([&] {
+      become_inevitable("test");
+      x.get();
+      y.set(1);
+    });
+    others_can_write();
+  }
+  SECTION("exception in an inevitable transaction") {
+    CHECK_THROWS_AS(atomically([&] {
+                      become_inevitable("test");
+                      x.get();
+                      y.set(1);
+                      throw std::runtime_error("out");
+                    }),
+                    std::runtime_error);
+    others_can_write();
+  }
+  SECTION("retry in an inevitable transaction") {
+    std::atomic<bool> waiting{false};
+    std::thread waker([&] {
+      while (!waiting) std::this_thread::yield();
+      y.set(7);
+    });
+    atomically([&] {
+      become_inevitable("test");
+      x.get();
+      waiting = true;
+      if (y.get() != 7) retry();
+    });
+    waker.join();
+    others_can_write();
+  }
+  SECTION("become_inevitable finds a read changed: the restart runs solo (issue 9 input)") {
+    // Main reads x; another thread commits x and exits; become_inevitable() finds x changed and
+    // restarts the attempt — which runs solo, the other thread being gone. The reservation taken
+    // while trying to become inevitable must not outlive the attempt.
+    std::atomic<bool> registered{false}, go{false};
+    std::thread writer([&] {  // made outside the transaction (a std::thread allocates)
+      atomically([&] { x.get(); });  // uses the STM from here on: main's first attempt is not solo
+      registered = true;
+      while (!go) std::this_thread::yield();
+      atomically([&] { x.set(1); });
+    });
+    while (!registered) std::this_thread::yield();
+    int attempts = 0;
+    atomically([&] {
+      ++attempts;
+      const long seen = x.get();
+      if (attempts == 1) {
+        go = true;
+        writer.join();  // it committed and is gone: the restart runs solo (when solo is on)
+      }
+      if (seen == 0) become_inevitable("log");  // the restart sees x == 1: it does not ask again
+      y.set(y.get() + 1);
+    });
+    CHECK(attempts == 2);
+    others_can_write();
+    atomically([&] { x.set(x.get() + 100); });  // and this thread, alone again
+    x.set(x.get() + 1000);
+  }
+  SECTION("become_inevitable finds a read changed while a thread stays (the restart is not solo)") {
+    second_thread other;
+    int attempts = 0;
+    atomically([&] {
+      ++attempts;
+      x.get();
+      if (attempts == 1) other.run([&] { atomically([&] { x.set(1); }); });
+      become_inevitable("log");
+      y.set(y.get() + 1);
+    });
+    CHECK(attempts == 2);
+    other.run([&] { x.set(x.get() + 1); });
+    others_can_write();
+  }
+  SECTION("a conflict ends an attempt that was not inevitable") {
+    second_thread other;
+    int attempts = 0;
+    atomically([&] {
+      ++attempts;
+      const long v = x.get();
+      if (attempts == 1) other.run([&] { x.set(5); });
+      y.set(v);
+    });
+    CHECK(attempts == 2);
+    others_can_write();
+  }
+  // The thread itself can go on too, with nothing held.
+  atomically([&] { x.set(x.get() + 1); });
+  x.set(x.get() + 1);
+  CHECK(x.get() > 0);
+}
+
+TEST_CASE("a nested atomically is a scope: an exception undoes only the inner block", "[unit][stm]") {
+  tvar<int> r{0, "r"};
+  std::vector<std::string> hooks;
+  // The issue's input: ScalaSTM and GHC's catchSTM give got == 1, r == 1, the inner on_abort runs.
+  int got = atomically([&] {
+    r.set(1);
+    try {
+      atomically([&] {
+        on_commit([&] { hooks.push_back("inner-commit"); });
+        on_abort([&] { hooks.push_back("inner-abort"); });
+        r.set(2);
+        throw std::runtime_error("inner");
+      });
+    } catch (const std::runtime_error&) {
+      return r.get();
+    }
+    return -1;
+  });
+  CHECK(got == 1);
+  CHECK(r.get() == 1);
+  CHECK(hooks == std::vector<std::string>{"inner-abort"});
+
+  // An inner block that returns joins the outer one; an exception leaving both aborts everything.
+  hooks.clear();
+  tvar<std::string> s{"s"};
+  atomically([&] {
+    atomically([&] {
+      s.set("inner");
+      on_commit([&] { hooks.push_back("inner-commit"); });
+    });
+    CHECK(s.get() == "inner");
+    s.set(s.get() + "+outer");
+  });
+  CHECK(s.get() == "inner+outer");
+  CHECK(hooks == std::vector<std::string>{"inner-commit"});
+  CHECK_THROWS_AS(atomically([&] {
+                    s.set("lost");
+                    atomically([&] { throw std::runtime_error("through both"); });
+                  }),
+                  std::runtime_error);
+  CHECK(s.get() == "inner+outer");
+
+  // Tvars and memory made in the failed block: the tvars keep their initial values, the memory stays
+  // (the exception may refer to it); deletes in the block did not happen.
+  node* kept = nullptr;
+  node* older = new node;
+  atomically([&] { older->value.set(3); });
+  atomically([&] {
+    try {
+      atomically([&] {
+        kept = new node;
+        kept->value.set(9);
+        older->value.set(4);
+        delete older;  // undone with the block
+        throw std::runtime_error("x");
+      });
+    } catch (const std::runtime_error&) {
+    }
+    CHECK(kept->value.get() == 0);
+    CHECK(older->value.get() == 3);
+  });
+  REQUIRE(kept != nullptr);
+  CHECK(kept->value.get() == 0);
+  CHECK(older->value.get() == 3);
+  atomically([&] {
+    delete kept;
+    delete older;
+  });
+
+  // Nested blocks inside or_else, or_else inside nested blocks; retry still goes to or_else.
+  tvar<int> gate{0};
+  const int pick = atomically([&] {
+    return or_else([&] {
+      return atomically([&] {
+        if (gate.get() == 0) retry();
+        return 1;
+      });
+    }, [&] { return 2; });
+  });
+  CHECK(pick == 2);
+  for (int i = 0; i < 50; ++i) detail::epoch_collect();
+}
+
+TEST_CASE("a conflict or retry signal swallowed by catch (...) cannot commit", "[unit][stm]") {
+  tvar<int> flag{0, "flag"}, out{0, "out"};
+  // retry() caught: the issue's input would commit out = 1 with flag == 0.
+  try {
+    atomically([&] {
+      try {
+        if (flag.get() == 0) retry();
+      } catch (...) {
+      }
+      out.set(1);
+    });
+    FAIL("the transaction committed after its retry signal was swallowed");
+  } catch (const std::logic_error& e) {
+    CHECK(std::string(e.what()).find("a retry signal was caught inside a transaction") != std::string::npos);
+  }
+  CHECK(out.get() == 0);
+
+  // A conflict caught (become_inevitable finds a read changed): the "irreversible" action would run
+  // in an attempt that is rolled back — the commit is refused instead.
+  second_thread other;
+  int attempts = 0;
+  try {
+    atomically([&] {
+      ++attempts;
+      flag.get();
+      if (attempts == 1) other.run([&] { flag.set(1); });
+      try {
+        become_inevitable("io");
+      } catch (...) {
+      }
+      out.set(2);
+    });
+    FAIL("the transaction committed after its conflict signal was swallowed");
+  } catch (const std::logic_error& e) {
+    CHECK(std::string(e.what()).find("a conflict signal was caught inside a transaction") != std::string::npos);
+  }
+  CHECK(out.get() == 0);
+  CHECK(attempts == 1);
+
+  // Rethrowing is fine; so is or_else (which consumes retry by design).
+  attempts = 0;
+  atomically([&] {
+    ++attempts;
+    const int v = flag.get();
+    if (attempts == 1) other.run([&] { flag.set(2); });
+    try {
+      out.set(v + flag.get());
+    } catch (...) {
+      throw;
+    }
+  });
+  CHECK(out.get() == 4);
+  CHECK(attempts == 2);
+  atomically([&] { or_else([&] { retry(); }, [] {}); });
+  atomically([&] { out.set(out.get() + 1); });  // the descriptor is fine afterwards
+  CHECK(out.get() == 5);
+}
