@@ -10,6 +10,8 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+
+#include <pthread.h>
 #include <vector>
 
 #include <weft/stm.hpp>
@@ -417,4 +419,109 @@ TEST_CASE("a conflict or retry signal swallowed by catch (...) cannot commit", "
   atomically([&] { or_else([&] { retry(); }, [] {}); });
   atomically([&] { out.set(out.get() + 1); });  // the descriptor is fine afterwards
   CHECK(out.get() == 5);
+}
+
+namespace {
+tvar<std::string>& cache() {
+  static tvar<std::string> c{"initial", "cache"};  // constructed inside the first attempt below
+  return c;
+}
+}  // namespace
+
+TEST_CASE("a tvar constructed in an attempt that rolls back, in storage C++ keeps, stays valid", "[unit][stm]") {
+  // A function-local static: C++ considers it constructed after the first attempt and will not
+  // construct it again; the rollback must leave it a valid tvar holding its initial value.
+  second_thread other;
+  tvar<int> x{0, "x"};
+  int attempts = 0;
+  std::string first_seen;
+  atomically([&] {
+    ++attempts;
+    x.get();
+    first_seen = cache().get();
+    cache().set(first_seen + "+" + std::to_string(attempts));
+    if (attempts == 1) other.run([&] { x.set(1); });  // this attempt rolls back
+  });
+  CHECK(attempts == 2);
+  CHECK(first_seen == "initial");  // the second attempt saw it whole, at its initial value
+  CHECK(cache().get() == "initial+2");
+  CHECK(std::string(cache().name()) == "cache");
+  // An object placed in storage the transaction did not allocate, constructed in an attempt that an
+  // exception ends: still a tvar with its initial value afterwards.
+  alignas(tvar<std::string>) unsigned char storage[sizeof(tvar<std::string>)];
+  tvar<std::string>* placed = nullptr;
+  CHECK_THROWS_AS(atomically([&] {
+                    placed = new (storage) tvar<std::string>(std::string(40, 'p'), "placed");
+                    placed->set("changed");
+                    throw std::runtime_error("out");
+                  }),
+                  std::runtime_error);
+  CHECK(placed->get() == std::string(40, 'p'));
+  atomically([&] { placed->set(placed->get() + "!"); });
+  CHECK(placed->get().size() == 41);
+  // ... and in one a conflict ends (the re-run constructs it again over the first: the first
+  // object's value is then simply dropped, as C++ placement over a live object does).
+  tvar<std::string>* placed2 = nullptr;
+  alignas(tvar<std::string>) unsigned char storage2[sizeof(tvar<std::string>)];
+  attempts = 0;
+  atomically([&] {
+    ++attempts;
+    x.get();
+    if (attempts == 1) {
+      placed2 = new (storage2) tvar<std::string>("first");
+      other.run([&] { x.set(2); });
+    }
+  });
+  CHECK(placed2->get() == "first");
+  placed2->~tvar();
+  placed->~tvar();
+  // Memory the attempt allocated goes with it, and so do the tvars inside it (allocations undone).
+  const auto before = counters_of_this_thread();
+  attempts = 0;
+  atomically([&] {
+    ++attempts;
+    x.get();
+    auto* n = new node;  // leaked on purpose if the attempt commits: it never does past attempt 1
+    n->label.set("boxed");
+    if (attempts == 1) {
+      other.run([&] { x.set(3); });
+    } else {
+      delete n;
+    }
+  });
+  CHECK(counters_of_this_thread().allocations_undone - before.allocations_undone >= 1);
+}
+
+namespace {
+tvar<long> exit_count{0, "exit_count"};
+struct runs_a_transaction_at_thread_exit {
+  ~runs_a_transaction_at_thread_exit() { atomically([] { exit_count.set(exit_count.get() + 1); }); }
+};
+void key_destructor(void*) { atomically([] { exit_count.set(exit_count.get() + 100); }); }
+}  // namespace
+
+TEST_CASE("threads whose exit runs transactions leave no descriptor behind", "[unit][stm]") {
+  // A thread_local destructor and a pthread key destructor that run transactions: each exiting thread
+  // registers a descriptor again; it must be gone with the thread.
+  static pthread_key_t key;
+  REQUIRE(pthread_key_create(&key, &key_destructor) == 0);
+  exit_count.set(0);
+  const auto live_before = stats().per_thread.size();
+  for (int i = 0; i < 10; ++i) {
+    std::thread t([] {
+      thread_local runs_a_transaction_at_thread_exit at_exit;
+      (void)&at_exit;
+      pthread_setspecific(key, &key);
+      atomically([] { exit_count.set(exit_count.get()); });  // uses the STM while alive too
+    });
+    t.join();
+  }
+  pthread_key_delete(key);
+  CHECK(exit_count.get() == 10 * 101);
+  CHECK(stats().per_thread.size() == live_before);  // only the threads still alive
+  // Alone again, this thread runs solo (when solo mode is on).
+  const auto before = counters_of_this_thread();
+  atomically([] { exit_count.set(exit_count.get() + 1); });
+  const bool solo = !(std::getenv("WEFT_STM_SOLO") && std::string(std::getenv("WEFT_STM_SOLO")) == "0");
+  CHECK(counters_of_this_thread().solo - before.solo == (solo ? 1u : 0u));
 }

@@ -5,6 +5,7 @@
 // orphan list. Each participant's limbo lists are touched only by its own thread, except the orphan
 // list, which is protected by orphans_lock.
 #include "weft/detail/epoch.hpp"
+#include "weft/detail/thread_exit.hpp"
 
 #include <cstdlib>
 #include <mutex>
@@ -70,6 +71,7 @@ struct epoch_participant : epoch_slot {
 };
 
 std::atomic<std::uint64_t> epoch_global{1};
+__attribute__((tls_model("initial-exec"))) constinit thread_local epoch_slot* epoch_self_slot = nullptr;
 
 namespace {
 std::atomic<epoch_participant*> participants{nullptr};
@@ -99,21 +101,24 @@ void asymmetric_fence_heavy() noexcept {
 
 namespace {
 
-struct participant_owner {
-  epoch_participant* p = nullptr;
-  ~participant_owner() {
-    if (!p) return;
-    // Hand what this thread could not free yet to the orphan list.
-    if (p->limbo.size) {
-      std::lock_guard lock(orphans_lock);
-      for (std::size_t i = 0; i < p->limbo.size; ++i) orphans.push(p->limbo.items[i]);
-      p->limbo.size = 0;
-    }
-    p->entered.store(quiescent, std::memory_order_release);
-    p->in_use.store(false, std::memory_order_release);  // pairs with the acquire exchange in epoch_self
+// Runs when the thread exits (after its thread_local destructors, which may still use the GC).
+void release_participant(void* value) noexcept {
+  auto* p = static_cast<epoch_participant*>(value);
+  // Hand what this thread could not free yet to the orphan list.
+  if (p->limbo.size) {
+    std::lock_guard lock(orphans_lock);
+    for (std::size_t i = 0; i < p->limbo.size; ++i) orphans.push(p->limbo.items[i]);
+    p->limbo.size = 0;
   }
-};
-thread_local participant_owner owner;
+  p->entered.store(quiescent, std::memory_order_release);
+  epoch_self_slot = nullptr;
+  p->in_use.store(false, std::memory_order_release);  // pairs with the acquire exchange in epoch_self
+}
+
+thread_exit_slot& participant_slot() {
+  static thread_exit_slot slot(&release_participant);
+  return slot;
+}
 
 bool try_advance() noexcept {
   std::uint64_t e = epoch_global.load(std::memory_order_acquire);
@@ -127,13 +132,13 @@ bool try_advance() noexcept {
 
 }  // namespace
 
-epoch_slot& epoch_self() {
-  if (owner.p) [[likely]] return *owner.p;
+epoch_slot& epoch_self_slow() {
   for (epoch_participant* p = participants.load(std::memory_order_acquire); p; p = p->next) {
     bool free = false;
     if (!p->in_use.load(std::memory_order_relaxed) &&
         p->in_use.compare_exchange_strong(free, true, std::memory_order_acquire)) {
-      owner.p = p;
+      epoch_self_slot = p;
+      participant_slot().arm(p);
       return *p;
     }
   }
@@ -144,7 +149,8 @@ epoch_slot& epoch_self() {
   do {
     p->next = head;
   } while (!participants.compare_exchange_weak(head, p, std::memory_order_release, std::memory_order_relaxed));
-  owner.p = p;
+  epoch_self_slot = p;
+  participant_slot().arm(p);
   return *p;
 }
 

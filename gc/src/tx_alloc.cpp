@@ -4,9 +4,12 @@
 //
 // The thread-local `active` is set only by the owning thread (stm/ installs its transaction's log
 // for the length of an attempt); the log belongs to that transaction.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+
+#include <malloc.h>
 
 #include "weft/detail/alloc_log.hpp"
 #include "weft/detail/epoch.hpp"
@@ -110,6 +113,35 @@ void alloc_log::defer_free(void* p) noexcept {
     return;
   }
   frees_[free_count_++] = p;
+}
+
+alloc_log::ranges::~ranges() { std::free(items_); }
+
+bool alloc_log::ranges::contains(const void* p) const noexcept {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  std::size_t lo = 0, hi = count_;  // first range with begin > a
+  while (lo < hi) {
+    const std::size_t mid = (lo + hi) / 2;
+    if (items_[mid].begin <= a)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo > 0 && a < items_[lo - 1].end;
+}
+
+alloc_log::ranges alloc_log::ranges_after(std::size_t first) const noexcept {
+  ranges r;
+  if (first >= alloc_count_) return r;
+  r.items_ = static_cast<ranges::range*>(std::malloc((alloc_count_ - first) * sizeof(ranges::range)));
+  if (!r.items_) return r;  // out of memory: report nothing as freed (a leak, never a use after free)
+  for (std::size_t i = first; i < alloc_count_; ++i) {
+    if (!allocs_[i]) continue;  // freed already within the attempt
+    const auto b = reinterpret_cast<std::uintptr_t>(allocs_[i]);
+    r.items_[r.count_++] = {b, b + ::malloc_usable_size(allocs_[i])};
+  }
+  std::sort(r.items_, r.items_ + r.count_, [](const ranges::range& x, const ranges::range& y) { return x.begin < y.begin; });
+  return r;
 }
 
 std::size_t alloc_log::rollback_to(mark m) noexcept {

@@ -21,12 +21,17 @@ struct shard {
   std::unordered_map<const void*, std::uintptr_t> writes;
 };
 constexpr std::size_t shard_count = 64;
-// Never destroyed: tvars with static storage may be destroyed after this file's statics.
-auto& shards = *new std::array<shard, shard_count>;
+
+// Made on first use (a named tvar at namespace scope may be constructed before this file's
+// statics), never destroyed (tvars with static storage may be destroyed after them).
+std::array<shard, shard_count>& shards() {
+  static auto* s = new std::array<shard, shard_count>;
+  return *s;
+}
 
 shard& shard_of(const void* p) noexcept {
   auto x = reinterpret_cast<std::uintptr_t>(p) >> 4;
-  return shards[(x ^ (x >> 7)) % shard_count];
+  return shards()[(x ^ (x >> 7)) % shard_count];
 }
 }  // namespace
 

@@ -54,6 +54,7 @@
 #include "observe_impl.hpp"
 #include "side_tables.hpp"
 #include "weft/stm.hpp"
+#include "weft/detail/thread_exit.hpp"
 
 namespace weft::detail {
 
@@ -85,8 +86,14 @@ alignas(64) std::atomic<std::uint32_t> commit_signal{0};
 alignas(64) std::atomic<std::uint32_t> retry_waiters{0};
 
 // Registry of descriptors for stats(); exited threads are summed into `departed`.
+// Every global here is constant-initialised or made on first use: a program's own static
+// initialisers (a named tvar at namespace scope, a transaction in a constructor) may run before
+// this file's.
 std::mutex registry_lock;  // protects registry and departed; never held inside a transaction
-std::vector<transaction*>* registry = new std::vector<transaction*>;
+std::vector<transaction*>& registry() {
+  static auto* r = new std::vector<transaction*>;  // never destroyed: threads may exit after main
+  return *r;
+}
 stm_counters departed;
 
 inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
@@ -95,14 +102,24 @@ bool solo_from_env() noexcept {
   const char* e = std::getenv("WEFT_STM_SOLO");
   return !(e && e[0] == '0' && e[1] == '\0');
 }
-std::atomic<bool> solo_enabled{solo_from_env()};
+// -1 until first needed (then WEFT_STM_SOLO decides), else 0 or 1 (configure_stm).
+std::atomic<int> solo_setting{-1};
+bool solo_enabled() noexcept {
+  int v = solo_setting.load(std::memory_order_relaxed);
+  if (v < 0) {
+    int unset = -1;
+    v = solo_from_env() ? 1 : 0;
+    if (!solo_setting.compare_exchange_strong(unset, v, std::memory_order_relaxed)) v = unset;
+  }
+  return v == 1;
+}
 constexpr std::uint64_t solo_revoking = 1, solo_active = 2;
 
 // Under registry_lock: hand solo mode to the only registered descriptor, if there is one.
 void claim_solo_locked() noexcept {
   const std::uint64_t s = solo_state.load(std::memory_order_relaxed);
-  if (registry->size() == 1 && solo_enabled.load(std::memory_order_relaxed) && !(s & solo_active)) {
-    solo_owner.store(registry->front(), std::memory_order_relaxed);
+  if (registry().size() == 1 && solo_enabled() && !(s & solo_active)) {
+    solo_owner.store(registry().front(), std::memory_order_relaxed);
     solo_state.store(((s >> 2) + 1) << 2 | solo_active, std::memory_order_release);
   }
 }
@@ -169,34 +186,38 @@ stm_counters snapshot(const counters& c) {
   return s;
 }
 
-struct descriptor_owner {
-  transaction* tx = nullptr;
-  ~descriptor_owner() {
-    if (!tx) return;
-    bool revoked_owner = false;
-    {
-      std::lock_guard lock(registry_lock);
-      departed += snapshot(tx->stats);
-      std::erase(*registry, tx);
-      std::uint64_t s = solo_state.load(std::memory_order_relaxed);
-      if ((s & solo_active) && solo_owner.load(std::memory_order_relaxed) == tx) {
-        // A revoker (it does not take the lock) may mark the state at any moment: only a CAS may
-        // end the claim, and a marked claim means the revoker may still look at our in_solo flag.
-        if ((s & solo_revoking) || !solo_state.compare_exchange_strong(s, s & ~solo_active, std::memory_order_acq_rel))
-          revoked_owner = true;
-      }
-      if (!revoked_owner) claim_solo_locked();  // the thread left alone (if any) runs solo from now on
+// Runs when the thread exits, after its thread_local destructors (which may run transactions), and
+// again if a later destructor ran one and so registered a new descriptor (thread_exit.hpp): a
+// descriptor never outlives its thread, and stats() counts live threads only.
+void release_descriptor(void* value) noexcept {
+  auto* tx = static_cast<transaction*>(value);
+  bool revoked_owner = false;
+  {
+    std::lock_guard lock(registry_lock);
+    departed += snapshot(tx->stats);
+    std::erase(registry(), tx);
+    std::uint64_t s = solo_state.load(std::memory_order_relaxed);
+    if ((s & solo_active) && solo_owner.load(std::memory_order_relaxed) == tx) {
+      // A revoker (it does not take the lock) may mark the state at any moment: only a CAS may
+      // end the claim, and a marked claim means the revoker may still look at our in_solo flag.
+      if ((s & solo_revoking) || !solo_state.compare_exchange_strong(s, s & ~solo_active, std::memory_order_acq_rel))
+        revoked_owner = true;
     }
-    if (revoked_owner) {
-      while (solo_state.load(std::memory_order_acquire) & solo_active) std::this_thread::yield();
-      std::lock_guard lock(registry_lock);
-      claim_solo_locked();
-    }
-    thread_tx = nullptr;
-    delete tx;
+    if (!revoked_owner) claim_solo_locked();  // the thread left alone (if any) runs solo from now on
   }
-};
-thread_local descriptor_owner descriptor;
+  if (revoked_owner) {
+    while (solo_state.load(std::memory_order_acquire) & solo_active) std::this_thread::yield();
+    std::lock_guard lock(registry_lock);
+    claim_solo_locked();
+  }
+  thread_tx = nullptr;
+  delete tx;
+}
+
+thread_exit_slot& descriptor_slot() {
+  static thread_exit_slot slot(&release_descriptor);
+  return slot;
+}
 
 std::uintptr_t location_bits(const std::source_location& l) noexcept {
   std::uintptr_t b;
@@ -271,12 +292,13 @@ transaction& make_thread_transaction() {
   bool someone_solo;
   {
     std::lock_guard lock(registry_lock);
-    registry->push_back(tx);
+    registry().push_back(tx);
     someone_solo = (solo_state.load(std::memory_order_acquire) & solo_active) != 0;
     claim_solo_locked();  // the first thread to use the STM starts solo
   }
   if (someone_solo) revoke_solo(tx);  // another thread ran solo: from now on we both run normally
-  descriptor.tx = thread_tx = tx;
+  thread_tx = tx;
+  descriptor_slot().arm(tx);
   return *tx;
 }
 
@@ -294,8 +316,7 @@ transaction& make_thread_transaction() {
 }
 
 void transaction::begin() {
-  if (!epoch_) [[unlikely]]
-    epoch_ = &epoch_self();
+  epoch_ = &epoch_self();  // not kept across transactions: released and recycled at thread exit
   epoch_enter(*epoch_);
   const std::uint64_t solo = solo_state.load(std::memory_order_acquire);
   if (solo_claimed(solo) && !holds_token_ && !observing()) [[likely]] {
@@ -745,12 +766,17 @@ void transaction::finish_destroyed_tvars() noexcept {
   created_.size = 0;
 }
 
-// Tvars made in the attempt (from entry `first` on) that still exist: their boxes are freed (their
-// memory goes with the attempt's allocations).
-void transaction::drop_created_from(std::uint32_t first) noexcept {
+// Tvars made in the attempt (from entry `first` on) that still exist, when the attempt (or scope)
+// is rolled back and its allocations after `allocs` freed: a tvar inside one of them goes with it
+// (its box is freed). Any other keeps living as constructed, holding its initial value: C++ will
+// not construct it again (a function-local static, an object placed in storage the attempt did not
+// allocate), so it must stay a valid tvar.
+void transaction::drop_created_from(std::uint32_t first, std::size_t allocs) noexcept {
+  if (first == created_.size) return;
+  alloc_log::ranges freed = allocs_.ranges_after(allocs);
   for (std::uint32_t i = first; i < created_.size; ++i) {
     const tvar_entry& c = created_.data[i];
-    if (!c.var) continue;
+    if (!c.var || !freed.contains(c.var)) continue;
     if (c.drop) c.drop(reinterpret_cast<void*>(c.var->bits.load(std::memory_order_relaxed)));
     c.var->forget();
   }
@@ -793,7 +819,7 @@ std::vector<std::function<void()>> transaction::discard_attempt(bool free_create
   // inevitable may hold reservations of what it had read.
   if (reserved_.size) release_reservations();
   if (free_created)
-    drop_created_from(0);
+    drop_created_from(0, 0);
   else
     created_.size = 0;  // kept alive with the attempt's allocations (see abort_by_exception)
   destroyed_.size = 0;  // tvars "destroyed" in the attempt are still alive
@@ -1023,7 +1049,7 @@ void transaction::rollback_scope(const scope_mark& m, bool keep_allocations) noe
     // values they were made with; deletes in the scope did not happen.
     allocs_.drop_frees_after(m.allocs);
   } else {
-    drop_created_from(m.created);
+    drop_created_from(m.created, m.allocs.allocs);
     counters::bump(stats.allocations_undone, allocs_.rollback_to(m.allocs));
   }
   allocs_.set_floor(m.alloc_floor);
@@ -1077,7 +1103,7 @@ stm_counters& stm_counters::operator+=(const stm_counters& o) noexcept {
 stm_stats stats() {
   stm_stats s;
   std::lock_guard lock(registry_lock);
-  for (transaction* tx : *registry) {
+  for (transaction* tx : registry()) {
     s.per_thread.push_back({tx->thread, snapshot(tx->stats)});
     s.total += s.per_thread.back().counters;
   }
@@ -1090,7 +1116,7 @@ void configure_stm(const stm_options& o) {
   if (o.inevitable_after == 0) throw std::invalid_argument("weft::stm_options::inevitable_after must be at least 1");
   if (current_transaction()) throw std::logic_error("weft::configure_stm() called inside a transaction");
   inevitable_after.store(o.inevitable_after, std::memory_order_relaxed);
-  solo_enabled.store(o.solo, std::memory_order_relaxed);
+  solo_setting.store(o.solo ? 1 : 0, std::memory_order_relaxed);
   if (o.solo) {
     std::lock_guard lock(registry_lock);
     claim_solo_locked();

@@ -45,6 +45,26 @@ class alloc_log {
   /// allocations freed.
   std::size_t rollback_to(mark m) noexcept;
 
+  /// The address ranges of the allocations recorded from index `first` on (still owned by the log):
+  /// what a rollback to a mark with `allocs == first` frees. Sorted; contains() is a binary search.
+  class ranges {
+   public:
+    ranges() = default;
+    ranges(ranges&& o) noexcept : items_(o.items_), count_(o.count_) { o.items_ = nullptr, o.count_ = 0; }
+    ranges(const ranges&) = delete;
+    ranges& operator=(const ranges&) = delete;
+    ~ranges();
+    bool contains(const void* p) const noexcept;
+
+   private:
+    friend class alloc_log;
+    struct range {
+      std::uintptr_t begin, end;
+    };
+    range* items_ = nullptr;
+    std::size_t count_ = 0;
+  };
+  ranges ranges_after(std::size_t first) const noexcept;
   /// Drops the frees deferred after `m` (those deletes did not happen); allocations stay.
   void drop_frees_after(mark m) noexcept { free_count_ = m.frees; }
   /// Attempt committed: allocations stay, deferred frees go to the epoch GC; returns their number.

@@ -31,8 +31,17 @@ struct alignas(64) epoch_slot {
 extern std::atomic<std::uint64_t> epoch_global;
 extern const bool epoch_cheap_enter;  ///< reclaimers use membarrier(): entering needs no fence
 
-/// The calling thread's participant record (made on first use, recycled after the thread exits).
-epoch_slot& epoch_self();
+/// The calling thread's participant record, or nullptr before its first use and after it was
+/// released at thread exit (gc/src/epoch.cpp).
+__attribute__((tls_model("initial-exec"))) extern constinit thread_local epoch_slot* epoch_self_slot;
+epoch_slot& epoch_self_slow();
+/// The calling thread's participant record (made on first use, released when the thread exits —
+/// after its thread_local destructors, which may still use it — and then recycled).
+inline epoch_slot& epoch_self() {
+  if (epoch_self_slot) [[likely]]
+    return *epoch_self_slot;
+  return epoch_self_slow();
+}
 
 // A Dekker handshake with one cheap side: the frequent side stores, calls asymmetric_fence_light(),
 // then loads; the rare side stores, calls asymmetric_fence_heavy(), then loads. One of the two then

@@ -278,7 +278,7 @@ class alignas(64) transaction {
   void finish_destroyed_tvars() noexcept;
   void reset_attempt() noexcept;
   std::vector<std::function<void()>> discard_attempt(bool free_created) noexcept;
-  void drop_created_from(std::uint32_t first) noexcept;
+  void drop_created_from(std::uint32_t first, std::size_t allocs) noexcept;
   void record_conflict(conflict_kind kind, const tvar_base* v, const std::source_location& where) noexcept;
   void backoff() noexcept;
 
