@@ -525,3 +525,93 @@ TEST_CASE("threads whose exit runs transactions leave no descriptor behind", "[u
   const bool solo = !(std::getenv("WEFT_STM_SOLO") && std::string(std::getenv("WEFT_STM_SOLO")) == "0");
   CHECK(counters_of_this_thread().solo - before.solo == (solo ? 1u : 0u));
 }
+
+TEST_CASE("privatization: a node unlinked by a committed transaction may be deleted outside one", "[stress][stm]") {
+  // One thread unlinks the first node of a shared list in a transaction, then deletes it outside any
+  // transaction, and pushes a fresh node (which malloc likes to place in the block just freed). The
+  // other walks the list in read-only transactions and compares the length it counted with the
+  // length tvar. A walker that is doomed (it read the node before the unlink committed) must never
+  // commit a wrong count, nor read freed memory (ASan): frees outside transactions wait for the
+  // epoch GC while two threads use the STM.
+  const std::uint64_t seed = weft::test::seed_from_env("privatization");
+  struct lnode {
+    tvar<long> key;
+    tvar<lnode*> next;
+    lnode(long k, lnode* n) : key(k), next(n) {}
+  };
+  tvar<lnode*> head{nullptr, "head"};
+  tvar<long> length{0, "length"};
+  constexpr long initial = 16;
+  for (long i = 0; i < initial; ++i) {
+    head.set(new lnode(i, head.get()));
+    length.set(length.get() + 1);
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<long> wrong_walks{0}, walks{0};
+  std::thread walker([&] {
+    std::uint64_t r = seed | 1;
+    while (!stop.load(std::memory_order_relaxed)) {
+      const bool consistent = atomically([&] {
+        long counted = 0;
+        for (lnode* n = head.get(); n != nullptr && counted <= initial + 1; n = n->next.get()) {
+          ++counted;
+          r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+          for (std::uint64_t k = r % 64; k > 0; --k) asm volatile("" ::: "memory");  // widen the window
+        }
+        return counted == length.get();
+      });
+      if (!consistent) wrong_walks.fetch_add(1);
+      walks.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  const auto pending_before = detail::epoch_pending();
+  long pushed = initial;
+  for (int round = 0; round < 20000 || walks.load() < 2000; ++round) {
+    lnode* unlinked = atomically([&] {
+      lnode* first = head.get();
+      head.set(first->next.get());
+      length.set(length.get() - 1);
+      return first;
+    });
+    delete unlinked;  // outside any transaction: the walker may still be reading it
+    lnode* fresh = new lnode(pushed++, nullptr);
+    atomically([&] {
+      fresh->next.set(head.get());
+      head.set(fresh);
+      length.set(length.get() + 1);
+    });
+  }
+  stop = true;
+  walker.join();
+  CHECK(wrong_walks.load() == 0);
+  CHECK(walks.load() >= 2000);
+  CHECK(length.get() == initial);
+  (void)pending_before;
+  // Tear down (one thread now: frees are direct again).
+  for (lnode* n = head.get(); n != nullptr;) {
+    lnode* next = n->next.get();
+    delete n;
+    n = next;
+  }
+  for (int i = 0; i < 100 && detail::epoch_pending() > 0; ++i) detail::epoch_collect();
+}
+
+TEST_CASE("frees outside transactions wait for the epoch GC only while several threads use the STM", "[unit][stm]") {
+  // Counted through epoch_pending(): a delete outside a transaction is retired (not freed) while a
+  // second thread uses the STM, and freed at once when this thread is alone.
+  for (int i = 0; i < 100 && detail::epoch_pending() > 0; ++i) detail::epoch_collect();
+  auto* alone = new std::vector<int>(10, 1);
+  atomically([] {});
+  const auto before_alone = detail::epoch_pending();
+  delete alone;
+  CHECK(detail::epoch_pending() == before_alone);
+  {
+    second_thread other;
+    auto* shared = new std::vector<int>(10, 2);
+    const auto before = detail::epoch_pending();
+    delete shared;  // the vector's buffer and the vector: two deferred frees
+    CHECK(detail::epoch_pending() >= before + 2);
+  }
+  for (int i = 0; i < 1000 && detail::epoch_pending() > 0; ++i) detail::epoch_collect();
+  CHECK(detail::epoch_pending() == 0);
+}

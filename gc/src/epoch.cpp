@@ -33,31 +33,39 @@ struct retired {
 struct retired_list {
   retired* items = nullptr;
   std::size_t size = 0, capacity = 0;
-  void push(retired r) noexcept {
+  bool push(retired r) noexcept {
     if (size == capacity) {
       std::size_t c = capacity ? capacity * 2 : 64;
       auto* n = static_cast<retired*>(std::realloc(items, c * sizeof(retired)));
-      if (!n) {  // out of memory: leak rather than free early
-        return;
-      }
+      if (!n) return false;  // out of memory: the caller leaks rather than frees early
       items = n;
       capacity = c;
     }
     items[size++] = r;
+    return true;
   }
-  // Frees entries retired at or before `safe`, keeps the rest in order.
-  std::size_t free_upto(std::uint64_t safe) noexcept {
-    std::size_t kept = 0, freed = 0;
+  // Moves the entries retired at or before `safe` to `out` (which must be empty), keeps the rest in
+  // order. Deleters run only after, on `out`: a deleter may retire more (a box's destructor deletes
+  // memory outside a transaction) and even collect again, so the list must be whole while they run.
+  void take_upto(std::uint64_t safe, retired_list& out) noexcept {
+    std::size_t kept = 0;
     for (std::size_t i = 0; i < size; ++i) {
-      if (items[i].epoch <= safe) {
-        items[i].deleter(items[i].p);
-        ++freed;
-      } else {
+      if (items[i].epoch > safe) {
         items[kept++] = items[i];
+      } else if (!out.push(items[i])) {
+        items[kept++] = items[i];  // out of memory: freed at a later collection
       }
     }
     size = kept;
-    return freed;
+  }
+  // Runs every deleter and empties the list.
+  std::size_t run_all() noexcept {
+    for (std::size_t i = 0; i < size; ++i) items[i].deleter(items[i].p);
+    const std::size_t n = size;
+    std::free(items);
+    items = nullptr;
+    size = capacity = 0;
+    return n;
   }
 };
 
@@ -127,7 +135,7 @@ bool try_advance() noexcept {
     std::uint64_t x = p->entered.load(std::memory_order_acquire);
     if (x != quiescent && x != e) return false;
   }
-  return epoch_global.compare_exchange_strong(e, e + 1, std::memory_order_acq_rel);
+  return epoch_global.compare_exchange_strong(e, e + 1, std::memory_order_seq_cst);
 }
 
 }  // namespace
@@ -156,7 +164,8 @@ epoch_slot& epoch_self_slow() {
 
 void epoch_retire(void* ptr, void (*deleter)(void*)) noexcept {
   auto& p = static_cast<epoch_participant&>(epoch_self());
-  p.limbo.push({ptr, deleter, epoch_global.load(std::memory_order_acquire)});
+  // Out of memory: leaked rather than freed while a reader may hold it.
+  if (!p.limbo.push({ptr, deleter, epoch_global.load(std::memory_order_seq_cst)})) return;  // see epoch_enter
   pending_count.fetch_add(1, std::memory_order_relaxed);
   if (++p.since_collect >= collect_every) {
     p.since_collect = 0;
@@ -169,11 +178,14 @@ void epoch_collect() noexcept {
   try_advance();
   std::uint64_t e = epoch_global.load(std::memory_order_acquire);
   if (e < 2) return;
-  std::size_t freed = p.limbo.free_upto(e - 2);
+  retired_list doomed;
+  p.limbo.take_upto(e - 2, doomed);
   {
     std::unique_lock lock(orphans_lock, std::try_to_lock);
-    if (lock.owns_lock() && orphans.size) freed += orphans.free_upto(e - 2);
+    if (lock.owns_lock() && orphans.size) orphans.take_upto(e - 2, doomed);
   }
+  // Outside the lock and with the lists whole: deleters may retire more and collect again.
+  const std::size_t freed = doomed.run_all();
   pending_count.fetch_sub(freed, std::memory_order_relaxed);
   if (freed)
     if (auto hook = epoch_freed_hook.load(std::memory_order_acquire)) hook(freed);

@@ -17,6 +17,7 @@
 namespace weft::detail {
 
 __attribute__((tls_model("initial-exec"))) constinit thread_local alloc_log* active_log = nullptr;
+constinit std::atomic<bool> defer_plain_frees{false};
 
 namespace {
 
@@ -206,6 +207,10 @@ inline void deallocate(void* p) noexcept {
       log->defer_free(p);
       return;
     }
+  } else if (defer_plain_frees.load(std::memory_order_acquire)) [[unlikely]] {
+    // acquire: pairs with the registry's release store; see alloc_log.hpp (privatization).
+    epoch_retire(p, &free_now);
+    return;
   }
   std::free(p);
 }

@@ -81,6 +81,12 @@ padded_clock clock;
 std::atomic<transaction*> inevitable_holder{nullptr};
 std::atomic<unsigned> inevitable_after{8};
 
+// Counts destructions of tvars other threads may still reach (committed by a transaction, or
+// outside one while several threads use the STM). A retry() waiter holds pointers to the tvars it
+// read across its sleep, outside any epoch critical section: it checks them only while no
+// destruction has happened since it started waiting (see wait_for_change).
+std::atomic<std::uint64_t> tvars_destroyed{0};
+
 // retry(): waiters sleep on commit_signal; writers bump it when someone waits.
 alignas(64) std::atomic<std::uint32_t> commit_signal{0};
 alignas(64) std::atomic<std::uint32_t> retry_waiters{0};
@@ -196,6 +202,7 @@ void release_descriptor(void* value) noexcept {
     std::lock_guard lock(registry_lock);
     departed += snapshot(tx->stats);
     std::erase(registry(), tx);
+    defer_plain_frees.store(registry().size() >= 2, std::memory_order_release);  // see alloc_log.hpp
     std::uint64_t s = solo_state.load(std::memory_order_relaxed);
     if ((s & solo_active) && solo_owner.load(std::memory_order_relaxed) == tx) {
       // A revoker (it does not take the lock) may mark the state at any moment: only a CAS may
@@ -277,6 +284,18 @@ void tvar_base::write_direct(std::uint64_t b, void (*drop)(void*), const std::so
   wake_retry_waiters();
 }
 
+void tvar_base::destroy_shared(void (*drop)(void*)) noexcept {
+  // Marked changed (a doomed reader re-validates and aborts; a retry() waiter wakes), counted, then
+  // the box is retired: a reader still inside its epoch critical section may hold it.
+  wait_unlocked();
+  const std::uint64_t wv = clock.value.load(std::memory_order_seq_cst) + 1;
+  meta.store(wv << 2, std::memory_order_release);
+  tvars_destroyed.fetch_add(1, std::memory_order_seq_cst);
+  if (drop) epoch_retire(reinterpret_cast<void*>(bits.load(std::memory_order_relaxed)), drop);
+  forget();
+  wake_retry_waiters();
+}
+
 // --- descriptor -------------------------------------------------------------------------------------
 
 transaction::transaction() : thread(std::this_thread::get_id()) {
@@ -293,6 +312,7 @@ transaction& make_thread_transaction() {
   {
     std::lock_guard lock(registry_lock);
     registry().push_back(tx);
+    defer_plain_frees.store(registry().size() >= 2, std::memory_order_release);  // see alloc_log.hpp
     someone_solo = (solo_state.load(std::memory_order_acquire) & solo_active) != 0;
     claim_solo_locked();  // the first thread to use the STM starts solo
   }
@@ -758,6 +778,14 @@ void transaction::forget_logged(const tvar_base* v) noexcept {
 // The commit made the destructions real: boxes go to the epoch GC (readers may still hold them), names
 // and last-writer entries go from the side tables. Tvars made in the attempt simply live on.
 void transaction::finish_destroyed_tvars() noexcept {
+  if (destroyed_.size) {
+    // Marked changed and counted before their boxes (and, in allocs_.commit(), their storage) are
+    // retired: see tvars_destroyed.
+    const std::uint64_t wv = clock.value.load(std::memory_order_seq_cst) + 1;
+    for (const tvar_entry& d : destroyed_) d.var->meta.store(wv << 2, std::memory_order_release);
+    tvars_destroyed.fetch_add(1, std::memory_order_seq_cst);
+    wake_retry_waiters();
+  }
   for (const tvar_entry& d : destroyed_) {
     if (d.drop) epoch_retire(reinterpret_cast<void*>(d.var->bits.load(std::memory_order_relaxed)), d.drop);
     d.var->forget();
@@ -889,6 +917,19 @@ void transaction::wait_for_change() {
     for (const tvar_base* v : reserved_) watched.push_back(v);  // an inevitable transaction's reads
   }
   const std::uint64_t rv = rv_;
+  auto changed = [&] {
+    for (const tvar_base* v : watched) {
+      std::uint64_t m = v->meta.load(std::memory_order_acquire);
+      if ((m & lock_bit) || version_of(m) > rv) return true;
+    }
+    return false;
+  };
+  // Still inside the attempt's epoch critical section, so every watched tvar is still allocated:
+  // note the destruction count, then check nothing changed. A tvar destroyed from here on is counted
+  // after this load; one destroyed before it was marked changed first (the check sees it).
+  retry_waiters.fetch_add(1, std::memory_order_seq_cst);
+  const std::uint64_t destroyed_at_start = tvars_destroyed.load(std::memory_order_seq_cst);
+  const bool changed_already = changed();
   if (observing()) {
     event e{event_kind::tx_retry_wait};
     notify(e);
@@ -902,21 +943,24 @@ void transaction::wait_for_change() {
     holds_token_ = false;
   }
   want_inevitable_ = was_inevitable;
-  auto changed = [&] {
-    for (const tvar_base* v : watched) {
-      std::uint64_t m = v->meta.load(std::memory_order_acquire);
-      if ((m & lock_bit) || version_of(m) > rv) return true;
-    }
-    return false;
+  // Out of the attempt (and its epoch). Each check re-enters the epoch and reads the watched tvars
+  // only if none was destroyed since we started waiting (one destroyed later can only be freed
+  // after we leave the critical section again); after a destruction the transaction simply runs
+  // again, as a transaction.
+  epoch_slot& epoch = epoch_self();
+  auto check = [&] {
+    epoch_enter(epoch);
+    const bool stop = tvars_destroyed.load(std::memory_order_seq_cst) != destroyed_at_start || changed();
+    epoch_exit(epoch);
+    return stop;
   };
-  retry_waiters.fetch_add(1, std::memory_order_seq_cst);
-  for (unsigned spins = 0; !changed(); ++spins) {
+  for (unsigned spins = 0; !changed_already && !check(); ++spins) {
     if (spins < 64) {
       cpu_relax();
       continue;
     }
     std::uint32_t seen = commit_signal.load(std::memory_order_acquire);
-    if (changed()) break;
+    if (check()) break;
     // A wake-up can slip between the check and the sleep (writers do not fence): sleep 1 ms at most.
     timespec timeout{0, 1'000'000};
     ::syscall(SYS_futex, &commit_signal, FUTEX_WAIT_PRIVATE, seen, &timeout, nullptr, 0);

@@ -58,8 +58,7 @@ class tvar : private detail::tvar_base {
       tx->tvar_destroyed(this, is_inline ? nullptr : &drop_box);
       return;
     }
-    if constexpr (!is_inline) drop_box(reinterpret_cast<void*>(bits.load(std::memory_order_relaxed)));
-    forget();
+    destroy(is_inline ? nullptr : &drop_box);
   }
   tvar(const tvar&) = delete;
   tvar& operator=(const tvar&) = delete;

@@ -11,6 +11,7 @@
 // The log itself allocates with malloc, never through operator new.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -92,6 +93,12 @@ class alloc_log {
 };
 
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local alloc_log* active_log;
+
+/// Privatization safety (DESIGN.md §6): while two or more threads use the STM, memory deleted
+/// outside any transaction goes through the epoch GC instead of straight back to malloc, because a
+/// transaction that will abort may still be reading it (the object was unlinked by a transaction
+/// that committed just before the delete). Set by stm/ under its registry lock.
+extern std::atomic<bool> defer_plain_frees;
 
 /// The log of the transaction active on this thread, or nullptr.
 inline alloc_log* active_alloc_log() noexcept { return active_log; }

@@ -58,7 +58,9 @@ void asymmetric_fence_heavy() noexcept;
 
 inline void epoch_enter(epoch_slot& p) noexcept {
   if (p.depth++ != 0) return;
-  const std::uint64_t e = epoch_global.load(std::memory_order_acquire);
+  // seq_cst (a plain load on x86): ordered with retire's load and the advancing CAS, which the retry
+  // waiter of stm/ relies on (transaction.cpp, wait_for_change).
+  const std::uint64_t e = epoch_global.load(std::memory_order_seq_cst);
   p.entered.store(e, std::memory_order_relaxed);
   asymmetric_fence_light();  // the reclaimer's heavy fence orders the rest
 }

@@ -76,6 +76,17 @@ struct tvar_base {
       wait_unlocked();
     }
   }
+  /// Destruction outside any transaction. While other threads' transactions may still read it (two
+  /// or more threads use the STM), it is marked changed and its box goes to the epoch GC.
+  void destroy(void (*drop)(void*)) noexcept {
+    if (defer_plain_frees.load(std::memory_order_acquire)) [[unlikely]] {
+      destroy_shared(drop);
+      return;
+    }
+    if (drop) drop(reinterpret_cast<void*>(bits.load(std::memory_order_relaxed)));
+    forget();
+  }
+  void destroy_shared(void (*drop)(void*)) noexcept;
   /// A write outside any transaction: a transaction of one write (lock, new version, unlock).
   void write_direct(std::uint64_t b, void (*drop)(void*), const std::source_location& where);
   void wait_unlocked() const noexcept;
