@@ -13,11 +13,20 @@
 //                          with shutdown() with the clock stopped, and once more at the end.
 //   BM_try_receive_empty   try_receive on a channel nobody sends on (would_block: the non-blocking
 //                          path that never switches).
+//   BM_delete_outside_transaction/threads
+//                          new + delete of a 64-byte object outside any transaction while `threads`
+//                          threads use the STM (1: this one; 2: plus an idle one that ran a
+//                          transaction). With two, the delete goes through the epoch GC
+//                          (privatization safety, README "Freeing memory transactions may still
+//                          read"): the difference is that rule's price.
 // Every benchmark ends with weft::shutdown(), so the next starts from a fresh runtime.
 #include <benchmark/benchmark.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <optional>
+#include <thread>
 
 #include <weft/weft.hpp>
 
@@ -95,5 +104,30 @@ void BM_try_receive_empty(benchmark::State& state) {
 BENCHMARK(BM_try_receive_empty);
 
 }  // namespace
+
+void BM_delete_outside_transaction(benchmark::State& state) {
+  weft::atomically([] {});  // this thread uses the STM
+  std::atomic<bool> registered{false}, stop{false};
+  std::thread idle;
+  if (state.range(0) == 2) {
+    idle = std::thread([&] {
+      weft::atomically([] {});
+      registered = true;
+      while (!stop) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    });
+    while (!registered) std::this_thread::yield();
+  }
+  struct object {
+    std::uint64_t words[8];
+  };
+  for (auto _ : state) {
+    auto* o = new object{};
+    benchmark::DoNotOptimize(o);
+    delete o;
+  }
+  stop = true;
+  if (idle.joinable()) idle.join();
+}
+BENCHMARK(BM_delete_outside_transaction)->Arg(1)->Arg(2);
 
 BENCHMARK_MAIN();

@@ -7,10 +7,12 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
+#include <weft/stm.hpp>
 #include <weft/weft.hpp>
 
 namespace weft::test {
@@ -73,6 +75,26 @@ void require_throws_message(F&& f, const std::string& message) {
     return;
   }
   FAIL("expected an exception: " << message);
+}
+
+/// This thread's STM counters. A thread appears in stats() from its first transaction on: one that has
+/// not run any is registered here by an empty transaction (before a test's first snapshot), so that a
+/// comparison never passes against zeros made up for a thread stats() did not list.
+inline weft::stm_counters my_counters() {
+  for (int round = 0; round < 2; ++round) {
+    for (const auto& t : weft::stats().per_thread)
+      if (t.thread == std::this_thread::get_id()) return t.counters;
+    weft::atomically([] {});
+  }
+  FAIL("stats() does not list this thread although it has run a transaction");
+  return {};
+}
+
+/// Solo mode is on unless the test process runs with WEFT_STM_SOLO=0 (CTest runs every [stm] test
+/// both ways). It applies only while one thread uses the STM.
+inline bool solo_on() {
+  const char* e = std::getenv("WEFT_STM_SOLO");
+  return !(e && std::string(e) == "0");
 }
 
 inline std::string flags(const weft::tasklet& t) {

@@ -17,21 +17,10 @@
 #include "support.hpp"
 
 using namespace weft;
+using weft::test::my_counters;
+using weft::test::solo_on;
 
 namespace {
-
-// This thread's counters. A thread appears in stats() from its first transaction on: one that has not
-// run any is registered here by an empty transaction (before a test's first snapshot), so that a
-// comparison never passes against zeros made up for a thread stats() did not list.
-stm_counters my_counters() {
-  for (int round = 0; round < 2; ++round) {
-    for (const auto& t : stats().per_thread)
-      if (t.thread == std::this_thread::get_id()) return t.counters;
-    atomically([] {});
-  }
-  FAIL("stats() does not list this thread although it has run a transaction");
-  return {};
-}
 
 // Waits (yielding) until pred() holds; false after `limit` (a guard against a hang, never a way to
 // order events: tests wait for the event itself).
@@ -72,12 +61,6 @@ struct helper_thread {
     th.join();
   }
 };
-// Solo mode is on unless the test process runs with WEFT_STM_SOLO=0 (CTest runs every [stm] test both
-// ways). It applies only while one thread uses the STM.
-bool solo_on() {
-  const char* e = std::getenv("WEFT_STM_SOLO");
-  return !(e && std::string(e) == "0");
-}
 }  // namespace
 
 TEST_CASE("tvar reads and writes outside and inside transactions", "[unit][stm]") {

@@ -23,16 +23,6 @@ using namespace weft;
 
 namespace {
 
-stm_counters counters_of_this_thread() {
-  for (int round = 0; round < 2; ++round) {
-    for (const auto& t : stats().per_thread)
-      if (t.thread == std::this_thread::get_id()) return t.counters;
-    atomically([] {});
-  }
-  FAIL("stats() does not list this thread");
-  return {};
-}
-
 // A second thread that has used the STM and stays alive until destroyed: while it exists, nobody
 // runs solo. `run(f)` runs f on it and waits.
 class second_thread {
@@ -476,7 +466,7 @@ TEST_CASE("a tvar constructed in an attempt that rolls back, in storage C++ keep
   placed2->~tvar();
   placed->~tvar();
   // Memory the attempt allocated goes with it, and so do the tvars inside it (allocations undone).
-  const auto before = counters_of_this_thread();
+  const auto before = weft::test::my_counters();
   attempts = 0;
   atomically([&] {
     ++attempts;
@@ -489,7 +479,7 @@ TEST_CASE("a tvar constructed in an attempt that rolls back, in storage C++ keep
       delete n;
     }
   });
-  CHECK(counters_of_this_thread().allocations_undone - before.allocations_undone >= 1);
+  CHECK(weft::test::my_counters().allocations_undone - before.allocations_undone >= 1);
 }
 
 namespace {
@@ -520,10 +510,9 @@ TEST_CASE("threads whose exit runs transactions leave no descriptor behind", "[u
   CHECK(exit_count.get() == 10 * 101);
   CHECK(stats().per_thread.size() == live_before);  // only the threads still alive
   // Alone again, this thread runs solo (when solo mode is on).
-  const auto before = counters_of_this_thread();
+  const auto before = weft::test::my_counters();
   atomically([] { exit_count.set(exit_count.get() + 1); });
-  const bool solo = !(std::getenv("WEFT_STM_SOLO") && std::string(std::getenv("WEFT_STM_SOLO")) == "0");
-  CHECK(counters_of_this_thread().solo - before.solo == (solo ? 1u : 0u));
+  CHECK(weft::test::my_counters().solo - before.solo == (weft::test::solo_on() ? 1u : 0u));
 }
 
 TEST_CASE("privatization: a node unlinked by a committed transaction may be deleted outside one", "[stress][stm]") {
