@@ -600,6 +600,13 @@ TEST_CASE("frees outside transactions wait for the epoch GC only while several t
     const auto before = detail::epoch_pending();
     delete shared;  // the vector's buffer and the vector: two deferred frees
     CHECK(detail::epoch_pending() >= before + 2);
+    // Turned off (a program that never frees what transactions may read): direct again.
+    configure_stm({.solo = weft::test::solo_on(), .privatization_safe = false});
+    auto* direct = new std::vector<int>(10, 3);
+    const auto before_off = detail::epoch_pending();
+    delete direct;
+    CHECK(detail::epoch_pending() == before_off);
+    configure_stm({.solo = weft::test::solo_on()});
   }
   for (int i = 0; i < 1000 && detail::epoch_pending() > 0; ++i) detail::epoch_collect();
   CHECK(detail::epoch_pending() == 0);

@@ -121,6 +121,24 @@ bool solo_enabled() noexcept {
 }
 constexpr std::uint64_t solo_revoking = 1, solo_active = 2;
 
+// WEFT_STM_PRIVATIZATION=0 or stm_options::privatization_safe = false turns privatization safety off.
+std::atomic<int> privatization_setting{-1};  // -1 until first needed, else 0 or 1
+bool privatization_safe() noexcept {
+  int v = privatization_setting.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* e = std::getenv("WEFT_STM_PRIVATIZATION");
+    int unset = -1;
+    v = (e && e[0] == '0' && e[1] == '\0') ? 0 : 1;
+    if (!privatization_setting.compare_exchange_strong(unset, v, std::memory_order_relaxed)) v = unset;
+  }
+  return v == 1;
+}
+// Under registry_lock: frees outside transactions are deferred while two or more threads use the
+// STM (see alloc_log.hpp).
+void update_privatization_locked() noexcept {
+  defer_plain_frees.store(registry().size() >= 2 && privatization_safe(), std::memory_order_release);
+}
+
 // Under registry_lock: hand solo mode to the only registered descriptor, if there is one.
 void claim_solo_locked() noexcept {
   const std::uint64_t s = solo_state.load(std::memory_order_relaxed);
@@ -202,7 +220,7 @@ void release_descriptor(void* value) noexcept {
     std::lock_guard lock(registry_lock);
     departed += snapshot(tx->stats);
     std::erase(registry(), tx);
-    defer_plain_frees.store(registry().size() >= 2, std::memory_order_release);  // see alloc_log.hpp
+    update_privatization_locked();
     std::uint64_t s = solo_state.load(std::memory_order_relaxed);
     if ((s & solo_active) && solo_owner.load(std::memory_order_relaxed) == tx) {
       // A revoker (it does not take the lock) may mark the state at any moment: only a CAS may
@@ -312,7 +330,7 @@ transaction& make_thread_transaction() {
   {
     std::lock_guard lock(registry_lock);
     registry().push_back(tx);
-    defer_plain_frees.store(registry().size() >= 2, std::memory_order_release);  // see alloc_log.hpp
+    update_privatization_locked();
     someone_solo = (solo_state.load(std::memory_order_acquire) & solo_active) != 0;
     claim_solo_locked();  // the first thread to use the STM starts solo
   }
@@ -1161,6 +1179,11 @@ void configure_stm(const stm_options& o) {
   if (current_transaction()) throw std::logic_error("weft::configure_stm() called inside a transaction");
   inevitable_after.store(o.inevitable_after, std::memory_order_relaxed);
   solo_setting.store(o.solo ? 1 : 0, std::memory_order_relaxed);
+  privatization_setting.store(o.privatization_safe ? 1 : 0, std::memory_order_relaxed);
+  {
+    std::lock_guard lock(registry_lock);
+    update_privatization_locked();
+  }
   if (o.solo) {
     std::lock_guard lock(registry_lock);
     claim_solo_locked();

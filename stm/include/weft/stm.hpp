@@ -274,7 +274,16 @@ struct stm_options {
   /// validation (as libitm runs one thread serially). A second thread's first transaction (or direct
   /// tvar write) ends it, waiting for the solo transaction in flight to finish. Also: WEFT_STM_SOLO=0.
   bool solo = true;
+  /// Privatization safety: while two or more threads use the STM, `delete` outside a transaction
+  /// (and a tvar's destruction outside one) goes through the epoch GC, so that memory unlinked by a
+  /// committed transaction can be freed at once while doomed readers still hold it. It costs ~45 ns
+  /// per delete outside transactions (bench/micro BM_delete_outside_transaction: 7.8 -> 53 ns for a
+  /// new + delete pair, measured 2026-11-30); a program that never frees memory transactions may
+  /// still read can turn it off. Also: WEFT_STM_PRIVATIZATION=0.
+  bool privatization_safe = true;
 };
+/// Applies `o` to every thread (not from inside a transaction: std::logic_error; inevitable_after
+/// == 0: std::invalid_argument).
 void configure_stm(const stm_options& o);
 
 }  // namespace weft
