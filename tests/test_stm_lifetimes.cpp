@@ -611,3 +611,68 @@ TEST_CASE("frees outside transactions wait for the epoch GC only while several t
   for (int i = 0; i < 1000 && detail::epoch_pending() > 0; ++i) detail::epoch_collect();
   CHECK(detail::epoch_pending() == 0);
 }
+
+TEST_CASE("rollbacks never leave the logs pointing into memory they free", "[unit][stm]") {
+  // Review findings: a retry() waiter watching a tvar in memory its attempt allocated (freed by the
+  // rollback), an or_else branch whose rolled-back allocations held read or reserved tvars, and or_else
+  // erasing the record of a swallowed conflict.
+  second_thread other;
+  tvar<int> ready{0, "ready"};
+  std::thread waker;
+  std::atomic<bool> waiting{false};
+  static std::atomic<int> waits{0};
+  waits = 0;
+  set_observer([](const event& e, void*) {
+    if (e.kind == event_kind::tx_retry_wait) waits.fetch_add(1);
+  });
+  waker = std::thread([&] {
+    while (waits.load() == 0) std::this_thread::yield();
+    ready.set(1);
+  });
+  const int got = atomically([&] {
+    auto* n = new node;
+    n->value.get();  // watched only if it survived the rollback: it does not
+    const int r = ready.get();
+    if (r == 0) retry();
+    delete n;
+    return r;
+  });
+  waker.join();
+  set_observer(nullptr);
+  CHECK(got == 1);
+  // Only own tvars read: nothing could wake it.
+  CHECK_THROWS_WITH(atomically([&] {
+                      auto* n = new node;
+                      if (n->value.get() == 0) retry();
+                    }),
+                    "weft::retry(): the transaction read no tvar, so nothing could ever wake it");
+  // An inevitable transaction whose or_else branch made, wrote (reserved) and read tvars, then retried.
+  tvar<long> total{0, "total"};
+  atomically([&] {
+    become_inevitable("io");
+    or_else([&] {
+      auto* n = new node;
+      n->value.set(1);
+      n->label.get();
+      retry();
+    }, [] {});
+    total.set(total.get() + 1);
+  });
+  CHECK(total.get() == 1);
+  other.run([&] { total.set(total.get() + 1); });  // nothing left reserved
+  CHECK(total.get() == 2);
+  // A conflict swallowed before or_else consumed a retry is still refused at commit.
+  tvar<int> a{0, "a"};
+  int attempts = 0;
+  CHECK_THROWS_AS(atomically([&] {
+                    ++attempts;
+                    a.get();
+                    if (attempts == 1) other.run([&] { a.set(5); });
+                    try {
+                      become_inevitable("x");  // finds a changed: a conflict signal
+                    } catch (...) {
+                    }
+                    or_else([&] { retry(); }, [] {});
+                  }),
+                  std::logic_error);
+}

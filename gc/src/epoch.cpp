@@ -162,12 +162,18 @@ epoch_slot& epoch_self_slow() {
   return *p;
 }
 
-void epoch_retire(void* ptr, void (*deleter)(void*)) noexcept {
+void epoch_retire(void* ptr, void (*deleter)(void*), bool may_collect) noexcept {
   auto& p = static_cast<epoch_participant&>(epoch_self());
   // Out of memory: leaked rather than freed while a reader may hold it.
   if (!p.limbo.push({ptr, deleter, epoch_global.load(std::memory_order_seq_cst)})) return;  // see epoch_enter
   pending_count.fetch_add(1, std::memory_order_relaxed);
-  if (++p.since_collect >= collect_every) {
+  ++p.since_collect;
+  if (may_collect) epoch_collect_if_due();
+}
+
+void epoch_collect_if_due() noexcept {
+  auto& p = static_cast<epoch_participant&>(epoch_self());
+  if (p.since_collect >= collect_every) {
     p.since_collect = 0;
     epoch_collect();
   }

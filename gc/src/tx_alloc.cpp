@@ -163,7 +163,8 @@ std::size_t alloc_log::rollback_to(mark m) noexcept {
 
 std::size_t alloc_log::commit() noexcept {
   const std::size_t deferred = free_count_;
-  for (std::size_t i = 0; i < free_count_; ++i) epoch_retire(frees_[i], &free_now);
+  // The committing transaction is still installed: no collection (deleters) from here.
+  for (std::size_t i = 0; i < free_count_; ++i) epoch_retire(frees_[i], &free_now, false);
   free_count_ = 0;
   alloc_count_ = 0;
   floor_ = 0;

@@ -414,19 +414,19 @@ std::uint64_t transaction::solo_revoked(std::uint64_t) {
 }
 
 void transaction::raise_abort() {
-  signal_pending_ = 1;
+  signal_pending_ |= 1;
   throw tx_abort_signal{};
 }
 
 void transaction::raise_retry() {
-  signal_pending_ = 2;
+  signal_pending_ |= 2;
   throw tx_retry_signal{};
 }
 
 // commit() found a signal that never reached atomically(): user code caught it and went on. The
 // attempt saw a conflict (or asked to wait), so what it did after cannot be committed.
 void transaction::signal_swallowed() {
-  const bool was_retry = signal_pending_ == 2;
+  const bool was_retry = signal_pending_ == 2;  // a conflict swallowed too is reported as one
   signal_pending_ = 0;
   throw std::logic_error(was_retry ? "weft::atomically: a retry signal was caught inside a transaction (a catch (...) "
                                      "in the transaction must rethrow it: weft::retry() cannot return)"
@@ -634,7 +634,7 @@ void transaction::write_back_and_unlock(std::uint64_t wv) noexcept {
 // observer, which must never run while we hold tvar locks.
 void transaction::retire_replaced() noexcept {
   for (write_entry& w : writes_)
-    if (w.drop) epoch_retire(reinterpret_cast<void*>(w.bits), w.drop);
+    if (w.drop) epoch_retire(reinterpret_cast<void*>(w.bits), w.drop, false);  // collected after the commit
   writes_.size = 0;  // the entries no longer describe this transaction's writes
 }
 
@@ -763,6 +763,19 @@ void transaction::tvar_destroyed(tvar_base* v, void (*drop)(void*)) {
   destroyed_.push({v, drop});
 }
 
+// Drops the read and reservation entries of tvars inside `freed` (memory a rollback is about to
+// free; their write entries came after the rollback's mark and are gone already). One pass each.
+void transaction::forget_logged_in(const alloc_log::ranges& freed) noexcept {
+  std::uint32_t k = 0;
+  for (std::uint32_t i = 0; i < reads_.size; ++i)
+    if (!freed.contains(reads_.data[i].var)) reads_.data[k++] = reads_.data[i];
+  reads_.size = k;
+  k = 0;
+  for (std::uint32_t i = 0; i < reserved_.size; ++i)
+    if (!freed.contains(reserved_.data[i])) reserved_.data[k++] = reserved_.data[i];
+  reserved_.size = k;
+}
+
 // Drops every log entry of v (read, write and its pending boxes, undo, reservation).
 void transaction::forget_logged(const tvar_base* v) noexcept {
   std::uint32_t k = 0;
@@ -805,7 +818,7 @@ void transaction::finish_destroyed_tvars() noexcept {
     wake_retry_waiters();
   }
   for (const tvar_entry& d : destroyed_) {
-    if (d.drop) epoch_retire(reinterpret_cast<void*>(d.var->bits.load(std::memory_order_relaxed)), d.drop);
+    if (d.drop) epoch_retire(reinterpret_cast<void*>(d.var->bits.load(std::memory_order_relaxed)), d.drop, false);
     d.var->forget();
   }
   destroyed_.size = 0;
@@ -820,6 +833,7 @@ void transaction::finish_destroyed_tvars() noexcept {
 void transaction::drop_created_from(std::uint32_t first, std::size_t allocs) noexcept {
   if (first == created_.size) return;
   alloc_log::ranges freed = allocs_.ranges_after(allocs);
+  forget_logged_in(freed);  // reads and reservations of those tvars may outlive the rollback (a scope)
   for (std::uint32_t i = first; i < created_.size; ++i) {
     const tvar_entry& c = created_.data[i];
     if (!c.var || !freed.contains(c.var)) continue;
@@ -837,6 +851,9 @@ void transaction::after_commit() {
   consecutive_aborts_ = 0;
   want_inevitable_ = solo_blocked_ = false;
   reset_attempt();
+  // Out of the transaction now: what the commit retired may be collected (deleters may destroy
+  // tvars, run destructors, even transactions).
+  epoch_collect_if_due();
   if (observing()) {
     event e{event_kind::tx_commit};
     notify(e);
@@ -927,12 +944,21 @@ void transaction::wait_for_change() {
   }
   counters::bump(stats.retries);
   // Remember what we read, then roll back (abort hooks run; allocations freed).
+  // Tvars in memory the attempt allocated are left out: the rollback frees them (and nobody else
+  // could change them anyway).
   std::vector<const tvar_base*> watched;
   {
     alloc_log_pause pause;
+    const alloc_log::ranges own = allocs_.ranges_after(0);
     watched.reserve(reads_.size + reserved_.size);
-    for (const read_entry& r : reads_) watched.push_back(r.var);
-    for (const tvar_base* v : reserved_) watched.push_back(v);  // an inevitable transaction's reads
+    for (const read_entry& r : reads_)
+      if (!own.contains(r.var)) watched.push_back(r.var);
+    for (const tvar_base* v : reserved_)  // an inevitable transaction's reads
+      if (!own.contains(v)) watched.push_back(v);
+  }
+  if (watched.empty()) {  // it read only tvars it made itself
+    abort_by_exception();
+    throw std::logic_error("weft::retry(): the transaction read no tvar, so nothing could ever wake it");
   }
   const std::uint64_t rv = rv_;
   auto changed = [&] {

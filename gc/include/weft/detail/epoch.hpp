@@ -71,7 +71,12 @@ inline void epoch_exit(epoch_slot& p) noexcept {
   p.entered.store(epoch_quiescent, std::memory_order_release);
 }
 /// Frees `p` with `deleter(p)` once no reader can hold it. Callable inside or outside a critical section.
-void epoch_retire(void* p, void (*deleter)(void*)) noexcept;
+/// With `may_collect` false it never runs deleters itself (a transaction still installed on the thread
+/// calls it so: a deleter may destroy tvars, which must not be logged in that transaction); the caller
+/// then calls epoch_collect_if_due() once it is out of the transaction.
+void epoch_retire(void* p, void (*deleter)(void*), bool may_collect = true) noexcept;
+/// Collects if this thread retired enough since its last collection.
+void epoch_collect_if_due() noexcept;
 /// Tries to advance the epoch and frees what is safe to free (called by retire every so often).
 void epoch_collect() noexcept;
 /// For tests: objects retired and not yet freed, in the whole process.

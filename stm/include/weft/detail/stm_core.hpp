@@ -231,7 +231,7 @@ class alignas(64) transaction {
   [[noreturn]] void raise_abort();
   [[noreturn]] void raise_retry();
   /// or_else consumed a retry signal (it runs the other branch).
-  void retry_consumed() noexcept { signal_pending_ = 0; }
+  void retry_consumed() noexcept { signal_pending_ &= ~2; }  // a swallowed conflict stays recorded
 
   /// A tvar constructed in this attempt: its box is freed if the attempt aborts.
   void tvar_created(tvar_base* v, void (*drop)(void*));
@@ -283,6 +283,7 @@ class alignas(64) transaction {
   std::uint64_t solo_revoked(std::uint64_t b);
   bool install_writes() noexcept;
   void forget_logged(const tvar_base* v) noexcept;
+  void forget_logged_in(const alloc_log::ranges& freed) noexcept;
   [[noreturn]] void signal_swallowed();
   void retire_replaced() noexcept;
   void write_back_and_unlock(std::uint64_t wv) noexcept;
@@ -307,7 +308,7 @@ class alignas(64) transaction {
   std::uint32_t consecutive_aborts_ = 0;
   std::uint32_t scope_depth_ = 0;
   std::uint32_t created_floor_ = 0;  ///< created_ entries below it were made before the innermost scope
-  std::uint8_t signal_pending_ = 0;  ///< 1: conflict, 2: retry thrown and not yet handled by atomically
+  std::uint8_t signal_pending_ = 0;  ///< bits: 1 conflict, 2 retry, thrown and not yet handled
   std::uint64_t attempt_start_ns_ = 0;
   std::uint64_t rng_ = 0x9e3779b97f4a7c15ULL;
   log_array<read_entry> reads_;
