@@ -140,14 +140,21 @@ bool try_advance() noexcept {
 
 }  // namespace
 
+namespace {
+// The calling thread's record from now on, released when it exits.
+epoch_slot& adopt(epoch_participant* p) noexcept {
+  epoch_self_slot = p;
+  participant_slot().arm(p);
+  return *p;
+}
+}  // namespace
+
 epoch_slot& epoch_self_slow() {
   for (epoch_participant* p = participants.load(std::memory_order_acquire); p; p = p->next) {
     bool free = false;
     if (!p->in_use.load(std::memory_order_relaxed) &&
         p->in_use.compare_exchange_strong(free, true, std::memory_order_acquire)) {
-      epoch_self_slot = p;
-      participant_slot().arm(p);
-      return *p;
+      return adopt(p);
     }
   }
   void* mem = std::aligned_alloc(alignof(epoch_participant), sizeof(epoch_participant));
@@ -157,9 +164,7 @@ epoch_slot& epoch_self_slow() {
   do {
     p->next = head;
   } while (!participants.compare_exchange_weak(head, p, std::memory_order_release, std::memory_order_relaxed));
-  epoch_self_slot = p;
-  participant_slot().arm(p);
-  return *p;
+  return adopt(p);
 }
 
 void epoch_retire(void* ptr, void (*deleter)(void*), bool may_collect) noexcept {

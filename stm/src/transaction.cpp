@@ -104,35 +104,34 @@ stm_counters departed;
 
 inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
 
-bool solo_from_env() noexcept {
-  const char* e = std::getenv("WEFT_STM_SOLO");
-  return !(e && e[0] == '0' && e[1] == '\0');
-}
-// -1 until first needed (then WEFT_STM_SOLO decides), else 0 or 1 (configure_stm).
-std::atomic<int> solo_setting{-1};
-bool solo_enabled() noexcept {
-  int v = solo_setting.load(std::memory_order_relaxed);
-  if (v < 0) {
-    int unset = -1;
-    v = solo_from_env() ? 1 : 0;
-    if (!solo_setting.compare_exchange_strong(unset, v, std::memory_order_relaxed)) v = unset;
+// An on/off setting: on unless its environment variable is "0", read when first needed (a static
+// initialiser may need it before this file's), until configure_stm() sets it.
+class env_switch {
+ public:
+  explicit constexpr env_switch(const char* variable) : variable_(variable) {}
+  bool on() noexcept {
+    int v = state_.load(std::memory_order_relaxed);
+    if (v < 0) {
+      const char* e = std::getenv(variable_);
+      int unset = -1;
+      v = (e && e[0] == '0' && e[1] == '\0') ? 0 : 1;
+      if (!state_.compare_exchange_strong(unset, v, std::memory_order_relaxed)) v = unset;
+    }
+    return v == 1;
   }
-  return v == 1;
-}
+  void set(bool on) noexcept { state_.store(on ? 1 : 0, std::memory_order_relaxed); }
+
+ private:
+  const char* variable_;
+  std::atomic<int> state_{-1};  // -1 until first needed, else 0 or 1
+};
+constinit env_switch solo_setting{"WEFT_STM_SOLO"};
+bool solo_enabled() noexcept { return solo_setting.on(); }
 constexpr std::uint64_t solo_revoking = 1, solo_active = 2;
 
 // WEFT_STM_PRIVATIZATION=0 or stm_options::privatization_safe = false turns privatization safety off.
-std::atomic<int> privatization_setting{-1};  // -1 until first needed, else 0 or 1
-bool privatization_safe() noexcept {
-  int v = privatization_setting.load(std::memory_order_relaxed);
-  if (v < 0) {
-    const char* e = std::getenv("WEFT_STM_PRIVATIZATION");
-    int unset = -1;
-    v = (e && e[0] == '0' && e[1] == '\0') ? 0 : 1;
-    if (!privatization_setting.compare_exchange_strong(unset, v, std::memory_order_relaxed)) v = unset;
-  }
-  return v == 1;
-}
+constinit env_switch privatization_setting{"WEFT_STM_PRIVATIZATION"};
+bool privatization_safe() noexcept { return privatization_setting.on(); }
 // Under registry_lock: frees outside transactions are deferred while two or more threads use the
 // STM (see alloc_log.hpp).
 void update_privatization_locked() noexcept {
@@ -766,31 +765,19 @@ void transaction::tvar_destroyed(tvar_base* v, void (*drop)(void*)) {
 // Drops the read and reservation entries of tvars inside `freed` (memory a rollback is about to
 // free; their write entries came after the rollback's mark and are gone already). One pass each.
 void transaction::forget_logged_in(const alloc_log::ranges& freed) noexcept {
-  std::uint32_t k = 0;
-  for (std::uint32_t i = 0; i < reads_.size; ++i)
-    if (!freed.contains(reads_.data[i].var)) reads_.data[k++] = reads_.data[i];
-  reads_.size = k;
-  k = 0;
-  for (std::uint32_t i = 0; i < reserved_.size; ++i)
-    if (!freed.contains(reserved_.data[i])) reserved_.data[k++] = reserved_.data[i];
-  reserved_.size = k;
+  reads_.remove_if([&](const read_entry& r) { return freed.contains(r.var); });
+  reserved_.remove_if([&](const tvar_base* r) { return freed.contains(r); });
 }
 
 // Drops every log entry of v (read, write and its pending boxes, undo, reservation).
 void transaction::forget_logged(const tvar_base* v) noexcept {
-  std::uint32_t k = 0;
-  for (std::uint32_t i = 0; i < reads_.size; ++i)
-    if (reads_.data[i].var != v) reads_.data[k++] = reads_.data[i];
-  reads_.size = k;
-  k = 0;
-  for (std::uint32_t i = 0; i < reserved_.size; ++i)
-    if (reserved_.data[i] != v) reserved_.data[k++] = reserved_.data[i];
-  reserved_.size = k;
+  reads_.remove_if([&](const read_entry& r) { return r.var == v; });
+  reserved_.remove_if([&](const tvar_base* r) { return r == v; });
   const write_entry* w = find_write(v);
   if (!w) return;
   const auto gone = static_cast<std::uint32_t>(w - writes_.data);
   if (w->drop) w->drop(reinterpret_cast<void*>(w->bits));
-  k = 0;
+  std::uint32_t k = 0;
   for (std::uint32_t i = 0; i < undo_.size; ++i) {
     undo_entry u = undo_.data[i];
     if (u.index == gone) {
@@ -937,15 +924,8 @@ void transaction::wait_for_change() {
     solo_blocked_ = true;
     return;
   }
-  if (reads_.size == 0 && reserved_.size == 0) {
-    // Nothing was read, so nothing could ever wake us: that is a bug in the program.
-    abort_by_exception();
-    throw std::logic_error("weft::retry(): the transaction read no tvar, so nothing could ever wake it");
-  }
-  counters::bump(stats.retries);
-  // Remember what we read, then roll back (abort hooks run; allocations freed).
-  // Tvars in memory the attempt allocated are left out: the rollback frees them (and nobody else
-  // could change them anyway).
+  // Remember what we read, then roll back (abort hooks run; allocations freed). Tvars in memory the
+  // attempt allocated are left out: the rollback frees them (and nobody else could change them).
   std::vector<const tvar_base*> watched;
   {
     alloc_log_pause pause;
@@ -956,10 +936,12 @@ void transaction::wait_for_change() {
     for (const tvar_base* v : reserved_)  // an inevitable transaction's reads
       if (!own.contains(v)) watched.push_back(v);
   }
-  if (watched.empty()) {  // it read only tvars it made itself
+  if (watched.empty()) {
+    // Nothing (or only what it made itself) was read, so nothing could ever wake us: a program bug.
     abort_by_exception();
     throw std::logic_error("weft::retry(): the transaction read no tvar, so nothing could ever wake it");
   }
+  counters::bump(stats.retries);
   const std::uint64_t rv = rv_;
   auto changed = [&] {
     for (const tvar_base* v : watched) {
@@ -1204,8 +1186,8 @@ void configure_stm(const stm_options& o) {
   if (o.inevitable_after == 0) throw std::invalid_argument("weft::stm_options::inevitable_after must be at least 1");
   if (current_transaction()) throw std::logic_error("weft::configure_stm() called inside a transaction");
   inevitable_after.store(o.inevitable_after, std::memory_order_relaxed);
-  solo_setting.store(o.solo ? 1 : 0, std::memory_order_relaxed);
-  privatization_setting.store(o.privatization_safe ? 1 : 0, std::memory_order_relaxed);
+  solo_setting.set(o.solo);
+  privatization_setting.set(o.privatization_safe);
   {
     std::lock_guard lock(registry_lock);
     update_privatization_locked();

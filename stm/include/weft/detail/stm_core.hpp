@@ -132,6 +132,14 @@ struct log_array {
     data = n;
     cap = c;
   }
+  /// Removes the entries for which pred(entry) holds, keeping the others in order.
+  template <class P>
+  void remove_if(P pred) noexcept {
+    std::uint32_t kept = 0;
+    for (std::uint32_t i = 0; i < size; ++i)
+      if (!pred(data[i])) data[kept++] = data[i];
+    size = kept;
+  }
   E* begin() noexcept { return data; }
   E* end() noexcept { return data + size; }
 };
