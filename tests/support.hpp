@@ -17,20 +17,38 @@
 
 namespace weft::test {
 
-/// Records events; str() joins them with spaces, as SEMANTICS.md writes orders.
+/// Records events; str() joins them with spaces, as SEMANTICS.md writes orders. The events live in a
+/// tvar (DESIGN.md §5): tasklets and main may append, a segment that is rolled back and run again
+/// appends nothing twice, and tasklets on several workers do not race. Each call is one transaction
+/// (flattened into the enclosing segment or transaction, if any).
 struct event_log {
-  std::vector<std::string> events;
-  void operator()(std::string e) { events.push_back(std::move(e)); }
+  void operator()(std::string e) {
+    weft::atomically([&] { events_.modify([&](std::vector<std::string>& v) { v.push_back(e); }); });
+  }
   std::string str() const {
     std::string s;
-    for (const auto& e : events) {
+    for (const auto& e : events()) {
       if (!s.empty()) s += ' ';
       s += e;
     }
     return s;
   }
-  void clear() { events.clear(); }
+  void clear() { weft::atomically([&] { events_.set({}); }); }
+  /// A copy of the events so far.
+  std::vector<std::string> events() const {
+    return weft::atomically([&] { return events_.get(); });
+  }
+
+ private:
+  weft::tvar<std::vector<std::string>> events_{{}, "event_log"};
 };
+
+/// Appends v to a vector kept in a tvar: what tasklets record for main to check after run().
+template <class T, class U>
+void append(weft::tvar<std::vector<T>>& to, U&& v) {
+  T value(std::forward<U>(v));
+  weft::atomically([&] { to.modify([&](std::vector<T>& vec) { vec.push_back(value); }); });
+}
 
 /// Appends `what` to the log when destroyed: shows which frames unwound, and in which order.
 struct on_unwind {
