@@ -122,13 +122,13 @@ TEST_CASE_METHOD(fresh_runtime, "2.3 ping-pong of 3 values, every preference and
 
 TEST_CASE_METHOD(fresh_runtime, "2.4 send_sequence sends each item and returns the count", "[unit][channel]") {
   channel<std::string> ch;
-  std::vector<std::string> got;
+  tvar<std::vector<std::string>> got;
   spawn([&] {
-    for (int i = 0; i < 3; ++i) got.push_back(ch.receive());
+    for (int i = 0; i < 3; ++i) test::append(got, ch.receive());
   });
   std::vector<std::string> items{"a", "b", "c"};
   CHECK(ch.send_sequence(items) == 3);
-  CHECK(got == items);
+  CHECK(got.get() == items);
   CHECK(items[0] == "a");  // lvalue ranges are copied, not moved from
   run();
   check_clean();
@@ -183,16 +183,16 @@ TEST_CASE_METHOD(fresh_runtime, "2.6 close: would-block operations fail and chan
   CHECK(ch.balance() == 0);
   CHECK(getruncount() == 1);
   // From a tasklet too: it does not block.
-  std::string what;
+  tvar<std::string> what;
   spawn([&] {
     try {
       ch.receive();
     } catch (const channel_closed& e) {
-      what = e.what();
+      what.set(e.what());
     }
   });
   run();
-  CHECK(what == closed_msg);
+  CHECK(what.get() == closed_msg);
   ch.open();
   CHECK(!ch.closing());
   CHECK(!ch.closed());
@@ -238,16 +238,16 @@ TEST_CASE_METHOD(fresh_runtime, "2.7 iteration receives until closing and a rece
 
   // A consumer already blocked when close() is called is not woken.
   channel<int> ch3;
-  bool ended = false;
+  tvar<bool> ended{false};
   tasklet consumer = spawn([&] {
     for (int v : ch3) (void)v;
-    ended = true;
+    ended.set(true);
   });
   run();
   ch3.close();
   run();
   CHECK(consumer.blocked());
-  CHECK(!ended);
+  CHECK(!ended.get());
   check_clean();
 }
 
@@ -262,12 +262,12 @@ TEST_CASE_METHOD(fresh_runtime, "try_send and try_receive never block", "[unit][
   run();
   CHECK(ch.try_receive(out) == channel<int>::status::ok);
   CHECK(out == 9);
-  int got = 0;
-  spawn([&] { got = ch.receive(); });
+  tvar<int> got{0};
+  spawn([&] { got.set(ch.receive()); });
   run();
   v = 11;
   CHECK(ch.try_send(v) == channel<int>::status::ok);  // pref -1: the receiver ran at once
-  CHECK(got == 11);
+  CHECK(got.get() == 11);
   ch.close();
   CHECK(ch.try_send(v) == channel<int>::status::closed);
   CHECK(ch.try_receive(out) == channel<int>::status::closed);

@@ -65,26 +65,26 @@ TEST_CASE_METHOD(fresh_runtime, "configure: only before first use, and values ar
     pad[0] = static_cast<char>(n);
     return n == 0 ? pad[0] : deep(n - 1) + 1;
   };
-  int result = -1;
-  spawn([&] { result = deep(200); });
+  tvar<int> result{-1};
+  spawn([&] { result.set(deep(200)); });
   run();
-  CHECK(result == 200);
+  CHECK(result.get() == 200);
   weft::shutdown();
   configure({});
   check_clean();
 }
 
 TEST_CASE_METHOD(fresh_runtime, "shutdown must be called from main", "[unit][errors]") {
-  std::string what;
+  tvar<std::string> what;
   spawn([&] {
     try {
       weft::shutdown();
     } catch (const std::logic_error& e) {
-      what = e.what();
+      what.set(e.what());
     }
   });
   run();
-  CHECK(what == "weft::shutdown() must be called from the main tasklet");
+  CHECK(what.get() == "weft::shutdown() must be called from the main tasklet");
   check_clean();
 }
 

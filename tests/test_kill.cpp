@@ -93,19 +93,19 @@ TEST_CASE_METHOD(fresh_runtime, "3.3 kill special cases", "[unit][kill]") {
 
   // Paused, never started: dies at once, its function never runs, nobody else runs.
   spawn([&] { log("other"); });
-  bool destroyed = false;
+  tvar<bool> destroyed{false};  // set by whoever destroys the tasklet's function: a tvar
   struct flag_on_destroy {
-    bool* f;
+    tvar<bool>* f;
     ~flag_on_destroy() {
-      if (f) *f = true;
+      if (f) f->set(true);
     }
-    flag_on_destroy(bool* p) : f(p) {}
+    flag_on_destroy(tvar<bool>* p) : f(p) {}
     flag_on_destroy(flag_on_destroy&& o) noexcept : f(std::exchange(o.f, nullptr)) {}
   };
   tasklet p([&, g = flag_on_destroy(&destroyed)] { log("P-ran"); });
   p.kill();
   CHECK(!p.alive());
-  CHECK(destroyed);  // what it captured is released
+  CHECK(destroyed.get());  // what it captured is released
   CHECK(log.str().empty());
   run();
   CHECK(log.str() == "other");
@@ -249,12 +249,13 @@ TEST_CASE_METHOD(fresh_runtime, "kill unwinds every frame and runs destructors",
 
 TEST_CASE_METHOD(fresh_runtime, "a switch inside a catch block keeps each tasklet's exception state", "[unit][kill]") {
   event_log log;
+  tvar<int> uncaught_in_a{-1};
   spawn([&] {
     try {
       throw std::runtime_error("A-error");
     } catch (const std::runtime_error&) {
       schedule();  // B throws and catches its own exception meanwhile
-      CHECK(std::uncaught_exceptions() == 0);
+      uncaught_in_a.set(std::uncaught_exceptions());
       try {
         throw;  // must rethrow A's exception, not B's
       } catch (const std::runtime_error& e) {
@@ -272,6 +273,7 @@ TEST_CASE_METHOD(fresh_runtime, "a switch inside a catch block keeps each taskle
   });
   run();
   CHECK(log.str() == "A-error B-error");
+  CHECK(uncaught_in_a.get() == 0);
   check_clean();
 }
 

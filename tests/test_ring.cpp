@@ -148,15 +148,18 @@ TEST_CASE_METHOD(fresh_runtime, "1.5 schedule_remove pauses the caller until it 
 
   // Main with others runnable: they run, then main resumes by itself.
   log.clear();
+  tvar<bool> main_scheduled_in_d{true}, main_paused_in_d{false};  // what D saw, checked by main
   spawn([&] { log("C"); });
   spawn([&] {
     log("D");
-    CHECK(!getmain().scheduled());
-    CHECK(getmain().paused());
+    main_scheduled_in_d.set(getmain().scheduled());
+    main_paused_in_d.set(getmain().paused());
   });
   CHECK(schedule_remove(5) == 5);
   log("M");
   CHECK(log.str() == "C D M");
+  CHECK(!main_scheduled_in_d.get());
+  CHECK(main_paused_in_d.get());
   CHECK(getmain().scheduled());
   check_clean();
 }
@@ -166,16 +169,20 @@ TEST_CASE_METHOD(fresh_runtime, "1.6 run returns when nothing is runnable, even 
   run();  // empty ring: returns at once
   channel<int> ch;
   tasklet main_handle = getmain();
+  tvar<std::string> main_flags_in_a{"A did not run"};
+  tvar<int> runcount_in_a{-1};
   spawn([&] {
     log("A");
-    CHECK(flags(main_handle) == "a--p");
-    CHECK(getruncount() == 2);  // A and B, not main
+    main_flags_in_a.set(flags(main_handle));
+    runcount_in_a.set(getruncount());
     ch.receive();
     log("A-never");
   });
   spawn([&] { log("B"); });
   run();
   CHECK(log.str() == "A B");
+  CHECK(main_flags_in_a.get() == "a--p");
+  CHECK(runcount_in_a.get() == 2);  // A and B, not main
   CHECK(ch.balance() == -1);
   CHECK(flags(main_handle) == "a-s-");
   CHECK(getruncount() == 1);
@@ -184,12 +191,12 @@ TEST_CASE_METHOD(fresh_runtime, "1.6 run returns when nothing is runnable, even 
 
 TEST_CASE_METHOD(fresh_runtime, "1.7 getruncount counts the ring including the current tasklet", "[unit][ring]") {
   CHECK(getruncount() == 1);
-  std::vector<int> counts;
-  spawn([&] { counts.push_back(getruncount()); });
-  spawn([&] { counts.push_back(getruncount()); });
+  tvar<std::vector<int>> counts;
+  spawn([&] { test::append(counts, getruncount()); });
+  spawn([&] { test::append(counts, getruncount()); });
   CHECK(getruncount() == 3);
   run();
-  CHECK(counts == std::vector<int>{2, 1});
+  CHECK(counts.get() == std::vector<int>{2, 1});
   check_clean();
 }
 
@@ -216,15 +223,17 @@ TEST_CASE_METHOD(fresh_runtime, "1.8 t.run() rotates the ring to t, the caller k
 TEST_CASE_METHOD(fresh_runtime, "1.9 switch_to: the caller leaves the ring", "[unit][ring]") {
   event_log log;
   tasklet main_handle = getmain();
+  tvar<std::string> main_flags_in_b{"B did not run"};
   spawn([&] { log("A"); });
   tasklet b = spawn([&] {
     log("B");
-    CHECK(flags(main_handle) == "a--p");
+    main_flags_in_b.set(flags(main_handle));
   });
   spawn([&] { log("C"); });
   b.switch_to();  // [M A B C] -> [B C A], M paused, resumes when the ring is empty
   log("M");
   CHECK(log.str() == "B C A M");
+  CHECK(main_flags_in_b.get() == "a--p");
   CHECK(flags(main_handle) == "a-s-");
 
   // A paused non-main tasklet stays paused until inserted.
@@ -274,15 +283,15 @@ TEST_CASE_METHOD(fresh_runtime, "main tasklet identity and names", "[unit][ring]
 }
 
 TEST_CASE_METHOD(fresh_runtime, "run() from a tasklet that is not main is an error", "[unit][ring][errors]") {
-  std::string what;
+  tvar<std::string> what;
   spawn([&] {
     try {
       weft::run();
     } catch (const std::logic_error& e) {
-      what = e.what();
+      what.set(e.what());
     }
   });
   run();
-  CHECK(what == "run() must be run from the main tasklet.");
+  CHECK(what.get() == "run() must be run from the main tasklet.");
   check_clean();
 }
