@@ -27,10 +27,10 @@ TEST_CASE_METHOD(fresh_runtime, "a million tasklets blocked on one channel, then
 #endif
   configure({.stack_guard = false});  // guard pages would need a kernel mapping per stack
   channel<int> ch;
-  long unwound = 0;
+  tvar<long> unwound{0};  // counted by each tasklet as it unwinds: a tvar (DESIGN.md §5)
   struct count_unwind {
-    long* n;
-    ~count_unwind() { ++*n; }
+    tvar<long>* n;
+    ~count_unwind() { n->set(n->get() + 1); }
   };
   getcurrent();
   const long before = rss_bytes();
@@ -49,7 +49,7 @@ TEST_CASE_METHOD(fresh_runtime, "a million tasklets blocked on one channel, then
   CHECK(per_tasklet < 8192);  // about one 4 KiB stack page + the control block
 #endif
   auto counts = weft::shutdown();
-  CHECK(unwound == n);
+  CHECK(unwound.get() == n);
   CHECK(counts.live_tasklets == 0);
   CHECK(counts.stacks_in_use == 0);
   configure({});

@@ -10,13 +10,19 @@ using weft::test::event_log;
 using weft::test::fresh_runtime;
 
 namespace {
+// One generator shared by the players: its state is a tvar (DESIGN.md §5), so the draws come in the
+// order the players commit, as with one worker, and a segment run again draws nothing twice.
 struct xorshift64 {
-  std::uint64_t x = 88172645463325252ULL;
+  tvar<std::uint64_t> x{88172645463325252ULL, "xorshift64"};
   std::uint64_t operator()() {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return x;
+    return atomically([&] {
+      std::uint64_t v = x.get();
+      v ^= v << 13;
+      v ^= v >> 7;
+      v ^= v << 17;
+      x.set(v);
+      return v;
+    });
   }
 };
 
@@ -88,13 +94,20 @@ TEST_CASE_METHOD(fresh_runtime, "stress: random transfers between account taskle
     long amount;
     int delivered = 0;
   };
+  // What the account tasklets write is in tvars (DESIGN.md §5), in tables made at full size before
+  // any tasklet runs (at most one order per step and one payment per order), so that nothing
+  // reallocates while tasklets use them. `killed` and `order_to` are main's alone.
+  constexpr int steps = 20000;
   std::vector<channel<order>> inbox(accounts);
-  std::vector<long> balance(accounts, initial);
-  std::vector<int> orders_seen;
+  std::vector<tvar<long>> balance(accounts);
+  for (auto& b : balance) b.set(initial);
+  std::vector<tvar<int>> orders_seen(steps);
+  std::size_t orders = 0;  // orders_seen[0, orders) are in use
   std::vector<int> order_to;
-  std::vector<payment_record> payments;
+  std::vector<tvar<payment_record>> payments(steps);
+  tvar<std::size_t> payment_count{0};  // payments[0, payment_count) are in use
   std::vector<bool> killed(accounts, false);
-  long lost_to_kills = 0, bad_payments = 0;
+  tvar<long> lost_to_kills{0}, bad_payments{0};
   for (auto& c : inbox) {
     c.preference(static_cast<int>(rng() % 3) - 1);
     c.schedule_all(rng() % 8 == 0);
@@ -107,37 +120,43 @@ TEST_CASE_METHOD(fresh_runtime, "stress: random transfers between account taskle
       try {
         for (order o : inbox[i]) {
           if (o.payment) {
-            payment_record& p = payments.at(o.id);
-            if (p.to != i || p.amount != o.amount) ++bad_payments;
+            payment_record p = payments.at(o.id).get();
+            if (p.to != i || p.amount != o.amount) bad_payments.set(bad_payments.get() + 1);
             ++p.delivered;
-            balance[i] += o.amount;
+            payments.at(o.id).set(p);
+            balance[i].set(balance[i].get() + o.amount);
             continue;
           }
-          ++orders_seen.at(o.id);
-          const long amount = std::min<long>(o.amount, balance[i]);
-          balance[i] -= amount;
-          const std::size_t id = payments.size();
-          payments.push_back({i, o.to, amount});
+          orders_seen.at(o.id).set(orders_seen.at(o.id).get() + 1);
+          const long amount = std::min<long>(o.amount, balance[i].get());
+          balance[i].set(balance[i].get() - amount);
+          const std::size_t id = payment_count.get();
+          payments.at(id).set({i, o.to, amount});
+          payment_count.set(id + 1);
           spawn([&inbox, id, to = o.to, amount] { inbox[to].send({id, to, amount, true}); });
           if (r() % 4 == 0) schedule();
         }
       } catch (const tasklet_exit&) {
-        lost_to_kills += balance[i];
-        balance[i] = 0;
+        lost_to_kills.set(lost_to_kills.get() + balance[i].get());
+        balance[i].set(0);
         throw;
       }
     }));
   }
   run();
-  auto all_money = [&] {
-    long total = lost_to_kills;
-    for (long b : balance) total += b;
-    for (const payment_record& p : payments)
-      if (p.delivered == 0) total += p.amount;
-    return total;
+  auto all_money = [&] {  // one transaction: a consistent view even while tasklets are runnable
+    return atomically([&] {
+      long total = lost_to_kills.get();
+      for (const auto& b : balance) total += b.get();
+      for (std::size_t id = 0, n = payment_count.get(); id < n; ++id) {
+        const payment_record p = payments[id].get();
+        if (p.delivered == 0) total += p.amount;
+      }
+      return total;
+    });
   };
   long kills = 0;
-  for (int step = 0; step < 20000; ++step) {
+  for (int step = 0; step < steps; ++step) {
     int from = static_cast<int>(rng() % accounts);
     int to = static_cast<int>(rng() % accounts);
     if (killed[from] || killed[to] || from == to) continue;
@@ -147,31 +166,34 @@ TEST_CASE_METHOD(fresh_runtime, "stress: random transfers between account taskle
       ++kills;
       continue;
     }
-    orders_seen.push_back(0);
     order_to.push_back(from);
-    inbox[from].send({orders_seen.size() - 1, to, static_cast<long>(rng() % 50), false});
+    inbox[from].send({orders++, to, static_cast<long>(rng() % 50), false});
     if (rng() % 8 == 0) run();
     if (step % 1000 == 0) REQUIRE(all_money() == accounts * initial);
   }
   run();
   CHECK(all_money() == accounts * initial);
-  CHECK(bad_payments == 0);
+  CHECK(bad_payments.get() == 0);
   long orders_wrong = 0, payments_wrong = 0, balances_wrong = 0;
-  for (std::size_t id = 0; id < orders_seen.size(); ++id)
-    if (orders_seen[id] > 1 || (orders_seen[id] == 0 && !killed[order_to[id]])) ++orders_wrong;
+  for (std::size_t id = 0; id < orders; ++id) {
+    const int seen = orders_seen[id].get();
+    if (seen > 1 || (seen == 0 && !killed[order_to[id]])) ++orders_wrong;
+  }
   std::vector<long> paid_in(accounts, 0), paid_out(accounts, 0);
-  for (const payment_record& p : payments) {
+  const std::size_t payments_made = payment_count.get();
+  for (std::size_t id = 0; id < payments_made; ++id) {
+    const payment_record p = payments[id].get();
     if (p.delivered > 1 || (p.delivered == 0 && !killed[p.to])) ++payments_wrong;
     paid_out[p.from] += p.amount;
     if (p.delivered == 1) paid_in[p.to] += p.amount;
   }
   for (int i = 0; i < accounts; ++i)
-    if (!killed[i] && balance[i] != initial + paid_in[i] - paid_out[i]) ++balances_wrong;
-  INFO(orders_seen.size() << " orders, " << payments.size() << " payments, " << kills << " kills");
+    if (!killed[i] && balance[i].get() != initial + paid_in[i] - paid_out[i]) ++balances_wrong;
+  INFO(orders << " orders, " << payments_made << " payments, " << kills << " kills");
   CHECK(orders_wrong == 0);
   CHECK(payments_wrong == 0);
   CHECK(balances_wrong == 0);
-  CHECK(payments.size() > 10000);
+  CHECK(payments_made > 10000);
   CHECK(kills > 0);
   check_clean();
 }
@@ -193,11 +215,11 @@ TEST_CASE_METHOD(fresh_runtime, "stress: pipelines of random length and preferen
         links[s + 1].close();
       });
     }
-    long sum = 0, count = 0;
+    tvar<long> sum{0}, count{0};  // written by the sink tasklet, read by main after run()
     spawn([&] {
       for (long v : links[0 + stages]) {
-        sum += v;
-        ++count;
+        sum.set(sum.get() + v);
+        count.set(count.get() + 1);
       }
     });
     spawn([&] {
@@ -205,8 +227,8 @@ TEST_CASE_METHOD(fresh_runtime, "stress: pipelines of random length and preferen
       links[0].close();
     });
     run();
-    CHECK(count == items);
-    CHECK(sum == static_cast<long>(items) * (items - 1) / 2 + static_cast<long>(items) * stages);
+    CHECK(count.get() == items);
+    CHECK(sum.get() == static_cast<long>(items) * (items - 1) / 2 + static_cast<long>(items) * stages);
   }
   check_clean();
 }
