@@ -2,14 +2,14 @@
 
 int main() {
   weft::channel<int> ch;
-  int sum = 0;
+  weft::tvar<int> sum{0};  // written by a tasklet: a tvar (weft's memory contract)
   weft::spawn([&] {
     for (int i = 1; i <= 10; ++i) ch.send(i);
   });
   weft::spawn([&] {
-    for (int i = 0; i < 10; ++i) sum += ch.receive();
+    for (int i = 0; i < 10; ++i) sum.set(sum.get() + ch.receive());
   });
   weft::run();
-  weft::print("consumer sum {}\n", sum);
-  return sum == 55 ? 0 : 1;
+  weft::print("consumer sum {}\n", sum.get());
+  return sum.get() == 55 ? 0 : 1;
 }
