@@ -16,6 +16,10 @@ the file cites:
   sieve              the numbers 2, 3, ... that no earlier prime divides; the first N, their sum and the
                      Nth; the chain holds the generator and one filter per prime (N + 1 tasklets).
   producer_consumer  producer p sends p*ITEMS + 1 .. (p+1)*ITEMS; every item is consumed once.
+  mandelbrot         escape counts (at most 255) of c = (-2 + px*(3/W), -1.5 + py*(3/H)) in plain
+                     double arithmetic, the operations in the sample's order (Python floats are IEEE
+                     doubles, and the sample is built with -ffp-contract=off); the sum of the counts and
+                     the sum of count * (py*W + px + 1); the bands print in index order.
 
 Usage: tools/expected_checksums.py [--check]
   prints, for every cited value, the file citing it, the computed value and the cited one. With
@@ -85,6 +89,31 @@ def producer_consumer(producers, items):
     return len(consumed), sum(consumed)
 
 
+@functools.lru_cache(maxsize=None)
+def mandelbrot(width, height, bands):
+    """Returns (sum of the counts, checksum, the bands' "band <b> done" lines in order)."""
+    dx, dy = 3.0 / width, 3.0 / height
+    iterations = checksum = 0
+    for py in range(height):
+        ci = -1.5 + py * dy
+        for px in range(width):
+            cr = -2.0 + px * dx
+            zr = zi = 0.0
+            n = 0
+            while n < 255:
+                zr2 = zr * zr
+                zi2 = zi * zi
+                if zr2 + zi2 > 4.0:
+                    break
+                zi = 2.0 * zr * zi + ci
+                zr = zr2 - zi2 + cr
+                n += 1
+            iterations += n
+            checksum += n * (py * width + px + 1)
+    assert checksum <= MASK64, "the sample keeps the checksum in 64 bits"
+    return iterations, checksum, "\\n".join(f"band {b} done" for b in range(bands))
+
+
 # ---- what the files cite -------------------------------------------------------------------------------
 # (file, what, computed, cited value, text): `text` (default "{}") formatted with the cited value must
 # appear in the file verbatim; the CMake files write "\n" in their regular expressions as backslash-n.
@@ -117,6 +146,16 @@ CITED = [
     (COMPARE, "sieve 2000: checksum", lambda: sieve(2000)[0], 16274627, "{}"),
     (COMPARE, "hackysack 1000000 1000: checksum", lambda: hackysack(1000, 1000000)[1], 499382756, "{}"),
     (COMPARE, "hackysack 1000000 100000: checksum", lambda: hackysack(100000, 1000000)[1], 50011331750, "{}"),
+    (SAMPLES, "mandelbrot 64 48 4: bands", lambda: mandelbrot(64, 48, 4)[2],
+     "band 0 done\\nband 1 done\\nband 2 done\\nband 3 done", "{}\\niterations: "),
+    (SAMPLES, "mandelbrot 64 48 4: iterations", lambda: mandelbrot(64, 48, 4)[0], 150109, "iterations: {}\\n"),
+    (SAMPLES, "mandelbrot 64 48 4: checksum", lambda: mandelbrot(64, 48, 4)[1], 235857126, "checksum: {}\\n"),
+    (SAMPLES, "mandelbrot 257 131 13: last band", lambda: mandelbrot(257, 131, 13)[2].split("\\n")[-1],
+     "band 12 done", "{}\\niterations: "),
+    (SAMPLES, "mandelbrot 257 131 13: iterations", lambda: mandelbrot(257, 131, 13)[0], 1589125,
+     "iterations: {}\\n"),
+    (SAMPLES, "mandelbrot 257 131 13: checksum", lambda: mandelbrot(257, 131, 13)[1], 26975094959,
+     "checksum: {}\\n"),
     # The program headers quote the same numbers.
     ("samples/hackysack.cpp", "K=1000 P=1000000: checksum", lambda: hackysack(1000, 1000000)[1], 499382756,
      "{}"),
