@@ -20,6 +20,11 @@ the file cites:
                      double arithmetic, the operations in the sample's order (Python floats are IEEE
                      doubles, and the sample is built with -ffp-contract=off); the sum of the counts and
                      the sum of count * (py*W + px + 1); the bands print in index order.
+  bank               ACCOUNTS accounts of 1000; worker w's splitmix64 starts at SEED ^ ((w + 1) *
+                     0xD1B54A32D192ED03); batches of 100 transfers run round-robin (batch 0 of every
+                     worker in index order, then batch 1, ...); a transfer moves min(r3 % 100 + 1,
+                     balance[r1 % A]) to r2 % A (+1 if equal); checksum = sum (i + 1) * balance[i] mod
+                     2^61 - 1. Audits only read: there are AUDITORS * 4, each totals A * 1000.
 
 Usage: tools/expected_checksums.py [--check]
   prints, for every cited value, the file citing it, the computed value and the cited one. With
@@ -114,6 +119,39 @@ def mandelbrot(width, height, bands):
     return iterations, checksum, "\\n".join(f"band {b} done" for b in range(bands))
 
 
+def splitmix64(state):
+    """One step: returns (new state, output)."""
+    state = (state + 0x9E3779B97F4A7C15) & MASK64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return state, z ^ (z >> 31)
+
+
+@functools.lru_cache(maxsize=None)
+def bank(accounts, transfers, workers, auditors, seed):
+    """Returns (the "audit <k>: total <n>" lines, audits, final total, checksum)."""
+    balance = [1000] * accounts
+    states = [(seed ^ ((w + 1) * 0xD1B54A32D192ED03)) & MASK64 for w in range(workers)]
+    batches = (transfers + 99) // 100
+    for batch in range(batches):
+        for w in range(workers):
+            for _ in range(batch * 100, min((batch + 1) * 100, transfers)):
+                states[w], r1 = splitmix64(states[w])
+                states[w], r2 = splitmix64(states[w])
+                states[w], r3 = splitmix64(states[w])
+                src, dst = r1 % accounts, r2 % accounts
+                if dst == src:
+                    dst = (dst + 1) % accounts
+                moved = min(r3 % 100 + 1, balance[src])
+                balance[src] -= moved
+                balance[dst] += moved
+    checksum = sum((i + 1) * v for i, v in enumerate(balance)) % ((1 << 61) - 1)
+    audits = auditors * 4
+    lines = "\\n".join(f"audit {k}: total {accounts * 1000}" for k in range(1, audits + 1))
+    return lines, audits, sum(balance), checksum
+
+
 # ---- what the files cite -------------------------------------------------------------------------------
 # (file, what, computed, cited value, text): `text` (default "{}") formatted with the cited value must
 # appear in the file verbatim; the CMake files write "\n" in their regular expressions as backslash-n.
@@ -156,6 +194,16 @@ CITED = [
      "iterations: {}\\n"),
     (SAMPLES, "mandelbrot 257 131 13: checksum", lambda: mandelbrot(257, 131, 13)[1], 26975094959,
      "checksum: {}\\n"),
+    (SAMPLES, "bank 64 1000 4 2 7: audit lines", lambda: bank(64, 1000, 4, 2, 7)[0],
+     "\\n".join(f"audit {k}: total 64000" for k in range(1, 9)), "\"{}\\naudits: "),
+    (SAMPLES, "bank 64 1000 4 2 7: audits", lambda: bank(64, 1000, 4, 2, 7)[1], 8, "audits: {}\\n"),
+    (SAMPLES, "bank 64 1000 4 2 7: total", lambda: bank(64, 1000, 4, 2, 7)[2], 64000, "total: {}\\n"),
+    (SAMPLES, "bank 64 1000 4 2 7: checksum", lambda: bank(64, 1000, 4, 2, 7)[3], 2112778, "checksum: {}\\n"),
+    (SAMPLES, "bank 5 2345 3 1 42: audit lines", lambda: bank(5, 2345, 3, 1, 42)[0],
+     "\\n".join(f"audit {k}: total 5000" for k in range(1, 5)), "\"{}\\naudits: "),
+    (SAMPLES, "bank 5 2345 3 1 42: audits", lambda: bank(5, 2345, 3, 1, 42)[1], 4, "audits: {}\\n"),
+    (SAMPLES, "bank 5 2345 3 1 42: total", lambda: bank(5, 2345, 3, 1, 42)[2], 5000, "total: {}\\n"),
+    (SAMPLES, "bank 5 2345 3 1 42: checksum", lambda: bank(5, 2345, 3, 1, 42)[3], 12841, "checksum: {}\\n"),
     # The program headers quote the same numbers.
     ("samples/hackysack.cpp", "K=1000 P=1000000: checksum", lambda: hackysack(1000, 1000000)[1], 499382756,
      "{}"),
