@@ -25,6 +25,10 @@ the file cites:
                      worker in index order, then batch 1, ...); a transfer moves min(r3 % 100 + 1,
                      balance[r1 % A]) to r2 % A (+1 if equal); checksum = sum (i + 1) * balance[i] mod
                      2^61 - 1. Audits only read: there are AUDITORS * 4, each totals A * 1000.
+  agents             game of life (B3/S23) on a W x H torus; generation 0 from splitmix64(SEED), cell
+                     after cell in row-major order, alive iff draw % 100 < 30; the live counts at tick 0,
+                     every 10th tick and the last; checksum = 64-bit FNV-1a of the final grid, one byte
+                     (0/1) per cell in row-major order. Tiles change who computes a row, not the result.
 
 Usage: tools/expected_checksums.py [--check]
   prints, for every cited value, the file citing it, the computed value and the cited one. With
@@ -152,6 +156,31 @@ def bank(accounts, transfers, workers, auditors, seed):
     return lines, audits, sum(balance), checksum
 
 
+@functools.lru_cache(maxsize=None)
+def agents(width, height, ticks, seed):
+    """Returns (the "tick <t>: alive <n>" lines, final live cells, checksum)."""
+    state, grid = seed, []
+    for _ in range(width * height):
+        state, r = splitmix64(state)
+        grid.append(1 if r % 100 < 30 else 0)
+    lines = [f"tick 0: alive {sum(grid)}"]
+    for tick in range(1, ticks + 1):
+        nxt = [0] * (width * height)
+        for y in range(height):
+            rows = [((y + dy) % height) * width for dy in (-1, 0, 1)]
+            for x in range(width):
+                cols = [(x + dx) % width for dx in (-1, 0, 1)]
+                n = sum(grid[r + c] for r in rows for c in cols) - grid[y * width + x]
+                nxt[y * width + x] = 1 if n == 3 or (n == 2 and grid[y * width + x]) else 0
+        grid = nxt
+        if tick % 10 == 0 or tick == ticks:
+            lines.append(f"tick {tick}: alive {sum(grid)}")
+    h = 0xCBF29CE484222325
+    for c in grid:
+        h = ((h ^ c) * 0x100000001B3) & MASK64
+    return "\\n".join(lines), sum(grid), h
+
+
 # ---- what the files cite -------------------------------------------------------------------------------
 # (file, what, computed, cited value, text): `text` (default "{}") formatted with the cited value must
 # appear in the file verbatim; the CMake files write "\n" in their regular expressions as backslash-n.
@@ -204,6 +233,16 @@ CITED = [
     (SAMPLES, "bank 5 2345 3 1 42: audits", lambda: bank(5, 2345, 3, 1, 42)[1], 4, "audits: {}\\n"),
     (SAMPLES, "bank 5 2345 3 1 42: total", lambda: bank(5, 2345, 3, 1, 42)[2], 5000, "total: {}\\n"),
     (SAMPLES, "bank 5 2345 3 1 42: checksum", lambda: bank(5, 2345, 3, 1, 42)[3], 12841, "checksum: {}\\n"),
+    (SAMPLES, "agents 64 48 4 30 7: tick lines", lambda: agents(64, 48, 30, 7)[0],
+     "tick 0: alive 902\\ntick 10: alive 715\\ntick 20: alive 536\\ntick 30: alive 427", "{}\\nalive: "),
+    (SAMPLES, "agents 64 48 4 30 7: alive", lambda: agents(64, 48, 30, 7)[1], 427, "alive: {}\\n"),
+    (SAMPLES, "agents 64 48 4 30 7: checksum", lambda: agents(64, 48, 30, 7)[2], 3477902375864285428,
+     "checksum: {}\\n"),
+    (SAMPLES, "agents 37 23 5|23 25 3: tick lines", lambda: agents(37, 23, 25, 3)[0],
+     "tick 0: alive 247\\ntick 10: alive 162\\ntick 20: alive 107\\ntick 25: alive 108", "{}\\nalive: "),
+    (SAMPLES, "agents 37 23 5|23 25 3: alive", lambda: agents(37, 23, 25, 3)[1], 108, "alive: {}\\n"),
+    (SAMPLES, "agents 37 23 5|23 25 3: checksum", lambda: agents(37, 23, 25, 3)[2], 12993600607498896725,
+     "checksum: {}\\n"),
     # The program headers quote the same numbers.
     ("samples/hackysack.cpp", "K=1000 P=1000000: checksum", lambda: hackysack(1000, 1000000)[1], 499382756,
      "{}"),
