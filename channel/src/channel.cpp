@@ -21,3 +21,12 @@ op_status channel_transfer(channel_core* c, int direction, void* slot, std::exce
 }
 
 }  // namespace weft::detail
+
+namespace weft::detail {
+
+op_status channel_receive_or_stop(channel_core* c, void* slot) {
+  intent in{.kind = intent_kind::channel_op, .channel = c, .value = -1, .stop_if_closed = true, .slot = slot};
+  return perform(in);
+}
+
+}  // namespace weft::detail

@@ -149,12 +149,14 @@ epoch_slot& adopt(epoch_participant* p) noexcept {
 }
 }  // namespace
 
-epoch_slot& epoch_self_slow() {
+namespace {
+// A free record (reused, or new and linked in), marked in use.
+epoch_participant* take_participant() noexcept {
   for (epoch_participant* p = participants.load(std::memory_order_acquire); p; p = p->next) {
     bool free = false;
     if (!p->in_use.load(std::memory_order_relaxed) &&
         p->in_use.compare_exchange_strong(free, true, std::memory_order_acquire)) {
-      return adopt(p);
+      return p;
     }
   }
   void* mem = std::aligned_alloc(alignof(epoch_participant), sizeof(epoch_participant));
@@ -164,7 +166,19 @@ epoch_slot& epoch_self_slow() {
   do {
     p->next = head;
   } while (!participants.compare_exchange_weak(head, p, std::memory_order_release, std::memory_order_relaxed));
-  return adopt(p);
+  return p;
+}
+}  // namespace
+
+epoch_slot& epoch_self_slow() { return adopt(take_participant()); }
+
+epoch_slot& epoch_slot_acquire() { return *take_participant(); }
+
+void epoch_slot_release(epoch_slot& slot) noexcept {
+  auto& p = static_cast<epoch_participant&>(slot);
+  p.entered.store(quiescent, std::memory_order_release);
+  p.depth = 0;
+  p.in_use.store(false, std::memory_order_release);
 }
 
 void epoch_retire(void* ptr, void (*deleter)(void*), bool may_collect) noexcept {

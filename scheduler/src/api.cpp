@@ -34,7 +34,7 @@ void tasklet::switch_to() {
 }
 
 void tasklet::kill() {
-  if (!impl_ || impl_->state == tasklet_state::dead) return;  // §3.3: nothing to do
+  if (!impl_) return;  // a dead target is a no-op too (§3.3), decided where the kill is applied
   tasklet keep(*this);  // the target must outlive its own unwinding even if our caller drops us
   intent in{.kind = intent_kind::raise, .target = impl_, .kill = true,
             .exception = std::make_exception_ptr(tasklet_exit{})};
@@ -48,26 +48,47 @@ void tasklet::raise_exception(std::exception_ptr e) {
   perform(in);
 }
 
-bool tasklet::alive() const noexcept { return impl_ && impl_->state != tasklet_state::dead; }
-bool tasklet::blocked() const noexcept { return impl_ && impl_->state == tasklet_state::blocked; }
-bool tasklet::scheduled() const noexcept {
-  return impl_ && (impl_->state == tasklet_state::runnable || impl_->state == tasklet_state::blocked);
+// Flags and names are committed scheduler state: observe_scheduler() makes a speculative segment
+// wait for the head before reading them (DESIGN.md §4.4).
+bool tasklet::alive() const noexcept {
+  if (!impl_) return false;
+  detail::observe_scheduler();
+  return impl_->state != tasklet_state::dead;
 }
-bool tasklet::paused() const noexcept { return impl_ && impl_->state == tasklet_state::paused; }
+bool tasklet::blocked() const noexcept {
+  if (!impl_) return false;
+  detail::observe_scheduler();
+  return impl_->state == tasklet_state::blocked;
+}
+bool tasklet::scheduled() const noexcept {
+  if (!impl_) return false;
+  detail::observe_scheduler();
+  return impl_->state == tasklet_state::runnable || impl_->state == tasklet_state::blocked;
+}
+bool tasklet::paused() const noexcept {
+  if (!impl_) return false;
+  detail::observe_scheduler();
+  return impl_->state == tasklet_state::paused;
+}
 bool tasklet::is_main() const noexcept { return impl_ && impl_->is_main; }
 bool tasklet::is_current() const noexcept {
-  return impl_ && impl_->owner_thread == std::this_thread::get_id() && detail::this_runtime().current == impl_;
+  if (!impl_ || !impl_->owner) return false;
+  detail::runtime& r = detail::this_runtime();
+  if (!r.ordered && impl_->owner_thread != std::this_thread::get_id()) return false;
+  return detail::running_tasklet(r) == impl_;
 }
 
 std::string tasklet::name() const {
   if (!impl_) return {};
+  detail::observe_scheduler();
   if (!impl_->name.empty()) return impl_->name;
   return impl_->is_main ? std::string("main") : fmt::format("tasklet-{}", impl_->id);
 }
 
 void tasklet::set_name(std::string name) {
   if (!impl_) throw std::logic_error("cannot name an empty tasklet handle");
-  impl_->name = std::move(name);
+  intent in{.kind = intent_kind::set_name, .target = impl_, .text = std::move(name)};
+  perform(in);
 }
 
 void run() {
@@ -85,8 +106,15 @@ void schedule_remove() {
   perform(in);
 }
 
-tasklet getcurrent() { return tasklet::from_impl(detail::this_runtime().current); }
+tasklet getcurrent() {
+  detail::runtime& r = detail::this_runtime();
+  return tasklet::from_impl(detail::running_tasklet(r));
+}
 tasklet getmain() { return tasklet::from_impl(detail::this_runtime().main); }
-int getruncount() { return static_cast<int>(detail::this_runtime().ring_size); }
+int getruncount() {
+  detail::runtime& r = detail::this_runtime();
+  detail::observe_scheduler();
+  return static_cast<int>(r.ring_size);
+}
 
 }  // namespace weft

@@ -11,6 +11,7 @@
 // (and the caller's place in it) is unchanged.
 #include <stdexcept>
 
+#include "ordered.hpp"
 #include "runtime.hpp"
 
 namespace weft::detail {
@@ -187,7 +188,7 @@ apply_result apply_channel_op(runtime& r, intent& in) {
   }
   // No partner: the caller would block.
   if (c->closing) {  // §2.6: fails and changes nothing
-    if (in.nonblocking) return {self, op_status::closed};
+    if (in.nonblocking || in.stop_if_closed) return {self, op_status::closed};
     throw channel_closed();
   }
   if (in.nonblocking) return {self, op_status::would_block};
@@ -237,6 +238,7 @@ apply_result apply(runtime& r, intent& in) {
       check_owner(r, t);
       if (t == self) misuse(msg::remove_current);
       if (t->state == tasklet_state::blocked) misuse(msg::remove_blocked);
+      if (r.ordered) ordered_abort_in_flight(r, t);  // its speculation assumed it would run
       leave_ring_paused(r, t);
       return {self};
 
@@ -262,11 +264,16 @@ apply_result apply(runtime& r, intent& in) {
       }
       check_owner(r, t);
       if (t == self) std::rethrow_exception(in.exception);  // thrown in the caller, at once
+      // Ordered mode: what t runs speculatively did not see this exception. If it is running now,
+      // it is aborted when it ends (and, if t dies here, its stack is retired then).
+      const bool still_running = r.ordered && ordered_abort_in_flight(r, t);
       if (in.kill && !t->started && t->state == tasklet_state::paused) {  // dies at once, nobody runs
         t->state = tasklet_state::dead;
         if (t->registered) --r.alive;
-        t->drop_function();
-        retire(r, t);
+        if (!still_running) {
+          t->drop_function();
+          retire(r, t);
+        }
         return {self};
       }
       if (t->state == tasklet_state::blocked) {
@@ -313,6 +320,12 @@ apply_result apply(runtime& r, intent& in) {
       return {self};
     case intent_kind::channel_schedule_all:
       in.channel->schedule_all = in.value != 0;
+      return {self};
+    case intent_kind::bind:
+      register_bound(r, t);
+      return {self};
+    case intent_kind::set_name:
+      t->name = std::move(in.text);
       return {self};
   }
   return {self};

@@ -1,6 +1,7 @@
 // Process-wide options: configure(), environment overrides, and the rule that options change only
 // while no runtime runs (active_runtimes counts runtimes between first use and shutdown).
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -18,14 +19,21 @@ std::atomic<int> active_runtimes{0};
 
 void validate(const options& o) {
   if (o.workers == 0) throw std::invalid_argument("weft::options::workers must be at least 1");
+  if (o.workers > 1024) throw std::invalid_argument("weft::options::workers must be at most 1024");
+  if (o.mode == mode::relaxed)
+    throw std::invalid_argument("weft: relaxed mode is not built yet (use serial or ordered)");
+  if (!(o.abort_inject >= 0.0 && o.abort_inject <= 1.0))
+    throw std::invalid_argument("weft::options::abort_inject must be a probability between 0 and 1");
   if (o.stack_size < 16 * 1024 || o.stack_size > (std::size_t{1} << 30))
     throw std::invalid_argument("weft::options::stack_size must be between 16 KiB and 1 GiB");
 }
 
 std::size_t parse_size(const char* name, const char* text) {
   char* end = nullptr;
+  if (*text == '-') throw std::invalid_argument(std::string(name) + ": not a number: " + text);
+  errno = 0;
   unsigned long long v = std::strtoull(text, &end, 10);
-  if (end == text) throw std::invalid_argument(std::string(name) + ": not a number: " + text);
+  if (end == text || errno == ERANGE) throw std::invalid_argument(std::string(name) + ": not a number: " + text);
   switch (*end) {
     case 'k': case 'K': v <<= 10; ++end; break;
     case 'm': case 'M': v <<= 20; ++end; break;
@@ -33,6 +41,21 @@ std::size_t parse_size(const char* name, const char* text) {
   }
   if (*end) throw std::invalid_argument(std::string(name) + ": not a size: " + text);
   return static_cast<std::size_t>(v);
+}
+double parse_probability(const char* name, const char* text) {
+  char* end = nullptr;
+  double v = std::strtod(text, &end);
+  if (end == text || *end || !(v >= 0.0 && v <= 1.0))
+    throw std::invalid_argument(std::string(name) + ": not a probability between 0 and 1: " + text);
+  return v;
+}
+
+mode parse_mode(const char* name, const char* text) {
+  const std::string t(text);
+  if (t == "serial") return mode::serial;
+  if (t == "ordered") return mode::ordered;
+  if (t == "relaxed") throw std::invalid_argument(std::string(name) + "=relaxed: relaxed mode is not built yet (use serial or ordered)");
+  throw std::invalid_argument(std::string(name) + ": not a mode (serial or ordered): " + text);
 }
 }  // namespace
 
@@ -50,8 +73,19 @@ options configuration() {
     std::lock_guard lock(options_lock);
     o = configured;
   }
-  if (const char* w = std::getenv("WEFT_WORKERS"); w && *w)
-    o.workers = static_cast<unsigned>(parse_size("WEFT_WORKERS", w));
+  if (const char* w = std::getenv("WEFT_WORKERS"); w && *w) {
+    const std::size_t n = parse_size("WEFT_WORKERS", w);
+    if (n == 0 || n > 1024) throw std::invalid_argument(std::string("WEFT_WORKERS: not between 1 and 1024: ") + w);
+    o.workers = static_cast<unsigned>(n);
+  }
+  if (const char* m = std::getenv("WEFT_MODE"); m && *m) o.mode = parse_mode("WEFT_MODE", m);
+  if (const char* p = std::getenv("WEFT_ABORT_INJECT"); p && *p)
+    o.abort_inject = parse_probability("WEFT_ABORT_INJECT", p);
+  if (const char* sd = std::getenv("WEFT_SEED"); sd && *sd) o.seed = parse_size("WEFT_SEED", sd);
+  if (!o.mode) o.mode = o.workers > 1 ? mode::ordered : mode::serial;
+  if (*o.mode == mode::serial && o.workers > 1)
+    throw std::invalid_argument("weft: serial mode runs on one worker (workers = " + std::to_string(o.workers) +
+                                " asked for; use ordered mode)");
   if (const char* s = std::getenv("WEFT_STACK_SIZE"); s && *s) o.stack_size = parse_size("WEFT_STACK_SIZE", s);
   if (const char* g = std::getenv("WEFT_STACK_GUARD"); g && *g) o.stack_guard = std::string(g) != "0";
 #ifdef NDEBUG
@@ -65,17 +99,7 @@ options configuration() {
 
 namespace detail {
 
-options effective_options() {
-  options o = configuration();
-  if (o.workers > 1) {
-    static std::once_flag warned;
-    std::call_once(warned, [&] {
-      spdlog::warn("weft: workers = {} requested, but the parallel modes are not built yet; running on "
-                   "1 worker (results are the same)", o.workers);
-    });
-  }
-  return o;
-}
+options effective_options() { return configuration(); }
 
 void runtime_started() { active_runtimes.fetch_add(1); }
 void runtime_stopped() { active_runtimes.fetch_sub(1); }

@@ -10,6 +10,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "ordered.hpp"
 #include "runtime.hpp"
 #include "weft/detail/stm_core.hpp"
 
@@ -38,7 +39,7 @@ struct runtime_holder {
   runtime* rt = nullptr;
   ~runtime_holder() {
     if (!rt) return;
-    if (rt->current == rt->main) {
+    if (running_tasklet(*rt) == rt->main) {
       try {
         weft::shutdown();
       } catch (...) {
@@ -50,6 +51,7 @@ struct runtime_holder {
   }
   void detach() noexcept {
     runtime* r = std::exchange(rt, nullptr);
+    if (r->ordered) ordered_stop(*r);
     runtime_stopped();
     if (r->pool && r->pool->in_use() == 0) r->pool.reset();  // dead tasklets' handles may keep r a while
     if (r->alive != 0) {
@@ -63,21 +65,25 @@ struct runtime_holder {
 };
 __attribute__((tls_model("initial-exec"))) thread_local runtime_holder holder;
 
-[[noreturn]] void rethrow_pending(tasklet_impl* t) {
-  std::exception_ptr e = std::move(t->pending);
-  t->pending = nullptr;
-  std::rethrow_exception(std::move(e));
-}
 
 // Makes `to` run; returns when `from` runs again.
 inline void transfer(runtime& r, tasklet_impl* from, tasklet_impl* to) {
   r.current = to;
-  if (!to->started) context_prepare(to, r.stacks().allocate());
+  if (!to->has_context) context_prepare(to, r.stacks().allocate());
+  to->started = true;
   tasklet_impl* prev = context_switch(from, to);
   if (prev->state == tasklet_state::dead) retire(*from->owner, prev);
 }
 
 }  // namespace
+
+void rethrow_pending_exception(tasklet_impl* t) {
+  std::exception_ptr e = std::move(t->pending);
+  t->pending = nullptr;
+  std::rethrow_exception(std::move(e));
+}
+
+tasklet_impl* running_tasklet(runtime& r) noexcept { return r.ordered ? ordered_running() : r.current; }
 
 runtime::runtime() : config(effective_options()) {
   auto* m = new main_tasklet;
@@ -92,6 +98,7 @@ runtime::runtime() : config(effective_options()) {
   context_adopt_thread(m);
   main = current = head = m;
   ring_size = 1;
+  if (config.mode == mode::ordered) ordered_start(*this);
 }
 
 runtime::~runtime() = default;
@@ -103,6 +110,7 @@ stack_pool& runtime::stacks() {
 
 runtime& this_runtime() {
   if (!holder.rt) [[unlikely]] {
+    if (runtime* r = ordered_thread_runtime()) return *r;  // a worker thread owns no runtime
     holder.rt = new runtime;  // may throw (bad WEFT_* settings): then nothing is counted
     runtime_started();
   }
@@ -115,7 +123,13 @@ void release_runtime(runtime* r) noexcept {
 }
 
 void adopt(tasklet_impl* t) {
-  runtime& r = this_runtime();
+  // Binding checks and changes the registry: an intent, so that in ordered mode the id is given at
+  // commit, in serial order (DESIGN.md §4.7.3).
+  intent in{.kind = intent_kind::bind, .target = t};
+  perform(in);
+}
+
+void register_bound(runtime& r, tasklet_impl* t) noexcept {
   t->owner = &r;
   t->owner_thread = std::this_thread::get_id();
   t->id = r.next_id++;
@@ -165,24 +179,26 @@ void retire(runtime& r, tasklet_impl* t) noexcept {
 }
 
 op_status perform(intent& in) {
+  runtime& r = this_runtime();
+  if (r.ordered) return ordered_perform(r, in);
   if (current_transaction()) [[unlikely]]
     throw std::logic_error(
         "a switch point (channel operation, schedule, run, kill, ...) inside weft::atomically: "
         "a transaction cannot give up the processor; move it out of the transaction");
-  runtime& r = this_runtime();
   tasklet_impl* self = r.current;
   apply_result res = apply(r, in);
   if (res.next != self) transfer(r, self, res.next);
-  if (self->pending) [[unlikely]] rethrow_pending(self);
+  if (self->pending) [[unlikely]] rethrow_pending_exception(self);
   return res.status;
 }
 
 [[noreturn]] void tasklet_entry(tasklet_impl* prev, tasklet_impl* self) {
   runtime& r = *self->owner;
-  if (prev->state == tasklet_state::dead) retire(r, prev);
+  const bool ordered = r.ordered != nullptr;  // prev is then a thread's own context
+  if (!ordered && prev->state == tasklet_state::dead) retire(r, prev);
   std::exception_ptr escaped;
   try {
-    if (self->pending) rethrow_pending(self);  // killed or raised into before it ever ran (§3.3, §3.4)
+    if (self->pending) rethrow_pending_exception(self);  // killed or raised into before it ever ran (§3.3, §3.4)
     self->invoke();
   } catch (const tasklet_exit&) {
     // §3.2: uncaught, a kill ends the tasklet silently.
@@ -190,13 +206,15 @@ op_status perform(intent& in) {
     escaped = std::current_exception();
   }
   self->drop_function();
+  if (ordered) ordered_exit(self, std::move(escaped));  // retired when this last segment commits
   tasklet_impl* next;
   {
     intent in{.kind = intent_kind::exit, .exception = std::move(escaped)};
     next = apply(r, in).next;
   }
   r.current = next;
-  if (!next->started) context_prepare(next, r.stacks().allocate());
+  if (!next->has_context) context_prepare(next, r.stacks().allocate());
+  next->started = true;
   context_exit(self, next);
 }
 
@@ -208,6 +226,8 @@ using namespace detail;
 
 resource_counts resources() {
   runtime& r = this_runtime();
+  std::unique_lock<std::mutex> lock;
+  if (r.ordered) lock = std::unique_lock(ordered_lock(r));
   resource_counts c;
   c.live_tasklets = r.alive;
   c.control_blocks = r.control_blocks.load(std::memory_order_relaxed);
@@ -222,7 +242,7 @@ resource_counts resources() {
 resource_counts shutdown() {
   runtime* r = holder.rt;
   if (!r) return {};
-  if (r->current != r->main) throw std::logic_error("weft::shutdown() must be called from the main tasklet");
+  if (running_tasklet(*r) != r->main) throw std::logic_error("weft::shutdown() must be called from the main tasklet");
   r->shutting_down = true;
   // A tasklet may catch tasklet_exit and go on; give every tasklet a few chances, then give up.
   for (int round = 0; round < 4; ++round) {
@@ -265,6 +285,10 @@ resource_counts shutdown() {
 }
 
 void detail::write_output(std::string_view text) {
+  if (ordered_running()) {
+    ordered_output(text);
+    return;
+  }
   std::fwrite(text.data(), 1, text.size(), stdout);
 }
 
@@ -280,14 +304,26 @@ channel_core* channel_create(void (*move)(void* dst, void* src)) {
 
 void channel_retain(channel_core* c) noexcept {
   c->refs.fetch_add(1, std::memory_order_relaxed);  // made from an existing reference
+  if (handle_log* log = segment_handles) [[unlikely]]
+    log->record(c, handle_log::channel_inc);  // undone if the segment aborts
 }
 
-void channel_release(channel_core* c) noexcept {
+void channel_release_now(channel_core* c) noexcept {
   // acq_rel: the last release sees all writes made through other references before deleting.
   if (c && c->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete c;
 }
 
+void channel_release(channel_core* c) noexcept {
+  if (!c) return;
+  if (handle_log* log = segment_handles) [[unlikely]] {
+    log->record(c, handle_log::channel_dec);  // at the segment's commit
+    return;
+  }
+  channel_release_now(c);
+}
+
 channel_view channel_read(const channel_core* c) noexcept {
+  observe_scheduler();
   return {c->balance, c->preference, c->schedule_all, c->closing};
 }
 

@@ -34,6 +34,11 @@ struct channel_core {
   void (*move)(void* dst, void* src) = nullptr;
 };
 
+struct ordered_state;  // scheduler/src/ordered.cpp
+struct ordered_state_deleter {
+  void operator()(ordered_state* o) const noexcept;
+};
+
 struct runtime {
   runtime();
   ~runtime();
@@ -54,6 +59,9 @@ struct runtime {
   bool shutting_down = false;
   options config;
 
+  /// Ordered mode's workers, segments and commit lock (nullptr in serial mode).
+  std::unique_ptr<ordered_state, ordered_state_deleter> ordered;
+
   stack_pool& stacks();
   std::unique_ptr<stack_pool> pool;  // made on first use
 };
@@ -73,6 +81,15 @@ apply_result apply(runtime& r, intent& in);
 void retire(runtime& r, tasklet_impl* t) noexcept;
 
 void release_runtime(runtime* r) noexcept;
+/// Gives a freshly bound control block its owner and id (apply, intent_kind::bind).
+void register_bound(runtime& r, tasklet_impl* t) noexcept;
+
+/// Drops a channel reference at once, whatever runs on the thread (commit and abort paths).
+void channel_release_now(channel_core* c) noexcept;
+/// Throws (and clears) t's pending exception.
+[[noreturn]] void rethrow_pending_exception(tasklet_impl* t);
+/// The tasklet whose code the calling thread runs.
+tasklet_impl* running_tasklet(runtime& r) noexcept;
 
 /// The registry of inserted tasklets, which holds the runtime's reference to each (shutdown walks it).
 void enlist(runtime& r, tasklet_impl* t) noexcept;

@@ -63,6 +63,9 @@ void link_profiler() noexcept;  // stm/src/profiler.cpp (WEFT_PROFILE)
 
 __attribute__((tls_model("initial-exec"))) constinit thread_local transaction* current_tx = nullptr;
 
+void (*segment_abort_jump)() = nullptr;
+void (*segment_park_for_head)() = nullptr;
+
 // Solo mode: solo_state = claim number << 2 | solo_active | solo_revoking, and solo_owner the
 // descriptor of the current claim. Each claim has a new number, so an attempt that began solo can
 // tell that solo mode was revoked and handed back to it meanwhile (no ABA). Both are written under
@@ -413,6 +416,11 @@ std::uint64_t transaction::solo_revoked(std::uint64_t) {
 }
 
 void transaction::raise_abort() {
+  if (segment_) {
+    // A tasklet segment never unwinds (DESIGN.md §4.3): back to the worker, which restores the stack.
+    segment_abort_jump();
+    __builtin_unreachable();
+  }
   signal_pending_ |= 1;
   throw tx_abort_signal{};
 }
@@ -433,15 +441,20 @@ void transaction::signal_swallowed() {
                                      "(...) in the transaction must rethrow it: the attempt cannot commit)");
 }
 
-[[gnu::always_inline]] inline void transaction::reset_attempt() noexcept {
+[[gnu::always_inline]] inline void transaction::clear_attempt() noexcept {
   solo_ = false;
   reads_.size = 0;
   writes_.size = 0;
   undo_.size = 0;
   scope_depth_ = 0;
+  or_else_depth_ = 0;
   created_floor_ = 0;
   signal_pending_ = 0;
   if (index_.size) index_.size = 0;
+}
+
+[[gnu::always_inline]] inline void transaction::reset_attempt() noexcept {
+  clear_attempt();
   current_tx = nullptr;
   set_active_alloc_log(saved_log_);
   epoch_exit(*epoch_);
@@ -692,7 +705,15 @@ bool transaction::commit() {
     signal_swallowed();
   if (solo_) return commit_solo();
   if (inevitable_) return commit_inevitable();
-  if (writes_.size == 0) {  // read-only: consistent at rv_ by construction (opacity): nothing to do
+  if (writes_.size == 0) {
+    // Read-only: consistent at rv_ by construction (opacity), so it may serialise at rv_. A segment
+    // may not: it commits after everything committed since, so what it read must still be current.
+    const read_entry* failed = nullptr;
+    if (segment_ && reads_.size && !reads_valid(rv_, &failed)) {
+      counters::bump(stats.aborts_validation);
+      record_conflict(conflict_kind::read_write, failed->var, failed->where);
+      return false;
+    }
     counters::bump(stats.read_only_commits);
     return true;
   }
@@ -1004,6 +1025,130 @@ void transaction::backoff() noexcept {
   for (std::uint64_t i = 0; i < spins; ++i) cpu_relax();
 }
 
+// --- tasklet segments (DESIGN.md §4) ------------------------------------------------------------------
+
+namespace {
+void take_token(transaction* self) noexcept {
+  transaction* expected = nullptr;
+  for (unsigned spins = 0; !inevitable_holder.compare_exchange_weak(expected, self, std::memory_order_acquire);
+       ++spins) {
+    expected = nullptr;  // a plain thread's inevitable transaction: it ends without waiting for us
+    if (spins < 64)
+      cpu_relax();
+    else
+      std::this_thread::yield();
+  }
+}
+}  // namespace
+
+void segment_register(transaction* tx) {
+  bool someone_solo;
+  {
+    std::lock_guard lock(registry_lock);
+    registry().push_back(tx);
+    update_privatization_locked();
+    someone_solo = (solo_state.load(std::memory_order_acquire) & solo_active) != 0;
+  }
+  if (someone_solo) revoke_solo(tx);  // nobody runs solo beside segments
+}
+
+void segment_unregister(transaction* tx) noexcept {
+  std::lock_guard lock(registry_lock);
+  departed += snapshot(tx->stats);
+  std::erase(registry(), tx);
+  update_privatization_locked();
+  claim_solo_locked();
+}
+
+void transaction::segment_begin(epoch_slot& slot, bool inevitable) {
+  segment_ = true;
+  solo_ = false;
+  measuring_ = observing();
+  if (measuring_) attempt_start_ns_ = now_ns();
+  epoch_ = &slot;
+  epoch_enter(slot);
+  // A fresh snapshot: a pooled descriptor's last clock may be far behind, and every newer read
+  // would then extend (and revalidate the read set).
+  rv_ = last_clock_ = clock.value.load(std::memory_order_seq_cst);
+  inevitable_ = false;
+  if (inevitable) {
+    take_token(this);
+    holds_token_ = inevitable_ = true;
+  }
+}
+
+void transaction::segment_attach() noexcept {
+  set_active_alloc_log(&allocs_);
+  current_tx = this;
+}
+
+void transaction::segment_detach() noexcept {
+  current_tx = nullptr;
+  set_active_alloc_log(nullptr);
+}
+
+bool transaction::segment_commit() {
+  if (signal_pending_) [[unlikely]]
+    return false;  // a retry signal caught by user code outside or_else: run it again
+  if (inevitable_) {
+    return commit_inevitable();
+  }
+  return commit();
+}
+
+std::vector<std::function<void()>> transaction::segment_finish_commit() noexcept {
+  counters::bump(stats.commits);
+  if (destroyed_.size || created_.size) [[unlikely]]
+    finish_destroyed_tvars();
+  if (!allocs_.empty()) counters::bump(stats.frees_deferred, allocs_.commit());
+  holds_token_ = want_inevitable_ = inevitable_ = false;
+  clear_attempt();
+  epoch_exit(*epoch_);
+  abort_hooks_.clear();
+  std::vector<std::function<void()>> hooks;
+  hooks.swap(commit_hooks_);
+  return hooks;
+}
+
+std::vector<std::function<void()>> transaction::segment_abort() noexcept {
+  // Installed while the attempt's boxes are dropped: memory their values allocated in the attempt
+  // is then recognised by `delete` (freed once, not again by the log's rollback).
+  alloc_log* const outer = set_active_alloc_log(&allocs_);
+  std::vector<std::function<void()>> aborts = discard_attempt(true);
+  set_active_alloc_log(outer);
+  counters::bump(stats.allocations_undone, allocs_.abort());
+  if (holds_token_) {
+    inevitable_holder.store(nullptr, std::memory_order_release);
+    holds_token_ = false;
+  }
+  inevitable_ = want_inevitable_ = false;
+  clear_attempt();
+  epoch_exit(*epoch_);
+  return aborts;
+}
+
+bool transaction::segment_make_inevitable() noexcept {
+  if (inevitable_) return true;
+  take_token(this);
+  holds_token_ = true;
+  for (std::uint32_t i = 0; i < reads_.size; ++i) {
+    const tvar_base& v = *reads_.data[i].var;
+    reserve(v);
+    if (version_of(v.meta.load(std::memory_order_acquire)) > rv_) {
+      record_conflict(conflict_kind::read_write, &v, reads_.data[i].where);
+      counters::bump(stats.aborts_validation);
+      return false;
+    }
+  }
+  for (std::uint32_t i = 0; i < writes_.size; ++i) reserve(*writes_.data[i].var);
+  inevitable_ = true;
+  if (measuring_) {
+    event e{event_kind::inevitable, nullptr, "the segment needs the head of the ring"};
+    notify(e);
+  }
+  return true;
+}
+
 // --- write log -----------------------------------------------------------------------------------
 
 const write_entry* transaction::find_write_indexed(const tvar_base* v) const noexcept {
@@ -1147,6 +1292,9 @@ using namespace detail;
 void retry() {
   transaction* tx = current_transaction();
   if (!tx) throw std::logic_error("weft::retry() called outside a transaction");
+  if (tx->is_segment() && !tx->in_or_else())
+    throw std::logic_error("weft::retry() in a tasklet: a tasklet waits on a channel, not on tvars (retry() is "
+                           "allowed there only inside or_else's first branch)");
   tx->raise_retry();
 }
 
@@ -1162,7 +1310,13 @@ void on_abort(std::function<void()> fn) {
 }
 
 void become_inevitable(const char* reason) {
-  if (transaction* tx = current_transaction()) tx->make_inevitable(reason ? reason : "unspecified");
+  if (transaction* tx = current_transaction()) {
+    if (tx->is_segment()) {
+      if (!tx->inevitable()) segment_park_for_head();  // parks until the head; returns inevitable
+      return;
+    }
+    tx->make_inevitable(reason ? reason : "unspecified");
+  }
 }
 
 stm_counters& stm_counters::operator+=(const stm_counters& o) noexcept {

@@ -22,6 +22,8 @@ extern "C" void* __cxa_get_globals() noexcept;
 
 namespace weft::detail {
 
+__attribute__((tls_model("initial-exec"))) constinit thread_local handle_log* segment_handles = nullptr;
+
 namespace ctx = boost::context::detail;
 
 namespace {
@@ -103,7 +105,7 @@ void context_prepare(tasklet_impl* t, stack_extent stack) {
   t->context = ctx::make_fcontext(stack.top(), stack.size, &entry_trampoline);
   t->eh_globals[0] = t->eh_globals[1] = nullptr;
   t->asan_fake_stack = nullptr;
-  t->started = true;
+  t->has_context = true;
 #ifdef WEFT_TSAN
   t->tsan_fiber = __tsan_create_fiber(0);
 #endif
@@ -135,7 +137,7 @@ void context_release([[maybe_unused]] tasklet_impl* t) noexcept {
 }
 
 void context_adopt_thread([[maybe_unused]] tasklet_impl* main) {
-  main->started = true;
+  main->started = main->has_context = true;
 #ifdef WEFT_TSAN
   main->tsan_fiber = __tsan_get_current_fiber();
 #endif

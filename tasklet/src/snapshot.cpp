@@ -6,6 +6,10 @@
 // holds poisoned red zones that are not ours to read through the checked path.
 #include <cstring>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
+
 #include "weft/detail/context.hpp"
 
 namespace weft::detail {
@@ -39,6 +43,10 @@ void snapshot_stack(const tasklet_impl& t, stack_snapshot& into) {
 }
 
 void restore_stack(tasklet_impl& t, const stack_snapshot& from) {
+#if defined(__SANITIZE_ADDRESS__)
+  // The shadow still describes the rolled-back attempt's frames: start from a clean stack.
+  __asan_unpoison_memory_region(t.stack.base, t.stack.size);
+#endif
   copy_words(from.context_, from.bytes_.get(), from.size_);
   t.context = from.context_;
   t.eh_globals[0] = from.eh_globals_[0];

@@ -27,6 +27,8 @@ namespace detail {
 /// Validates and applies a preference change (throws std::invalid_argument outside -1..1).
 void channel_set(channel_core* c, intent_kind kind, int value);
 op_status channel_transfer(channel_core* c, int direction, void* slot, std::exception_ptr e, bool nonblocking);
+/// receive() into `slot` (a std::optional<T>), or `closed` if the channel is closing and no sender waits.
+op_status channel_receive_or_stop(channel_core* c, void* slot);
 }  // namespace detail
 
 template <class T>
@@ -120,14 +122,17 @@ class channel {
     friend bool operator==(const iterator& a, const iterator& b) noexcept { return a.ch_ == b.ch_; }
 
    private:
+    // One intent, applied where it takes effect: stop if the channel is closing and no sender
+    // waits, else receive (SEMANTICS.md §2.6). Reads no scheduler state of its own, so a range-for
+    // over a channel never waits for the head in ordered mode.
     void advance() {
-      if (ch_->closing() && ch_->balance() <= 0) {
+      value_.reset();
+      std::optional<T> slot;
+      if (detail::channel_receive_or_stop(ch_->core_, &slot) == detail::op_status::closed) {
         ch_ = nullptr;
-        value_.reset();
         return;
       }
-      value_.reset();
-      value_.emplace(ch_->receive());
+      value_.emplace(std::move(*slot));
     }
     channel* ch_ = nullptr;
     std::optional<T> value_;

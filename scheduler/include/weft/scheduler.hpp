@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <stdexcept>
 #include <string_view>
@@ -19,12 +20,34 @@
 
 namespace weft {
 
+/// How tasklet segments run (DESIGN.md §4).
+enum class mode {
+  /// One thread runs the tasklets one after another (Stackless itself). The default with one worker.
+  serial,
+  /// Segments (the code between two switch points) run speculatively on `workers` threads as
+  /// transactions and commit in the order one worker would run them: output, channel traffic,
+  /// exceptions, ids and memory are identical to serial. The default with several workers. With
+  /// one worker it runs every segment speculatively (to measure that cost).
+  ordered,
+  /// Not built yet (a later issue): asking for it throws std::invalid_argument.
+  relaxed,
+};
+
 /// Process-wide settings. Set them with configure() before weft is first used; the environment
-/// (WEFT_WORKERS, WEFT_STACK_SIZE, WEFT_STACK_GUARD) overrides them, for experiments.
+/// (WEFT_WORKERS, WEFT_MODE, WEFT_ABORT_INJECT, WEFT_SEED, WEFT_STACK_SIZE, WEFT_STACK_GUARD)
+/// overrides them, for experiments. A bad value in a variable throws std::invalid_argument naming it.
 struct options {
-  /// Worker threads that run segments. Only 1 exists so far: a larger value runs on one worker and
-  /// logs a warning once (results are identical by design, DESIGN.md §4).
+  /// Threads that run segments: the main thread plus workers - 1 worker threads (DESIGN.md §4.1).
   unsigned workers = 1;
+  /// Default (nullopt): serial with one worker, ordered with more.
+  std::optional<weft::mode> mode = std::nullopt;
+  /// Ordered mode: the probability (0..1) that a finished segment is aborted and run again although
+  /// nothing conflicted. Output must not change: this is how a breach of the memory contract
+  /// (DESIGN.md §5) shows up. The decision is a hash of (seed, tasklet id, segment number, attempt),
+  /// so a run is reproducible.
+  double abort_inject = 0.0;
+  /// Seeds abort injection.
+  std::uint64_t seed = 0;
   /// Usable bytes of each tasklet stack, rounded up to whole pages. Stacks are reserved, not
   /// committed: a tasklet costs only the pages it touches. Deep recursion or large locals inside a
   /// tasklet need more; an overflow hits the guard page (when on) and aborts with a clear message.

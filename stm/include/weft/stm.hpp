@@ -203,7 +203,13 @@ auto or_else(F&& f, G&& g) -> std::invoke_result_t<F&> {
   detail::transaction* tx = detail::current_transaction();
   if (!tx) return atomically([&]() -> std::invoke_result_t<F&> { return or_else(f, g); });
   detail::transaction::scope_mark mark = tx->open_scope();
+  struct branch {  // retry() is allowed in a tasklet's segment only here
+    detail::transaction* tx;
+    explicit branch(detail::transaction* t) noexcept : tx(t) { tx->or_else_enter(); }
+    ~branch() { tx->or_else_leave(); }
+  };
   try {
+    branch in_branch(tx);
     if constexpr (std::is_void_v<std::invoke_result_t<F&>>) {
       f();
       tx->close_scope(mark);

@@ -43,6 +43,11 @@ inline epoch_slot& epoch_self() {
   return epoch_self_slow();
 }
 
+/// A participant record owned by no thread (a tasklet segment's: it enters when the segment starts
+/// and leaves when it commits or aborts, on whatever threads those happen). Never retires into it.
+epoch_slot& epoch_slot_acquire();
+void epoch_slot_release(epoch_slot& slot) noexcept;
+
 // A Dekker handshake with one cheap side: the frequent side stores, calls asymmetric_fence_light(),
 // then loads; the rare side stores, calls asymmetric_fence_heavy(), then loads. One of the two then
 // sees the other's store. With membarrier(PRIVATE_EXPEDITED) the light side is only a compiler

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <exception>
+#include <string>
 
 namespace weft::detail {
 
@@ -29,7 +30,9 @@ enum class intent_kind : std::uint8_t {
   channel_close,
   channel_open,
   channel_preference,  ///< `value` is the new preference
-  channel_schedule_all ///< `value` is 0 or 1
+  channel_schedule_all,///< `value` is 0 or 1
+  bind,                ///< `target` was just made: registers it and gives it its id
+  set_name,            ///< `target`'s name becomes `text`
 };
 
 struct intent {
@@ -40,8 +43,10 @@ struct intent {
   bool nonblocking = false;        ///< try_send / try_receive: never block, report instead
   bool kill = false;               ///< raise: this is a kill (no-op on dead tasklets)
   bool shutdown = false;           ///< raise: a shutdown kill (the victim runs just before main)
+  bool stop_if_closed = false;     ///< receive: report `closed` instead of blocking or throwing on a closing channel
   void* slot = nullptr;            ///< sender: the T to move from; receiver: the std::optional<T> to fill
   std::exception_ptr exception;
+  std::string text;                ///< set_name
 };
 
 enum class op_status : std::uint8_t { ok, would_block, closed };
@@ -62,5 +67,8 @@ channel_core* channel_create(void (*move)(void* dst, void* src));
 void channel_retain(channel_core* c) noexcept;
 void channel_release(channel_core* c) noexcept;
 channel_view channel_read(const channel_core* c) noexcept;
+/// Makes the running code see committed scheduler state (DESIGN.md §4.4): in ordered mode a
+/// speculative segment parks until its tasklet is the head, then goes on inevitable. No-op otherwise.
+void observe_scheduler() noexcept;
 
 }  // namespace weft::detail

@@ -34,6 +34,13 @@ namespace weft::detail {
 struct tx_abort_signal {};  ///< thrown out of f by a barrier that found a conflict; caught by atomically
 struct tx_retry_signal {};  ///< thrown by retry()
 
+/// Set by the scheduler (scheduler/src/ordered.cpp) for the transactions of tasklet segments, which
+/// never unwind (DESIGN.md §4.3). `segment_abort_jump` jumps back to the worker that runs the segment (the
+/// tasklet's stack is then restored from its snapshot); `segment_park_for_head` parks the segment until
+/// its tasklet is the head of the committed ring and returns with the transaction inevitable.
+extern void (*segment_abort_jump)();
+extern void (*segment_park_for_head)();
+
 inline constexpr std::uint64_t lock_bit = 1;
 inline constexpr std::uint64_t reserved_bit = 2;
 inline constexpr std::uint64_t version_of(std::uint64_t meta) noexcept { return meta >> 2; }
@@ -247,6 +254,38 @@ class alignas(64) transaction {
   /// commit (its box then goes to the epoch GC), and not at all if the attempt aborts.
   void tvar_destroyed(tvar_base* v, void (*drop)(void*));
 
+  // Tasklet segments (DESIGN.md §4): a transaction begun for a segment on one thread, run there, and
+  // committed or rolled back later by whichever thread holds the scheduler's commit lock. It is
+  // never solo; its descriptor is registered like a thread's (segment_register) and holds its own
+  // epoch slot, so that nothing it read is freed while it waits for its turn.
+  /// Starts an attempt (not installed on any thread); `inevitable`: takes the token first.
+  void segment_begin(epoch_slot& slot, bool inevitable);
+  /// Installs (removes) the attempt as the calling thread's transaction and allocation log.
+  void segment_attach() noexcept;
+  void segment_detach() noexcept;
+  /// The commit proper: locks, validation of every read (read-only attempts too: a predecessor in
+  /// commit order may have written what this one read), write-back. False: nothing was published;
+  /// call segment_abort().
+  bool segment_commit();
+  /// After segment_commit(): allocations kept, deferred frees and destroyed tvars handed to the
+  /// epoch GC, epoch left. Returns the on_commit hooks, for the caller to run.
+  std::vector<std::function<void()>> segment_finish_commit() noexcept;
+  /// Drops the attempt: writes, allocations (freed), tvars made in it, reservations and token; leaves
+  /// the epoch. Returns the on_abort hooks, for the caller to run.
+  std::vector<std::function<void()>> segment_abort() noexcept;
+  /// At the head: takes the token and reserves every tvar read or written, so that nothing can
+  /// invalidate the attempt any more. False if something read has changed since (call segment_abort).
+  bool segment_make_inevitable() noexcept;
+  bool is_segment() const noexcept { return segment_; }
+  /// Inside a nested atomically or or_else (where a switch point is refused).
+  bool in_scope() const noexcept { return scope_depth_ != 0; }
+  /// The memory the attempt allocated (still owned by it).
+  alloc_log::ranges attempt_allocations() const noexcept { return allocs_.ranges_after(0); }
+  /// Inside or_else's first branch (where retry() is allowed in a tasklet).
+  bool in_or_else() const noexcept { return or_else_depth_ != 0; }
+  void or_else_enter() noexcept { ++or_else_depth_; }
+  void or_else_leave() noexcept { --or_else_depth_; }
+
   void add_commit_hook(std::function<void()> fn);
   void add_abort_hook(std::function<void()> fn);
   void make_inevitable(const char* reason);
@@ -297,6 +336,7 @@ class alignas(64) transaction {
   void write_back_and_unlock(std::uint64_t wv) noexcept;
   void finish_destroyed_tvars() noexcept;
   void reset_attempt() noexcept;
+  void clear_attempt() noexcept;
   std::vector<std::function<void()>> discard_attempt(bool free_created) noexcept;
   void drop_created_from(std::uint32_t first, std::size_t allocs) noexcept;
   void record_conflict(conflict_kind kind, const tvar_base* v, const std::source_location& where) noexcept;
@@ -308,6 +348,8 @@ class alignas(64) transaction {
   std::uint64_t solo_token_ = 0;  ///< solo_state when it began
   bool solo_blocked_ = false;     ///< retry() in a solo attempt: run normally until the commit
   bool inevitable_ = false;
+  bool segment_ = false;          ///< a tasklet segment's transaction (see segment_begin)
+  std::uint32_t or_else_depth_ = 0;
   bool want_inevitable_ = false;
   /// Why the next attempt starts inevitable (reported to the observer when it does), or nullptr.
   const char* inevitable_reason_ = nullptr;
@@ -352,6 +394,10 @@ __attribute__((tls_model("initial-exec"))) extern constinit thread_local transac
 inline transaction* current_transaction() noexcept { return current_tx; }
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local transaction* thread_tx;
 transaction& make_thread_transaction();
+/// Registers a segment descriptor (for stats(), and so that no thread runs solo beside segments);
+/// unregister folds its counters into the departed total.
+void segment_register(transaction* tx);
+void segment_unregister(transaction* tx) noexcept;
 /// This thread's descriptor (made on first use).
 inline transaction& thread_transaction() {
   if (transaction* tx = thread_tx) [[likely]]

@@ -46,11 +46,15 @@ class tasklet_impl {
   virtual void invoke() = 0;
   /// Destroys the bound function and what it captured (at death, or kill before start).
   virtual void drop_function() noexcept = 0;
+  /// The bytes of the bound function and of its "still bound" flag: a segment's rollback restores
+  /// them with the stack (DESIGN.md §4.2: mutable captures are the tasklet's own state).
+  virtual std::pair<void*, std::size_t> function_bytes() noexcept { return {nullptr, 0}; }
 
   std::atomic<std::uint32_t> refs{0};
   tasklet_state state = tasklet_state::paused;
   bool is_main = false;
-  bool started = false;     ///< has a context (main: always)
+  bool started = false;     ///< has run (in ordered mode: its first segment has committed); main: always
+  bool has_context = false; ///< has a stack and a context (ordered mode: from its first dispatch on)
   bool registered = false;  ///< counted in the runtime's list of live tasklets (holds a reference)
   bool in_run = false;      ///< main only: paused inside weft::run() (else paused by switch_to/schedule_remove)
   std::int8_t direction = 0;  ///< while blocked: +1 sending, -1 receiving
@@ -79,6 +83,14 @@ class tasklet_impl {
 
   std::string name;
 
+  // Ordered mode (scheduler/src/ordered.cpp), under the runtime's commit lock.
+  void* segment = nullptr;           ///< the segment in flight, if any
+  std::uint8_t last_status = 0;      ///< what the last committed switch point returns (op_status)
+  bool want_head = false;            ///< its next segment runs at the head, inevitable
+  std::uint32_t head_aborts = 0;     ///< consecutive aborts of segments that started at the head
+  std::uint32_t attempts = 0;        ///< aborted attempts of its next segment (keys abort injection)
+  std::uint64_t segments = 0;        ///< committed segments (keys abort injection)
+
   // Sanitizer bookkeeping (unused in ordinary builds).
   void* asan_fake_stack = nullptr;
   const void* asan_stack_bottom = nullptr;
@@ -93,6 +105,10 @@ class bound_tasklet final : public tasklet_impl {
   explicit bound_tasklet(G&& g) : fn_(std::forward<G>(g)), has_fn_(true) {}
   ~bound_tasklet() override { drop_function(); }
   void invoke() override { fn_.value(); }
+  std::pair<void*, std::size_t> function_bytes() noexcept override {
+    auto* first = reinterpret_cast<char*>(&fn_);
+    return {first, static_cast<std::size_t>(reinterpret_cast<char*>(&has_fn_ + 1) - first)};
+  }
   void drop_function() noexcept override {
     if (has_fn_) {
       has_fn_ = false;
@@ -110,24 +126,58 @@ class bound_tasklet final : public tasklet_impl {
   bool has_fn_;
 };
 
-/// Registers a freshly made block with the calling thread's runtime (creating it on first use).
+/// Registers a freshly made block with the calling thread's runtime (creating it on first use): a
+/// switch point in ordered mode (the id is given when the segment commits).
 void adopt(tasklet_impl* t);
 /// Called when the last reference goes.
 void destroy(tasklet_impl* t) noexcept;
 
+/// Reference changes of tasklet and channel handles made by a speculative segment (DESIGN.md §4.7.5):
+/// increments apply at once and are undone if the segment aborts; decrements (which may destroy)
+/// wait for its commit. Installed on the thread while the segment runs (scheduler/src/ordered.cpp).
+class handle_log {
+ public:
+  enum kind : std::uint8_t { tasklet_inc, tasklet_dec, channel_inc, channel_dec };
+  void record(void* object, kind k);  // out of line (scheduler/src/ordered.cpp)
+  struct entry {
+    void* object;
+    kind k;
+  };
+  entry* items = nullptr;
+  std::uint32_t size = 0, cap = 0;
+};
+__attribute__((tls_model("initial-exec"))) extern constinit thread_local handle_log* segment_handles;
+
 inline void retain(tasklet_impl* t) noexcept {
-  if (t) t->refs.fetch_add(1, std::memory_order_relaxed);  // a new reference is made from an existing one
+  if (!t) return;
+  t->refs.fetch_add(1, std::memory_order_relaxed);  // a new reference is made from an existing one
+  if (handle_log* log = segment_handles) [[unlikely]]
+    log->record(t, handle_log::tasklet_inc);
 }
-inline void release(tasklet_impl* t) noexcept {
+/// Drops a reference at once, whatever runs on the thread (the commit and abort paths use it).
+inline void release_now(tasklet_impl* t) noexcept {
   // acq_rel: the last release must see every write made through the other references before destroy.
   if (t && t->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) destroy(t);
+}
+inline void release(tasklet_impl* t) noexcept {
+  if (!t) return;
+  if (handle_log* log = segment_handles) [[unlikely]] {
+    log->record(t, handle_log::tasklet_dec);
+    return;
+  }
+  release_now(t);
 }
 
 template <class F>
 tasklet_impl* make_tasklet(F&& f) {
   static_assert(std::is_invocable_v<std::decay_t<F>&>, "a tasklet's function must be callable with no arguments");
   auto* t = new bound_tasklet<std::decay_t<F>>(std::forward<F>(f));
-  adopt(t);
+  try {
+    adopt(t);
+  } catch (...) {
+    delete t;  // never registered
+    throw;
+  }
   return t;
 }
 

@@ -1,0 +1,537 @@
+// Ordered mode (DESIGN.md §4): tasklet segments run speculatively on `workers` threads, each a
+// transaction of weft's STM, and commit in the order one worker would run them.
+//
+// Rooms of this file, in order: the segment record; workers and their thread-local state; the
+// segment pool; dispatch (which tasklet a free thread runs next); running a segment (snapshot,
+// attach, jump, detach); commit order (the head of the committed ring commits, then the next head);
+// abort (restore the stack, drop the record); main's switch points; the hooks the STM and the API
+// call from inside a segment.
+//
+// Lock: `ordered_state::mu`, the commit lock. It protects every piece of committed state (the
+// runnable ring, tasklet states and pending exceptions, channel queues and flags, the registry, ids,
+// the stack pool) and the dispatch state (tasklet_impl::segment and the fields marked "ordered mode"
+// in tasklet_impl.hpp, the segment pool). It is the only lock of this file; no other weft lock is
+// taken while it is held, except the STM's own short locks (registry, tvar lock words) and stdio's.
+// It is never held while user code of a segment runs.
+//
+// Invariants (numbered as DESIGN.md §4.4 states them):
+//  1. a tasklet has at most one segment in flight; the next one starts only after it committed;
+//  2. only the head of the committed ring commits; the commit applies its intent with apply() on
+//     committed state and then looks at the new head (commit_chain);
+//  3. a segment writes nothing of the runtime's while it runs: its intent, output, handle reference
+//     changes and transaction go to its record (struct segment), which the commit applies and an
+//     abort drops; the tasklet's stack and bound function are restored from the snapshot;
+//  4. main runs only on the main thread, only at the head, never speculatively (direct tvar access,
+//     direct output), and while main is runnable the main thread runs nothing else;
+//  5. a segment that must see committed state, or cannot be rolled back (it starts with an exception
+//     to throw or inside a catch block, or aborted K times at the head), runs at the head and
+//     inevitable: it parks (returns to its thread) until its tasklet is the head.
+#include "ordered.hpp"
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "weft/detail/stm_core.hpp"
+
+namespace weft::detail {
+
+namespace {
+
+// --- the segment record (DESIGN.md §4.2) ---------------------------------------------------------------
+struct segment {
+  enum class state : std::uint8_t { running, finished, parked };
+  transaction tx;
+  epoch_slot* epoch = nullptr;
+  stack_snapshot stack;
+  std::vector<std::byte> function;  // the bound function's bytes at segment start
+  bool has_snapshot = false;
+  intent ending{.kind = intent_kind::yield};
+  std::string out;  // deferred output
+  handle_log handles;
+  state st = state::running;
+  bool inevitable = false;  // cannot abort; at the head
+  bool doomed = false;      // a commit changed its tasklet while it ran: abort when it ends
+  bool at_head = false;     // its tasklet was the head when it started
+
+  segment() : epoch(&epoch_slot_acquire()) { segment_register(&tx); }
+  ~segment() {
+    segment_unregister(&tx);
+    epoch_slot_release(*epoch);
+    std::free(handles.items);
+  }
+};
+
+segment* seg(const tasklet_impl* t) noexcept { return static_cast<segment*>(t->segment); }
+
+// --- workers ---------------------------------------------------------------------------------------
+// A thread that runs segments: the main thread (while main waits) and workers - 1 worker threads.
+class home_context final : public tasklet_impl {
+ public:
+  void invoke() override {}
+  void drop_function() noexcept override {}
+};
+
+struct worker {
+  runtime* rt = nullptr;
+  tasklet_impl* home = nullptr;       // the context of this thread's own stack
+  tasklet_impl* running = nullptr;    // whose code runs on this thread now
+  enum class end : std::uint8_t { none, finished, parked, aborted } ended = end::none;
+  bool main_thread = false;
+  std::unique_ptr<home_context> own_home;  // worker threads; the main thread uses main itself
+  std::thread thread;
+};
+
+__attribute__((tls_model("initial-exec"))) constinit thread_local worker* this_thread_worker = nullptr;
+
+// Not inlined, and called again after every jump: a tasklet may resume on another thread.
+[[gnu::noinline]] worker* this_worker() noexcept {
+  worker* w = this_thread_worker;
+  asm volatile("" : "+r"(w));
+  return w;
+}
+
+std::uint64_t mix(std::uint64_t x) noexcept {  // splitmix64's finaliser
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+struct ordered_state {
+  std::mutex mu;                 // the commit lock (see the top of this file)
+  std::condition_variable cv;    // a thread waits here for work, or main for its turn
+  std::vector<std::unique_ptr<worker>> workers;  // [0]: the main thread
+  std::vector<segment*> free_segments;
+  std::vector<std::unique_ptr<segment>> all_segments;
+  bool stopping = false;
+  unsigned window = 8;           // how far past the head dispatch looks (4 x workers)
+  double inject = 0;
+  std::uint64_t seed = 0;
+  unsigned inevitable_after = 8;
+};
+
+namespace {
+
+ordered_state& state_of(runtime& r) noexcept { return *r.ordered; }
+
+segment* take_segment(ordered_state& o) {
+  if (o.free_segments.empty()) {
+    o.all_segments.push_back(std::make_unique<segment>());
+    return o.all_segments.back().get();
+  }
+  segment* s = o.free_segments.back();
+  o.free_segments.pop_back();
+  return s;
+}
+
+void give_segment(ordered_state& o, segment* s) {
+  s->ending = intent{.kind = intent_kind::yield};
+  s->out.clear();
+  s->handles.size = 0;
+  s->has_snapshot = s->inevitable = s->doomed = s->at_head = false;
+  o.free_segments.push_back(s);
+}
+
+bool needs_head(const ordered_state& o, const tasklet_impl* t) noexcept {
+  return t->pending || t->want_head || t->eh_globals[0] != nullptr || t->head_aborts >= o.inevitable_after;
+}
+
+bool main_can_run(const runtime& r) noexcept {
+  return r.head == r.main && r.main->state == tasklet_state::runnable;
+}
+
+void write_stdout(const std::string& text) {
+  if (!text.empty()) std::fwrite(text.data(), 1, text.size(), stdout);
+}
+
+// --- dispatch ---------------------------------------------------------------------------------------
+// The first tasklet from the head on, within the window, that this thread may run: runnable, not
+// main, nothing in flight (or parked at the head), and allowed off the head.
+tasklet_impl* pick(runtime& r, const worker& w) {
+  ordered_state& o = state_of(r);
+  // Invariant 4: while main is runnable the main thread runs only what must commit before it.
+  const bool before_main_only = w.main_thread && r.main->state == tasklet_state::runnable;
+  tasklet_impl* h = r.head;
+  if (!h) return nullptr;
+  tasklet_impl* t = h;
+  for (unsigned n = 0; n < o.window; ++n) {
+    if (t == r.main && before_main_only) break;
+    if (t != r.main) {
+      if (segment* s = seg(t)) {
+        if (t == h && s->st == segment::state::parked) return t;
+      } else if (t == h || !needs_head(o, t)) {
+        return t;
+      }
+    }
+    t = t->next;
+    if (t == h) break;
+  }
+  return nullptr;
+}
+
+// --- abort ------------------------------------------------------------------------------------------
+enum class abort_kind { conflict, injected, changed };
+
+void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
+  ordered_state& o = state_of(r);
+  // Increments of handles made in the attempt are undone (objects it allocated go with it).
+  if (s->handles.size) {
+    alloc_log::ranges own = s->tx.attempt_allocations();
+    for (std::uint32_t i = s->handles.size; i-- > 0;) {
+      const handle_log::entry e = s->handles.items[i];
+      if (own.contains(e.object)) continue;
+      if (e.k == handle_log::tasklet_inc) release_now(static_cast<tasklet_impl*>(e.object));
+      if (e.k == handle_log::channel_inc) channel_release_now(static_cast<channel_core*>(e.object));
+    }
+    s->handles.size = 0;
+  }
+  std::vector<std::function<void()>> hooks = s->tx.segment_abort();
+  s->ending = intent{.kind = intent_kind::yield};  // drops an exception it carried
+  s->out.clear();
+  if (s->has_snapshot) {
+    restore_stack(*t, s->stack);
+    auto [bytes, size] = t->function_bytes();
+    if (size) std::memcpy(bytes, s->function.data(), size);
+  }
+  if (kind == abort_kind::conflict && s->at_head) ++t->head_aborts;
+  ++t->attempts;
+  t->segment = nullptr;
+  give_segment(o, s);
+  if (t->state == tasklet_state::dead) {  // killed before its first commit while this ran (apply.cpp)
+    t->drop_function();
+    retire(r, t);
+  }
+  for (auto& h : hooks) h();
+}
+
+// --- commit order (DESIGN.md §4.4, §4.7.4) ------------------------------------------------------------
+void commit_segment(runtime& r, tasklet_impl* h, segment* s) {
+  ordered_state& o = state_of(r);
+  std::vector<std::function<void()>> hooks = s->tx.segment_finish_commit();
+  write_stdout(s->out);
+  r.current = h;
+  h->started = true;
+  intent in = std::move(s->ending);
+  try {
+    h->last_status = static_cast<std::uint8_t>(apply(r, in).status);
+  } catch (...) {
+    // A Stackless error (deadlock, misuse, a raise to itself): thrown where the tasklet resumes.
+    h->pending = std::current_exception();
+    h->last_status = static_cast<std::uint8_t>(op_status::ok);
+  }
+  for (std::uint32_t i = 0; i < s->handles.size; ++i) {
+    const handle_log::entry e = s->handles.items[i];
+    if (e.k == handle_log::tasklet_dec) release_now(static_cast<tasklet_impl*>(e.object));
+    if (e.k == handle_log::channel_dec) channel_release_now(static_cast<channel_core*>(e.object));
+  }
+  h->segment = nullptr;
+  h->head_aborts = h->attempts = 0;
+  ++h->segments;
+  give_segment(o, s);
+  if (h->state == tasklet_state::dead) retire(r, h);  // nobody will run on its stack again
+  for (auto& f : hooks) f();
+}
+
+bool injected(const ordered_state& o, const tasklet_impl* t) noexcept {
+  if (o.inject <= 0) return false;
+  const std::uint64_t x = mix(o.seed ^ mix(t->id ^ mix(t->segments ^ mix(t->attempts))));
+  return static_cast<double>(x >> 11) * 0x1.0p-53 < o.inject;
+}
+
+// Commits the head while its segment has finished, then the next head, and so on. Wakes whoever
+// must run next.
+void commit_chain(runtime& r) {
+  ordered_state& o = state_of(r);
+  for (;;) {
+    tasklet_impl* h = r.head;
+    if (!h || h == r.main) break;
+    segment* s = seg(h);
+    if (!s || s->st != segment::state::finished) break;  // dispatch, or its thread, goes on from here
+    if (!s->inevitable && injected(o, h)) {
+      abort_segment(r, h, s, abort_kind::injected);
+      break;
+    }
+    if (!s->tx.segment_commit()) {
+      abort_segment(r, h, s, abort_kind::conflict);
+      break;
+    }
+    commit_segment(r, h, s);
+  }
+  o.cv.notify_all();
+}
+
+// --- running a segment ----------------------------------------------------------------------------
+// Jumps into t with its transaction installed on this thread; returns when the segment ends.
+void enter(worker& w, tasklet_impl* t, segment* s) {
+  w.running = t;
+  w.ended = worker::end::none;
+  s->tx.segment_attach();
+  segment_handles = &s->handles;
+  context_switch(w.home, t);
+  segment_handles = nullptr;
+  s->tx.segment_detach();
+  w.running = nullptr;
+}
+
+void segment_ended(runtime& r, worker& w, tasklet_impl* t, segment* s) {
+  switch (w.ended) {
+    case worker::end::finished:
+      s->st = segment::state::finished;
+      if (s->doomed)
+        abort_segment(r, t, s, abort_kind::changed);
+      else
+        commit_chain(r);
+      break;
+    case worker::end::parked:
+      s->st = segment::state::parked;
+      if (s->doomed) abort_segment(r, t, s, abort_kind::changed);
+      break;
+    case worker::end::aborted:
+    case worker::end::none:
+      abort_segment(r, t, s, abort_kind::conflict);
+      break;
+  }
+  state_of(r).cv.notify_all();
+}
+
+void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::mutex>& lk) {
+  ordered_state& o = state_of(r);
+  segment* s = seg(t);
+  if (s) {  // parked at the head: it goes on inevitable, if what it read is still current
+    s->st = segment::state::running;  // ours now: no other thread picks it
+    lk.unlock();
+    const bool ok = s->tx.segment_make_inevitable();
+    lk.lock();
+    if (!ok) {
+      t->want_head = true;
+      abort_segment(r, t, s, abort_kind::conflict);
+      o.cv.notify_all();
+      return;
+    }
+    s->inevitable = true;
+    write_stdout(s->out);  // at the head everything before it is out: print directly from now on
+    s->out.clear();
+  } else {
+    s = take_segment(o);
+    t->segment = s;
+    s->st = segment::state::running;
+    s->at_head = t == r.head;
+    s->inevitable = s->at_head && needs_head(o, t);
+    t->want_head = false;
+    if (!t->has_context) context_prepare(t, r.stacks().allocate());
+    lk.unlock();
+    if (!s->inevitable) {
+      snapshot_stack(*t, s->stack);
+      auto [bytes, size] = t->function_bytes();
+      s->function.resize(size);
+      if (size) std::memcpy(s->function.data(), bytes, size);
+      s->has_snapshot = true;
+    }
+    s->tx.segment_begin(*s->epoch, s->inevitable);
+    enter(w, t, s);
+    lk.lock();
+    segment_ended(r, w, t, s);
+    return;
+  }
+  lk.unlock();
+  enter(w, t, s);
+  lk.lock();
+  segment_ended(r, w, t, s);
+}
+
+// Runs segments until main can run (the main thread) or the runtime stops (worker threads).
+void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
+  ordered_state& o = state_of(r);
+  for (;;) {
+    if (w.main_thread ? main_can_run(r) : o.stopping) return;
+    if (tasklet_impl* t = pick(r, w)) {
+      run_segment(r, w, t, lk);
+    } else {
+      if (std::getenv("WEFT_DEBUG_DUMP")) {
+        std::fprintf(stderr, "wait: main state %d head %p main %p ring %zu\n", int(r.main->state), (void*)r.head, (void*)r.main, r.ring_size);
+        tasklet_impl* h = r.head; tasklet_impl* t = h;
+        for (int n = 0; t && n < 10; ++n) { segment* s = seg(t); std::fprintf(stderr, "  t%llu seg %d st %d\n", (unsigned long long)t->id, s ? 1 : 0, s ? int(s->st) : -1); t = t->next; if (t == h) break; }
+      }
+      o.cv.wait(lk);
+    }
+  }
+}
+
+void worker_thread(runtime* r, worker* w) {
+  this_thread_worker = w;
+  install_overflow_handler();  // this thread's alternate signal stack
+  context_adopt_thread(w->home);
+  std::unique_lock lk(state_of(*r).mu);
+  work(*r, *w, lk);
+  lk.unlock();
+  context_release(w->home);
+  this_thread_worker = nullptr;
+}
+
+// Leaves the running segment for the worker's loop; returns when a thread runs the tasklet again.
+void leave(tasklet_impl* self, worker::end how) {
+  worker* w = this_worker();
+  w->ended = how;
+  context_switch(self, w->home);
+}
+
+[[noreturn]] void abort_jump() {
+  worker* w = this_worker();
+  leave(w->running, worker::end::aborted);  // never resumed here: the stack is restored
+  __builtin_unreachable();
+}
+
+void park_for_head() {
+  worker* w = this_worker();
+  if (!w || !w->running || w->running->is_main) return;
+  segment* s = seg(w->running);
+  if (!s || s->inevitable) return;
+  leave(w->running, worker::end::parked);
+}
+
+}  // namespace
+
+// --- entry points ---------------------------------------------------------------------------------
+
+void handle_log::record(void* object, kind k) {
+  if (size == cap) {
+    std::uint32_t c = cap ? cap * 2 : 16;
+    auto* n = static_cast<entry*>(std::realloc(static_cast<void*>(items), c * sizeof(entry)));
+    if (!n) throw std::bad_alloc();
+    items = n;
+    cap = c;
+  }
+  items[size++] = {object, k};
+}
+
+void observe_scheduler() noexcept { park_for_head(); }
+
+void ordered_start(runtime& r) {
+  auto o = std::make_unique<ordered_state>();
+  o->window = std::max(4u * r.config.workers, 4u);
+  o->inject = r.config.abort_inject;
+  o->seed = r.config.seed;
+  segment_abort_jump = &abort_jump;
+  segment_park_for_head = &park_for_head;
+  auto m = std::make_unique<worker>();
+  m->rt = &r;
+  m->home = r.main;
+  m->running = r.main;
+  m->main_thread = true;
+  this_thread_worker = m.get();
+  o->workers.push_back(std::move(m));
+  r.ordered.reset(o.release());
+  for (unsigned i = 1; i < r.config.workers; ++i) {
+    auto w = std::make_unique<worker>();
+    w->rt = &r;
+    w->own_home = std::make_unique<home_context>();
+    w->own_home->is_main = true;  // a thread's own stack, for the context code (never in a ring)
+    w->own_home->started = w->own_home->has_context = true;
+    w->home = w->own_home.get();
+    w->thread = std::thread(worker_thread, &r, w.get());
+    r.ordered->workers.push_back(std::move(w));
+  }
+}
+
+void ordered_stop(runtime& r) noexcept {
+  ordered_state& o = state_of(r);
+  {
+    std::lock_guard lk(o.mu);
+    o.stopping = true;
+  }
+  o.cv.notify_all();
+  for (auto& w : o.workers)
+    if (w->thread.joinable()) w->thread.join();
+  this_thread_worker = nullptr;
+  r.ordered.reset();
+}
+
+std::mutex& ordered_lock(runtime& r) { return state_of(r).mu; }
+
+void ordered_state_deleter::operator()(ordered_state* o) const noexcept { delete o; }
+
+runtime* ordered_thread_runtime() noexcept {
+  worker* w = this_worker();
+  return w ? w->rt : nullptr;
+}
+
+tasklet_impl* ordered_running() noexcept {
+  worker* w = this_worker();
+  return w ? w->running : nullptr;
+}
+
+op_status ordered_perform(runtime& r, intent& in) {
+  worker* w = this_worker();
+  tasklet_impl* self = w->running;
+  if (transaction* tx = current_transaction(); tx && (!tx->is_segment() || tx->in_scope())) [[unlikely]]
+    throw std::logic_error(
+        "a switch point (channel operation, schedule, run, kill, ...) inside weft::atomically: "
+        "a transaction cannot give up the processor; move it out of the transaction");
+  if (self != r.main) {
+    // A segment ends: its intent goes to the record, applied when it commits (invariant 3).
+    seg(self)->ending = std::move(in);
+    leave(self, worker::end::finished);
+    // A new segment starts here, on whatever thread: the result of the switch point is committed.
+    if (self->pending) [[unlikely]]
+      rethrow_pending_exception(self);  // only at the head, inevitable (see needs_head)
+    return static_cast<op_status>(self->last_status);
+  }
+  // Main applies at once: it is the head (invariant 4).
+  ordered_state& o = state_of(r);
+  std::unique_lock lk(o.mu);
+  r.current = r.main;
+  const apply_result res = apply(r, in);  // an error is thrown here, at once, as with one worker
+  commit_chain(r);
+  if (!main_can_run(r)) {
+    w->running = nullptr;
+    work(r, *w, lk);
+    w = this_worker();
+    w->running = r.main;
+  }
+  r.current = r.main;
+  lk.unlock();
+  if (r.main->pending) [[unlikely]]
+    rethrow_pending_exception(r.main);
+  return res.status;
+}
+
+void ordered_exit(tasklet_impl* self, std::exception_ptr escaped) {
+  seg(self)->ending = intent{.kind = intent_kind::exit, .exception = std::move(escaped)};
+  leave(self, worker::end::finished);  // committed: never resumed; aborted: resumed at its last switch point
+  __builtin_unreachable();
+}
+
+void ordered_output(std::string_view text) {
+  worker* w = this_worker();
+  tasklet_impl* t = w ? w->running : nullptr;
+  segment* s = t && !t->is_main ? seg(t) : nullptr;
+  if (!s || s->inevitable) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    return;
+  }
+  alloc_log_pause pause;  // the buffer belongs to the record, not to the attempt
+  s->out.append(text);
+}
+
+bool ordered_abort_in_flight(runtime& r, tasklet_impl* t) noexcept {
+  segment* s = seg(t);
+  if (!s) return false;
+  if (s->st == segment::state::running) {
+    s->doomed = true;
+    return true;
+  }
+  abort_segment(r, t, s, abort_kind::changed);
+  return false;
+}
+
+}  // namespace weft::detail

@@ -1,0 +1,34 @@
+// Ordered mode (DESIGN.md §4), private to scheduler/: the entry points runtime.cpp, api.cpp and
+// apply.cpp call. The machinery itself (workers, segments, dispatch, commit order) is ordered.cpp.
+#pragma once
+
+#include <exception>
+#include <mutex>
+#include <string_view>
+
+#include "runtime.hpp"
+
+namespace weft::detail {
+
+/// Starts the worker threads of a runtime made in ordered mode (from the runtime's constructor).
+void ordered_start(runtime& r);
+/// Stops and joins them; called by the main thread (shutdown, thread exit) with main running.
+void ordered_stop(runtime& r) noexcept;
+/// perform() in ordered mode: a speculative segment ends here; main applies at once.
+op_status ordered_perform(runtime& r, intent& in);
+/// The last segment of a tasklet ends with its exit intent.
+[[noreturn]] void ordered_exit(tasklet_impl* self, std::exception_ptr escaped);
+/// The tasklet whose code the calling thread runs (main on the main thread while main runs).
+tasklet_impl* ordered_running() noexcept;
+/// weft::print in ordered mode: buffered in a speculative segment, direct at the head.
+void ordered_output(std::string_view text);
+/// apply() is about to change `t`, which is not the committing tasklet (kill, raise, remove): its
+/// segment in flight, if any, is aborted. Returns true if that segment is running right now on some
+/// thread (it is then doomed: aborted when it ends), false if t has nothing in flight any more.
+bool ordered_abort_in_flight(runtime& r, tasklet_impl* t) noexcept;
+/// resources() and similar reads by main: the commit lock, held while reading committed counters.
+std::mutex& ordered_lock(runtime& r);
+/// A worker thread's runtime (worker threads own none), or nullptr.
+runtime* ordered_thread_runtime() noexcept;
+
+}  // namespace weft::detail
