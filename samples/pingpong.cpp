@@ -44,16 +44,20 @@ int main(int argc, char** argv) {
 
   weft::channel<long> to_pong;
   weft::channel<long> to_ping;
-  std::uint64_t sum = 0;  // written by ping only, read by main after both have ended
+  // Ping's running sum lives on its stack; it hands the total to main through a tvar (DESIGN.md §5:
+  // a tasklet writes shared state only through weft's transactional types).
+  weft::tvar<std::uint64_t> sum{0};
 
   weft::spawn([&] {
+    std::uint64_t total = 0;
     for (long i = 0; i < rounds; ++i) {
       if (verbose) weft::print("ping sends {}\n", i);
       to_pong.send(i);
       const long answer = to_ping.receive();
       if (verbose) weft::print("ping got {}\n", answer);
-      sum += static_cast<std::uint64_t>(answer);
+      total += static_cast<std::uint64_t>(answer);
     }
+    sum.set(total);
     to_pong.send(-1);  // game over
   });
   weft::spawn([&] {
@@ -71,7 +75,7 @@ int main(int argc, char** argv) {
 
   weft::print("round trips: {}\n", rounds);
   weft::print("tasklets left: {}\n", weft::resources().live_tasklets);
-  weft::print("checksum: {}\n", sum);
+  weft::print("checksum: {}\n", sum.get());
   const double ms = std::chrono::duration<double, std::milli>(stop - start).count();
   fmt::print(stderr, "time: {:.1f} ms ({:.1f} ns per round trip)\n", ms, ms * 1e6 / double(rounds));
   weft::shutdown();

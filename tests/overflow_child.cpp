@@ -5,7 +5,7 @@
 #include <weft/weft.hpp>
 
 namespace {
-int recurse(int n) {
+[[gnu::noinline]] int recurse(int n) {  // one 512-byte frame per call: every page of the stack gets touched
   volatile char pad[512];
   pad[n % 512] = static_cast<char>(n);
   return recurse(n + 1) + pad[(n * 7) % 512];  // not a tail call

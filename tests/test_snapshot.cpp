@@ -6,7 +6,7 @@
 using namespace weft;
 using weft::test::fresh_runtime;
 
-TEST_CASE_METHOD(fresh_runtime, "restoring a snapshot re-runs a stretch with identical results", "[unit][snapshot]") {
+TEST_CASE_METHOD(fresh_runtime, "restoring a snapshot re-runs a stretch with identical results", "[unit][snapshot][serial_only]") {
   // What each stretch computed, kept in a tvar (DESIGN.md §5): a stretch run again appends again,
   // since restore_stack below rolls back only the stack, as the test means it to.
   tvar<std::vector<unsigned long>> out_tv;

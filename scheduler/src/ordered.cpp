@@ -182,8 +182,18 @@ tasklet_impl* pick(runtime& r, const worker& w) {
 // --- abort ------------------------------------------------------------------------------------------
 enum class abort_kind { conflict, injected, changed };
 
+bool tracing() { static const bool on = std::getenv("WEFT_DEBUG_TRACE") != nullptr; return on; }
+std::string* trace_buf = nullptr;
+void dump_trace() { if (trace_buf) std::fwrite(trace_buf->data(), 1, trace_buf->size(), stderr); }
+template <class... A> void tr(const char* f, A... a) {
+  if (!trace_buf) { trace_buf = new std::string; std::atexit(dump_trace); }
+  char b[200]; int n = std::snprintf(b, sizeof b, f, a...); trace_buf->append(b, n);
+  if (trace_buf->size() > (64u << 20)) trace_buf->erase(0, 32u << 20);
+}
+
 void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   ordered_state& o = state_of(r);
+  if (tracing()) tr("T abort t%llu kind %d st %d snap %d\n", (unsigned long long)t->id, int(kind), int(s->st), int(s->has_snapshot));
   // Increments of handles made in the attempt are undone (objects it allocated go with it).
   if (s->handles.size) {
     alloc_log::ranges own = s->tx.attempt_allocations();
@@ -222,6 +232,7 @@ void commit_segment(runtime& r, tasklet_impl* h, segment* s) {
   r.current = h;
   h->started = true;
   intent in = std::move(s->ending);
+  if (tracing()) tr("T commit t%llu intent %d inev %d\n", (unsigned long long)h->id, int(in.kind), int(s->inevitable));
   try {
     h->last_status = static_cast<std::uint8_t>(apply(r, in).status);
   } catch (...) {
@@ -327,6 +338,7 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     s->st = segment::state::running;
     s->at_head = t == r.head;
     s->inevitable = s->at_head && needs_head(o, t);
+    if (tracing()) tr("T dispatch t%llu head %d inev %d pending %d\n", (unsigned long long)t->id, int(s->at_head), int(s->inevitable), int(bool(t->pending)));
     t->want_head = false;
     if (!t->has_context) context_prepare(t, r.stacks().allocate());
     lk.unlock();
@@ -490,6 +502,7 @@ op_status ordered_perform(runtime& r, intent& in) {
   ordered_state& o = state_of(r);
   std::unique_lock lk(o.mu);
   r.current = r.main;
+  if (tracing()) tr("T main intent %d target t%llu\n", int(in.kind), in.target ? (unsigned long long)in.target->id : 0ull);
   const apply_result res = apply(r, in);  // an error is thrown here, at once, as with one worker
   commit_chain(r);
   if (!main_can_run(r)) {
@@ -516,6 +529,7 @@ void ordered_output(std::string_view text) {
   tasklet_impl* t = w ? w->running : nullptr;
   segment* s = t && !t->is_main ? seg(t) : nullptr;
   if (!s || s->inevitable) {
+    if (tracing()) tr("OUT %.*s", int(text.size()), text.data());
     std::fwrite(text.data(), 1, text.size(), stdout);
     return;
   }
