@@ -182,18 +182,8 @@ tasklet_impl* pick(runtime& r, const worker& w) {
 // --- abort ------------------------------------------------------------------------------------------
 enum class abort_kind { conflict, injected, changed };
 
-bool tracing() { static const bool on = std::getenv("WEFT_DEBUG_TRACE") != nullptr; return on; }
-std::string* trace_buf = nullptr;
-void dump_trace() { if (trace_buf) std::fwrite(trace_buf->data(), 1, trace_buf->size(), stderr); }
-template <class... A> void tr(const char* f, A... a) {
-  if (!trace_buf) { trace_buf = new std::string; std::atexit(dump_trace); }
-  char b[200]; int n = std::snprintf(b, sizeof b, f, a...); trace_buf->append(b, n);
-  if (trace_buf->size() > (64u << 20)) trace_buf->erase(0, 32u << 20);
-}
-
 void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   ordered_state& o = state_of(r);
-  if (tracing()) tr("T abort t%llu kind %d st %d snap %d\n", (unsigned long long)t->id, int(kind), int(s->st), int(s->has_snapshot));
   // Increments of handles made in the attempt are undone (objects it allocated go with it).
   if (s->handles.size) {
     alloc_log::ranges own = s->tx.attempt_allocations();
@@ -232,7 +222,6 @@ void commit_segment(runtime& r, tasklet_impl* h, segment* s) {
   r.current = h;
   h->started = true;
   intent in = std::move(s->ending);
-  if (tracing()) tr("T commit t%llu intent %d inev %d\n", (unsigned long long)h->id, int(in.kind), int(s->inevitable));
   try {
     h->last_status = static_cast<std::uint8_t>(apply(r, in).status);
   } catch (...) {
@@ -338,7 +327,6 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     s->st = segment::state::running;
     s->at_head = t == r.head;
     s->inevitable = s->at_head && needs_head(o, t);
-    if (tracing()) tr("T dispatch t%llu head %d inev %d pending %d\n", (unsigned long long)t->id, int(s->at_head), int(s->inevitable), int(bool(t->pending)));
     t->want_head = false;
     if (!t->has_context) context_prepare(t, r.stacks().allocate());
     lk.unlock();
@@ -369,11 +357,6 @@ void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
     if (tasklet_impl* t = pick(r, w)) {
       run_segment(r, w, t, lk);
     } else {
-      if (std::getenv("WEFT_DEBUG_DUMP")) {
-        std::fprintf(stderr, "wait: main state %d head %p main %p ring %zu\n", int(r.main->state), (void*)r.head, (void*)r.main, r.ring_size);
-        tasklet_impl* h = r.head; tasklet_impl* t = h;
-        for (int n = 0; t && n < 10; ++n) { segment* s = seg(t); std::fprintf(stderr, "  t%llu seg %d st %d\n", (unsigned long long)t->id, s ? 1 : 0, s ? int(s->st) : -1); t = t->next; if (t == h) break; }
-      }
       o.cv.wait(lk);
     }
   }
@@ -494,15 +477,17 @@ op_status ordered_perform(runtime& r, intent& in) {
     seg(self)->ending = std::move(in);
     leave(self, worker::end::finished);
     // A new segment starts here, on whatever thread: the result of the switch point is committed.
-    if (self->pending) [[unlikely]]
-      rethrow_pending_exception(self);  // only at the head, inevitable (see needs_head)
+    // Only a segment dispatched at the head, inevitable, takes a pending exception (needs_head). A
+    // speculative one never looks: one that appears while it runs comes from a kill or raise
+    // committed meanwhile, which dooms this attempt; the exception waits for the re-run.
+    if (seg(self)->inevitable && self->pending) [[unlikely]]
+      rethrow_pending_exception(self);
     return static_cast<op_status>(self->last_status);
   }
   // Main applies at once: it is the head (invariant 4).
   ordered_state& o = state_of(r);
   std::unique_lock lk(o.mu);
   r.current = r.main;
-  if (tracing()) tr("T main intent %d target t%llu\n", int(in.kind), in.target ? (unsigned long long)in.target->id : 0ull);
   const apply_result res = apply(r, in);  // an error is thrown here, at once, as with one worker
   commit_chain(r);
   if (!main_can_run(r)) {
@@ -518,6 +503,8 @@ op_status ordered_perform(runtime& r, intent& in) {
   return res.status;
 }
 
+bool ordered_takes_pending(tasklet_impl* self) noexcept { return seg(self)->inevitable && self->pending; }
+
 void ordered_exit(tasklet_impl* self, std::exception_ptr escaped) {
   seg(self)->ending = intent{.kind = intent_kind::exit, .exception = std::move(escaped)};
   leave(self, worker::end::finished);  // committed: never resumed; aborted: resumed at its last switch point
@@ -529,7 +516,6 @@ void ordered_output(std::string_view text) {
   tasklet_impl* t = w ? w->running : nullptr;
   segment* s = t && !t->is_main ? seg(t) : nullptr;
   if (!s || s->inevitable) {
-    if (tracing()) tr("OUT %.*s", int(text.size()), text.data());
     std::fwrite(text.data(), 1, text.size(), stdout);
     return;
   }

@@ -18,6 +18,9 @@ void ordered_stop(runtime& r) noexcept;
 op_status ordered_perform(runtime& r, intent& in);
 /// The last segment of a tasklet ends with its exit intent.
 [[noreturn]] void ordered_exit(tasklet_impl* self, std::exception_ptr escaped);
+/// At the start of a segment: whether it throws the tasklet's pending exception (only an inevitable
+/// segment at the head reads it; a speculative one never does).
+bool ordered_takes_pending(tasklet_impl* self) noexcept;
 /// The tasklet whose code the calling thread runs (main on the main thread while main runs).
 tasklet_impl* ordered_running() noexcept;
 /// weft::print in ordered mode: buffered in a speculative segment, direct at the head.

@@ -198,7 +198,8 @@ op_status perform(intent& in) {
   if (!ordered && prev->state == tasklet_state::dead) retire(r, prev);
   std::exception_ptr escaped;
   try {
-    if (self->pending) rethrow_pending_exception(self);  // killed or raised into before it ever ran (§3.3, §3.4)
+    // Killed or raised into before it ever ran (§3.3, §3.4).
+    if (ordered ? ordered_takes_pending(self) : self->pending != nullptr) rethrow_pending_exception(self);
     self->invoke();
   } catch (const tasklet_exit&) {
     // §3.2: uncaught, a kill ends the tasklet silently.

@@ -1088,7 +1088,6 @@ void transaction::segment_detach() noexcept {
 }
 
 bool transaction::segment_commit() {
-  if (std::getenv("WEFT_DEBUG_SOLO") && (solo_state.load() & solo_active)) std::fprintf(stderr, "SOLO ACTIVE at segment commit, owner %p registry %zu\n", (void*)solo_owner.load(), registry().size());
   if (signal_pending_) [[unlikely]]
     return false;  // a retry signal caught by user code outside or_else: run it again
   if (inevitable_) {
