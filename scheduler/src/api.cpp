@@ -74,7 +74,7 @@ bool tasklet::is_main() const noexcept { return impl_ && impl_->is_main; }
 bool tasklet::is_current() const noexcept {
   if (!impl_ || !impl_->owner) return false;
   detail::runtime& r = detail::this_runtime();
-  if (!r.ordered && impl_->owner_thread != std::this_thread::get_id()) return false;
+  if (!r.is_parallel() && impl_->owner_thread != std::this_thread::get_id()) return false;
   return detail::running_tasklet(r) == impl_;
 }
 

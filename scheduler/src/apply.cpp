@@ -238,7 +238,7 @@ apply_result apply(runtime& r, intent& in) {
       check_owner(r, t);
       if (t == self) misuse(msg::remove_current);
       if (t->state == tasklet_state::blocked) misuse(msg::remove_blocked);
-      if (r.ordered) ordered_abort_in_flight(r, t);  // its speculation assumed it would run
+      if (r.is_parallel()) ordered_abort_in_flight(r, t);  // its speculation assumed it would run
       leave_ring_paused(r, t);
       return {self};
 
@@ -266,7 +266,7 @@ apply_result apply(runtime& r, intent& in) {
       if (t == self) std::rethrow_exception(in.exception);  // thrown in the caller, at once
       // Ordered mode: what t runs speculatively did not see this exception. If it is running now,
       // it is aborted when it ends (and, if t dies here, its stack is retired then).
-      const bool still_running = r.ordered && ordered_abort_in_flight(r, t);
+      const bool still_running = r.is_parallel() && ordered_abort_in_flight(r, t);
       if (in.kill && !t->started && t->state == tasklet_state::paused) {  // dies at once, nobody runs
         t->state = tasklet_state::dead;
         if (t->registered) --r.alive;

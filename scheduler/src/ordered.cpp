@@ -37,6 +37,10 @@
 #include <thread>
 #include <vector>
 
+#include <chrono>
+#include <string>
+
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "weft/detail/stm_core.hpp"
@@ -87,6 +91,8 @@ struct worker {
   bool main_thread = false;
   std::unique_ptr<home_context> own_home;  // worker threads; the main thread uses main itself
   std::thread thread;
+  // Statistics, under the commit lock.
+  std::uint64_t segments = 0, commits = 0, aborts = 0, busy_ns = 0;
 };
 
 __attribute__((tls_model("initial-exec"))) constinit thread_local worker* this_thread_worker = nullptr;
@@ -118,6 +124,22 @@ struct ordered_state {
   double inject = 0;
   std::uint64_t seed = 0;
   unsigned inevitable_after = 8;
+  std::size_t in_flight = 0;     // segments taken from the pool and not given back
+
+  // Statistics for run_stats().
+  std::uint64_t segments = 0, commits = 0, aborts_conflict = 0, aborts_injected = 0, aborts_changed = 0,
+                inevitable = 0, segment_ns = 0;
+
+  // The one-way guard (DESIGN.md §4.7.11): over each window of commits, if the mean segment is
+  // shorter than min_segment_ns or conflicts and changed-tasklet aborts exceed max_aborts_per_commit,
+  // the run drains (no new segments; finished ones commit at the head or are dropped) and goes on in
+  // serial state on the main thread.
+  bool guard = true;
+  std::uint64_t min_segment_ns = 5000;
+  double max_aborts_per_commit = 0.3;
+  std::uint64_t window_commits = 0, window_aborts = 0, window_ns = 0, next_check = 512;
+  bool draining = false, drained = false;
+  std::string fallback_reason;
 };
 
 namespace {
@@ -125,6 +147,7 @@ namespace {
 ordered_state& state_of(runtime& r) noexcept { return *r.ordered; }
 
 segment* take_segment(ordered_state& o) {
+  ++o.in_flight;
   if (o.free_segments.empty()) {
     o.all_segments.push_back(std::make_unique<segment>());
     return o.all_segments.back().get();
@@ -140,6 +163,7 @@ void give_segment(ordered_state& o, segment* s) {
   s->handles.size = 0;
   s->has_snapshot = s->inevitable = s->doomed = s->at_head = false;
   o.free_segments.push_back(s);
+  --o.in_flight;
 }
 
 bool needs_head(const ordered_state& o, const tasklet_impl* t) noexcept {
@@ -159,6 +183,7 @@ void write_stdout(const std::string& text) {
 // main, nothing in flight (or parked at the head), and allowed off the head.
 tasklet_impl* pick(runtime& r, const worker& w) {
   ordered_state& o = state_of(r);
+  if (o.draining) return nullptr;
   // Invariant 4: while main is runnable the main thread runs only what must commit before it.
   const bool before_main_only = w.main_thread && r.main->state == tasklet_state::runnable;
   tasklet_impl* h = r.head;
@@ -180,7 +205,7 @@ tasklet_impl* pick(runtime& r, const worker& w) {
 }
 
 // --- abort ------------------------------------------------------------------------------------------
-enum class abort_kind { conflict, injected, changed };
+enum class abort_kind { conflict, injected, changed, drained };
 
 void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   ordered_state& o = state_of(r);
@@ -204,6 +229,13 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
     if (size) std::memcpy(bytes, s->function.data(), size);
   }
   if (kind == abort_kind::conflict && s->at_head) ++t->head_aborts;
+  switch (kind) {
+    case abort_kind::conflict: ++o.aborts_conflict, ++o.window_aborts; break;
+    case abort_kind::injected: ++o.aborts_injected; break;
+    case abort_kind::changed: ++o.aborts_changed, ++o.window_aborts; break;
+    case abort_kind::drained: break;
+  }
+  if (worker* w = this_worker()) ++w->aborts;
   ++t->attempts;
   t->segment = nullptr;
   give_segment(o, s);
@@ -237,6 +269,9 @@ void commit_segment(runtime& r, tasklet_impl* h, segment* s) {
   h->segment = nullptr;
   h->head_aborts = h->attempts = 0;
   ++h->segments;
+  ++o.commits, ++o.window_commits;
+  if (s->inevitable) ++o.inevitable;
+  if (worker* w = this_worker()) ++w->commits;
   give_segment(o, s);
   if (h->state == tasklet_state::dead) retire(r, h);  // nobody will run on its stack again
   for (auto& f : hooks) f();
@@ -246,6 +281,40 @@ bool injected(const ordered_state& o, const tasklet_impl* t) noexcept {
   if (o.inject <= 0) return false;
   const std::uint64_t x = mix(o.seed ^ mix(t->id ^ mix(t->segments ^ mix(t->attempts))));
   return static_cast<double>(x >> 11) * 0x1.0p-53 < o.inject;
+}
+
+// Drops every segment not running now (finished ones that are not at the head, parked ones); once
+// none is left in flight, the run is drained: the main thread goes on in serial state.
+void drain_step(runtime& r) {
+  ordered_state& o = state_of(r);
+  if (o.drained) return;
+  tasklet_impl* h = r.head;
+  for (std::size_t n = 0; h && n < r.ring_size; ++n, h = h->next)
+    if (segment* s = seg(h); s && s->st != segment::state::running) abort_segment(r, h, s, abort_kind::drained);
+  if (o.in_flight != 0) return;  // running ones end and come back here
+  o.drained = true;
+  r.parallel.store(false, std::memory_order_relaxed);
+  r.current = r.main;  // main runs now, or the main thread resumes it from its loop
+  o.cv.notify_all();
+}
+
+void check_guard(runtime& r) {
+  ordered_state& o = state_of(r);
+  if (!o.guard || o.draining || o.window_commits < o.next_check) return;
+  const std::uint64_t mean = o.window_ns / o.window_commits;
+  const double apc = static_cast<double>(o.window_aborts) / static_cast<double>(o.window_commits);
+  if (mean < o.min_segment_ns) {
+    o.fallback_reason = fmt::format("segments too short for parallelism to pay: mean {:.2f} us over {} commits "
+                                    "(the guard needs {:.1f} us)", mean / 1e3, o.window_commits, o.min_segment_ns / 1e3);
+  } else if (apc > o.max_aborts_per_commit) {
+    o.fallback_reason = fmt::format("too many conflicts: {:.2f} aborts per commit over {} commits (the guard allows "
+                                    "{:.2f})", apc, o.window_commits, o.max_aborts_per_commit);
+  } else {
+    o.window_commits = o.window_aborts = o.window_ns = 0;
+    o.next_check = 4096;
+    return;
+  }
+  o.draining = true;
 }
 
 // Commits the head while its segment has finished, then the next head, and so on. Wakes whoever
@@ -266,7 +335,9 @@ void commit_chain(runtime& r) {
       break;
     }
     commit_segment(r, h, s);
+    check_guard(r);
   }
+  if (o.draining) drain_step(r);
   o.cv.notify_all();
 }
 
@@ -301,6 +372,7 @@ void segment_ended(runtime& r, worker& w, tasklet_impl* t, segment* s) {
       abort_segment(r, t, s, abort_kind::conflict);
       break;
   }
+  if (state_of(r).draining) drain_step(r);
   state_of(r).cv.notify_all();
 }
 
@@ -321,6 +393,7 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     s->inevitable = true;
     write_stdout(s->out);  // at the head everything before it is out: print directly from now on
     s->out.clear();
+    lk.unlock();
   } else {
     s = take_segment(o);
     t->segment = s;
@@ -338,14 +411,14 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
       s->has_snapshot = true;
     }
     s->tx.segment_begin(*s->epoch, s->inevitable);
-    enter(w, t, s);
-    lk.lock();
-    segment_ended(r, w, t, s);
-    return;
   }
-  lk.unlock();
+  const auto start = std::chrono::steady_clock::now();
   enter(w, t, s);
+  const auto ns = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count());
   lk.lock();
+  ++o.segments, ++w.segments;
+  o.segment_ns += ns, o.window_ns += ns, w.busy_ns += ns;
   segment_ended(r, w, t, s);
 }
 
@@ -353,6 +426,15 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
 void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
   ordered_state& o = state_of(r);
   for (;;) {
+    if (w.main_thread && o.drained) {
+      // Serial state from now on: the main thread runs the ring as one worker does, and gets back
+      // here when main runs again.
+      lk.unlock();
+      w.running = nullptr;
+      if (!main_can_run(r)) serial_transfer(r, r.main, r.head);
+      lk.lock();
+      return;
+    }
     if (w.main_thread ? main_can_run(r) : o.stopping) return;
     if (tasklet_impl* t = pick(r, w)) {
       run_segment(r, w, t, lk);
@@ -374,10 +456,10 @@ void worker_thread(runtime* r, worker* w) {
 }
 
 // Leaves the running segment for the worker's loop; returns when a thread runs the tasklet again.
-void leave(tasklet_impl* self, worker::end how) {
+tasklet_impl* leave(tasklet_impl* self, worker::end how) {
   worker* w = this_worker();
   w->ended = how;
-  context_switch(self, w->home);
+  return context_switch(self, w->home);
 }
 
 [[noreturn]] void abort_jump() {
@@ -388,7 +470,7 @@ void leave(tasklet_impl* self, worker::end how) {
 
 void park_for_head() {
   worker* w = this_worker();
-  if (!w || !w->running || w->running->is_main) return;
+  if (!w || !w->rt->is_parallel() || !w->running || w->running->is_main) return;
   segment* s = seg(w->running);
   if (!s || s->inevitable) return;
   leave(w->running, worker::end::parked);
@@ -416,6 +498,12 @@ void ordered_start(runtime& r) {
   o->window = std::max(4u * r.config.workers, 4u);
   o->inject = r.config.abort_inject;
   o->seed = r.config.seed;
+  if (const char* g = std::getenv("WEFT_GUARD"); g && *g) {
+    if (std::string(g) == "0")
+      o->guard = false;
+    else if (std::string(g) != "1")
+      throw std::invalid_argument(std::string("WEFT_GUARD: 0 (off) or 1 (on), not ") + g);
+  }
   segment_abort_jump = &abort_jump;
   segment_park_for_head = &park_for_head;
   auto m = std::make_unique<worker>();
@@ -426,6 +514,7 @@ void ordered_start(runtime& r) {
   this_thread_worker = m.get();
   o->workers.push_back(std::move(m));
   r.ordered.reset(o.release());
+  r.parallel.store(true, std::memory_order_relaxed);
   for (unsigned i = 1; i < r.config.workers; ++i) {
     auto w = std::make_unique<worker>();
     w->rt = &r;
@@ -438,8 +527,64 @@ void ordered_start(runtime& r) {
   }
 }
 
+namespace {
+std::mutex last_stats_lock;
+std::optional<run_statistics>* last_stats = new std::optional<run_statistics>;  // never destroyed
+
+run_statistics stats_locked(runtime& r) {
+  ordered_state& o = state_of(r);
+  run_statistics st;
+  st.mode = mode::ordered;
+  st.workers = static_cast<unsigned>(o.workers.size());
+  st.segments = o.segments;
+  st.commits = o.commits;
+  st.aborts_conflict = o.aborts_conflict;
+  st.aborts_injected = o.aborts_injected;
+  st.aborts_changed = o.aborts_changed;
+  st.inevitable = o.inevitable;
+  st.mean_segment_us = o.segments ? static_cast<double>(o.segment_ns) / static_cast<double>(o.segments) / 1e3 : 0.0;
+  const std::uint64_t aborts = o.aborts_conflict + o.aborts_injected + o.aborts_changed;
+  st.aborts_per_commit = o.commits ? static_cast<double>(aborts) / static_cast<double>(o.commits) : 0.0;
+  st.fell_back_to_serial = o.drained;
+  st.fallback_reason = o.fallback_reason;
+  for (const auto& w : o.workers)
+    st.per_thread.push_back({w->segments, w->commits, w->aborts, static_cast<double>(w->busy_ns) / 1e6});
+  return st;
+}
+
+void log_stats(const run_statistics& st) {
+  spdlog::info("weft run stats: ordered, {} workers: {} segments, {} commits, aborts {} conflict / {} injected / {} "
+               "changed ({:.3f} per commit), {} inevitable, mean segment {:.2f} us{}{}",
+               st.workers, st.segments, st.commits, st.aborts_conflict, st.aborts_injected, st.aborts_changed,
+               st.aborts_per_commit, st.inevitable, st.mean_segment_us,
+               st.fell_back_to_serial ? "; fell back to serial: " : "", st.fallback_reason);
+  for (std::size_t i = 0; i < st.per_thread.size(); ++i) {
+    const auto& t = st.per_thread[i];
+    spdlog::info("weft run stats:   thread {}{}: {} segments, {} commits, {} aborts, {:.1f} ms in segments", i,
+                 i == 0 ? " (main)" : "", t.segments, t.commits, t.aborts, t.busy_ms);
+  }
+}
+}  // namespace
+
+run_statistics ordered_stats(runtime& r) {
+  std::lock_guard lk(state_of(r).mu);
+  return stats_locked(r);
+}
+
+std::optional<run_statistics> last_ordered_stats() {
+  std::lock_guard lk(last_stats_lock);
+  return *last_stats;
+}
+
 void ordered_stop(runtime& r) noexcept {
   ordered_state& o = state_of(r);
+  try {
+    run_statistics st = ordered_stats(r);
+    if (const char* e = std::getenv("WEFT_STATS"); e && std::string(e) == "1") log_stats(st);
+    std::lock_guard lk(last_stats_lock);
+    *last_stats = std::move(st);
+  } catch (...) {
+  }
   {
     std::lock_guard lk(o.mu);
     o.stopping = true;
@@ -475,8 +620,14 @@ op_status ordered_perform(runtime& r, intent& in) {
   if (self != r.main) {
     // A segment ends: its intent goes to the record, applied when it commits (invariant 3).
     seg(self)->ending = std::move(in);
-    leave(self, worker::end::finished);
+    tasklet_impl* prev = leave(self, worker::end::finished);
     // A new segment starts here, on whatever thread: the result of the switch point is committed.
+    if (!self->owner->is_parallel()) [[unlikely]] {
+      // The run was drained meanwhile, and a serial switch resumed us (DESIGN.md §4.7.11).
+      if (prev->state == tasklet_state::dead) retire(*self->owner, prev);
+      if (self->pending) rethrow_pending_exception(self);
+      return static_cast<op_status>(self->last_status);
+    }
     // Only a segment dispatched at the head, inevitable, takes a pending exception (needs_head). A
     // speculative one never looks: one that appears while it runs comes from a kill or raise
     // committed meanwhile, which dooms this attempt; the exception waits for the re-run.

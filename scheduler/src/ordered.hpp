@@ -4,6 +4,7 @@
 
 #include <exception>
 #include <mutex>
+#include <optional>
 #include <string_view>
 
 #include "runtime.hpp"
@@ -31,6 +32,9 @@ void ordered_output(std::string_view text);
 bool ordered_abort_in_flight(runtime& r, tasklet_impl* t) noexcept;
 /// resources() and similar reads by main: the commit lock, held while reading committed counters.
 std::mutex& ordered_lock(runtime& r);
+/// run_stats() of an ordered runtime; the numbers of the last one stopped (nullopt if none).
+run_statistics ordered_stats(runtime& r);
+std::optional<run_statistics> last_ordered_stats();
 /// A worker thread's runtime (worker threads own none), or nullptr.
 runtime* ordered_thread_runtime() noexcept;
 

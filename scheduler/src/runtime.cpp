@@ -66,8 +66,10 @@ struct runtime_holder {
 __attribute__((tls_model("initial-exec"))) thread_local runtime_holder holder;
 
 
+}  // namespace
+
 // Makes `to` run; returns when `from` runs again.
-inline void transfer(runtime& r, tasklet_impl* from, tasklet_impl* to) {
+void serial_transfer(runtime& r, tasklet_impl* from, tasklet_impl* to) {
   r.current = to;
   if (!to->has_context) context_prepare(to, r.stacks().allocate());
   to->started = true;
@@ -75,15 +77,13 @@ inline void transfer(runtime& r, tasklet_impl* from, tasklet_impl* to) {
   if (prev->state == tasklet_state::dead) retire(*from->owner, prev);
 }
 
-}  // namespace
-
 void rethrow_pending_exception(tasklet_impl* t) {
   std::exception_ptr e = std::move(t->pending);
   t->pending = nullptr;
   std::rethrow_exception(std::move(e));
 }
 
-tasklet_impl* running_tasklet(runtime& r) noexcept { return r.ordered ? ordered_running() : r.current; }
+tasklet_impl* running_tasklet(runtime& r) noexcept { return r.is_parallel() ? ordered_running() : r.current; }
 
 runtime::runtime() : config(effective_options()) {
   auto* m = new main_tasklet;
@@ -180,21 +180,21 @@ void retire(runtime& r, tasklet_impl* t) noexcept {
 
 op_status perform(intent& in) {
   runtime& r = this_runtime();
-  if (r.ordered) return ordered_perform(r, in);
+  if (r.is_parallel()) return ordered_perform(r, in);
   if (current_transaction()) [[unlikely]]
     throw std::logic_error(
         "a switch point (channel operation, schedule, run, kill, ...) inside weft::atomically: "
         "a transaction cannot give up the processor; move it out of the transaction");
   tasklet_impl* self = r.current;
   apply_result res = apply(r, in);
-  if (res.next != self) transfer(r, self, res.next);
+  if (res.next != self) serial_transfer(r, self, res.next);
   if (self->pending) [[unlikely]] rethrow_pending_exception(self);
   return res.status;
 }
 
 [[noreturn]] void tasklet_entry(tasklet_impl* prev, tasklet_impl* self) {
   runtime& r = *self->owner;
-  const bool ordered = r.ordered != nullptr;  // prev is then a thread's own context
+  const bool ordered = r.is_parallel();  // prev is then a thread's own context
   if (!ordered && prev->state == tasklet_state::dead) retire(r, prev);
   std::exception_ptr escaped;
   try {
@@ -207,7 +207,8 @@ op_status perform(intent& in) {
     escaped = std::current_exception();
   }
   self->drop_function();
-  if (ordered) ordered_exit(self, std::move(escaped));  // retired when this last segment commits
+  // The run may have been drained to serial state since this tasklet started: read it again.
+  if (self->owner->is_parallel()) ordered_exit(self, std::move(escaped));  // retired when this segment commits
   tasklet_impl* next;
   {
     intent in{.kind = intent_kind::exit, .exception = std::move(escaped)};
@@ -228,7 +229,7 @@ using namespace detail;
 resource_counts resources() {
   runtime& r = this_runtime();
   std::unique_lock<std::mutex> lock;
-  if (r.ordered) lock = std::unique_lock(ordered_lock(r));
+  if (r.is_parallel()) lock = std::unique_lock(ordered_lock(r));
   resource_counts c;
   c.live_tasklets = r.alive;
   c.control_blocks = r.control_blocks.load(std::memory_order_relaxed);
@@ -238,6 +239,14 @@ resource_counts resources() {
     c.stack_bytes_reserved = r.pool->reserved_bytes();
   }
   return c;
+}
+
+run_statistics run_stats() {
+  runtime* r = holder.rt ? holder.rt : ordered_thread_runtime();
+  if (r && r->ordered) return ordered_stats(*r);
+  if (!r)
+    if (auto last = last_ordered_stats()) return *last;
+  return {};
 }
 
 resource_counts shutdown() {
@@ -286,7 +295,7 @@ resource_counts shutdown() {
 }
 
 void detail::write_output(std::string_view text) {
-  if (ordered_running()) {
+  if (this_runtime().is_parallel()) {
     ordered_output(text);
     return;
   }

@@ -61,6 +61,11 @@ struct runtime {
 
   /// Ordered mode's workers, segments and commit lock (nullptr in serial mode).
   std::unique_ptr<ordered_state, ordered_state_deleter> ordered;
+  /// Segments run speculatively on the workers (ordered mode, until the one-way guard drains the run
+  /// and it goes on in serial state on the main thread). Written under the commit lock; once false,
+  /// only the main thread touches the runtime.
+  std::atomic<bool> parallel{false};  // relaxed: the commit lock orders what depends on it
+  bool is_parallel() const noexcept { return parallel.load(std::memory_order_relaxed); }
 
   stack_pool& stacks();
   std::unique_ptr<stack_pool> pool;  // made on first use
@@ -90,6 +95,8 @@ void channel_release_now(channel_core* c) noexcept;
 [[noreturn]] void rethrow_pending_exception(tasklet_impl* t);
 /// The tasklet whose code the calling thread runs.
 tasklet_impl* running_tasklet(runtime& r) noexcept;
+/// Serial state: makes `to` run instead of `from` (the running tasklet); returns when `from` runs again.
+void serial_transfer(runtime& r, tasklet_impl* from, tasklet_impl* to);
 
 /// The registry of inserted tasklets, which holds the runtime's reference to each (shutdown walks it).
 void enlist(runtime& r, tasklet_impl* t) noexcept;

@@ -9,7 +9,9 @@
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
+#include <string>
 #include <string_view>
+#include <vector>
 #include <utility>
 
 #include <fmt/format.h>
@@ -80,6 +82,34 @@ tasklet getcurrent();
 tasklet getmain();
 /// Tasklets in the ring, the current one included (main is not counted while it waits in run()).
 int getruncount();
+
+/// What ordered mode did in the calling thread's runtime (or in the last one that ended, after
+/// shutdown()): the numbers that say where parallel time went (DESIGN.md §4, §7).
+struct run_statistics {
+  weft::mode mode = weft::mode::serial;
+  unsigned workers = 1;
+  std::uint64_t segments = 0;         ///< segment attempts run, committed or not
+  std::uint64_t commits = 0;          ///< segments committed
+  std::uint64_t aborts_conflict = 0;  ///< read a tvar that a predecessor in commit order changed
+  std::uint64_t aborts_injected = 0;  ///< abort injection (options::abort_inject)
+  std::uint64_t aborts_changed = 0;   ///< a committed kill, raise or remove changed the tasklet meanwhile
+  std::uint64_t inevitable = 0;       ///< committed segments that ran inevitable at the head
+  double mean_segment_us = 0;         ///< time inside segments per attempt (main's own code excluded)
+  double aborts_per_commit = 0;       ///< all kinds
+  /// The one-way guard (DESIGN.md §4.7.11) drained the run and it went on in serial state on one
+  /// thread: segments were too short for parallelism to pay, or conflicts too frequent. WEFT_GUARD=0
+  /// turns the guard off.
+  bool fell_back_to_serial = false;
+  std::string fallback_reason;
+  struct thread_counts {
+    std::uint64_t segments = 0, commits = 0, aborts = 0;
+    double busy_ms = 0;  ///< inside segments
+  };
+  std::vector<thread_counts> per_thread;  ///< [0] is the main thread
+};
+/// Thread-safe; O(workers). With WEFT_STATS=1 the same numbers are logged (spdlog, info) when an
+/// ordered runtime ends.
+run_statistics run_stats();
 
 /// Ends the calling thread's runtime: kills the remaining tasklets (ring order, then blocked ones in
 /// channel order, then paused ones) so that their stacks unwind, and frees the stacks. Returns the
