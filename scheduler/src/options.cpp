@@ -22,6 +22,9 @@ void validate(const options& o) {
   if (o.workers > 1024) throw std::invalid_argument("weft::options::workers must be at most 1024");
   if (o.mode == mode::relaxed)
     throw std::invalid_argument("weft: relaxed mode is not built yet (use serial or ordered)");
+  if (o.mode == mode::serial && o.workers > 1)
+    throw std::invalid_argument("weft: serial mode runs on one worker (workers = " + std::to_string(o.workers) +
+                                " asked for; use ordered mode)");
   if (!(o.abort_inject >= 0.0 && o.abort_inject <= 1.0))
     throw std::invalid_argument("weft::options::abort_inject must be a probability between 0 and 1");
   if (o.stack_size < 16 * 1024 || o.stack_size > (std::size_t{1} << 30))
@@ -83,9 +86,6 @@ options configuration() {
     o.abort_inject = parse_probability("WEFT_ABORT_INJECT", p);
   if (const char* sd = std::getenv("WEFT_SEED"); sd && *sd) o.seed = parse_size("WEFT_SEED", sd);
   if (!o.mode) o.mode = o.workers > 1 ? mode::ordered : mode::serial;
-  if (*o.mode == mode::serial && o.workers > 1)
-    throw std::invalid_argument("weft: serial mode runs on one worker (workers = " + std::to_string(o.workers) +
-                                " asked for; use ordered mode)");
   if (const char* s = std::getenv("WEFT_STACK_SIZE"); s && *s) o.stack_size = parse_size("WEFT_STACK_SIZE", s);
   if (const char* g = std::getenv("WEFT_STACK_GUARD"); g && *g) o.stack_guard = std::string(g) != "0";
 #ifdef NDEBUG

@@ -209,14 +209,18 @@ enum class abort_kind { conflict, injected, changed, drained };
 
 void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   ordered_state& o = state_of(r);
-  // Increments of handles made in the attempt are undone (objects it allocated go with it).
+  // Increments of handles made in the attempt are undone (objects it allocated go with it). An undo
+  // never destroys: it returns the count to what it was when the attempt started, and a block may
+  // legitimately have no counted reference then (a tasklet just bound, whose handle the attempt was
+  // about to make).
   if (s->handles.size) {
     alloc_log::ranges own = s->tx.attempt_allocations();
     for (std::uint32_t i = s->handles.size; i-- > 0;) {
       const handle_log::entry e = s->handles.items[i];
       if (own.contains(e.object)) continue;
-      if (e.k == handle_log::tasklet_inc) release_now(static_cast<tasklet_impl*>(e.object));
-      if (e.k == handle_log::channel_inc) channel_release_now(static_cast<channel_core*>(e.object));
+      if (e.k == handle_log::tasklet_inc)
+        static_cast<tasklet_impl*>(e.object)->refs.fetch_sub(1, std::memory_order_relaxed);
+      if (e.k == handle_log::channel_inc) channel_undo_retain(static_cast<channel_core*>(e.object));
     }
     s->handles.size = 0;
   }
@@ -225,6 +229,7 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   s->out.clear();
   if (s->has_snapshot) {
     restore_stack(*t, s->stack);
+    context_rewound(t);
     auto [bytes, size] = t->function_bytes();
     if (size) std::memcpy(bytes, s->function.data(), size);
   }

@@ -91,6 +91,8 @@ void register_bound(runtime& r, tasklet_impl* t) noexcept;
 
 /// Drops a channel reference at once, whatever runs on the thread (commit and abort paths).
 void channel_release_now(channel_core* c) noexcept;
+/// Undoes a rolled-back segment's channel_retain (never destroys).
+inline void channel_undo_retain(channel_core* c) noexcept { c->refs.fetch_sub(1, std::memory_order_relaxed); }
 /// Throws (and clears) t's pending exception.
 [[noreturn]] void rethrow_pending_exception(tasklet_impl* t);
 /// The tasklet whose code the calling thread runs.

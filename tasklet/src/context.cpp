@@ -13,6 +13,7 @@
 #if defined(__SANITIZE_THREAD__)
 #include <sanitizer/tsan_interface.h>
 #define WEFT_TSAN 1
+extern "C" void __tsan_func_entry(void* call_pc);  // the compiler's instrumentation hook (libtsan)
 #endif
 
 // The C++ runtime's per-thread exception state {caught-exceptions chain, uncaught count}. Declared
@@ -63,6 +64,13 @@ inline void load_eh(const tasklet_impl* t) noexcept {
   g[1] = t->eh_globals[1];
 }
 
+#ifdef WEFT_TSAN
+// A fiber made for a rolled-back tasklet (context_rewound) starts with an empty shadow call stack, but
+// the tasklet resumes inside frames it will return from: give it that many entries first (more than
+// any tasklet's depth at a switch point; the spare ones stay at the bottom).
+constexpr int tsan_rewound_frames = 512;
+#endif
+
 inline void before_jump([[maybe_unused]] tasklet_impl* from, [[maybe_unused]] tasklet_impl* to,
                         [[maybe_unused]] bool from_dies) noexcept {
 #ifdef WEFT_ASAN
@@ -72,6 +80,10 @@ inline void before_jump([[maybe_unused]] tasklet_impl* from, [[maybe_unused]] ta
 #endif
 #ifdef WEFT_TSAN
   __tsan_switch_to_fiber(to->tsan_fiber, 0);
+  if (to->tsan_rewound) {
+    to->tsan_rewound = false;
+    for (int i = 0; i < tsan_rewound_frames; ++i) __tsan_func_entry(__builtin_return_address(0));
+  }
 #endif
 }
 
@@ -134,6 +146,15 @@ void context_release([[maybe_unused]] tasklet_impl* t) noexcept {
 #endif
   t->tsan_fiber = nullptr;
   t->context = nullptr;
+}
+
+void context_rewound([[maybe_unused]] tasklet_impl* t) noexcept {
+#ifdef WEFT_TSAN
+  // The old fiber's shadow stack holds the frames of the attempt that was rolled back.
+  if (t->tsan_fiber) __tsan_destroy_fiber(t->tsan_fiber);
+  t->tsan_fiber = __tsan_create_fiber(0);
+  t->tsan_rewound = true;
+#endif
 }
 
 void context_adopt_thread([[maybe_unused]] tasklet_impl* main) {

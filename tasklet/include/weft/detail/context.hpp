@@ -30,6 +30,9 @@ tasklet_impl* context_switch(tasklet_impl* from, tasklet_impl* to);
 [[noreturn]] void context_exit(tasklet_impl* from, tasklet_impl* to);
 /// Frees what a dead tasklet's context holds apart from its stack (sanitizer fiber state).
 void context_release(tasklet_impl* t) noexcept;
+/// After restore_stack: the sanitizers' view of the tasklet's stack restarts with it (TSan: a fresh
+/// fiber, whose shadow call stack the rolled-back frames do not fill up). No-op in other builds.
+void context_rewound(tasklet_impl* t) noexcept;
 /// Makes the thread's own stack the context of its main tasklet.
 void context_adopt_thread(tasklet_impl* main);
 

@@ -96,6 +96,7 @@ class tasklet_impl {
   const void* asan_stack_bottom = nullptr;
   std::size_t asan_stack_size = 0;
   void* tsan_fiber = nullptr;
+  bool tsan_rewound = false;  ///< TSan: a fresh fiber after a rollback (see context_rewound)
 };
 
 template <class F>

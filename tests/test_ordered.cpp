@@ -1,0 +1,176 @@
+// Ordered mode (DESIGN.md §4): what holds at every worker count. The mode matrix runs these serially,
+// at two workers with and without abort injection, and speculative at one worker; checks that only
+// make sense with several workers look at weft::configuration() and run_stats().
+#include <atomic>
+#include <chrono>
+#include <set>
+#include <thread>
+
+#include "support.hpp"
+
+using namespace weft;
+using weft::test::event_log;
+using weft::test::fresh_runtime;
+
+namespace {
+bool ordered_two_or_more() {
+  const options o = configuration();
+  return o.mode == mode::ordered && o.workers >= 2;
+}
+
+// Not inlined, so that the compiler cannot prove anything about the exception thrown across it.
+[[gnu::noinline]] void throw_int(int v) { throw v; }
+}  // namespace
+
+TEST_CASE_METHOD(fresh_runtime, "tasklets that move between threads see their own state after every switch",
+                 "[unit][ordered]") {
+  // Each tasklet switches 300 times. After every switch it must still be getcurrent(), its
+  // transaction must be its own (a tvar it wrote reads back), a C++ exception thrown and caught
+  // there must work, and no exception may be in flight. At two workers the tasklets run on both
+  // threads (tvar records the threads seen), so a stale thread-local, errno-style address or
+  // exception state shows up as a failure. Built at -O3 in Release, -O0 in the sanitizer builds.
+  constexpr int tasklets = 8, rounds = 300;
+  tvar<int> bad{0};
+  tvar<std::set<std::size_t>> threads_seen;
+  std::vector<tasklet> ts;
+  for (int i = 0; i < tasklets; ++i) {
+    ts.push_back(spawn([&, i] {
+      tasklet self = getcurrent();
+      tvar<int> mine{0};
+      for (int k = 0; k < rounds; ++k) {
+        mine.set(k);
+        schedule();
+        int caught = -1;
+        try {
+          throw_int(k + i);
+        } catch (int v) {
+          caught = v;
+        }
+        const bool ok = getcurrent() == self && mine.get() == k && caught == k + i &&
+                        std::uncaught_exceptions() == 0 && !getcurrent().is_main();
+        if (!ok) bad.set(bad.get() + 1);
+        const std::size_t here = std::hash<std::thread::id>{}(std::this_thread::get_id());
+        if (k % 50 == 0) threads_seen.modify([&](auto& s) { s.insert(here); });
+      }
+    }));
+  }
+  run();
+  CHECK(bad.get() == 0);
+  for (auto& t : ts) CHECK(!t.alive());
+  if (ordered_two_or_more() && !run_stats().fell_back_to_serial) CHECK(threads_seen.get().size() >= 2);
+  fresh_runtime::check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "a segment that keeps conflicting with a plain thread runs inevitable after K aborts",
+                 "[stress][ordered]") {
+  // A segment reads x, then waits until a plain thread has written x twice more (up to 2 s), then
+  // writes its result: every speculative attempt is invalidated, at the head too. After K such aborts
+  // it runs inevitable (x reserved: the writer waits for it, and the wait here times out) and commits.
+  tvar<long> x{0}, result{-1};
+  std::atomic<long> writes{0};
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    for (long v = 1; !done.load(std::memory_order_relaxed); ++v) {
+      x.set(v);
+      writes.fetch_add(1, std::memory_order_release);
+    }
+  });
+  spawn([&] {
+    const long seen = x.get();
+    const long start = writes.load(std::memory_order_acquire);  // test synchronisation, outside the contract
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (writes.load(std::memory_order_acquire) < start + 2 && std::chrono::steady_clock::now() < deadline) {
+    }
+    result.set(seen);
+  });
+  run();
+  done = true;
+  writer.join();
+  CHECK(result.get() >= 0);
+  if (configuration().mode == mode::ordered) {
+    const run_statistics st = run_stats();
+    INFO("conflicts " << st.aborts_conflict << ", inevitable " << st.inevitable);
+    CHECK(st.aborts_conflict >= 1);
+    CHECK(st.inevitable >= 1);
+  }
+  fresh_runtime::check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "become_inevitable in a segment runs the rest of it at the head, in serial order",
+                 "[unit][ordered]") {
+  // After become_inevitable a segment may do irreversible things: here, append to a plain vector
+  // (outside the memory contract). The appends happen in serial order, once each, even with abort
+  // injection (an inevitable segment is never rolled back).
+  std::vector<int> irreversible;
+  event_log log;
+  for (int i = 0; i < 10; ++i) {
+    spawn([&, i] {
+      log("before-" + std::to_string(i));
+      become_inevitable("test: irreversible append");
+      irreversible.push_back(i);
+      weft::print("");  // printing after it goes out directly, in order
+      schedule();
+      log("after-" + std::to_string(i));
+    });
+  }
+  run();
+  CHECK(irreversible == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
+  std::string expected;
+  for (int i = 0; i < 10; ++i) expected += (i ? " before-" : "before-") + std::to_string(i);
+  for (int i = 0; i < 10; ++i) expected += " after-" + std::to_string(i);
+  CHECK(log.str() == expected);
+  fresh_runtime::check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "retry() in a tasklet outside or_else is refused with a clear error",
+                 "[unit][ordered]") {
+  if (configuration().mode != mode::ordered) {
+    CHECK(configuration().mode == mode::serial);  // serial mode: retry() in a tasklet's atomically waits (STM rule)
+    return;
+  }
+  tvar<std::string> what;
+  spawn([&] {
+    try {
+      atomically([&] { retry(); });
+    } catch (const std::logic_error& e) {
+      what.set(e.what());
+    }
+  });
+  run();
+  CHECK(what.get().find("weft::retry() in a tasklet") == 0);
+  fresh_runtime::check_clean();
+}
+
+TEST_CASE("ordered-mode options are checked, with the variable's name in the error", "[unit][ordered]") {
+  CHECK_THROWS_WITH(configure({.mode = mode::relaxed}), Catch::Contains("relaxed mode is not built yet"));
+  CHECK_THROWS_WITH(configure({.abort_inject = 1.5}), Catch::Contains("abort_inject"));
+  CHECK_THROWS_WITH(configure({.workers = 2, .mode = mode::serial}), Catch::Contains("serial mode runs on one worker"));
+}
+
+TEST_CASE_METHOD(fresh_runtime, "tasklets spawned by tasklets get serial ids, and a rolled-back spawn leaks nothing",
+                 "[unit][ordered]") {
+  // Spawning from a tasklet binds (an id, given at commit) and inserts; under abort injection the
+  // segments around it are rolled back, so each child must still be made once, with the id one
+  // worker gives it, and destroyed once.
+  event_log log;
+  tasklet parent = spawn([&] {
+    for (int i = 0; i < 40; ++i) {
+      tasklet child = spawn([&, i] { log("c" + std::to_string(i) + ":" + getcurrent().name()); });
+      if (i % 7 == 0) schedule();
+    }
+  });
+  const std::uint64_t first_id = [&] {
+    tasklet probe([] {});
+    return static_cast<std::uint64_t>(std::stoull(probe.name().substr(std::string("tasklet-").size())));
+  }();
+  run();
+  std::string expected;
+  // The probe took first_id; the parent came before it; the children follow it in order.
+  for (int i = 0; i < 40; ++i) {
+    if (!expected.empty()) expected += ' ';
+    expected += "c" + std::to_string(i) + ":tasklet-" + std::to_string(first_id + 1 + i);
+  }
+  CHECK(log.str() == expected);
+  CHECK(!parent.alive());
+  fresh_runtime::check_clean();
+}
