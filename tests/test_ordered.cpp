@@ -105,19 +105,19 @@ TEST_CASE_METHOD(fresh_runtime, "become_inevitable in a segment runs the rest of
   event_log log;
   for (int i = 0; i < 10; ++i) {
     spawn([&, i] {
-      log("before-" + std::to_string(i));
+      log(fmt::format("before-{}", i));
       become_inevitable("test: irreversible append");
       irreversible.push_back(i);
       weft::print("");  // printing after it goes out directly, in order
       schedule();
-      log("after-" + std::to_string(i));
+      log(fmt::format("after-{}", i));
     });
   }
   run();
   CHECK(irreversible == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
   std::string expected;
-  for (int i = 0; i < 10; ++i) expected += (i ? " before-" : "before-") + std::to_string(i);
-  for (int i = 0; i < 10; ++i) expected += " after-" + std::to_string(i);
+  for (int i = 0; i < 10; ++i) expected += fmt::format("{}before-{}", i ? " " : "", i);
+  for (int i = 0; i < 10; ++i) expected += fmt::format(" after-{}", i);
   CHECK(log.str() == expected);
   fresh_runtime::check_clean();
 }
@@ -155,7 +155,7 @@ TEST_CASE_METHOD(fresh_runtime, "tasklets spawned by tasklets get serial ids, an
   event_log log;
   tasklet parent = spawn([&] {
     for (int i = 0; i < 40; ++i) {
-      tasklet child = spawn([&, i] { log("c" + std::to_string(i) + ":" + getcurrent().name()); });
+      tasklet child = spawn([&, i] { log(fmt::format("c{}:{}", i, getcurrent().name())); });
       if (i % 7 == 0) schedule();
     }
   });
@@ -167,8 +167,7 @@ TEST_CASE_METHOD(fresh_runtime, "tasklets spawned by tasklets get serial ids, an
   std::string expected;
   // The probe took first_id; the parent came before it; the children follow it in order.
   for (int i = 0; i < 40; ++i) {
-    if (!expected.empty()) expected += ' ';
-    expected += "c" + std::to_string(i) + ":tasklet-" + std::to_string(first_id + 1 + i);
+    expected += fmt::format("{}c{}:tasklet-{}", expected.empty() ? "" : " ", i, first_id + 1 + i);
   }
   CHECK(log.str() == expected);
   CHECK(!parent.alive());

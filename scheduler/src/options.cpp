@@ -25,6 +25,9 @@ void validate(const options& o) {
   if (o.mode == mode::serial && o.workers > 1)
     throw std::invalid_argument("weft: serial mode runs on one worker (workers = " + std::to_string(o.workers) +
                                 " asked for; use ordered mode)");
+  if (o.mode == mode::serial && o.replay_every)
+    throw std::invalid_argument("weft: WEFT_CHECK=replay runs segments speculatively: it needs ordered mode "
+                                "(WEFT_MODE=ordered, or more than one worker)");
   if (!(o.abort_inject >= 0.0 && o.abort_inject <= 1.0))
     throw std::invalid_argument("weft::options::abort_inject must be a probability between 0 and 1");
   if (o.stack_size < 16 * 1024 || o.stack_size > (std::size_t{1} << 30))
@@ -85,7 +88,19 @@ options configuration() {
   if (const char* p = std::getenv("WEFT_ABORT_INJECT"); p && *p)
     o.abort_inject = parse_probability("WEFT_ABORT_INJECT", p);
   if (const char* sd = std::getenv("WEFT_SEED"); sd && *sd) o.seed = parse_size("WEFT_SEED", sd);
-  if (!o.mode) o.mode = o.workers > 1 ? mode::ordered : mode::serial;
+  if (const char* c = std::getenv("WEFT_CHECK"); c && *c) {
+    const std::string v(c);
+    if (v == "replay") {
+      o.replay_every = 1;
+    } else if (v.rfind("replay:", 0) == 0 && v.size() > 7) {
+      const std::size_t n = parse_size("WEFT_CHECK", v.c_str() + 7);
+      if (n == 0 || n > 1'000'000'000) throw std::invalid_argument("WEFT_CHECK: replay:N needs 1 <= N: " + v);
+      o.replay_every = static_cast<unsigned>(n);
+    } else {
+      throw std::invalid_argument("WEFT_CHECK: not a check (replay or replay:N): " + v);
+    }
+  }
+  if (!o.mode) o.mode = o.workers > 1 || o.replay_every ? mode::ordered : mode::serial;
   if (const char* s = std::getenv("WEFT_STACK_SIZE"); s && *s) o.stack_size = parse_size("WEFT_STACK_SIZE", s);
   if (const char* g = std::getenv("WEFT_STACK_GUARD"); g && *g) o.stack_guard = std::string(g) != "0";
 #ifdef NDEBUG

@@ -33,6 +33,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <source_location>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -140,6 +141,10 @@ struct ordered_state {
   std::uint64_t window_commits = 0, window_aborts = 0, window_ns = 0, next_check = 512;
   bool draining = false, drained = false;
   std::string fallback_reason;
+
+  // WEFT_CHECK=replay[:N]: every Nth segment that starts at the head runs twice (0: off).
+  unsigned replay_every = 0;
+  std::uint64_t replay_count = 0;
 };
 
 namespace {
@@ -205,7 +210,7 @@ tasklet_impl* pick(runtime& r, const worker& w) {
 }
 
 // --- abort ------------------------------------------------------------------------------------------
-enum class abort_kind { conflict, injected, changed, drained };
+enum class abort_kind { conflict, injected, changed, drained, replayed };
 
 void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   ordered_state& o = state_of(r);
@@ -238,7 +243,8 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
     case abort_kind::conflict: ++o.aborts_conflict, ++o.window_aborts; break;
     case abort_kind::injected: ++o.aborts_injected; break;
     case abort_kind::changed: ++o.aborts_changed, ++o.window_aborts; break;
-    case abort_kind::drained: break;
+    case abort_kind::drained:
+    case abort_kind::replayed: break;
   }
   if (worker* w = this_worker()) ++w->aborts;
   ++t->attempts;
@@ -381,6 +387,149 @@ void segment_ended(runtime& r, worker& w, tasklet_impl* t, segment* s) {
   state_of(r).cv.notify_all();
 }
 
+// Jumps into t for one segment (s already set up, lk held on entry and on return); keeps the numbers.
+void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_lock<std::mutex>& lk) {
+  ordered_state& o = state_of(r);
+  lk.unlock();
+  const auto start = std::chrono::steady_clock::now();
+  enter(w, t, s);
+  const auto ns = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count());
+  lk.lock();
+  ++o.segments, ++w.segments;
+  o.segment_ns += ns, o.window_ns += ns, w.busy_ns += ns;
+}
+
+// Starts and runs a new segment of t (nothing in flight); returns it once it has ended, lk held.
+segment* run_new(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::mutex>& lk) {
+  ordered_state& o = state_of(r);
+  segment* s = take_segment(o);
+  t->segment = s;
+  s->st = segment::state::running;
+  s->at_head = t == r.head;
+  s->inevitable = s->at_head && needs_head(o, t);
+  t->want_head = false;
+  if (!t->has_context) context_prepare(t, r.stacks().allocate());
+  lk.unlock();
+  if (!s->inevitable) {
+    snapshot_stack(*t, s->stack);
+    auto [bytes, size] = t->function_bytes();
+    s->function.resize(size);
+    if (size) std::memcpy(s->function.data(), bytes, size);
+    s->has_snapshot = true;
+  }
+  s->tx.segment_begin(*s->epoch, s->inevitable);
+  lk.lock();
+  run_timed(r, w, t, s, lk);
+  return s;
+}
+
+// --- WEFT_CHECK=replay (DESIGN.md §4.7.9) -------------------------------------------------------------
+// A segment that started at the head (its inputs are final: nothing commits before it) is run twice
+// from its snapshot and the two records compared. Code that keeps to the memory contract gives the
+// same record; one that reads plain memory it (or anyone) also writes does not.
+struct record_digest {
+  intent ending{.kind = intent_kind::yield};  // exception and slot not compared
+  bool has_exception = false;
+  std::string out;
+  struct write {
+    const void* var;
+    std::uint64_t bits;
+    bool boxed;  // bits is a fresh box's address: compare the tvar only
+    std::source_location where;
+  };
+  std::vector<write> writes;
+  std::vector<handle_log::entry> handles;
+  // Objects the attempt allocated (a tasklet it binds, a channel it makes) have a new address in each
+  // run: such pointers compare by "both fresh", not by value.
+  bool target_fresh = false, channel_fresh = false;
+};
+
+// p, or nullptr when p is memory the attempt allocated itself.
+const void* settled(const alloc_log::ranges& own, const void* p) { return p && own.contains(p) ? nullptr : p; }
+
+record_digest digest(const segment& s) {
+  record_digest d;
+  d.ending.kind = s.ending.kind;
+  d.ending.target = s.ending.target;
+  d.ending.channel = s.ending.channel;
+  d.ending.value = s.ending.value;
+  d.ending.nonblocking = s.ending.nonblocking;
+  d.ending.kill = s.ending.kill;
+  d.ending.stop_if_closed = s.ending.stop_if_closed;
+  d.ending.text = s.ending.text;
+  d.has_exception = s.ending.exception != nullptr;
+  d.out = s.out;
+  const alloc_log::ranges own = s.tx.attempt_allocations();
+  d.target_fresh = d.ending.target && !settled(own, d.ending.target);
+  d.channel_fresh = d.ending.channel && !settled(own, d.ending.channel);
+  if (d.target_fresh) d.ending.target = nullptr;
+  if (d.channel_fresh) d.ending.channel = nullptr;
+  s.tx.for_each_write(
+      [&](const write_entry& w) { d.writes.push_back({settled(own, w.var), w.bits, w.drop != nullptr, w.where}); });
+  for (std::uint32_t i = 0; i < s.handles.size; ++i)
+    d.handles.push_back({const_cast<void*>(settled(own, s.handles.items[i].object)), s.handles.items[i].k});
+  return d;
+}
+
+std::string where(const std::source_location& l) { return fmt::format("{}:{}", l.file_name(), l.line()); }
+
+std::string quoted(const std::string& text) {
+  std::string q = "\"";
+  for (char c : text) {
+    if (c == '\n')
+      q += "\\n";
+    else if (c == '"' || c == '\\')
+      q += std::string("\\") + c;
+    else
+      q += c;
+  }
+  return q + "\"";
+}
+
+// Empty if the two runs agree; else what differs, with source lines.
+std::string difference(const record_digest& a, const record_digest& b) {
+  if (a.out != b.out) return fmt::format("its output differs: first {}, then {}", quoted(a.out), quoted(b.out));
+  const intent& x = a.ending;
+  const intent& y = b.ending;
+  if (x.kind != y.kind || x.target != y.target || x.channel != y.channel || x.value != y.value ||
+      x.nonblocking != y.nonblocking || x.kill != y.kill || x.stop_if_closed != y.stop_if_closed ||
+      x.text != y.text || a.has_exception != b.has_exception || a.target_fresh != b.target_fresh ||
+      a.channel_fresh != b.channel_fresh)
+    return fmt::format("it ended at a different switch point or with a different operation (intent {} then {})",
+                       int(x.kind), int(y.kind));
+  for (std::size_t i = 0; i < std::max(a.writes.size(), b.writes.size()); ++i) {
+    if (i >= a.writes.size() || i >= b.writes.size())
+      return fmt::format("it wrote {} tvars the first time, {} the second (first extra write at {})", a.writes.size(),
+                         b.writes.size(), where((i < a.writes.size() ? a.writes : b.writes)[i].where));
+    const auto& v = a.writes[i];
+    const auto& w = b.writes[i];
+    if (v.var != w.var)
+      return fmt::format("it wrote different tvars: {} then {}", where(v.where), where(w.where));
+    if (!v.boxed && v.bits != w.bits)
+      return fmt::format("it wrote a different value to the tvar written at {}: {:#x} then {:#x}", where(v.where),
+                         v.bits, w.bits);
+  }
+  if (a.handles.size() != b.handles.size())
+    return "it made different tasklet or channel handle copies";
+  for (std::size_t i = 0; i < a.handles.size(); ++i)
+    if (a.handles[i].object != b.handles[i].object || a.handles[i].k != b.handles[i].k)
+      return "it copied or dropped handles of different tasklets or channels";
+  return {};
+}
+
+[[noreturn]] void replay_mismatch(const tasklet_impl* t, const std::string& what) {
+  const std::string name = !t->name.empty() ? t->name : fmt::format("tasklet-{}", t->id);
+  std::fflush(stdout);  // what was printed before goes out first
+  fmt::print(stderr,
+             "weft: WEFT_CHECK=replay: {} ran one segment twice from the same state and got different results: "
+             "{}. It touches something outside the memory contract (DESIGN.md §5): plain memory that it or another "
+             "tasklet writes, a shared RNG, I/O. Keep such state in tvars or in the tasklet's own locals.\n",
+             name, what);
+  std::fflush(stderr);
+  std::abort();
+}
+
 void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::mutex>& lk) {
   ordered_state& o = state_of(r);
   segment* s = seg(t);
@@ -398,32 +547,19 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     s->inevitable = true;
     write_stdout(s->out);  // at the head everything before it is out: print directly from now on
     s->out.clear();
-    lk.unlock();
-  } else {
-    s = take_segment(o);
-    t->segment = s;
-    s->st = segment::state::running;
-    s->at_head = t == r.head;
-    s->inevitable = s->at_head && needs_head(o, t);
-    t->want_head = false;
-    if (!t->has_context) context_prepare(t, r.stacks().allocate());
-    lk.unlock();
-    if (!s->inevitable) {
-      snapshot_stack(*t, s->stack);
-      auto [bytes, size] = t->function_bytes();
-      s->function.resize(size);
-      if (size) std::memcpy(s->function.data(), bytes, size);
-      s->has_snapshot = true;
-    }
-    s->tx.segment_begin(*s->epoch, s->inevitable);
+    run_timed(r, w, t, s, lk);
+    segment_ended(r, w, t, s);
+    return;
   }
-  const auto start = std::chrono::steady_clock::now();
-  enter(w, t, s);
-  const auto ns = static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count());
-  lk.lock();
-  ++o.segments, ++w.segments;
-  o.segment_ns += ns, o.window_ns += ns, w.busy_ns += ns;
+  s = run_new(r, w, t, lk);
+  if (o.replay_every && s->at_head && s->has_snapshot && w.ended == worker::end::finished && !s->doomed &&
+      ++o.replay_count % o.replay_every == 0) {
+    const record_digest first = digest(*s);
+    abort_segment(r, t, s, abort_kind::replayed);
+    s = run_new(r, w, t, lk);
+    if (w.ended == worker::end::finished && !s->doomed)
+      if (std::string what = difference(first, digest(*s)); !what.empty()) replay_mismatch(t, what);
+  }
   segment_ended(r, w, t, s);
 }
 
@@ -503,6 +639,7 @@ void ordered_start(runtime& r) {
   o->window = std::max(4u * r.config.workers, 4u);
   o->inject = r.config.abort_inject;
   o->seed = r.config.seed;
+  o->replay_every = r.config.replay_every;
   if (const char* g = std::getenv("WEFT_GUARD"); g && *g) {
     if (std::string(g) == "0")
       o->guard = false;

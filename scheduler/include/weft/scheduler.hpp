@@ -50,6 +50,12 @@ struct options {
   double abort_inject = 0.0;
   /// Seeds abort injection.
   std::uint64_t seed = 0;
+  /// WEFT_CHECK=replay[:N] (ordered mode; N defaults to 1): every Nth segment that starts at the head
+  /// of the ring runs twice from its snapshot, and the two records (ending operation, tvar writes,
+  /// output, handle copies) must agree; a difference is reported with the tasklet and source lines
+  /// and the program aborts. It finds code that reads plain state it also writes, which injection
+  /// misses when the effect never reaches the output (DESIGN.md §4.7.9). 0: off.
+  unsigned replay_every = 0;
   /// Usable bytes of each tasklet stack, rounded up to whole pages. Stacks are reserved, not
   /// committed: a tasklet costs only the pages it touches. Deep recursion or large locals inside a
   /// tasklet need more; an overflow hits the guard page (when on) and aborts with a clear message.

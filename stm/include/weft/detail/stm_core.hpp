@@ -277,6 +277,11 @@ class alignas(64) transaction {
   /// invalidate the attempt any more. False if something read has changed since (call segment_abort).
   bool segment_make_inevitable() noexcept;
   bool is_segment() const noexcept { return segment_; }
+  /// The attempt's redo log in program order (WEFT_CHECK=replay compares two runs of a segment).
+  template <class F>
+  void for_each_write(F&& f) const {
+    for (std::uint32_t i = 0; i < writes_.size; ++i) f(writes_.data[i]);
+  }
   /// Inside a nested atomically or or_else (where a switch point is refused).
   bool in_scope() const noexcept { return scope_depth_ != 0; }
   /// The memory the attempt allocated (still owned by it).
