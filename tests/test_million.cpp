@@ -17,7 +17,7 @@ long rss_bytes() {
 }
 }  // namespace
 
-TEST_CASE_METHOD(fresh_runtime, "a million tasklets blocked on one channel, then shut down", "[stress][memory]") {
+TEST_CASE_METHOD(fresh_runtime, "a million tasklets blocked on one channel, then shut down", "[stress][memory][heavy]") {
 #if defined(__SANITIZE_THREAD__)
   const long n = 5000;  // TSan counts every tasklet (fiber) as a thread, at most 8128 at once
 #elif defined(__SANITIZE_ADDRESS__)
