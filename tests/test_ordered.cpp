@@ -6,6 +6,9 @@
 #include <set>
 #include <thread>
 
+#include <spdlog/spdlog.h>
+#include <weft/log.hpp>
+
 #include "support.hpp"
 
 using namespace weft;
@@ -171,5 +174,32 @@ TEST_CASE_METHOD(fresh_runtime, "tasklets spawned by tasklets get serial ids, an
   }
   CHECK(log.str() == expected);
   CHECK(!parent.alive());
+  fresh_runtime::check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "commit_sink logs each line once, in serial order, whatever is rolled back",
+                 "[unit][ordered]") {
+  std::FILE* file = std::tmpfile();
+  REQUIRE(file);
+  auto logger = std::make_shared<spdlog::logger>("test", std::make_shared<weft::commit_sink>(file));
+  logger->set_pattern("%v");
+  for (int i = 0; i < 6; ++i) {
+    spawn([&, i] {
+      for (int step = 0; step < 3; ++step) {
+        logger->info("tasklet {} step {}", i, step);
+        schedule();
+      }
+    });
+  }
+  run();
+  logger->flush();
+  std::string expected;
+  for (int step = 0; step < 3; ++step)
+    for (int i = 0; i < 6; ++i) expected += fmt::format("tasklet {} step {}\n", i, step);
+  std::string got(static_cast<std::size_t>(std::ftell(file)), '\0');
+  std::rewind(file);
+  CHECK(std::fread(got.data(), 1, got.size(), file) == got.size());
+  std::fclose(file);
+  CHECK(got == expected);
   fresh_runtime::check_clean();
 }

@@ -59,7 +59,8 @@ struct segment {
   std::vector<std::byte> function;  // the bound function's bytes at segment start
   bool has_snapshot = false;
   intent ending{.kind = intent_kind::yield};
-  std::string out;  // deferred output
+  std::string out;  // deferred output to stdout
+  std::vector<std::pair<std::FILE*, std::string>> other;  // to other streams (weft::commit_sink)
   handle_log handles;
   state st = state::running;
   bool inevitable = false;  // cannot abort; at the head
@@ -165,6 +166,7 @@ segment* take_segment(ordered_state& o) {
 void give_segment(ordered_state& o, segment* s) {
   s->ending = intent{.kind = intent_kind::yield};
   s->out.clear();
+  s->other.clear();
   s->handles.size = 0;
   s->has_snapshot = s->inevitable = s->doomed = s->at_head = false;
   o.free_segments.push_back(s);
@@ -181,6 +183,14 @@ bool main_can_run(const runtime& r) noexcept {
 
 void write_stdout(const std::string& text) {
   if (!text.empty()) std::fwrite(text.data(), 1, text.size(), stdout);
+}
+
+// A segment's deferred output, at its commit (or when it becomes inevitable at the head).
+void flush_output(segment* s) {
+  write_stdout(s->out);
+  s->out.clear();
+  for (auto& [stream, text] : s->other) std::fwrite(text.data(), 1, text.size(), stream);
+  s->other.clear();
 }
 
 // --- dispatch ---------------------------------------------------------------------------------------
@@ -232,6 +242,7 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   std::vector<std::function<void()>> hooks = s->tx.segment_abort();
   s->ending = intent{.kind = intent_kind::yield};  // drops an exception it carried
   s->out.clear();
+  s->other.clear();
   if (s->has_snapshot) {
     restore_stack(*t, s->stack);
     context_rewound(t);
@@ -261,7 +272,7 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
 void commit_segment(runtime& r, tasklet_impl* h, segment* s) {
   ordered_state& o = state_of(r);
   std::vector<std::function<void()>> hooks = s->tx.segment_finish_commit();
-  write_stdout(s->out);
+  flush_output(s);
   r.current = h;
   h->started = true;
   intent in = std::move(s->ending);
@@ -545,8 +556,7 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
       return;
     }
     s->inevitable = true;
-    write_stdout(s->out);  // at the head everything before it is out: print directly from now on
-    s->out.clear();
+    flush_output(s);  // at the head everything before it is out: print directly from now on
     run_timed(r, w, t, s, lk);
     segment_ended(r, w, t, s);
     return;
@@ -804,16 +814,20 @@ void ordered_exit(tasklet_impl* self, std::exception_ptr escaped) {
   __builtin_unreachable();
 }
 
-void ordered_output(std::string_view text) {
+void ordered_output(std::FILE* stream, std::string_view text) {
   worker* w = this_worker();
   tasklet_impl* t = w ? w->running : nullptr;
   segment* s = t && !t->is_main ? seg(t) : nullptr;
   if (!s || s->inevitable) {
-    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fwrite(text.data(), 1, text.size(), stream);
     return;
   }
-  alloc_log_pause pause;  // the buffer belongs to the record, not to the attempt
-  s->out.append(text);
+  alloc_log_pause pause;  // the buffers belong to the record, not to the attempt
+  if (stream == stdout) {
+    s->out.append(text);
+  } else {
+    s->other.push_back({stream, std::string(text)});
+  }
 }
 
 bool ordered_abort_in_flight(runtime& r, tasklet_impl* t) noexcept {

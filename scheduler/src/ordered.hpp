@@ -2,6 +2,7 @@
 // apply.cpp call. The machinery itself (workers, segments, dispatch, commit order) is ordered.cpp.
 #pragma once
 
+#include <cstdio>
 #include <exception>
 #include <mutex>
 #include <optional>
@@ -24,8 +25,8 @@ op_status ordered_perform(runtime& r, intent& in);
 bool ordered_takes_pending(tasklet_impl* self) noexcept;
 /// The tasklet whose code the calling thread runs (main on the main thread while main runs).
 tasklet_impl* ordered_running() noexcept;
-/// weft::print in ordered mode: buffered in a speculative segment, direct at the head.
-void ordered_output(std::string_view text);
+/// weft::print and commit_sink in ordered mode: buffered in a speculative segment, direct at the head.
+void ordered_output(std::FILE* stream, std::string_view text);
 /// apply() is about to change `t`, which is not the committing tasklet (kill, raise, remove): its
 /// segment in flight, if any, is aborted. Returns true if that segment is running right now on some
 /// thread (it is then doomed: aborted when it ends), false if t has nothing in flight any more.

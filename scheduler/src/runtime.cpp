@@ -294,12 +294,14 @@ resource_counts shutdown() {
   return counts;
 }
 
-void detail::write_output(std::string_view text) {
+void detail::write_output(std::string_view text) { write_output_to(stdout, text); }
+
+void detail::write_output_to(std::FILE* stream, std::string_view text) {
   if (this_runtime().is_parallel()) {
-    ordered_output(text);
+    ordered_output(stream, text);
     return;
   }
-  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fwrite(text.data(), 1, text.size(), stream);
 }
 
 }  // namespace weft

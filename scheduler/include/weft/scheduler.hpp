@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdio>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -128,10 +129,14 @@ resource_counts resources();
 
 namespace detail {
 void write_output(std::string_view text);
+/// Like write_output, to `stream` (weft::commit_sink).
+void write_output_to(std::FILE* stream, std::string_view text);
 }
 
-/// Formats like fmt::print and writes to standard output. With one worker it writes at once; in the
-/// parallel modes output is deferred to the segment's commit, so it appears in serial order.
+/// Formats like fmt::print and writes to standard output. With one worker it writes at once; in
+/// ordered mode a speculative segment's output is kept with its record and written when it commits,
+/// in commit order (nothing twice, nothing lost when it is rolled back); main and inevitable segments
+/// write at once.
 template <class... Args>
 void print(fmt::format_string<Args...> format, Args&&... args) {
   detail::write_output(fmt::format(format, std::forward<Args>(args)...));
