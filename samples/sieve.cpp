@@ -10,6 +10,7 @@
 //
 // Output (stdout, deterministic): the count, the last prime, how many tasklets the chain held, how
 // many are left after shutdown (0), and `checksum: <sum of the primes>` (N = 2000: 16274627).
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -46,6 +47,7 @@ int main(int argc, char** argv) {
     }
   }
 
+  const auto start = std::chrono::steady_clock::now();
   weft::channel<long> end_of_chain;
   weft::spawn([out = end_of_chain] { generate(out); });
   std::uint64_t sum = 0;
@@ -58,6 +60,7 @@ int main(int argc, char** argv) {
     end_of_chain = next;
   }
 
+  const auto stop = std::chrono::steady_clock::now();
   const std::size_t chain = weft::resources().live_tasklets;
   const weft::resource_counts after = weft::shutdown();
   weft::print("primes: {}\n", count);
@@ -65,5 +68,6 @@ int main(int argc, char** argv) {
   weft::print("tasklets in the chain: {}\n", chain);
   weft::print("tasklets left after shutdown: {}\n", after.live_tasklets);
   weft::print("checksum: {}\n", sum);
+  std::fprintf(stderr, "time: %.1f ms\n", std::chrono::duration<double, std::milli>(stop - start).count());
   return after.live_tasklets == 0 ? 0 : 1;
 }
