@@ -398,10 +398,10 @@ void segment_ended(runtime& r, worker& w, tasklet_impl* t, segment* s) {
   state_of(r).cv.notify_all();
 }
 
-// Jumps into t for one segment (s already set up, lk held on entry and on return); keeps the numbers.
+// Jumps into t for one segment (s already set up; lk released on entry, held on return); keeps the
+// numbers.
 void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_lock<std::mutex>& lk) {
   ordered_state& o = state_of(r);
-  lk.unlock();
   const auto start = std::chrono::steady_clock::now();
   enter(w, t, s);
   const auto ns = static_cast<std::uint64_t>(
@@ -430,7 +430,6 @@ segment* run_new(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     s->has_snapshot = true;
   }
   s->tx.segment_begin(*s->epoch, s->inevitable);
-  lk.lock();
   run_timed(r, w, t, s, lk);
   return s;
 }
@@ -557,6 +556,7 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     }
     s->inevitable = true;
     flush_output(s);  // at the head everything before it is out: print directly from now on
+    lk.unlock();
     run_timed(r, w, t, s, lk);
     segment_ended(r, w, t, s);
     return;
