@@ -87,7 +87,7 @@ std::string tasklet::name() const {
 
 void tasklet::set_name(std::string name) {
   if (!impl_) throw std::logic_error("cannot name an empty tasklet handle");
-  intent in{.kind = intent_kind::set_name, .target = impl_, .text = std::move(name)};
+  intent in{.kind = intent_kind::set_name, .target = impl_, .text = &name};
   perform(in);
 }
 

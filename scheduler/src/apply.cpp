@@ -325,7 +325,7 @@ apply_result apply(runtime& r, intent& in) {
       register_bound(r, t);
       return {self};
     case intent_kind::set_name:
-      t->name = std::move(in.text);
+      t->name = std::move(*in.text);
       return {self};
   }
   return {self};

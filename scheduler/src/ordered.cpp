@@ -441,6 +441,7 @@ segment* run_new(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
 struct record_digest {
   intent ending{.kind = intent_kind::yield};  // exception and slot not compared
   bool has_exception = false;
+  std::string text;  // set_name's new name
   std::string out;
   struct write {
     const void* var;
@@ -467,7 +468,7 @@ record_digest digest(const segment& s) {
   d.ending.nonblocking = s.ending.nonblocking;
   d.ending.kill = s.ending.kill;
   d.ending.stop_if_closed = s.ending.stop_if_closed;
-  d.ending.text = s.ending.text;
+  if (s.ending.text) d.text = *s.ending.text;
   d.has_exception = s.ending.exception != nullptr;
   d.out = s.out;
   const alloc_log::ranges own = s.tx.attempt_allocations();
@@ -504,7 +505,7 @@ std::string difference(const record_digest& a, const record_digest& b) {
   const intent& y = b.ending;
   if (x.kind != y.kind || x.target != y.target || x.channel != y.channel || x.value != y.value ||
       x.nonblocking != y.nonblocking || x.kill != y.kill || x.stop_if_closed != y.stop_if_closed ||
-      x.text != y.text || a.has_exception != b.has_exception || a.target_fresh != b.target_fresh ||
+      a.text != b.text || a.has_exception != b.has_exception || a.target_fresh != b.target_fresh ||
       a.channel_fresh != b.channel_fresh)
     return fmt::format("it ended at a different switch point or with a different operation (intent {} then {})",
                        int(x.kind), int(y.kind));

@@ -68,15 +68,6 @@ __attribute__((tls_model("initial-exec"))) thread_local runtime_holder holder;
 
 }  // namespace
 
-// Makes `to` run; returns when `from` runs again.
-void serial_transfer(runtime& r, tasklet_impl* from, tasklet_impl* to) {
-  r.current = to;
-  if (!to->has_context) context_prepare(to, r.stacks().allocate());
-  to->started = true;
-  tasklet_impl* prev = context_switch(from, to);
-  if (prev->state == tasklet_state::dead) retire(*from->owner, prev);
-}
-
 void rethrow_pending_exception(tasklet_impl* t) {
   std::exception_ptr e = std::move(t->pending);
   t->pending = nullptr;

@@ -98,7 +98,16 @@ inline void channel_undo_retain(channel_core* c) noexcept { c->refs.fetch_sub(1,
 /// The tasklet whose code the calling thread runs.
 tasklet_impl* running_tasklet(runtime& r) noexcept;
 /// Serial state: makes `to` run instead of `from` (the running tasklet); returns when `from` runs again.
-void serial_transfer(runtime& r, tasklet_impl* from, tasklet_impl* to);
+/// Inline: it is the hot half of every serial switch (pingpong pays it twice per round trip).
+inline void serial_transfer(runtime& r, tasklet_impl* from, tasklet_impl* to) {
+  r.current = to;
+  if (!to->has_context) [[unlikely]]
+    context_prepare(to, r.stacks().allocate());
+  to->started = true;
+  tasklet_impl* prev = context_switch(from, to);
+  if (prev->state == tasklet_state::dead) [[unlikely]]
+    retire(*from->owner, prev);
+}
 
 /// The registry of inserted tasklets, which holds the runtime's reference to each (shutdown walks it).
 void enlist(runtime& r, tasklet_impl* t) noexcept;
