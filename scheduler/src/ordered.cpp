@@ -422,6 +422,11 @@ segment* run_new(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
   t->want_head = false;
   if (!t->has_context) context_prepare(t, r.stacks().allocate());
   lk.unlock();
+  // What commits on this thread retired (old tvar values, deletes) is freed here, outside the lock
+  // and outside any transaction: deleters run user destructors. Without it nothing committed by a
+  // segment was ever reclaimed before the run ended (agents grew to 111 MB and ran 5x slower, every
+  // new row vector landing on fresh pages).
+  epoch_collect_if_due();
   if (!s->inevitable) {
     snapshot_stack(*t, s->stack);
     auto [bytes, size] = t->function_bytes();
