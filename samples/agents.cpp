@@ -86,11 +86,14 @@ long step(world& w, long k, long tick) {
   const auto width = static_cast<std::size_t>(w.width);
   const auto rows = static_cast<std::size_t>(w.first_row(k + 1) - w.first_row(k));
   tile& self = w.tile_state[static_cast<std::size_t>(k)];
-  const cells mine = self.rows[now].get();
-  const cells above = w.tile_state[static_cast<std::size_t>((k + w.tiles - 1) % w.tiles)].bottom[now].get();
-  const cells below = w.tile_state[static_cast<std::size_t>((k + 1) % w.tiles)].top[now].get();
+  const tile& over = w.tile_state[static_cast<std::size_t>((k + w.tiles - 1) % w.tiles)];
+  const tile& under = w.tile_state[static_cast<std::size_t>((k + 1) % w.tiles)];
   cells next(rows * width);
   long alive = 0;
+  // view(): the generation is read in place, not copied (a tile is 64 KiB at the default size).
+  self.rows[now].view([&](const cells& mine) {
+  over.bottom[now].view([&](const cells& above) {
+  under.top[now].view([&](const cells& below) {
   for (std::size_t r = 0; r < rows; ++r) {
     const std::uint8_t* up = r == 0 ? above.data() : mine.data() + (r - 1) * width;
     const std::uint8_t* mid = mine.data() + r * width;
@@ -106,6 +109,9 @@ long step(world& w, long k, long tick) {
     out[last] = rule(neighbours(last - 1, last, 0), mid[last]);
     for (std::size_t x = 0; x < width; ++x) alive += out[x];
   }
+  });
+  });
+  });
   self.publish(next_parity, std::move(next), w.width);
   return alive;
 }

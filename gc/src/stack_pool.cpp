@@ -8,6 +8,7 @@
 // Guard slabs are also recorded in a fixed, append-only table read by the SIGSEGV handler. The
 // handler may run at any time on any thread, so the table is written with release stores and read
 // with acquire loads, never locked, and never shrinks (an entry of an unmapped slab is cleared).
+#include "weft/detail/diagnostics.hpp"
 #include "weft/gc.hpp"
 
 #include <atomic>
@@ -151,7 +152,7 @@ stack_pool::stack_pool(std::size_t stack_size, bool guard)
 
 stack_pool::~stack_pool() {
   if (in_use_ != 0) {
-    spdlog::warn("weft: stack pool destroyed with {} stacks in use; leaking its slabs", in_use_);
+    detail::diagnostics().warn("weft: stack pool destroyed with {} stacks in use; leaking its slabs", in_use_);
     return;
   }
   for (const slab& s : slabs_) {
@@ -176,7 +177,7 @@ void stack_pool::grow() {
         static bool warned = false;
         if (!warned) {
           warned = true;
-          spdlog::warn("weft: cannot add more stack guard pages (vm.max_map_count reached); further "
+          detail::diagnostics().warn("weft: cannot add more stack guard pages (vm.max_map_count reached); further "
                        "stacks have none. Turn guards off (WEFT_STACK_GUARD=0) for this many tasklets.");
         }
         break;

@@ -10,6 +10,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "weft/detail/diagnostics.hpp"
 #include "ordered.hpp"
 #include "runtime.hpp"
 #include "weft/detail/stm_core.hpp"
@@ -271,15 +272,15 @@ resource_counts shutdown() {
         perform(in);
       } catch (const tasklet_exit&) {
       } catch (const std::exception& e) {
-        spdlog::warn("weft: exception while killing tasklet '{}' at shutdown: {}", v.name(), e.what());
+        detail::diagnostics().warn("weft: exception while killing tasklet '{}' at shutdown: {}", v.name(), e.what());
       } catch (...) {
-        spdlog::warn("weft: exception while killing tasklet '{}' at shutdown", v.name());
+        detail::diagnostics().warn("weft: exception while killing tasklet '{}' at shutdown", v.name());
       }
     }
   }
   resource_counts counts = resources();
   if (counts.live_tasklets != 0)
-    spdlog::warn("weft: {} tasklets refused to die at shutdown; their stacks are leaked", counts.live_tasklets);
+    detail::diagnostics().warn("weft: {} tasklets refused to die at shutdown; their stacks are leaked", counts.live_tasklets);
   r->shutting_down = false;
   holder.detach();
   return counts;

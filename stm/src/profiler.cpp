@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "weft/detail/diagnostics.hpp"
 #include "observe_impl.hpp"
 #include "weft/profile.hpp"
 
@@ -145,7 +146,7 @@ std::string duration(std::uint64_t ns) {
 
 void report_at_exit() {
   if (!profiler_installed() && state().conflicts == 0 && state().inevitable == 0) return;
-  spdlog::info("{}", format_profile(profile_snapshot()));
+  detail::diagnostics().info("{}", format_profile(profile_snapshot()));
 }
 
 // WEFT_PROFILE=1: profile the whole run, report at exit.
@@ -153,7 +154,7 @@ struct env_start {
   env_start() {
     const char* e = std::getenv("WEFT_PROFILE");
     if (!e || !*e || std::string_view(e) == "0") return;
-    spdlog::default_logger();  // made before the exit handler is registered, so it outlives it
+    detail::diagnostics();  // made before the exit handler is registered (it is never destroyed anyway)
     start_profiling();
     std::atexit(&report_at_exit);
   }

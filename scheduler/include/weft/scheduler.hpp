@@ -110,7 +110,9 @@ struct run_statistics {
   std::string fallback_reason;
   struct thread_counts {
     std::uint64_t segments = 0, commits = 0, aborts = 0;
-    double busy_ms = 0;  ///< inside segments
+    double busy_ms = 0;    ///< inside segments
+    double commit_ms = 0;  ///< committing (validation, write-back, applying intents, hooks), under the commit lock
+    double idle_ms = 0;    ///< waiting for work (nothing in the dispatch window could start)
   };
   std::vector<thread_counts> per_thread;  ///< [0] is the main thread
 };

@@ -75,6 +75,24 @@ class tvar : private detail::tvar_base {
     }
   }
 
+  /// f(const T&) on the value get() would return, without copying it; returns what f returns.
+  /// For values too large to copy at every read (a row of cells, a lookup table): a published
+  /// value is never changed in place, so the reference stays valid until f returns. f must not
+  /// keep the reference, and must not set() this tvar (the reference would then be to the old
+  /// value). Same read semantics, conflicts and cost as get() minus the copy.
+  template <class F>
+  [[gnu::always_inline]] decltype(auto) view(F&& f, std::source_location where = std::source_location::current()) const {
+    if constexpr (is_inline) {
+      const T v = get(where);
+      return std::forward<F>(f)(v);
+    } else {
+      if (detail::transaction* tx = detail::current_transaction()) [[likely]]
+        return std::forward<F>(f)(std::as_const(reinterpret_cast<const box*>(tx->read(*this, where))->value));
+      detail::epoch_guard guard;  // the box outlives f even if another thread replaces it meanwhile
+      return std::forward<F>(f)(std::as_const(reinterpret_cast<const box*>(read_direct())->value));
+    }
+  }
+
   /// In a transaction: buffered until commit. Outside: one atomic write.
   [[gnu::always_inline]] void set(T v, std::source_location where = std::source_location::current()) {
     std::uint64_t b = encode(std::move(v));
