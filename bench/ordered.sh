@@ -38,7 +38,7 @@ time_of() {
   ms=$(printf '%s\n' "$out" | grep -o '"total_ms":[0-9.]*' | cut -d: -f2 || true)
   [ -z "$ms" ] && ms=$(grep -o '^time: [0-9.]*' "$tmp/err" | awk '{print $2}')
   echo "$ms" >> "$tmp/$label"
-  grep 'run stats: ordered' "$tmp/err" | tail -1 | sed 's/^.*\] //' > "$tmp/$label.stats" || true
+  grep 'weft run stats' "$tmp/err" | sed 's/^.*\] //' > "$tmp/$label.stats" || true
   printf '%s\n' "$out" | grep -o '"checksum":[0-9]*\|^checksum: [0-9]*' | tail -1 > "$tmp/$label.sum"
 }
 
@@ -47,6 +47,14 @@ median() { sort -g "$1" | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a
 ratio() {
   paste "$tmp/$1" "$tmp/$2" | awk '{print $1 / $2}' > "$tmp/r"
   printf '%.3f (%.3f-%.3f)' "$(median "$tmp/r")" "$(sort -g "$tmp/r" | head -1)" "$(sort -g "$tmp/r" | tail -1)"
+}
+# notes LABEL: aborts per commit, mean segment and time committing (all threads) of the last run
+notes() {
+  local f="$tmp/$1.stats"
+  [ -s "$f" ] || return 0
+  grep -o '([0-9.]* per commit)\|mean segment [0-9.]* us' "$f" | tr '\n' ' '
+  awk '/committing/ {for (i = 1; i <= NF; ++i) if ($(i+1) == "ms" && $(i+2) == "committing,") c += $i}
+       END {printf "%.1f ms committing", c}' "$f"
 }
 row() { printf '%-46s %-26s %s\n' "$1" "$2" "$3"; }
 same_sum() { cmp -s "$tmp/$1.sum" "$tmp/$2.sum" || { echo "CHECKSUMS DIFFER: $1 vs $2" >&2; exit 1; }; }
@@ -97,16 +105,16 @@ fi
 for s in mandelbrot hackysack; do
   same_sum "serial-$s" "spec1-$s"
   target=$([ $s = mandelbrot ] && echo "<= 1.1" || echo "<= 1.4")
-  row "speculative 1 worker / serial: $s" "$(ratio spec1-$s serial-$s)" "$target; $(cat "$tmp/spec1-$s.stats" | grep -o '([0-9.]* per commit)\|mean segment [0-9.]* us' | tr '\n' ' ')"
+  row "speculative 1 worker / serial: $s" "$(ratio spec1-$s serial-$s)" "$target; $(notes spec1-$s)"
 done
 for s in mandelbrot agents bank hackysack sieve; do
   same_sum "serial-$s" "ordered2-$s"
   case $s in mandelbrot) t=">= 1.9" ;; agents) t=">= 1.7" ;; bank) t=">= 1.5" ;; *) t=">= 0.9 (guard)" ;; esac
   fb=$(grep -q 'fell back' "$tmp/ordered2-$s.stats" && echo "fell back to serial; " || true)
-  row "speedup 2 workers vs serial: $s" "$(ratio serial-$s ordered2-$s)" "$t; $fb$(grep -o '([0-9.]* per commit)\|mean segment [0-9.]* us' "$tmp/ordered2-$s.stats" | tr '\n' ' ')"
+  row "speedup 2 workers vs serial: $s" "$(ratio serial-$s ordered2-$s)" "$t; $fb$(notes ordered2-$s)"
 done
 for us in "${sweep_us[@]}"; do
   same_sum "sweep1-$us" "sweep2-$us"
   fit=$(awk -v s="$us" 'BEGIN {printf "%.2f", 2 * s / (s + 0.57)}')
-  row "sweep: ${us} us segments, 2 workers vs 1" "$(ratio sweep1-$us sweep2-$us)" "prototype fit $fit; $(grep -o '([0-9.]* per commit)' "$tmp/sweep2-$us.stats")"
+  row "sweep: ${us} us segments, 2 workers vs 1" "$(ratio sweep1-$us sweep2-$us)" "prototype fit $fit; $(notes sweep2-$us)"
 done
