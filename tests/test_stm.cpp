@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -89,6 +90,38 @@ TEST_CASE("tvar reads and writes outside and inside transactions", "[unit][stm]"
     for (int i = 0; i < 100; ++i) s.set(std::to_string(i));  // boxes replaced before commit are freed
   });
   CHECK(s.get() == "99");
+}
+
+TEST_CASE("tvar::view reads the value in place, outside and inside transactions and in tasklets", "[unit][stm]") {
+  weft::tvar<std::vector<int>> big(std::vector<int>(1000, 7));
+  weft::tvar<int> small(5);
+  // Outside a transaction: the published value itself (no copy), what get() returns.
+  const std::vector<int>* seen = nullptr;
+  CHECK(big.view([&](const std::vector<int>& v) {
+    seen = &v;
+    return v.size();
+  }) == 1000);
+  CHECK(big.view([&](const std::vector<int>& v) { return &v; }) == seen);
+  CHECK(small.view([](int v) { return v * 2; }) == 10);
+  // Inside: the transaction's own write is what it sees; after commit, everyone sees it.
+  const long sum = weft::atomically([&] {
+    big.set(std::vector<int>(10, 3));
+    return big.view([](const std::vector<int>& v) { return std::accumulate(v.begin(), v.end(), 0L); });
+  });
+  CHECK(sum == 30);
+  CHECK(big.view([](const std::vector<int>& v) { return v.size(); }) == 10);
+  // In tasklets (ordered mode in the mode matrix: segments read it like get()).
+  weft::channel<long> out;
+  for (int i = 0; i < 4; ++i)
+    weft::spawn([&, i] {
+      weft::atomically([&] { big.modify([&](std::vector<int>& v) { v.push_back(i); }); });
+      out.send(big.view([](const std::vector<int>& v) { return std::accumulate(v.begin(), v.end(), 0L); }));
+    });
+  CHECK(out.receive() == 30);
+  CHECK(out.receive() == 31);
+  CHECK(out.receive() == 33);
+  CHECK(out.receive() == 36);
+  weft::run();
 }
 
 TEST_CASE("many writes in one transaction use the indexed write log", "[unit][stm]") {

@@ -150,6 +150,11 @@ struct ordered_state {
   bool draining = false, drained = false;
   std::string fallback_reason;
 
+  // std::exit from code of the run (ordered_before_exit): the other threads stay out of user code
+  // from their next switch point on, until the process ends (or ordered_stop).
+  bool exiting = false;
+  std::size_t quiescent = 0;     // threads waiting in work() because of `exiting`
+
   // WEFT_CHECK=replay[:N]: every Nth segment that starts at the head runs twice (0: off).
   unsigned replay_every = 0;
   std::uint64_t replay_count = 0;
@@ -602,6 +607,13 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
 void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
   ordered_state& o = state_of(r);
   for (;;) {
+    if (o.exiting) [[unlikely]] {
+      ++o.quiescent;
+      o.cv.notify_all();
+      o.cv.wait(lk, [&] { return o.stopping; });
+      --o.quiescent;
+      return;
+    }
     if (w.main_thread && o.drained) {
       // Serial state from now on: the main thread runs the ring as one worker does, and gets back
       // here when main runs again.
@@ -834,6 +846,31 @@ op_status ordered_perform(runtime& r, intent& in) {
   if (r.main->pending) [[unlikely]]
     rethrow_pending_exception(r.main);
   return res.status;
+}
+
+void ordered_before_exit() noexcept {
+  worker* w = this_worker();
+  if (!w || !w->rt || !w->rt->is_parallel()) return;
+  runtime& r = *w->rt;
+  // As with any call a transaction cannot take back (libitm's irrevocable mode): a speculative
+  // segment first waits for its turn. It comes back here at the head, inevitable, everything before
+  // it committed and its own output written; or its attempt is rolled back (what it read had
+  // changed) and the exit was never called.
+  if (w->running && !w->running->is_main) park_for_head();
+  w = this_worker();
+  ordered_state& o = state_of(r);
+  std::unique_lock lk(o.mu);
+  o.exiting = true;
+  o.cv.notify_all();
+  // Static destructors must not run while another thread is inside user code: wait until every
+  // other thread has reached a switch point (what they ran after the head never commits or prints).
+  o.cv.wait(lk, [&] { return o.quiescent + 1 >= o.workers.size(); });
+  if (w->running == r.main) {
+    // Main exits: drop the speculative segments and go on in serial state, so that the shutdown at
+    // the end of the main thread (killing the remaining tasklets) runs as with one worker.
+    o.draining = true;
+    drain_step(r);
+  }
 }
 
 bool ordered_takes_pending(tasklet_impl* self) noexcept { return seg(self)->inevitable && self->pending; }

@@ -36,6 +36,11 @@ std::mutex& ordered_lock(runtime& r);
 /// run_stats() of an ordered runtime; the numbers of the last one stopped (nullopt if none).
 run_statistics ordered_stats(runtime& r);
 std::optional<run_statistics> last_ordered_stats();
+/// std::exit called on a thread of an ordered run (scheduler/src/exit.cpp): a speculative segment
+/// first waits for its turn (it may be rolled back instead, and never returns); then the other threads
+/// are stopped at their next switch point; when main exits, the run drains to serial state. No-op on
+/// other threads and in serial state.
+void ordered_before_exit() noexcept;
 /// A worker thread's runtime (worker threads own none), or nullptr.
 runtime* ordered_thread_runtime() noexcept;
 

@@ -1,0 +1,57 @@
+// std::exit from a tasklet and from main while other tasklets are in flight (issue 10: "std::exit
+// from a tasklet running on a worker thread does not crash in static destruction"). Run with
+// WEFT_WORKERS=2 (and abort injection) the output must be the serial one: every line that serial
+// order prints before the exit, nothing after it, and the exit status given to std::exit.
+//
+//   weft_exit_child tasklet   tasklet 2 calls std::exit(3) in its second segment
+//   weft_exit_child main      main calls std::exit(4) while tasklets still run
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <weft/weft.hpp>
+
+namespace {
+
+// Long enough that the other segments are in flight on the other thread when the exit comes.
+std::uint64_t spin(std::uint64_t seed) {
+  std::uint64_t x = seed;
+  for (int i = 0; i < 200000; ++i) x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+  return x;
+}
+
+// A static with a destructor that prints: it must run once, after every line of the run.
+struct at_exit_line {
+  ~at_exit_line() { std::fputs("static destructor ran\n", stdout); }
+} last_line;
+
+weft::tvar<std::uint64_t> total{0};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool from_main = argc > 1 && std::strcmp(argv[1], "main") == 0;
+  for (int i = 0; i < 6; ++i) {
+    weft::spawn([i, from_main] {
+      for (int round = 0; round < 3; ++round) {
+        const std::uint64_t x = spin(static_cast<std::uint64_t>(i * 10 + round));
+        weft::atomically([&] { total.set(total.get() + (x & 0xff)); });
+        weft::print("tasklet {} round {}\n", i, round);
+        if (!from_main && i == 2 && round == 1) {
+          weft::print("tasklet 2 exits, total {}\n", weft::atomically([] { return total.get(); }));
+          std::exit(3);
+        }
+        weft::schedule();
+      }
+    });
+  }
+  if (from_main) {
+    weft::schedule();  // every tasklet runs its first round
+    weft::print("main exits, total {}\n", total.get());
+    std::exit(4);
+  }
+  weft::run();
+  weft::print("not reached\n");
+  return 0;
+}
