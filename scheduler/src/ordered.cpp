@@ -61,6 +61,13 @@ struct segment {
   bool has_snapshot = false;
   intent ending{.kind = intent_kind::yield};
   std::string out;  // deferred output to stdout
+  // With one worker the first `hooks` on_commit hooks would have run before out[out_at...] and
+  // other[other_at...] were printed (transaction::effective_commit_hooks): the commit runs them there.
+  struct hook_mark {
+    std::uint32_t hooks;
+    std::size_t out_at, other_at;
+  };
+  std::vector<hook_mark> hook_marks;
   std::vector<std::pair<std::FILE*, std::string>> other;  // to other streams (weft::commit_sink)
   handle_log handles;
   state st = state::running;
@@ -134,6 +141,7 @@ struct ordered_state {
   std::uint64_t seed = 0;
   unsigned inevitable_after = 8;
   std::size_t in_flight = 0;     // segments taken from the pool and not given back
+  std::size_t waiting = 0;       // threads waiting on cv (wake() skips the broadcast when none)
 
   // Statistics for run_stats().
   std::uint64_t segments = 0, commits = 0, aborts_conflict = 0, aborts_injected = 0, aborts_changed = 0,
@@ -164,6 +172,18 @@ namespace {
 
 ordered_state& state_of(runtime& r) noexcept { return *r.ordered; }
 
+// The commit lock is held for both. A commit with nobody waiting (always so with one worker) costs
+// no broadcast.
+void wake(ordered_state& o) {
+  if (o.waiting) o.cv.notify_all();
+}
+template <class Pred>
+void wait_until(ordered_state& o, std::unique_lock<std::mutex>& lk, Pred done) {
+  ++o.waiting;
+  o.cv.wait(lk, done);
+  --o.waiting;
+}
+
 segment* take_segment(ordered_state& o) {
   ++o.in_flight;
   if (o.free_segments.empty()) {
@@ -179,6 +199,7 @@ void give_segment(ordered_state& o, segment* s) {
   s->ending = intent{.kind = intent_kind::yield};
   s->out.clear();
   s->other.clear();
+  s->hook_marks.clear();
   s->handles.size = 0;
   s->has_snapshot = s->inevitable = s->doomed = s->at_head = false;
   o.free_segments.push_back(s);
@@ -197,12 +218,37 @@ void write_stdout(const std::string& text) {
   if (!text.empty()) std::fwrite(text.data(), 1, text.size(), stdout);
 }
 
-// A segment's deferred output, at its commit (or when it becomes inevitable at the head).
+// A segment's deferred output when it becomes inevitable at the head: from then on it prints
+// directly, unless on_commit hooks must come first (they run only at the commit).
 void flush_output(segment* s) {
+  if (!s->hook_marks.empty()) return;
   write_stdout(s->out);
   s->out.clear();
   for (auto& [stream, text] : s->other) std::fwrite(text.data(), 1, text.size(), stream);
   s->other.clear();
+}
+
+// At the commit: the output with the on_commit hooks where one worker would have run them (at the
+// end of the outermost atomically that registered them), then the other hooks.
+void flush_output_and_hooks(segment* s, std::vector<std::function<void()>>& hooks) {
+  std::size_t out_at = 0, other_at = 0, ran = 0;
+  auto write_upto = [&](std::size_t out_end, std::size_t other_end) {
+    write_stdout(s->out.substr(out_at, out_end - out_at));
+    for (; other_at < other_end; ++other_at) {
+      const auto& [stream, text] = s->other[other_at];
+      std::fwrite(text.data(), 1, text.size(), stream);
+    }
+    out_at = out_end;
+  };
+  for (const segment::hook_mark& m : s->hook_marks) {
+    write_upto(m.out_at, m.other_at);
+    for (; ran < m.hooks && ran < hooks.size(); ++ran) hooks[ran]();
+  }
+  write_upto(s->out.size(), s->other.size());
+  s->out.clear();
+  s->other.clear();
+  s->hook_marks.clear();
+  for (; ran < hooks.size(); ++ran) hooks[ran]();
 }
 
 // --- dispatch ---------------------------------------------------------------------------------------
@@ -293,7 +339,7 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
 void commit_segment(runtime& r, tasklet_impl* h, segment* s) {
   ordered_state& o = state_of(r);
   std::vector<std::function<void()>> hooks = s->tx.segment_finish_commit();
-  flush_output(s);
+  flush_output_and_hooks(s, hooks);  // the hooks before the intent, as with one worker
   r.current = h;
   h->started = true;
   intent in = std::move(s->ending);
@@ -317,7 +363,6 @@ void commit_segment(runtime& r, tasklet_impl* h, segment* s) {
   if (worker* w = this_worker()) ++w->commits;
   give_segment(o, s);
   if (h->state == tasklet_state::dead) retire(r, h);  // nobody will run on its stack again
-  for (auto& f : hooks) f();
 }
 
 bool injected(const ordered_state& o, const tasklet_impl* t) noexcept {
@@ -338,7 +383,7 @@ void drain_step(runtime& r) {
   o.drained = true;
   r.parallel.store(false, std::memory_order_relaxed);
   r.current = r.main;  // main runs now, or the main thread resumes it from its loop
-  o.cv.notify_all();
+  wake(o);
 }
 
 void check_guard(runtime& r) {
@@ -382,7 +427,7 @@ void commit_chain(runtime& r) {
     check_guard(r);
   }
   if (o.draining) drain_step(r);
-  o.cv.notify_all();
+  wake(o);
   if (worker* w = this_worker()) w->commit_ns += now_ns() - start;
 }
 
@@ -418,7 +463,7 @@ void segment_ended(runtime& r, worker& w, tasklet_impl* t, segment* s) {
       break;
   }
   if (state_of(r).draining) drain_step(r);
-  state_of(r).cv.notify_all();
+  wake(state_of(r));
 }
 
 // Jumps into t for one segment (s already set up; lk released on entry, held on return); keeps the
@@ -581,7 +626,7 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     if (!ok) {
       t->want_head = true;
       abort_segment(r, t, s, abort_kind::conflict);
-      o.cv.notify_all();
+      wake(o);
       return;
     }
     s->inevitable = true;
@@ -609,8 +654,8 @@ void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
   for (;;) {
     if (o.exiting) [[unlikely]] {
       ++o.quiescent;
-      o.cv.notify_all();
-      o.cv.wait(lk, [&] { return o.stopping; });
+      wake(o);
+      wait_until(o, lk, [&] { return o.stopping; });
       --o.quiescent;
       return;
     }
@@ -628,7 +673,9 @@ void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
       run_segment(r, w, t, lk);
     } else {
       const std::uint64_t start = now_ns();
-      o.cv.wait(lk);
+      ++o.waiting;
+      o.cv.wait(lk);  // woken by whatever may give work (commit, abort, main's switch, drain, stop)
+      --o.waiting;
       w.idle_ns += now_ns() - start;
     }
   }
@@ -861,10 +908,10 @@ void ordered_before_exit() noexcept {
   ordered_state& o = state_of(r);
   std::unique_lock lk(o.mu);
   o.exiting = true;
-  o.cv.notify_all();
+  wake(o);
   // Static destructors must not run while another thread is inside user code: wait until every
   // other thread has reached a switch point (what they ran after the head never commits or prints).
-  o.cv.wait(lk, [&] { return o.quiescent + 1 >= o.workers.size(); });
+  wait_until(o, lk, [&] { return o.quiescent + 1 >= o.workers.size(); });
   if (w->running == r.main) {
     // Main exits: drop the speculative segments and go on in serial state, so that the shutdown at
     // the end of the main thread (killing the remaining tasklets) runs as with one worker.
@@ -885,11 +932,14 @@ void ordered_output(std::FILE* stream, std::string_view text) {
   worker* w = this_worker();
   tasklet_impl* t = w ? w->running : nullptr;
   segment* s = t && !t->is_main ? seg(t) : nullptr;
-  if (!s || s->inevitable) {
+  const std::uint32_t hooks_before = s ? s->tx.effective_commit_hooks() : 0;
+  if (!s || (s->inevitable && s->hook_marks.empty() && hooks_before == 0)) {
     std::fwrite(text.data(), 1, text.size(), stream);
     return;
   }
   alloc_log_pause pause;  // the buffers belong to the record, not to the attempt
+  if (hooks_before && (s->hook_marks.empty() || s->hook_marks.back().hooks < hooks_before))
+    s->hook_marks.push_back({hooks_before, s->out.size(), s->other.size()});
   if (stream == stdout) {
     s->out.append(text);
   } else {
