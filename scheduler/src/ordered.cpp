@@ -336,6 +336,16 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
 }
 
 // --- commit order (DESIGN.md §4.4, §4.7.4) ------------------------------------------------------------
+// The handle copies the segment dropped, dropped for real now that it commits.
+void release_logged_handles(segment* s) noexcept {
+  for (std::uint32_t i = 0; i < s->handles.size; ++i) {
+    const handle_log::entry e = s->handles.items[i];
+    if (e.k == handle_log::tasklet_dec) release_now(static_cast<tasklet_impl*>(e.object));
+    if (e.k == handle_log::channel_dec) channel_release_now(static_cast<channel_core*>(e.object));
+  }
+  s->handles.size = 0;
+}
+
 void commit_segment(runtime& r, tasklet_impl* h, segment* s) {
   ordered_state& o = state_of(r);
   std::vector<std::function<void()>> hooks = s->tx.segment_finish_commit();
@@ -350,11 +360,7 @@ void commit_segment(runtime& r, tasklet_impl* h, segment* s) {
     h->pending = std::current_exception();
     h->last_status = static_cast<std::uint8_t>(op_status::ok);
   }
-  for (std::uint32_t i = 0; i < s->handles.size; ++i) {
-    const handle_log::entry e = s->handles.items[i];
-    if (e.k == handle_log::tasklet_dec) release_now(static_cast<tasklet_impl*>(e.object));
-    if (e.k == handle_log::channel_dec) channel_release_now(static_cast<channel_core*>(e.object));
-  }
+  release_logged_handles(s);
   h->segment = nullptr;
   h->head_aborts = h->attempts = 0;
   ++h->segments;
@@ -907,6 +913,19 @@ void ordered_before_exit() noexcept {
   w = this_worker();
   ordered_state& o = state_of(r);
   std::unique_lock lk(o.mu);
+  if (tasklet_impl* t = w->running; t && !t->is_main) {
+    // At the head, inevitable: the segment commits here, as the tasklet's code up to the exit would
+    // have with one worker (its tvar writes are visible to atexit handlers and static destructors,
+    // its output and on_commit hooks come out), and the thread leaves its transaction, so that
+    // what runs during the exit runs outside any transaction. No switch point: no intent applies.
+    segment* s = seg(t);
+    s->tx.segment_commit();  // inevitable: cannot fail
+    std::vector<std::function<void()>> hooks = s->tx.segment_finish_commit();
+    segment_handles = nullptr;
+    s->tx.segment_detach();
+    flush_output_and_hooks(s, hooks);
+    release_logged_handles(s);
+  }
   o.exiting = true;
   wake(o);
   // Static destructors must not run while another thread is inside user code: wait until every
