@@ -26,7 +26,6 @@
 //  5. a segment that must see committed state, or cannot be rolled back (it starts with an exception
 //     to throw or inside a catch block, or aborted K times at the head), runs at the head and
 //     inevitable: it parks (returns to its thread) until its tasklet is the head.
-#include "weft/detail/diagnostics.hpp"
 #include "ordered.hpp"
 
 #include <algorithm>
@@ -45,7 +44,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "weft/detail/diagnostics.hpp"
 #include "weft/detail/stm_core.hpp"
+#include "weft/stm.hpp"
 
 namespace weft::detail {
 
@@ -737,6 +738,12 @@ void handle_log::record(void* object, kind k) {
 void observe_scheduler() noexcept { park_for_head(); }
 
 void ordered_start(runtime& r) {
+  // weft's own function-local statics that hold per-thread bookkeeping (the thread-exit slots of
+  // transaction descriptors and epoch participants, the diagnostics logger) are made here, before
+  // any segment runs: a first use inside a segment would park there (irrevocable.cpp) and could
+  // resume on another thread in the middle of adopting the first one's state.
+  weft::atomically([] {});
+  diagnostics();
   auto o = std::make_unique<ordered_state>();
   o->window = std::max(4u * r.config.workers, 4u);
   o->inject = r.config.abort_inject;
