@@ -69,6 +69,25 @@ void unregister_guard_slab(char* begin) {
 }
 
 struct sigaction previous_segv;
+std::atomic<fault_hook_fn> fault_hook{nullptr};
+
+// The handler that was there before ours, for SIGFPE, SIGBUS, SIGILL (index sig).
+struct sigaction previous_other[NSIG];
+
+// Hands the fault to the handler installed before ours, or to the default action.
+void chain(int sig, siginfo_t* info, void* uctx, const struct sigaction& previous) {
+  if (previous.sa_flags & SA_SIGINFO) {
+    if (previous.sa_sigaction) return previous.sa_sigaction(sig, info, uctx);
+  } else if (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN && previous.sa_handler != nullptr) {
+    return previous.sa_handler(sig);
+  }
+  std::signal(sig, SIG_DFL);  // returning re-executes the instruction and dies with the default action
+}
+
+void on_other_fault(int sig, siginfo_t* info, void* uctx) {
+  if (fault_hook_fn hook = fault_hook.load(std::memory_order_acquire)) hook(sig);
+  chain(sig, info, uctx, previous_other[sig]);
+}
 
 void write_stderr(const char* s) {
   ssize_t ignored = ::write(STDERR_FILENO, s, std::strlen(s));
@@ -76,6 +95,7 @@ void write_stderr(const char* s) {
 }
 
 void on_segv(int sig, siginfo_t* info, void* uctx) {
+  if (fault_hook_fn hook = fault_hook.load(std::memory_order_acquire)) hook(sig);
   auto addr = reinterpret_cast<std::uintptr_t>(info->si_addr);
   std::size_t n = guard_count.load(std::memory_order_acquire);  // pairs with register_guard_slab
   for (std::size_t i = 0; i < n; ++i) {
@@ -94,13 +114,7 @@ void on_segv(int sig, siginfo_t* info, void* uctx) {
     std::abort();
   }
   // Not ours: hand the fault to whoever was installed before (or the default action).
-  if (previous_segv.sa_flags & SA_SIGINFO) {
-    if (previous_segv.sa_sigaction) return previous_segv.sa_sigaction(sig, info, uctx);
-  } else if (previous_segv.sa_handler != SIG_DFL && previous_segv.sa_handler != SIG_IGN &&
-             previous_segv.sa_handler != nullptr) {
-    return previous_segv.sa_handler(sig);
-  }
-  std::signal(SIGSEGV, SIG_DFL);  // returning re-executes the access and dies with the default action
+  chain(sig, info, uctx, previous_segv);
 }
 
 }  // namespace
@@ -140,6 +154,25 @@ void install_overflow_handler() {
   ss.ss_sp = alt.mem;
   ss.ss_size = alt_size;
   if (alt.mem && ::sigaltstack(&ss, nullptr) == 0) has_altstack = true;
+#endif
+}
+
+void install_fault_handlers(fault_hook_fn hook) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  (void)hook;
+#else
+  fault_hook.store(hook, std::memory_order_release);
+  install_overflow_handler();  // SIGSEGV, and the thread's alternate stack
+  static std::once_flag once;
+  std::call_once(once, [] {
+    for (int sig : {SIGFPE, SIGBUS, SIGILL}) {
+      struct sigaction sa {};
+      sa.sa_sigaction = on_other_fault;
+      sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+      sigemptyset(&sa.sa_mask);
+      ::sigaction(sig, &sa, &previous_other[sig]);
+    }
+  });
 #endif
 }
 

@@ -29,6 +29,7 @@
 #include "ordered.hpp"
 
 #include <algorithm>
+#include <csignal>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -712,6 +713,24 @@ tasklet_impl* leave(tasklet_impl* self, worker::end how) {
   __builtin_unreachable();
 }
 
+// A fault (SIGSEGV, SIGFPE, SIGBUS, SIGILL) while a speculative segment runs may come from what it
+// read being stale (a divisor or a pointer that serial order would already have set): the attempt is
+// rolled back like a conflict, and its next attempt runs at the head, inevitable, where the same
+// fault is real and reported as usual. Runs in the signal handler, on the alternate stack.
+void segment_fault(int sig) noexcept {
+  worker* w = this_thread_worker;  // initial-exec TLS: a plain load, safe in a handler
+  if (!w || !w->rt || !w->rt->is_parallel() || !w->running || w->running->is_main) return;
+  tasklet_impl* t = w->running;
+  segment* s = seg(t);
+  if (!s || s->inevitable) return;
+  t->want_head = true;  // only this thread touches t while its segment runs
+  sigset_t unblock;
+  sigemptyset(&unblock);
+  sigaddset(&unblock, sig);
+  pthread_sigmask(SIG_UNBLOCK, &unblock, nullptr);  // the handler's frame is never returned to
+  abort_jump();
+}
+
 void park_for_head() {
   worker* w = this_worker();
   if (!w || !w->rt->is_parallel() || !w->running || w->running->is_main) return;
@@ -744,6 +763,7 @@ void ordered_start(runtime& r) {
   // resume on another thread in the middle of adopting the first one's state.
   weft::atomically([] {});
   diagnostics();
+  install_fault_handlers(&segment_fault);
   auto o = std::make_unique<ordered_state>();
   o->window = std::max(4u * r.config.workers, 4u);
   o->inject = r.config.abort_inject;

@@ -77,6 +77,16 @@ class stack_pool {
 /// AddressSanitizer, which reports overflows itself.
 void install_overflow_handler();
 
+/// Called first by weft's SIGSEGV/SIGFPE/SIGBUS/SIGILL handlers, on the faulting thread (async-signal
+/// context). It either does not return (the fault was taken care of: ordered mode rolls back a
+/// speculative segment whose stale reads led it into a fault) or returns, and the fault is reported
+/// as usual. Set once by the scheduler.
+using fault_hook_fn = void (*)(int sig) noexcept;
+/// Installs the handlers of those four signals (once per process; previous handlers are chained)
+/// with `hook` first, and this thread's alternate signal stack. No-op under the sanitizers, whose
+/// own handlers report faults.
+void install_fault_handlers(fault_hook_fn hook);
+
 std::size_t page_size() noexcept;
 
 }  // namespace detail
