@@ -85,6 +85,11 @@ std::string tasklet::name() const {
   return impl_->is_main ? std::string("main") : fmt::format("tasklet-{}", impl_->id);
 }
 
+std::uint64_t tasklet::id() const {
+  if (!impl_) throw std::logic_error("an empty tasklet handle has no id");
+  return impl_->id;
+}
+
 void tasklet::set_name(std::string name) {
   if (!impl_) throw std::logic_error("cannot name an empty tasklet handle");
   intent in{.kind = intent_kind::set_name, .target = impl_, .text = &name};

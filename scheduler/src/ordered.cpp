@@ -76,6 +76,7 @@ struct segment {
   bool inevitable = false;  // cannot abort; at the head
   bool doomed = false;      // a commit changed its tasklet while it ran: abort when it ends
   bool at_head = false;     // its tasklet was the head when it started
+  std::uint64_t channels_made = 0;  // its tasklet's count when it started (given back at abort)
 
   segment() : epoch(&epoch_slot_acquire()) { segment_register(&tx); }
   ~segment() {
@@ -318,6 +319,7 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
     auto [bytes, size] = t->function_bytes();
     if (size) std::memcpy(bytes, s->function.data(), size);
   }
+  t->channels_made = s->channels_made;
   if (kind == abort_kind::conflict && s->at_head) ++t->head_aborts;
   switch (kind) {
     case abort_kind::conflict: ++o.aborts_conflict, ++o.window_aborts; break;
@@ -494,6 +496,7 @@ segment* run_new(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
   t->segment = s;
   s->st = segment::state::running;
   s->at_head = t == r.head;
+  s->channels_made = t->channels_made;
   t->last_worker = w.index + 1;
   s->inevitable = s->at_head && needs_head(o, t);
   t->want_head = false;

@@ -65,6 +65,7 @@ struct runtime_holder {
   }
 };
 __attribute__((tls_model("initial-exec"))) thread_local runtime_holder holder;
+constinit thread_local std::uint64_t channels_before_runtime = 0;  // see channel_create
 
 
 }  // namespace
@@ -89,6 +90,7 @@ runtime::runtime() : config(effective_options()) {
   refs.fetch_add(1, std::memory_order_relaxed);  // main's reference to us
   context_adopt_thread(m);
   main = current = head = m;
+  m->channels_made = channels_before_runtime;
   ring_size = 1;
   if (config.mode == mode::ordered) ordered_start(*this);
 }
@@ -303,8 +305,20 @@ namespace weft::detail {
 channel_core* channel_create(void (*move)(void* dst, void* src)) {
   auto* c = new channel_core;
   c->move = move;
+  if (runtime* r = holder.rt ? holder.rt : ordered_thread_runtime()) {
+    tasklet_impl* t = running_tasklet(*r);
+    c->creator = t->id;
+    c->serial = ++t->channels_made;  // a rolled-back segment gives its count back (ordered.cpp)
+  } else {
+    // Before the thread's runtime exists (a global channel, the first lines of main): main's, and
+    // main goes on counting from there when the runtime is made.
+    c->creator = 0;
+    c->serial = ++channels_before_runtime;
+  }
   return c;
 }
+
+channel_key channel_identity(const channel_core* c) noexcept { return {c->creator, c->serial}; }
 
 void channel_retain(channel_core* c) noexcept {
   c->refs.fetch_add(1, std::memory_order_relaxed);  // made from an existing reference

@@ -32,6 +32,10 @@ struct channel_core {
   bool closing = false;
   runtime* owner = nullptr;            // the runtime that first operated on it
   void (*move)(void* dst, void* src) = nullptr;
+  // Identity (channel_key): the id of the tasklet that made it and how many channels that tasklet
+  // had made before. Both follow serial order, so maps keyed by channels iterate the same way at
+  // any worker count; a channel made outside any weft runtime has creator ~0 and a process-wide count.
+  std::uint64_t creator = 0, serial = 0;
 };
 
 struct ordered_state;  // scheduler/src/ordered.cpp

@@ -10,7 +10,10 @@
 // moment the operation takes effect, straight from the sender's frame into the receiver's.
 #pragma once
 
+#include <compare>
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <exception>
 #include <iterator>
 #include <optional>
@@ -33,41 +36,61 @@ op_status channel_receive_or_stop(channel_core* c, void* slot);
 
 template <class T>
 class channel {
-  static_assert(std::is_move_constructible_v<T>, "channel<T> needs a move-constructible T");
-
  public:
   enum class status { ok, would_block, closed };
 
+  /// A new channel (Stackless' `channel()`).
   channel() : core_(detail::channel_create(&move_value)) {}
-  channel(const channel& o) noexcept : core_(o.core_) { detail::channel_retain(core_); }
+  /// An empty handle (Stackless' `None` where a channel is expected): no channel, nothing allocated.
+  /// Every operation on it throws std::logic_error; it compares equal only to other empty handles.
+  channel(std::nullptr_t) noexcept : core_(nullptr) {}
+  channel(const channel& o) noexcept : core_(o.core_) {
+    if (core_) detail::channel_retain(core_);
+  }
+  /// Takes o's channel; o becomes empty.
+  channel(channel&& o) noexcept : core_(std::exchange(o.core_, nullptr)) {}
   channel& operator=(const channel& o) noexcept {
-    detail::channel_retain(o.core_);
-    detail::channel_release(core_);
+    if (o.core_) detail::channel_retain(o.core_);
+    if (core_) detail::channel_release(core_);
     core_ = o.core_;
     return *this;
   }
-  ~channel() { detail::channel_release(core_); }
+  channel& operator=(channel&& o) noexcept {
+    if (this != &o) {
+      if (core_) detail::channel_release(core_);
+      core_ = std::exchange(o.core_, nullptr);
+    }
+    return *this;
+  }
+  ~channel() {
+    if (core_) detail::channel_release(core_);
+  }
+
+  // The operations are const: a channel<T> is a handle (like Go's `chan T`), and sending through a
+  // const handle changes the shared channel, not the handle. T may be incomplete where a channel<T>
+  // is declared (`struct msg { weft::channel<msg> reply; };`); it must be complete and movable where
+  // values are sent or received.
 
   /// Sends v; blocks until a receiver takes it (see preference()).
-  void send(T v) { detail::channel_transfer(core_, +1, &v, nullptr, false); }
+  void send(T v) const { transfer(+1, &v, nullptr, false); }
   /// Receives a value; blocks until a sender provides one. Throws what send_exception sent.
-  T receive() {
+  T receive() const {
     std::optional<T> slot;
-    detail::channel_transfer(core_, -1, &slot, nullptr, false);
+    transfer(-1, &slot, nullptr, false);
     return std::move(*slot);
   }
   /// Like send, but the receiver's receive() throws e.
-  void send_exception(std::exception_ptr e) {
+  void send_exception(std::exception_ptr e) const {
     if (!e) throw std::invalid_argument("send_exception needs an exception");
-    detail::channel_transfer(core_, +1, nullptr, std::move(e), false);
+    transfer(+1, nullptr, std::move(e), false);
   }
   template <class E>
-  void send_exception(E e) {
+  void send_exception(E e) const {
     send_exception(std::make_exception_ptr(std::move(e)));
   }
   /// Sends every element of r, as send() would; returns how many were sent.
   template <class Range>
-  std::size_t send_sequence(Range&& r) {
+  std::size_t send_sequence(Range&& r) const {
     std::size_t n = 0;
     for (auto&& v : r) {
       send(T(std::forward<decltype(v)>(v)));
@@ -77,31 +100,29 @@ class channel {
   }
 
   /// Completes at once if a receiver waits (moving from v); otherwise changes nothing and says why.
-  status try_send(T& v) {
-    return static_cast<status>(detail::channel_transfer(core_, +1, &v, nullptr, true));
-  }
+  status try_send(T& v) const { return static_cast<status>(transfer(+1, &v, nullptr, true)); }
   /// Completes at once if a sender waits (into out); otherwise changes nothing and says why.
-  status try_receive(T& out) {
+  status try_receive(T& out) const {
     std::optional<T> slot;
-    auto s = static_cast<status>(detail::channel_transfer(core_, -1, &slot, nullptr, true));
+    auto s = static_cast<status>(transfer(-1, &slot, nullptr, true));
     if (s == status::ok) out = std::move(*slot);
     return s;
   }
 
-  int balance() const noexcept { return detail::channel_read(core_).balance; }
-  int preference() const noexcept { return detail::channel_read(core_).preference; }
+  int balance() const { return detail::channel_read(core()).balance; }
+  int preference() const { return detail::channel_read(core()).preference; }
   /// -1: a woken receiver runs at once; +1: a woken sender does; 0: neither. Else invalid_argument.
-  void preference(int p) { detail::channel_set(core_, detail::intent_kind::channel_preference, p); }
-  bool schedule_all() const noexcept { return detail::channel_read(core_).schedule_all; }
-  void schedule_all(bool on) { detail::channel_set(core_, detail::intent_kind::channel_schedule_all, on); }
+  void preference(int p) const { detail::channel_set(core(), detail::intent_kind::channel_preference, p); }
+  bool schedule_all() const { return detail::channel_read(core()).schedule_all; }
+  void schedule_all(bool on) const { detail::channel_set(core(), detail::intent_kind::channel_schedule_all, on); }
 
   /// Operations that would block now fail with channel_closed; waiting tasklets are not woken.
-  void close() { detail::channel_set(core_, detail::intent_kind::channel_close, 0); }
-  void open() { detail::channel_set(core_, detail::intent_kind::channel_open, 0); }
-  bool closing() const noexcept { return detail::channel_read(core_).closing; }
+  void close() const { detail::channel_set(core(), detail::intent_kind::channel_close, 0); }
+  void open() const { detail::channel_set(core(), detail::intent_kind::channel_open, 0); }
+  bool closing() const { return detail::channel_read(core()).closing; }
   /// closing and nobody waiting.
-  bool closed() const noexcept {
-    auto v = detail::channel_read(core_);
+  bool closed() const {
+    auto v = detail::channel_read(core());
     return v.closing && v.balance == 0;
   }
 
@@ -112,14 +133,14 @@ class channel {
     using value_type = T;
     using difference_type = std::ptrdiff_t;
     iterator() = default;
-    explicit iterator(channel* c) : ch_(c) { advance(); }
+    explicit iterator(detail::channel_core* c) : core_(c) { advance(); }
     T& operator*() { return *value_; }
     iterator& operator++() {
       advance();
       return *this;
     }
     void operator++(int) { advance(); }
-    friend bool operator==(const iterator& a, const iterator& b) noexcept { return a.ch_ == b.ch_; }
+    friend bool operator==(const iterator& a, const iterator& b) noexcept { return a.core_ == b.core_; }
 
    private:
     // One intent, applied where it takes effect: stop if the channel is closing and no sender
@@ -128,25 +149,63 @@ class channel {
     void advance() {
       value_.reset();
       std::optional<T> slot;
-      if (detail::channel_receive_or_stop(ch_->core_, &slot) == detail::op_status::closed) {
-        ch_ = nullptr;
+      if (detail::channel_receive_or_stop(core_, &slot) == detail::op_status::closed) {
+        core_ = nullptr;
         return;
       }
       value_.emplace(std::move(*slot));
     }
-    channel* ch_ = nullptr;
+    detail::channel_core* core_ = nullptr;  // the range-for's channel handle keeps it alive
     std::optional<T> value_;
   };
-  iterator begin() { return iterator(this); }
-  iterator end() { return iterator(); }
+  iterator begin() const { return iterator(core()); }
+  iterator end() const { return iterator(); }
 
+  /// False for an empty handle.
+  explicit operator bool() const noexcept { return core_ != nullptr; }
+  /// The channel's identity: the id of the tasklet that made it (main, or a thread with no weft
+  /// runtime yet: 0) and how many channels that tasklet had made, itself included. It follows serial
+  /// order, so it is the same at any worker count and in every run of a deterministic program.
+  /// Throws std::logic_error for an empty handle.
+  detail::channel_key id() const { return detail::channel_identity(core()); }
+  /// Handles are equal when they refer to the same channel (or are both empty).
   friend bool operator==(const channel& a, const channel& b) noexcept { return a.core_ == b.core_; }
+  friend bool operator==(const channel& a, std::nullptr_t) noexcept { return a.core_ == nullptr; }
+  /// Ordered by id(), empty handles first: channels can be keys of std::map and std::set, and such
+  /// maps iterate in the same order at any worker count. (Channels made by different threads'
+  /// runtimes may share an id: those are ordered by address.)
+  friend std::strong_ordering operator<=>(const channel& a, const channel& b) noexcept {
+    if (a.core_ == b.core_) return std::strong_ordering::equal;
+    if (!a.core_ || !b.core_) return a.core_ ? std::strong_ordering::greater : std::strong_ordering::less;
+    if (auto c = detail::channel_identity(a.core_) <=> detail::channel_identity(b.core_); c != 0) return c;
+    return std::compare_three_way{}(a.core_, b.core_);
+  }
 
  private:
   static void move_value(void* dst, void* src) {
+    static_assert(std::is_move_constructible_v<T>, "channel<T> needs a move-constructible T");
     static_cast<std::optional<T>*>(dst)->emplace(std::move(*static_cast<T*>(src)));
+  }
+  detail::channel_core* core() const {
+    if (!core_) throw std::logic_error("operation on an empty channel handle (made from nullptr, or moved from)");
+    return core_;
+  }
+  detail::op_status transfer(int direction, void* slot, std::exception_ptr e, bool nonblocking) const {
+    static_assert(std::is_move_constructible_v<T>, "channel<T> needs a move-constructible T");
+    return detail::channel_transfer(core(), direction, slot, std::move(e), nonblocking);
   }
   detail::channel_core* core_;
 };
 
 }  // namespace weft
+
+/// Channels as keys of unordered containers: the hash of id(), so that iteration order does not
+/// depend on addresses (the same in every run and at any worker count).
+template <class T>
+struct std::hash<weft::channel<T>> {
+  std::size_t operator()(const weft::channel<T>& c) const noexcept {
+    if (!c) return 0;
+    const auto k = c.id();
+    return std::hash<std::uint64_t>{}(k.creator * 0x9E3779B97F4A7C15ULL ^ k.serial);
+  }
+};

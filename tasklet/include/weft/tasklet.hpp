@@ -7,7 +7,10 @@
 // message. A tasklet belongs to the thread that created it.
 #pragma once
 
+#include <compare>
+#include <cstdint>
 #include <exception>
+#include <functional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -72,6 +75,17 @@ class tasklet {
   explicit operator bool() const noexcept { return impl_ != nullptr; }
 
   friend bool operator==(const tasklet& a, const tasklet& b) noexcept { return a.impl_ == b.impl_; }
+  /// The tasklet's id: main is 0, the others 1, 2, ... in the order they were made (serial order at
+  /// any worker count; per thread's runtime). Throws std::logic_error for an empty handle.
+  std::uint64_t id() const;
+  /// Ordered by id(), empty handles first (then by address: tasklets of two threads' runtimes may
+  /// share an id): tasklets can be keys of std::map and std::set.
+  friend std::strong_ordering operator<=>(const tasklet& a, const tasklet& b) noexcept {
+    if (a.impl_ == b.impl_) return std::strong_ordering::equal;
+    if (!a.impl_ || !b.impl_) return a.impl_ ? std::strong_ordering::greater : std::strong_ordering::less;
+    if (auto c = detail::tasklet_order_key(a.impl_) <=> detail::tasklet_order_key(b.impl_); c != 0) return c;
+    return std::compare_three_way{}(a.impl_, b.impl_);
+  }
 
   /// Internal: wraps a control block, taking a new reference.
   static tasklet from_impl(detail::tasklet_impl* t) noexcept {
@@ -95,3 +109,11 @@ tasklet spawn(F&& f) {
 }
 
 }  // namespace weft
+
+/// Tasklets as keys of unordered containers (the hash of id()).
+template <>
+struct std::hash<weft::tasklet> {
+  std::size_t operator()(const weft::tasklet& t) const noexcept {
+    return t ? std::hash<std::uint64_t>{}(weft::detail::tasklet_order_key(t.impl())) : 0;
+  }
+};

@@ -7,6 +7,7 @@
 // the commit applies it. Nothing else mutates that state.
 #pragma once
 
+#include <compare>
 #include <cstdint>
 #include <exception>
 #include <string>
@@ -71,6 +72,13 @@ channel_core* channel_create(void (*move)(void* dst, void* src));
 void channel_retain(channel_core* c) noexcept;
 void channel_release(channel_core* c) noexcept;
 channel_view channel_read(const channel_core* c) noexcept;
+/// A channel's identity: (id of the tasklet that made it, its count of channels made so far).
+struct channel_key {
+  std::uint64_t creator;
+  std::uint64_t serial;
+  friend auto operator<=>(const channel_key&, const channel_key&) = default;
+};
+channel_key channel_identity(const channel_core* c) noexcept;
 /// Makes the running code see committed scheduler state (DESIGN.md §4.4): in ordered mode a
 /// speculative segment parks until its tasklet is the head, then goes on inevitable. No-op otherwise.
 void observe_scheduler() noexcept;

@@ -88,6 +88,7 @@ class tasklet_impl {
   std::uint8_t last_status = 0;      ///< what the last committed switch point returns (op_status)
   bool want_head = false;            ///< its next segment runs at the head, inevitable
   std::uint32_t head_aborts = 0;     ///< consecutive aborts of segments that started at the head
+  std::uint64_t channels_made = 0;   ///< channels this tasklet made (their identity, channel_create)
   std::uint32_t last_worker = 0;     ///< ordered mode: index + 1 of the thread that ran its last segment (0: none)
   std::uint32_t attempts = 0;        ///< aborted attempts of its next segment (keys abort injection)
   std::uint64_t segments = 0;        ///< committed segments (keys abort injection)
@@ -182,5 +183,8 @@ tasklet_impl* make_tasklet(F&& f) {
   }
   return t;
 }
+
+/// What tasklet handles are ordered and hashed by (their id, given at bind in serial order).
+inline std::uint64_t tasklet_order_key(const tasklet_impl* t) noexcept { return t->id; }
 
 }  // namespace weft::detail
