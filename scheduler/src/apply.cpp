@@ -301,6 +301,7 @@ apply_result apply(runtime& r, intent& in) {
         }
         ring_append(r, m);  // i.e. in the dead tasklet's place, just before its successor
       }
+      note_escaped(in.exception, self);  // named by the terminate handler if nobody catches it
       m->pending = std::move(in.exception);
       r.head = m;
       return {m};

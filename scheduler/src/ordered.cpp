@@ -217,9 +217,7 @@ bool main_can_run(const runtime& r) noexcept {
   return r.head == r.main && r.main->state == tasklet_state::runnable;
 }
 
-void write_stdout(const std::string& text) {
-  if (!text.empty()) std::fwrite(text.data(), 1, text.size(), stdout);
-}
+void write_stdout(std::string_view text) { emit(stdout, text); }
 
 // A segment's deferred output when it becomes inevitable at the head: from then on it prints
 // directly, unless on_commit hooks must come first (they run only at the commit).
@@ -227,7 +225,7 @@ void flush_output(segment* s) {
   if (!s->hook_marks.empty()) return;
   write_stdout(s->out);
   s->out.clear();
-  for (auto& [stream, text] : s->other) std::fwrite(text.data(), 1, text.size(), stream);
+  for (auto& [stream, text] : s->other) emit(stream, text);
   s->other.clear();
 }
 
@@ -236,10 +234,10 @@ void flush_output(segment* s) {
 void flush_output_and_hooks(segment* s, std::vector<std::function<void()>>& hooks) {
   std::size_t out_at = 0, other_at = 0, ran = 0;
   auto write_upto = [&](std::size_t out_end, std::size_t other_end) {
-    write_stdout(s->out.substr(out_at, out_end - out_at));
+    write_stdout(std::string_view(s->out).substr(out_at, out_end - out_at));
     for (; other_at < other_end; ++other_at) {
       const auto& [stream, text] = s->other[other_at];
-      std::fwrite(text.data(), 1, text.size(), stream);
+      emit(stream, text);
     }
     out_at = out_end;
   };
@@ -983,7 +981,7 @@ void ordered_output(std::FILE* stream, std::string_view text) {
   segment* s = t && !t->is_main ? seg(t) : nullptr;
   const std::uint32_t hooks_before = s ? s->tx.effective_commit_hooks() : 0;
   if (!s || (s->inevitable && s->hook_marks.empty() && hooks_before == 0)) {
-    std::fwrite(text.data(), 1, text.size(), stream);
+    emit(stream, text);
     return;
   }
   alloc_log_pause pause;  // the buffers belong to the record, not to the attempt

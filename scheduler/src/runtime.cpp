@@ -79,6 +79,7 @@ void rethrow_pending_exception(tasklet_impl* t) {
 tasklet_impl* running_tasklet(runtime& r) noexcept { return r.is_parallel() ? ordered_running() : r.current; }
 
 runtime::runtime() : config(effective_options()) {
+  install_terminate_handler();
   auto* m = new main_tasklet;
   m->is_main = true;
   m->owner = this;
@@ -295,8 +296,64 @@ void detail::write_output_to(std::FILE* stream, std::string_view text) {
     ordered_output(stream, text);
     return;
   }
-  std::fwrite(text.data(), 1, text.size(), stream);
+  emit(stream, text);
 }
+
+namespace detail {
+
+void emit(std::FILE* stream, std::string_view text) noexcept {
+  if (text.empty()) return;
+  // One write(2) per call, as Go's fmt.Print to os.Stdout: nothing waits in a stdio buffer for an
+  // exit path that does not flush (std::terminate, a fatal signal), and `tail -f` sees each line.
+  std::fwrite(text.data(), 1, text.size(), stream);
+  std::fflush(stream);
+}
+
+namespace {
+std::mutex escaped_lock;
+std::exception_ptr* escaped_exception = new std::exception_ptr;  // never destroyed (terminate may run at exit)
+std::string* escaped_from = new std::string;
+std::terminate_handler previous_terminate = nullptr;
+
+[[noreturn]] void on_terminate() noexcept {
+  std::fflush(nullptr);  // nothing printed is lost
+  if (std::exception_ptr e = std::current_exception()) {
+    std::string from;
+    {
+      std::lock_guard lock(escaped_lock);
+      if (*escaped_exception == e) from = *escaped_from;
+    }
+    if (!from.empty()) {
+      std::string what;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& x) {
+        what = x.what();
+      } catch (...) {
+        what = "(not a std::exception)";
+      }
+      std::fprintf(stderr, "weft: an exception escaped %s and nobody caught it: %s\n", from.c_str(), what.c_str());
+      std::fflush(stderr);
+    }
+  }
+  if (previous_terminate) previous_terminate();
+  std::abort();
+}
+}  // namespace
+
+void note_escaped(const std::exception_ptr& e, const tasklet_impl* t) {
+  std::string from = t->name.empty() ? fmt::format("tasklet-{}", t->id) : fmt::format("tasklet '{}' (tasklet-{})", t->name, t->id);
+  std::lock_guard lock(escaped_lock);
+  *escaped_exception = e;
+  *escaped_from = std::move(from);
+}
+
+void install_terminate_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] { previous_terminate = std::set_terminate(&on_terminate); });
+}
+
+}  // namespace detail
 
 }  // namespace weft
 

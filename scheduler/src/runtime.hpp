@@ -13,6 +13,9 @@
 #pragma once
 
 #include <atomic>
+#include <cstdio>
+#include <exception>
+#include <string_view>
 #include <cstdint>
 #include <memory>
 
@@ -112,6 +115,15 @@ inline void serial_transfer(runtime& r, tasklet_impl* from, tasklet_impl* to) {
   if (prev->state == tasklet_state::dead) [[unlikely]]
     retire(*from->owner, prev);
 }
+
+/// Program output (weft::print, commit_sink, a committed segment's buffer): written and flushed at
+/// once, so that it reaches a file or pipe while the program runs and no exit path loses it.
+void emit(std::FILE* stream, std::string_view text) noexcept;
+/// Remembers that `e` escaped tasklet t (for the message of the terminate handler).
+void note_escaped(const std::exception_ptr& e, const tasklet_impl* t);
+/// Installs (once) the std::terminate handler that flushes output and names the tasklet an uncaught
+/// exception came from.
+void install_terminate_handler();
 
 /// The registry of inserted tasklets, which holds the runtime's reference to each (shutdown walks it).
 void enlist(runtime& r, tasklet_impl* t) noexcept;
