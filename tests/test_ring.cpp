@@ -1,3 +1,4 @@
+#include <fmt/format.h>
 // SEMANTICS.md §1: the runnable ring.
 #include "support.hpp"
 
@@ -282,16 +283,64 @@ TEST_CASE_METHOD(fresh_runtime, "main tasklet identity and names", "[unit][ring]
   check_clean();
 }
 
-TEST_CASE_METHOD(fresh_runtime, "run() from a tasklet that is not main is an error", "[unit][ring][errors]") {
-  tvar<std::string> what;
+TEST_CASE_METHOD(fresh_runtime, "1.6 run() from any tasklet: the calls nest, the innermost returns first",
+                 "[unit][ring]") {
+  // Issue 11 §1, as observed on Stackless 3.7.5.
+  event_log log;
   spawn([&] {
-    try {
-      weft::run();
-    } catch (const std::logic_error& e) {
-      what.set(e.what());
-    }
+    log("W1-start");
+    schedule();
+    log("W1-end");
+  });
+  spawn([&] {
+    log(fmt::format("R-calls-run-runcount-{}", getruncount()));
+    weft::run();
+    log(fmt::format("R-run-returned-main-paused-{}-runcount-{}", getmain().paused() ? 1 : 0, getruncount()));
+  });
+  spawn([&] {
+    log("W2-start");
+    schedule();
+    log("W2-end");
   });
   run();
-  CHECK(what.get() == "run() must be run from the main tasklet.");
+  log(fmt::format("M-run-returned-runcount-{}", getruncount()));
+  CHECK(log.str() == "W1-start R-calls-run-runcount-3 W2-start W1-end W2-end R-run-returned-main-paused-1-runcount-1 "
+                     "M-run-returned-runcount-1");
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "1.6 an exception escaping a tasklet goes to the innermost waiting run()",
+                 "[unit][ring][errors]") {
+  event_log log;
+  spawn([&] {
+    spawn([] { throw std::runtime_error("inner boom"); });
+    try {
+      weft::run();
+      log("no exception");
+    } catch (const std::runtime_error& e) {
+      log(std::string("R caught ") + e.what());
+    }
+  });
+  run();  // main's run() sees nothing
+  log("main's run returned");
+  CHECK(log.str() == "R caught inner boom main's run returned");
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "1.6 a tasklet in run() while main never waits stays paused until someone runs it",
+                 "[unit][ring]") {
+  event_log log;
+  tasklet r = spawn([&] {
+    log("R-run");
+    weft::run();
+    log("R-returned");
+  });
+  tasklet w = spawn([&] { log("W"); });
+  for (int i = 0; i < 3; ++i) schedule();  // main keeps the ring non-empty: R's run() cannot return
+  CHECK(r.paused());
+  log("main-runs-R");
+  r.run();
+  CHECK(!r.alive());
+  CHECK(log.str() == "R-run W main-runs-R R-returned");
   check_clean();
 }

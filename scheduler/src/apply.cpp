@@ -23,7 +23,6 @@ constexpr const char* remove_current = "The current tasklet cannot be removed.";
 constexpr const char* remove_blocked = "You cannot remove a blocked tasklet.";
 constexpr const char* throw_dead = "You cannot throw to a dead tasklet";
 constexpr const char* other_thread = "can't switch to a different thread.";
-constexpr const char* run_not_main = "run() must be run from the main tasklet.";
 constexpr const char* deadlock = "Deadlock: the last runnable tasklet cannot be blocked.";
 constexpr const char* main_receiving = "the main tasklet is receiving without a sender available.";
 constexpr const char* main_sending = "the main tasklet is sending without a receiver available.";
@@ -49,6 +48,13 @@ void unlink(tasklet_impl* t) noexcept {
   t->next = t->prev = nullptr;
 }
 
+// t no longer waits in run() (it runs again, or leaves for elsewhere): off the stack of runners.
+void stop_waiting_in_run(runtime& r, tasklet_impl* t) noexcept {
+  if (!t->in_run) return;
+  t->in_run = false;
+  std::erase(r.runners, t);
+}
+
 // Appends t at the tail of the ring (just before the head) and makes it runnable.
 void ring_append(runtime& r, tasklet_impl* t) noexcept {
   if (r.head) {
@@ -59,7 +65,7 @@ void ring_append(runtime& r, tasklet_impl* t) noexcept {
   }
   ++r.ring_size;
   t->state = tasklet_state::runnable;
-  t->in_run = false;
+  stop_waiting_in_run(r, t);
   enlist(r, t);
 }
 
@@ -68,7 +74,7 @@ void ring_insert_after(runtime& r, tasklet_impl* pos, tasklet_impl* t) noexcept 
   link_before(pos->next, t);
   ++r.ring_size;
   t->state = tasklet_state::runnable;
-  t->in_run = false;
+  stop_waiting_in_run(r, t);
   enlist(r, t);
 }
 
@@ -117,10 +123,16 @@ void queue_remove(tasklet_impl* t) noexcept {
   channel_release(c);
 }
 
-// Who runs when the ring may have become empty: the head, or else main resumes by itself (§1.5,
-// §1.6, §1.9) — or, if main is blocked on a channel, with a deadlock error (§4.2).
+// Who runs when the ring may have become empty: the head; else the innermost run() returns (§1.6:
+// the calls nest, from any tasklet); else main resumes by itself (§1.5, §1.9) — or, if main is
+// blocked on a channel, with a deadlock error (§4.2).
 tasklet_impl* next_to_run(runtime& r) {
   if (r.head) return r.head;
+  if (!r.runners.empty()) {
+    tasklet_impl* innermost = r.runners.back();
+    ring_append(r, innermost);  // off the stack; its run() returns
+    return innermost;
+  }
   tasklet_impl* m = r.main;
   if (m->state == tasklet_state::blocked) {
     int direction = m->direction;
@@ -149,7 +161,7 @@ void check_runnable_target(runtime& r, const tasklet_impl* t) {
 void leave_ring_paused(runtime& r, tasklet_impl* t) noexcept {
   ring_unlink(r, t);
   t->state = tasklet_state::paused;
-  t->in_run = false;
+  stop_waiting_in_run(r, t);
 }
 
 apply_result apply_channel_op(runtime& r, intent& in) {
@@ -212,12 +224,12 @@ apply_result apply(runtime& r, intent& in) {
       if (r.ring_size > 1) r.head = self->next;
       return {r.head};
 
-    case intent_kind::run_main:  // §1.6
-      if (self != r.main) misuse(msg::run_not_main);
+    case intent_kind::run_main:  // §1.6: from any tasklet; the calls nest
       if (r.ring_size == 1) return {self};
       ring_unlink(r, self);
       self->state = tasklet_state::paused;
       self->in_run = true;
+      r.runners.push_back(self);
       return {r.head};
 
     case intent_kind::remove_self:  // §1.5, §4.1, §4.3
@@ -292,8 +304,9 @@ apply_result apply(runtime& r, intent& in) {
       self->state = tasklet_state::dead;
       --r.alive;
       if (!in.exception) return {next_to_run(r)};
-      // An exception escaped: main becomes current at once and gets it where it waits.
-      tasklet_impl* m = r.main;
+      // An exception escaped: the innermost waiting run() gets it (§1.6), else main, where it waits;
+      // it becomes current at once.
+      tasklet_impl* m = r.runners.empty() ? r.main : r.runners.back();
       if (m->state != tasklet_state::runnable) {
         if (m->state == tasklet_state::blocked) {
           m->send_exception = nullptr;

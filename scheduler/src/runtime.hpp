@@ -18,6 +18,7 @@
 #include <string_view>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "weft/detail/context.hpp"
 #include "weft/detail/intent.hpp"
@@ -56,6 +57,7 @@ struct runtime {
   tasklet_impl* main = nullptr;
   tasklet_impl* current = nullptr;  // the running tasklet
   tasklet_impl* head = nullptr;     // ring head; nullptr when the ring is empty
+  std::vector<tasklet_impl*> runners;  // tasklets waiting in run(), innermost last (SEMANTICS §1.6)
   std::size_t ring_size = 0;
 
   tasklet_impl* all_first = nullptr;  // registered tasklets, in order of first insertion

@@ -56,7 +56,7 @@ class tasklet_impl {
   bool started = false;     ///< has run (in ordered mode: its first segment has committed); main: always
   bool has_context = false; ///< has a stack and a context (ordered mode: from its first dispatch on)
   bool registered = false;  ///< counted in the runtime's list of live tasklets (holds a reference)
-  bool in_run = false;      ///< main only: paused inside weft::run() (else paused by switch_to/schedule_remove)
+  bool in_run = false;      ///< paused inside weft::run() (else paused by switch_to/schedule_remove); see runtime::runners
   std::int8_t direction = 0;  ///< while blocked: +1 sending, -1 receiving
 
   // Links: the runnable ring or a channel's wait queue (never both), and the runtime's list of
