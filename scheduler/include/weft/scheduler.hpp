@@ -138,7 +138,10 @@ void write_output_to(std::FILE* stream, std::string_view text);
 /// Formats like fmt::print and writes to standard output. With one worker it writes at once; in
 /// ordered mode a speculative segment's output is kept with its record and written when it commits,
 /// in commit order (nothing twice, nothing lost when it is rolled back); main and inevitable segments
-/// write at once.
+/// write at once. Each write is flushed (one write(2) per call, as Go's fmt.Print): output reaches a
+/// file or pipe while the program runs, and no exit path (an uncaught exception, std::exit, a fatal
+/// signal) loses it. That costs ~2 us per call on a VM against ~0.2 us buffered: a loop that prints
+/// thousands of lines should format them into one call (a committed segment's output is one write).
 template <class... Args>
 void print(fmt::format_string<Args...> format, Args&&... args) {
   detail::write_output(fmt::format(format, std::forward<Args>(args)...));
