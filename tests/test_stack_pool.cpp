@@ -68,7 +68,8 @@ TEST_CASE("guarded stacks have an inaccessible page below them", "[unit][gc]") {
   char* lower = std::min(a.base, b.base);
   char* upper = std::max(a.base, b.base);
   const std::size_t page = weft::detail::page_size();
-  CHECK(upper - (lower + pool.stack_size()) == static_cast<std::ptrdiff_t>(page));
+  // (Each slot has 4 KiB of colouring room above the usable stack.)
+  CHECK(upper - (lower + pool.stack_size() + 4096) == static_cast<std::ptrdiff_t>(page));
   // The kernel agrees: the guard page can be neither read nor written (a touch would be SIGSEGV); the
   // stacks on both sides of it can.
   CHECK(protection_of(upper - page).substr(0, 3) == "---");
@@ -83,4 +84,22 @@ TEST_CASE("guarded stacks have an inaccessible page below them", "[unit][gc]") {
   plain.release(c);
   pool.release(a);
   pool.release(b);
+}
+
+TEST_CASE("stack tops are coloured: 64 stacks use 64 different cache-line offsets", "[unit][gc]") {
+  // Issue 11 §6: 64 KiB-aligned tops put the hot frames of every tasklet in the same cache sets.
+  for (bool guard : {false, true}) {
+    stack_pool pool(64 * 1024, guard);
+    std::vector<weft::detail::stack_extent> stacks;
+    std::set<std::uintptr_t> offsets;
+    for (int i = 0; i < 64; ++i) {
+      stacks.push_back(pool.allocate());
+      CHECK(stacks.back().size >= pool.stack_size());  // the usable size is never less than asked
+      const auto top = reinterpret_cast<std::uintptr_t>(stacks.back().top());
+      CHECK(top % 64 == 0);
+      offsets.insert(top % 4096);
+    }
+    CHECK(offsets.size() == 64);
+    for (auto& s : stacks) pool.release(s);
+  }
 }

@@ -35,6 +35,14 @@ namespace {
 
 constexpr std::size_t max_slab_stacks = 4096;
 
+// Stack colouring: each slot has this much room above the usable stack, and a stack's top sits
+// (slot index % 64) cache lines below the slot's end. Without it every top was 64 KiB-aligned (68 KiB
+// with a guard page: still the same L1 sets), so the hot top frames of thousands of tasklets
+// competed for the same cache sets (issue 11 §6). The room is virtual (MAP_NORESERVE, never touched):
+// the usable size stays what was asked for.
+constexpr std::size_t colour_span = 4096;
+constexpr std::size_t colour_step = 64;
+
 // --- guard table for the fault handler ---------------------------------------------------------
 struct guard_slab {
   std::atomic<std::uintptr_t> begin{0};
@@ -108,7 +116,7 @@ void on_segv(int sig, siginfo_t* info, void* uctx) {
     std::snprintf(msg, sizeof msg,
                   "weft: fatal: stack overflow in a tasklet (stack size %zu bytes); raise "
                   "weft::options::stack_size or WEFT_STACK_SIZE\n",
-                  guard_table[i].stack_size.load(std::memory_order_relaxed));
+                  guard_table[i].stack_size.load(std::memory_order_relaxed) - colour_span);
     write_stderr(msg);
     std::signal(SIGSEGV, SIG_DFL);
     std::abort();
@@ -178,7 +186,7 @@ void install_fault_handlers(fault_hook_fn hook) {
 
 stack_pool::stack_pool(std::size_t stack_size, bool guard)
     : stack_size_((stack_size + page_size() - 1) / page_size() * page_size()),
-      stride_(stack_size_ + (guard ? page_size() : 0)),
+      stride_(stack_size_ + colour_span + (guard ? page_size() : 0)),
       guard_(guard) {
   if (guard_) install_overflow_handler();
 }
@@ -216,12 +224,12 @@ void stack_pool::grow() {
         break;
       }
     }
-    register_guard_slab(begin, bytes, stride_, stack_size_);
+    register_guard_slab(begin, bytes, stride_, stack_size_ + colour_span);
   }
   // Push in reverse so that the lowest stack is handed out first.
   total_stacks_ += stacks;
   free_.reserve(total_stacks_);  // so that release() never allocates
-  for (std::size_t i = stacks; i-- > 0;) free_.push_back(begin + i * stride_ + (stride_ - stack_size_));
+  for (std::size_t i = stacks; i-- > 0;) free_.push_back(begin + i * stride_ + (stride_ - stack_size_ - colour_span));
 }
 
 stack_extent stack_pool::allocate() {
@@ -229,7 +237,8 @@ stack_extent stack_pool::allocate() {
   char* base = free_.back();
   free_.pop_back();
   ++in_use_;
-  return {base, stack_size_};
+  const std::size_t colour = reinterpret_cast<std::uintptr_t>(base) / stride_ % (colour_span / colour_step);
+  return {base, stack_size_ + colour_span - colour * colour_step};  // top: `colour` lines below the slot's end
 }
 
 void stack_pool::release(stack_extent s) noexcept {
