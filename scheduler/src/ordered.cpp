@@ -478,10 +478,9 @@ void segment_ended(runtime& r, worker& w, tasklet_impl* t, segment* s) {
 // numbers.
 void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_lock<std::mutex>& lk) {
   ordered_state& o = state_of(r);
-  const auto start = std::chrono::steady_clock::now();
+  const std::uint64_t start = now_ns();
   enter(w, t, s);
-  const auto ns = static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count());
+  const std::uint64_t ns = now_ns() - start;
   lk.lock();
   ++o.segments, ++w.segments;
   o.segment_ns += ns, o.window_ns += ns, w.busy_ns += ns;
