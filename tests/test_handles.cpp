@@ -29,7 +29,7 @@ struct optional_reply {
   int body = 0;
 };
 
-std::string key(const detail::channel_key& k) { return fmt::format("{}.{}", k.creator, k.serial); }
+std::string key(const weft::channel_id& k) { return fmt::format("{}.{}", k.creator, k.serial); }
 
 }  // namespace
 

@@ -34,6 +34,10 @@ op_status channel_transfer(channel_core* c, int direction, void* slot, std::exce
 op_status channel_receive_or_stop(channel_core* c, void* slot);
 }  // namespace detail
 
+/// A channel's identity (channel<T>::id()): the id of the tasklet that made it and that tasklet's
+/// count of channels made, itself included. Totally ordered; the same at any worker count.
+using channel_id = detail::channel_key;
+
 template <class T>
 class channel {
  public:
@@ -167,7 +171,7 @@ class channel {
   /// runtime yet: 0) and how many channels that tasklet had made, itself included. It follows serial
   /// order, so it is the same at any worker count and in every run of a deterministic program.
   /// Throws std::logic_error for an empty handle.
-  detail::channel_key id() const { return detail::channel_identity(core()); }
+  channel_id id() const { return detail::channel_identity(core()); }
   /// Handles are equal when they refer to the same channel (or are both empty).
   friend bool operator==(const channel& a, const channel& b) noexcept { return a.core_ == b.core_; }
   friend bool operator==(const channel& a, std::nullptr_t) noexcept { return a.core_ == nullptr; }
