@@ -180,11 +180,15 @@ ordered_state& state_of(runtime& r) noexcept { return *r.ordered; }
 void wake(ordered_state& o) {
   if (o.waiting) o.cv.notify_all();
 }
+// Sleeps until the next wake() (or a spurious wake-up: callers look again).
+void sleep_until_woken(ordered_state& o, std::unique_lock<std::mutex>& lk) {
+  ++o.waiting;
+  o.cv.wait(lk);
+  --o.waiting;
+}
 template <class Pred>
 void wait_until(ordered_state& o, std::unique_lock<std::mutex>& lk, Pred done) {
-  ++o.waiting;
-  o.cv.wait(lk, done);
-  --o.waiting;
+  while (!done()) sleep_until_woken(o, lk);
 }
 
 segment* take_segment(ordered_state& o) {
@@ -219,16 +223,6 @@ bool main_can_run(const runtime& r) noexcept {
 
 void write_stdout(std::string_view text) { emit(stdout, text); }
 
-// A segment's deferred output when it becomes inevitable at the head: from then on it prints
-// directly, unless on_commit hooks must come first (they run only at the commit).
-void flush_output(segment* s) {
-  if (!s->hook_marks.empty()) return;
-  write_stdout(s->out);
-  s->out.clear();
-  for (auto& [stream, text] : s->other) emit(stream, text);
-  s->other.clear();
-}
-
 // At the commit: the output with the on_commit hooks where one worker would have run them (at the
 // end of the outermost atomically that registered them), then the other hooks.
 void flush_output_and_hooks(segment* s, std::vector<std::function<void()>>& hooks) {
@@ -250,6 +244,14 @@ void flush_output_and_hooks(segment* s, std::vector<std::function<void()>>& hook
   s->other.clear();
   s->hook_marks.clear();
   for (; ran < hooks.size(); ++ran) hooks[ran]();
+}
+
+// A segment's deferred output when it becomes inevitable at the head: from then on it prints
+// directly, unless on_commit hooks must come first (they run only at the commit).
+void flush_output(segment* s) {
+  if (!s->hook_marks.empty()) return;
+  std::vector<std::function<void()>> no_hooks;
+  flush_output_and_hooks(s, no_hooks);
 }
 
 // --- dispatch ---------------------------------------------------------------------------------------
@@ -681,9 +683,7 @@ void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
       run_segment(r, w, t, lk);
     } else {
       const std::uint64_t start = now_ns();
-      ++o.waiting;
-      o.cv.wait(lk);  // woken by whatever may give work (commit, abort, main's switch, drain, stop)
-      --o.waiting;
+      sleep_until_woken(o, lk);  // woken by whatever may give work (commit, abort, main's switch, drain, stop)
       w.idle_ns += now_ns() - start;
     }
   }
