@@ -3,6 +3,7 @@
 // make sense with several workers look at weft::configuration() and run_stats().
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <set>
 #include <thread>
 
@@ -96,6 +97,69 @@ TEST_CASE_METHOD(fresh_runtime, "a segment that keeps conflicting with a plain t
     CHECK(st.aborts_conflict >= 1);
     CHECK(st.inevitable >= 1);
   }
+  fresh_runtime::check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "an inevitable segment reads a consistent state while plain threads commit beside it",
+                 "[stress][ordered]") {
+  // Two plain threads move money between 64 accounts in transactions of their own (foreign
+  // committers: not part of the run's commit order). Auditor tasklets sum the accounts inevitably,
+  // with a pause in the middle of the sum: at the head of an ordered run an inevitable segment
+  // does not reserve what it reads (stm/src/transaction.cpp, exclusive inevitability), so the
+  // plain threads' commits must wait for it, or a transfer lands between its two halves and the sum
+  // is off. The total is conserved in every audit and at the end.
+  constexpr int accounts = 64;
+  constexpr long opening = 100;
+  std::deque<tvar<long>> balance;
+  for (int i = 0; i < accounts; ++i) balance.emplace_back(opening);
+  tvar<long> wrong{0}, audits{0};
+  std::atomic<bool> done{false};
+  std::atomic<long> transfers{0};
+  auto mover = [&](std::uint64_t seed) {
+    std::uint64_t x = seed;
+    while (!done.load(std::memory_order_relaxed)) {
+      x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+      const auto from = static_cast<std::size_t>((x >> 33) % accounts);
+      const auto to = (from + 1 + static_cast<std::size_t>((x >> 17) % (accounts - 1))) % accounts;
+      atomically([&] {
+        const long moved = std::min<long>(balance[from].get(), 7);
+        balance[from].set(balance[from].get() - moved);
+        balance[to].set(balance[to].get() + moved);
+      });
+      transfers.fetch_add(1, std::memory_order_relaxed);
+    }
+  };
+  std::thread m1(mover, 1), m2(mover, 2);
+  while (transfers.load(std::memory_order_relaxed) < 100) std::this_thread::yield();
+  for (int a = 0; a < 3; ++a) {
+    spawn([&] {
+      for (int round = 0; round < 20; ++round) {
+        atomically([&] {
+          become_inevitable("test: audit");
+          long sum = 0;
+          for (int i = 0; i < accounts / 2; ++i) sum += balance[i].get();
+          const long seen = transfers.load(std::memory_order_relaxed);  // test synchronisation only
+          const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+          while (transfers.load(std::memory_order_relaxed) < seen + 3 && std::chrono::steady_clock::now() < until) {
+          }
+          for (int i = accounts / 2; i < accounts; ++i) sum += balance[i].get();
+          if (sum != accounts * opening) wrong.set(wrong.get() + 1);
+          audits.set(audits.get() + 1);
+        });
+        schedule();
+      }
+    });
+  }
+  run();
+  done = true;
+  m1.join();
+  m2.join();
+  long total = 0;
+  for (const tvar<long>& b : balance) total += b.get();
+  INFO("transfers by the plain threads: " << transfers.load());
+  CHECK(wrong.get() == 0);
+  CHECK(audits.get() == 60);
+  CHECK(total == accounts * opening);
   fresh_runtime::check_clean();
 }
 

@@ -207,7 +207,7 @@ class alignas(64) transaction {
         return;
       }
     }
-    if (inevitable_) reserve(v);
+    if (inevitable_ && !exclusive_) reserve(v);
     write_entry& e = writes_.emplace();
     e.var = &v;
     e.bits = b;
@@ -332,6 +332,8 @@ class alignas(64) transaction {
   bool reads_valid(std::uint64_t rv, const read_entry** failed) const noexcept;
   [[noreturn]] void abort_conflict(conflict_kind kind, const tvar_base* v, const std::source_location& where);
   void reserve(const tvar_base& v);
+  std::uint64_t read_exclusive(const tvar_base& v) noexcept;
+  void release_token() noexcept;  // gives back inevitable_holder (and exclusive_holder if ours)
   void release_reservations() noexcept;
   void release_locks(std::uint32_t count) noexcept;
   bool commit_inevitable();
@@ -366,6 +368,7 @@ class alignas(64) transaction {
   /// Why the next attempt starts inevitable (reported to the observer when it does), or nullptr.
   const char* inevitable_reason_ = nullptr;
   bool holds_token_ = false;
+  bool exclusive_ = false;  // holds exclusive_holder too: reads unlogged, no reservations (segments)
   bool measuring_ = false;
   std::uint32_t consecutive_aborts_ = 0;
   std::uint32_t scope_depth_ = 0;
