@@ -1,6 +1,7 @@
-// Overflows a tasklet's stack on purpose: with guard pages on, weft must report it clearly and abort
-// (checked by the CTest test `stack_overflow_is_reported` through its output).
+// Overflows a tasklet's stack on purpose: weft must report it clearly and abort (checked by the CTest
+// tests `stack_overflow_is_reported` and `stack_overflow_without_a_guard_page_...` through the output).
 #include <cstdio>
+#include <cstring>
 
 #include <weft/weft.hpp>
 
@@ -10,10 +11,35 @@ namespace {
   pad[n % 512] = static_cast<char>(n);
   return recurse(n + 1) + pad[(n * 7) % 512];  // not a tail call
 }
+[[gnu::noinline]] int too_big_a_frame() {
+  volatile char big[72 * 1024];
+  for (std::size_t i = 0; i < sizeof big; ++i) big[i] = 1;
+  weft::schedule();  // the switch point that finds the overflow
+  return big[100];
+}
 }  // namespace
 
-int main() {
-  weft::configure({.stack_size = 64 * 1024, .stack_guard = true});
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "unguarded") == 0) {
+    // No guard page: a frame larger than the stack runs over its lowest bytes (into the slot below,
+    // whose tasklet waits on a channel and never runs again), and the overflow is found when the
+    // tasklet switches.
+    weft::configure({.stack_size = 64 * 1024, .stack_guard = false});
+    weft::channel<int> never;
+    weft::spawn([never] { never.receive(); });  // takes the lowest stack of the slab, and keeps it
+    weft::spawn([] {
+      weft::schedule();  // in ordered mode the next segment starts after the first tasklet blocked
+      std::printf("%d\n", too_big_a_frame());
+    });
+    weft::run();
+    std::puts("not reached");
+    return 0;
+  }
+  // "default": the options' default, guard pages on in every build (while the map budget allows).
+  if (argc > 1 && std::strcmp(argv[1], "default") == 0)
+    weft::configure({.stack_size = 64 * 1024});
+  else
+    weft::configure({.stack_size = 64 * 1024, .stack_guard = true});
   weft::spawn([] { std::printf("%d\n", recurse(0)); });
   weft::run();
   std::puts("not reached");

@@ -11,6 +11,7 @@
 #include "weft/detail/diagnostics.hpp"
 #include "weft/gc.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -42,6 +43,30 @@ constexpr std::size_t max_slab_stacks = 4096;
 // the usable size stays what was asked for.
 constexpr std::size_t colour_span = 4096;
 constexpr std::size_t colour_step = 64;
+
+// Guard pages and vm.max_map_count: each guard page splits its slab's mapping, and once the process
+// reaches the limit every mmap fails — malloc's, a new thread's stack, our next slab. So guards stop
+// while a quarter of the limit (at least 8,192 mappings) is still free for everything else; stacks
+// made after that are checked by their canary at switch points instead (tasklet/src/context.cpp).
+std::size_t map_count_limit() {
+  static const std::size_t limit = [] {
+    std::size_t v = 65530;  // the kernel's default
+    if (std::FILE* f = std::fopen("/proc/sys/vm/max_map_count", "r")) {
+      unsigned long x = 0;
+      if (std::fscanf(f, "%lu", &x) == 1 && x > 0) v = x;
+      std::fclose(f);
+    }
+    return v;
+  }();
+  return limit;
+}
+std::atomic<std::size_t> guard_pages{0};  // in the whole process
+
+bool may_add_guard() noexcept {
+  const std::size_t limit = map_count_limit();
+  const std::size_t headroom = std::max<std::size_t>(limit / 4, 8192);
+  return 2 * (guard_pages.load(std::memory_order_relaxed) + 1) + headroom <= limit;
+}
 
 // --- guard table for the fault handler ---------------------------------------------------------
 struct guard_slab {
@@ -199,6 +224,7 @@ stack_pool::~stack_pool() {
   for (const slab& s : slabs_) {
     if (guard_) unregister_guard_slab(s.begin);
     ::munmap(s.begin, s.bytes);
+    guard_pages.fetch_sub(s.guards, std::memory_order_relaxed);
   }
 }
 
@@ -208,21 +234,21 @@ void stack_pool::grow() {
   void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mem == MAP_FAILED) throw std::bad_alloc();
   char* begin = static_cast<char*>(mem);
-  slabs_.push_back({begin, bytes});
+  slabs_.push_back({begin, bytes, 0});
   reserved_ += bytes;
   next_slab_stacks_ = std::min(next_slab_stacks_ * 2, max_slab_stacks);
   if (guard_) {
     for (std::size_t i = 0; i < stacks; ++i) {
-      if (::mprotect(begin + i * stride_, page_size(), PROT_NONE) != 0) {
-        // Each guard page splits the mapping; vm.max_map_count ends that near 32,000 stacks.
-        static bool warned = false;
-        if (!warned) {
-          warned = true;
-          detail::diagnostics().warn("weft: cannot add more stack guard pages (vm.max_map_count reached); further "
-                       "stacks have none. Turn guards off (WEFT_STACK_GUARD=0) for this many tasklets.");
-        }
+      if (!may_add_guard() || ::mprotect(begin + i * stride_, page_size(), PROT_NONE) != 0) {
+        static std::atomic<bool> warned{false};
+        if (!warned.exchange(true))
+          detail::diagnostics().debug("weft: {} stacks have guard pages, as many as vm.max_map_count ({}) allows with "
+                                     "room to spare; further stacks are checked for overflow at switch points",
+                                     guard_pages.load(std::memory_order_relaxed), map_count_limit());
         break;
       }
+      guard_pages.fetch_add(1, std::memory_order_relaxed);
+      ++slabs_.back().guards;
     }
     register_guard_slab(begin, bytes, stride_, stack_size_ + colour_span);
   }

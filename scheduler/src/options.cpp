@@ -103,11 +103,10 @@ options configuration() {
   if (!o.mode) o.mode = o.workers > 1 || o.replay_every ? mode::ordered : mode::serial;
   if (const char* s = std::getenv("WEFT_STACK_SIZE"); s && *s) o.stack_size = parse_size("WEFT_STACK_SIZE", s);
   if (const char* g = std::getenv("WEFT_STACK_GUARD"); g && *g) o.stack_guard = std::string(g) != "0";
-#ifdef NDEBUG
-  if (!o.stack_guard) o.stack_guard = false;
-#else
+  // Guard pages in every build (a Release overflow was a bare segfault, or silent corruption of the
+  // neighbouring stack): as many as vm.max_map_count allows with room to spare; beyond that, and
+  // with WEFT_STACK_GUARD=0, the canary checked at switch points (gc/src/stack_pool.cpp).
   if (!o.stack_guard) o.stack_guard = true;
-#endif
   validate(o);
   return o;
 }

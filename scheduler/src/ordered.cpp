@@ -717,6 +717,9 @@ void worker_thread(runtime* r, worker* w) {
 tasklet_impl* leave(tasklet_impl* self, worker::end how) {
   worker* w = this_worker();
   w->ended = how;
+  // An aborted attempt may leave from a fault handler, on the alternate signal stack (and its saved
+  // context is never resumed: the stack is restored first).
+  if (how == worker::end::aborted) return context_switch_unchecked(self, w->home);
   return context_switch(self, w->home);
 }
 

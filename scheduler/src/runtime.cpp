@@ -182,7 +182,10 @@ op_status perform(intent& in) {
         "a transaction cannot give up the processor; move it out of the transaction");
   tasklet_impl* self = r.current;
   apply_result res = apply(r, in);
-  if (res.next != self) serial_transfer(r, self, res.next);
+  if (res.next != self)
+    serial_transfer(r, self, res.next);  // context_switch checks the stack pointer
+  else
+    context_check_stack(self);  // and so here, where nothing switches (schedule() alone in the ring)
   if (self->pending) [[unlikely]] rethrow_pending_exception(self);
   return res.status;
 }

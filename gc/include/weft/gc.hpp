@@ -58,6 +58,7 @@ class stack_pool {
   struct slab {
     char* begin;
     std::size_t bytes;
+    std::size_t guards;  // guard pages made in it (each costs up to two kernel mappings)
   };
   void grow();
 
