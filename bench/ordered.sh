@@ -48,13 +48,14 @@ ratio() {
   paste "$tmp/$1" "$tmp/$2" | awk '{print $1 / $2}' > "$tmp/r"
   printf '%.3f (%.3f-%.3f)' "$(median "$tmp/r")" "$(sort -g "$tmp/r" | head -1)" "$(sort -g "$tmp/r" | tail -1)"
 }
-# notes LABEL: aborts per commit, mean segment and time committing (all threads) of the last run
+# notes LABEL: aborts per commit, mean segment and time between segments (committing and dispatching,
+# all threads) of the last run
 notes() {
   local f="$tmp/$1.stats"
   [ -s "$f" ] || return 0
   grep -o '([0-9.]* per commit)\|mean segment [0-9.]* us' "$f" | tr '\n' ' '
-  awk '/committing/ {for (i = 1; i <= NF; ++i) if ($(i+1) == "ms" && $(i+2) == "committing,") c += $i}
-       END {printf "%.1f ms committing", c}' "$f"
+  awk '/committing/ {for (i = 1; i <= NF; ++i) if ($(i+1) == "ms" && $(i+2) == "committing") c += $i}
+       END {printf "%.1f ms committing+dispatching", c}' "$f"
 }
 row() { printf '%-46s %-26s %s\n' "$1" "$2" "$3"; }
 same_sum() { cmp -s "$tmp/$1.sum" "$tmp/$2.sum" || { echo "CHECKSUMS DIFFER: $1 vs $2" >&2; exit 1; }; }

@@ -100,6 +100,48 @@ TEST_CASE_METHOD(fresh_runtime, "a segment that keeps conflicting with a plain t
   fresh_runtime::check_clean();
 }
 
+namespace {
+// A tvar local to a frame that returns in a later segment than the one that made it; the next
+// frame at that depth fills the same stack bytes and switches with them live.
+[[gnu::noinline]] long use_a_local_tvar(long k) {
+  tvar<long> local{k};
+  schedule();  // `local` was made by the previous segment
+  local.set(local.get() + 1);
+  return local.get();
+}  // ... and dies in this one
+[[gnu::noinline]] bool frame_survives_the_commit(long k) {
+  volatile long words[64];
+  for (int i = 0; i < 64; ++i) words[i] = k * 64 + i;
+  schedule();  // the segment that destroyed `local` commits while this frame waits here
+  for (int i = 0; i < 64; ++i)
+    if (words[i] != k * 64 + i) return false;
+  return true;
+}
+}  // namespace
+
+TEST_CASE_METHOD(fresh_runtime, "a local tvar that dies in a segment is not touched by its commit",
+                 "[unit][ordered]") {
+  // The commit of the segment that destroyed it once wrote its "destroyed" version and the buffered
+  // write into its old bytes — by then another frame's locals on the suspended tasklet's stack.
+  tvar<long> damaged{0}, sum{0};
+  for (int t = 0; t < 4; ++t) {
+    spawn([&, t] {
+      for (long k = 0; k < 50; ++k) {
+        const long v = use_a_local_tvar(k + t);
+        if (!frame_survives_the_commit(k)) damaged.set(damaged.get() + 1);
+        sum.set(sum.get() + v);
+      }
+    });
+  }
+  run();
+  CHECK(damaged.get() == 0);
+  long expected = 0;
+  for (int t = 0; t < 4; ++t)
+    for (long k = 0; k < 50; ++k) expected += k + t + 1;
+  CHECK(sum.get() == expected);
+  fresh_runtime::check_clean();
+}
+
 TEST_CASE_METHOD(fresh_runtime, "an inevitable segment reads a consistent state while plain threads commit beside it",
                  "[stress][ordered]") {
   // Two plain threads move money between 64 accounts in transactions of their own (foreign

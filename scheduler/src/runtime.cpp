@@ -248,7 +248,9 @@ run_statistics run_stats() {
 }
 
 resource_counts shutdown() {
-  runtime* r = holder.rt;
+  // A tasklet running on a worker thread (ordered mode) finds its runtime there: it must get the
+  // error too, not an empty count (the thread owns no runtime of its own).
+  runtime* r = holder.rt ? holder.rt : ordered_thread_runtime();
   if (!r) return {};
   if (running_tasklet(*r) != r->main) throw std::logic_error("weft::shutdown() must be called from the main tasklet");
   r->shutting_down = true;

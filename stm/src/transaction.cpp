@@ -855,6 +855,22 @@ void transaction::tvar_destroyed(tvar_base* v, void (*drop)(void*)) {
       return;
     }
   }
+  if (segment_ && v >= stack_lo_ && v < stack_hi_) [[unlikely]] {
+    // A local of the segment's tasklet going out of scope. Its bytes belong to the tasklet's next
+    // frames from now on, while the segment waits for its commit: the commit must not write the
+    // destroyed mark, our buffered write or read its box there (it corrupted the suspended
+    // tasklet's locals), and validation cannot read it. So what it read of it is validated now (a
+    // predecessor that still writes it before we commit is writing into a tasklet's dead local:
+    // outside the memory contract, DESIGN.md §5), and its entries go.
+    for (std::uint32_t i = 0; i < reads_.size; ++i) {
+      if (reads_.data[i].var != v) continue;
+      const std::uint64_t m = v->meta.load(std::memory_order_acquire);
+      if ((m & lock_bit) || version_of(m) > rv_) abort_conflict(conflict_kind::read_write, v, reads_.data[i].where);
+    }
+    forget_logged(v);
+    destroyed_.push({v, drop, true, v->bits.load(std::memory_order_relaxed)});
+    return;
+  }
   // Older (or made before the innermost scope, which may still roll back): the destruction happens
   // at commit. Its storage is still there until then (a delete of it is deferred).
   destroyed_.push({v, drop});
@@ -898,13 +914,16 @@ void transaction::finish_destroyed_tvars() noexcept {
     // Marked changed and counted before their boxes (and, in allocs_.commit(), their storage) are
     // retired: see tvars_destroyed.
     const std::uint64_t wv = clock.value.load(std::memory_order_seq_cst) + 1;
-    for (const tvar_entry& d : destroyed_) d.var->meta.store(wv << 2, std::memory_order_release);
+    for (const tvar_entry& d : destroyed_)
+      if (!d.dead_storage) d.var->meta.store(wv << 2, std::memory_order_release);
     tvars_destroyed.fetch_add(1, std::memory_order_seq_cst);
     wake_retry_waiters();
   }
   for (const tvar_entry& d : destroyed_) {
-    if (d.drop) epoch_retire(reinterpret_cast<void*>(d.var->bits.load(std::memory_order_relaxed)), d.drop, false);
-    d.var->forget();
+    const std::uint64_t box = d.dead_storage ? d.bits : d.var->bits.load(std::memory_order_relaxed);
+    if (d.drop) epoch_retire(reinterpret_cast<void*>(box), d.drop, false);
+    if (side_tables_used.load(std::memory_order_relaxed)) [[unlikely]]
+      tvar_gone(d.var);  // by address only (tvar_base::forget; the storage may be gone)
   }
   destroyed_.size = 0;
   created_.size = 0;

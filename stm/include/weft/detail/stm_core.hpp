@@ -258,6 +258,9 @@ class alignas(64) transaction {
   // committed or rolled back later by whichever thread holds the scheduler's commit lock. It is
   // never solo; its descriptor is registered like a thread's (segment_register) and holds its own
   // epoch slot, so that nothing it read is freed while it waits for its turn.
+  /// The stack of the segment's tasklet, [lo, hi): a tvar there that dies in the segment is a local
+  /// going out of scope (tvar_destroyed).
+  void segment_stack(const void* lo, const void* hi) noexcept { stack_lo_ = lo, stack_hi_ = hi; }
   /// Starts an attempt (not installed on any thread); `inevitable`: takes the token first.
   void segment_begin(epoch_slot& slot, bool inevitable);
   /// Installs (removes) the attempt as the calling thread's transaction and allocation log.
@@ -363,6 +366,8 @@ class alignas(64) transaction {
   bool solo_blocked_ = false;     ///< retry() in a solo attempt: run normally until the commit
   bool inevitable_ = false;
   bool segment_ = false;          ///< a tasklet segment's transaction (see segment_begin)
+  const void* stack_lo_ = nullptr;  ///< segment_stack()
+  const void* stack_hi_ = nullptr;
   std::uint32_t or_else_depth_ = 0;
   bool want_inevitable_ = false;
   /// Why the next attempt starts inevitable (reported to the observer when it does), or nullptr.
@@ -389,6 +394,10 @@ class alignas(64) transaction {
   struct tvar_entry {
     tvar_base* var;
     void (*drop)(void*);  ///< boxed tvars: frees a box
+    /// destroyed_ only: the tvar lived on the segment's own stack, which the tasklet reuses before the
+    /// commit: its committed box (`bits`) was read when it died, and the commit touches nothing there.
+    bool dead_storage = false;
+    std::uint64_t bits = 0;
   };
   log_array<tvar_entry> created_;    ///< tvars constructed in the attempt (var == nullptr: since destroyed)
   log_array<tvar_entry> destroyed_;  ///< older tvars destroyed in the attempt
