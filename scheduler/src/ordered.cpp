@@ -109,13 +109,17 @@ struct worker {
   std::thread thread;
   // Statistics, under the commit lock.
   // Time: work_ns (in work(), whole), idle_ns (asleep in it), busy_ns (in segments); the rest of
-  // work_ns is committing, dispatching, snapshots and aborts. busy_ns is an estimate: one segment in
-  // `sample_every` (chosen at random) is timed and counts for that many. A clock read costs 40-60 ns
-  // here (clock_gettime); four per segment made a hackysack segment's ordered overhead 3x larger.
+  // work_ns is committing, dispatching, snapshots and aborts. A clock read costs 40-60 ns here
+  // (clock_gettime); four per segment made a hackysack segment's ordered overhead 3x larger. So
+  // while this thread's last timed segment was shorter than `time_every_from`, a segment is timed
+  // with probability 1/sample_every and counts for that many (an unbiased estimate); after a longer
+  // one, every segment is timed (the clock is then noise), so that few long segments are never
+  // missed (mandelbrot's 64 bands, the guard's mean).
   std::uint64_t segments = 0, commits = 0, aborts = 0, busy_ns = 0, work_ns = 0, idle_ns = 0;
-  std::uint64_t sampler = 0x9E3779B97F4A7C15ULL;  // xorshift state: which segments are timed
+  std::uint64_t sampler = 0x9E3779B97F4A7C15ULL;  // xorshift state: which short segments are timed
+  std::uint64_t last_timed_ns = ~std::uint64_t{0};
 };
-constexpr std::uint64_t sample_every = 16;
+constexpr std::uint64_t sample_every = 16, time_every_from = 2000;
 
 std::uint64_t now_ns() noexcept {
   return static_cast<std::uint64_t>(
@@ -492,18 +496,22 @@ void segment_ended(runtime& r, worker& w, tasklet_impl* t, segment* s) {
 // numbers.
 void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_lock<std::mutex>& lk) {
   ordered_state& o = state_of(r);
-  std::uint64_t x = w.sampler;
-  x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-  w.sampler = x;
-  if (x % sample_every != 0) [[likely]] {
-    enter(w, t, s);
-    lk.lock();
-    ++o.segments, ++w.segments;
-    return;
+  const bool every = w.last_timed_ns >= time_every_from;
+  if (!every) {
+    std::uint64_t x = w.sampler;
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    w.sampler = x;
+    if (x % sample_every != 0) {
+      enter(w, t, s);
+      lk.lock();
+      ++o.segments, ++w.segments;
+      return;
+    }
   }
   const std::uint64_t start = now_ns();
   enter(w, t, s);
-  const std::uint64_t ns = (now_ns() - start) * sample_every;
+  w.last_timed_ns = now_ns() - start;
+  const std::uint64_t ns = w.last_timed_ns * (every ? 1 : sample_every);
   lk.lock();
   ++o.segments, ++w.segments;
   o.segment_ns += ns, o.window_ns += ns, w.busy_ns += ns;

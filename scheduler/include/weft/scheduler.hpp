@@ -105,7 +105,7 @@ struct run_statistics {
   std::uint64_t aborts_injected = 0;  ///< abort injection (options::abort_inject)
   std::uint64_t aborts_changed = 0;   ///< a committed kill, raise or remove changed the tasklet meanwhile
   std::uint64_t inevitable = 0;       ///< committed segments that ran inevitable at the head
-  double mean_segment_us = 0;         ///< time inside segments per attempt (main's own code excluded), estimated from a random 1 in 16 segments (a clock read costs as much as a short segment)
+  double mean_segment_us = 0;         ///< time inside segments per attempt (main's own code excluded), every segment timed while they are long, a random 1 in 16 while they are shorter than 2 us (a clock read costs as much as a short segment)
   double aborts_per_commit = 0;       ///< all kinds
   /// The one-way guard (DESIGN.md §4.7.11) drained the run and it went on in serial state on one
   /// thread: segments were too short for parallelism to pay, or conflicts too frequent. WEFT_GUARD=0
@@ -114,7 +114,7 @@ struct run_statistics {
   std::string fallback_reason;
   struct thread_counts {
     std::uint64_t segments = 0, commits = 0, aborts = 0;
-    double busy_ms = 0;    ///< inside segments (estimated from a random 1 in 16 segments, like mean_segment_us)
+    double busy_ms = 0;    ///< inside segments (estimated like mean_segment_us)
     double commit_ms = 0;  ///< between segments: committing (validation, write-back, intents, hooks), dispatch, snapshots
     double idle_ms = 0;    ///< waiting for work (nothing in the dispatch window could start)
   };
