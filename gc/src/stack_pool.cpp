@@ -47,7 +47,8 @@ constexpr std::size_t colour_step = 64;
 // Guard pages and vm.max_map_count: each guard page splits its slab's mapping, and once the process
 // reaches the limit every mmap fails — malloc's, a new thread's stack, our next slab. So guards stop
 // while a quarter of the limit (at least 8,192 mappings) is still free for everything else; stacks
-// made after that are checked by their canary at switch points instead (tasklet/src/context.cpp).
+// made after that get only the stack-pointer check at switch points
+// (context_check_stack, tasklet/include/weft/detail/context.hpp).
 std::size_t map_count_limit() {
   static const std::size_t limit = [] {
     std::size_t v = 65530;  // the kernel's default
@@ -137,14 +138,8 @@ void on_segv(int sig, siginfo_t* info, void* uctx) {
     if (addr < b || addr >= e) continue;
     std::size_t stride = guard_table[i].stride.load(std::memory_order_relaxed);
     if ((addr - b) % stride >= stride - guard_table[i].stack_size.load(std::memory_order_relaxed)) break;
-    char msg[256];
-    std::snprintf(msg, sizeof msg,
-                  "weft: fatal: stack overflow in a tasklet (stack size %zu bytes); raise "
-                  "weft::options::stack_size or WEFT_STACK_SIZE\n",
-                  guard_table[i].stack_size.load(std::memory_order_relaxed) - colour_span);
-    write_stderr(msg);
     std::signal(SIGSEGV, SIG_DFL);
-    std::abort();
+    report_stack_overflow(guard_table[i].stack_size.load(std::memory_order_relaxed) - colour_span, nullptr);
   }
   // Not ours: hand the fault to whoever was installed before (or the default action).
   chain(sig, info, uctx, previous_segv);
@@ -207,6 +202,16 @@ void install_fault_handlers(fault_hook_fn hook) {
     }
   });
 #endif
+}
+
+void report_stack_overflow(std::size_t stack_size, const char* how) noexcept {
+  char msg[320];
+  std::snprintf(msg, sizeof msg,
+                "weft: fatal: stack overflow in a tasklet (stack size %zu bytes%s%s); raise weft::options::stack_size "
+                "or WEFT_STACK_SIZE\n",
+                stack_size, how ? "; " : "", how ? how : "");
+  write_stderr(msg);
+  std::abort();
 }
 
 stack_pool::stack_pool(std::size_t stack_size, bool guard)

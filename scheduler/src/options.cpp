@@ -105,7 +105,7 @@ options configuration() {
   if (const char* g = std::getenv("WEFT_STACK_GUARD"); g && *g) o.stack_guard = std::string(g) != "0";
   // Guard pages in every build (a Release overflow was a bare segfault, or silent corruption of the
   // neighbouring stack): as many as vm.max_map_count allows with room to spare; beyond that, and
-  // with WEFT_STACK_GUARD=0, the canary checked at switch points (gc/src/stack_pool.cpp).
+  // with WEFT_STACK_GUARD=0, the stack-pointer check at switch points (gc/src/stack_pool.cpp).
   if (!o.stack_guard) o.stack_guard = true;
   validate(o);
   return o;

@@ -118,6 +118,14 @@ std::vector<transaction*>& registry() {
 stm_counters departed;
 
 inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
+// One step of a wait for another thread: pause for the first `spin_limit` steps, then yield (the
+// thread waited for may have been preempted).
+inline void relax(unsigned steps, unsigned spin_limit) noexcept {
+  if (steps < spin_limit)
+    cpu_relax();
+  else
+    std::this_thread::yield();
+}
 
 // A writing commit (or direct write) found an exclusive holder after taking its locks, and let them
 // go: it waits until the holder has committed.
@@ -125,10 +133,16 @@ void wait_for_exclusive(const transaction* self) noexcept {
   for (unsigned spins = 0;; ++spins) {
     const transaction* h = exclusive_holder.load(std::memory_order_acquire);
     if (!h || h == self) return;
-    if (spins < 64)
-      cpu_relax();
-    else
-      std::this_thread::yield();
+    relax(spins, 64);
+  }
+}
+// Waits for the inevitability token and takes it (its holder ends without waiting for us).
+void take_token(transaction* self) noexcept {
+  transaction* expected = nullptr;
+  for (unsigned spins = 0; !inevitable_holder.compare_exchange_weak(expected, self, std::memory_order_acquire);
+       ++spins) {
+    expected = nullptr;
+    relax(spins, 64);
   }
 }
 bool exclusive_elsewhere(const transaction* self) noexcept {
@@ -192,19 +206,13 @@ void revoke_solo(const transaction* self) noexcept {
       const transaction* owner = solo_owner.load(std::memory_order_relaxed);  // set before the claim's release
       asymmetric_fence_heavy();  // pairs with the owner's light fence in commit_solo()
       for (unsigned w = 0; owner->in_solo.load(std::memory_order_acquire); ++w) {
-        if (w < 64)
-          cpu_relax();
-        else
-          std::this_thread::yield();  // a solo write-back is running (no user code: it is short)
+        relax(w, 64);  // a solo write-back is running (no user code: it is short)
       }
       solo_state.store(s & ~(solo_active | solo_revoking), std::memory_order_release);
       return;
     }
     // Someone else is revoking it: wait for them.
-    if (spins < 64)
-      cpu_relax();
-    else
-      std::this_thread::yield();
+    relax(spins, 64);
     s = solo_state.load(std::memory_order_acquire);
   }
 }
@@ -298,10 +306,7 @@ void wake_retry_waiters() noexcept {
 
 void tvar_base::wait_unlocked() const noexcept {
   for (unsigned spins = 0; meta.load(std::memory_order_acquire) & lock_bit; ++spins) {
-    if (spins < 64)
-      cpu_relax();
-    else
-      std::this_thread::yield();  // the lock holder may have been preempted
+    relax(spins, 64);  // the lock holder may have been preempted
   }
 }
 
@@ -321,10 +326,7 @@ void tvar_base::write_direct(std::uint64_t b, void (*drop)(void*), const std::so
       wait_for_exclusive(current_tx);
       continue;
     }
-    if (spins < 64)
-      cpu_relax();
-    else
-      std::this_thread::yield();
+    relax(spins, 64);
   }
   std::atomic_thread_fence(std::memory_order_release);  // pairs with the readers' acquire fence
   std::uint64_t old = bits.load(std::memory_order_relaxed);
@@ -411,16 +413,7 @@ void transaction::begin_slow(std::uint64_t solo) {
     return;
   }
   if (want_inevitable_ && !holds_token_) {
-    // Wait for the token before reading anything: this attempt cannot be invalidated.
-    transaction* expected = nullptr;
-    for (unsigned spins = 0; !inevitable_holder.compare_exchange_weak(expected, this, std::memory_order_acquire);
-         ++spins) {
-      expected = nullptr;
-      if (spins < 64)
-        cpu_relax();
-      else
-        std::this_thread::yield();
-    }
+    take_token(this);  // before reading anything: this attempt cannot be invalidated
     holds_token_ = true;
   }
   inevitable_ = holds_token_;
@@ -559,10 +552,7 @@ std::uint64_t transaction::read_slow(const tvar_base& v, const std::source_locat
   for (unsigned spins = 0;; ++spins) {
     std::uint64_t m1 = v.meta.load(std::memory_order_seq_cst);  // after the clock load of rv_
     if (m1 & lock_bit) {  // a committer is writing it back: wait, it is quick
-      if (spins < 128)
-        cpu_relax();
-      else
-        std::this_thread::yield();
+      relax(spins, 128);
       continue;
     }
     std::uint64_t b = v.bits.load(std::memory_order_relaxed);
@@ -593,10 +583,7 @@ std::uint64_t transaction::read_exclusive(const tvar_base& v) noexcept {
       std::atomic_thread_fence(std::memory_order_acquire);
       if (v.meta.load(std::memory_order_relaxed) == m1) return b;
     }
-    if (spins < 128)
-      cpu_relax();
-    else
-      std::this_thread::yield();
+    relax(spins, 128);
   }
 }
 
@@ -614,10 +601,7 @@ void transaction::reserve(const tvar_base& v) {
   for (unsigned spins = 0;; ++spins) {
     std::uint64_t m = meta.load(std::memory_order_acquire);
     if (m & lock_bit) {
-      if (spins < 128)
-        cpu_relax();
-      else
-        std::this_thread::yield();
+      relax(spins, 128);
       continue;
     }
     if (m & reserved_bit) return;  // ours: only the token holder reserves
@@ -743,10 +727,7 @@ bool transaction::commit_inevitable() {
       for (unsigned spins = 0; (m & lock_bit) || !w.var->meta.compare_exchange_weak(m, self, std::memory_order_seq_cst,
                                                                                    std::memory_order_relaxed);
            ++spins) {
-        if (spins < 64)
-          cpu_relax();
-        else
-          std::this_thread::yield();
+        relax(spins, 64);
         m = w.var->meta.load(std::memory_order_relaxed);
       }
       w.old_meta = m;
@@ -1114,19 +1095,6 @@ void transaction::backoff() noexcept {
 
 // --- tasklet segments (DESIGN.md §4) ------------------------------------------------------------------
 
-namespace {
-void take_token(transaction* self) noexcept {
-  transaction* expected = nullptr;
-  for (unsigned spins = 0; !inevitable_holder.compare_exchange_weak(expected, self, std::memory_order_acquire);
-       ++spins) {
-    expected = nullptr;  // a plain thread's inevitable transaction: it ends without waiting for us
-    if (spins < 64)
-      cpu_relax();
-    else
-      std::this_thread::yield();
-  }
-}
-}  // namespace
 
 void segment_register(transaction* tx) {
   bool someone_solo;
@@ -1222,10 +1190,7 @@ bool transaction::segment_make_inevitable() noexcept {
     const tvar_base& v = *reads_.data[i].var;
     std::uint64_t m = v.meta.load(std::memory_order_seq_cst);
     for (unsigned spins = 0; m & lock_bit; ++spins) {  // a committer from before our store finishes
-      if (spins < 128)
-        cpu_relax();
-      else
-        std::this_thread::yield();
+      relax(spins, 128);
       m = v.meta.load(std::memory_order_seq_cst);
     }
     if (version_of(m) > rv_) {

@@ -4,12 +4,6 @@
 // All of this runs on the owning runtime's thread; nothing here is shared between threads.
 #include <boost/context/detail/fcontext.hpp>
 
-#include <cstdio>
-#include <cstring>
-#include <cstdint>
-
-#include <unistd.h>
-
 #include "weft/detail/context.hpp"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -119,14 +113,8 @@ inline tasklet_impl* after_jump([[maybe_unused]] tasklet_impl* self, ctx::transf
 }  // namespace
 
 void context_stack_overflow_at_switch(const tasklet_impl* t) noexcept {
-  char msg[320];
-  std::snprintf(msg, sizeof msg,
-                "weft: fatal: stack overflow in a tasklet (stack size %zu bytes; found at a switch point, its stack "
-                "pointer below the stack); raise weft::options::stack_size or WEFT_STACK_SIZE\n",
-                (t->stack.size - 1) / 4096 * 4096);  // the size asked for (the rest is colouring room)
-  ssize_t ignored = ::write(STDERR_FILENO, msg, std::strlen(msg));
-  (void)ignored;
-  std::abort();
+  // The size asked for (the rest is colouring room).
+  report_stack_overflow((t->stack.size - 1) / 4096 * 4096, "found at a switch point, its stack pointer below the stack");
 }
 
 void context_prepare(tasklet_impl* t, stack_extent stack) {

@@ -77,6 +77,9 @@ class stack_pool {
 /// that reports a fault in a guard page as a tasklet stack overflow and aborts. Not used under
 /// AddressSanitizer, which reports overflows itself.
 void install_overflow_handler();
+/// Writes "weft: fatal: stack overflow in a tasklet (stack size N bytes…)" to stderr with write(2)
+/// (async-signal-safe) and aborts; `how` (may be null) says how it was found.
+[[noreturn]] void report_stack_overflow(std::size_t stack_size, const char* how) noexcept;
 
 /// Called first by weft's SIGSEGV/SIGFPE/SIGBUS/SIGILL handlers, on the faulting thread (async-signal
 /// context). It either does not return (the fault was taken care of: ordered mode rolls back a
