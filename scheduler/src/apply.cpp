@@ -26,8 +26,6 @@ constexpr const char* other_thread = "can't switch to a different thread.";
 constexpr const char* deadlock = "Deadlock: the last runnable tasklet cannot be blocked.";
 constexpr const char* main_receiving = "the main tasklet is receiving without a sender available.";
 constexpr const char* main_sending = "the main tasklet is sending without a receiver available.";
-constexpr const char* channel_other_thread =
-    "can't switch to a different thread.: this channel is used by tasklets of another thread";
 }  // namespace msg
 
 namespace {
@@ -91,7 +89,7 @@ void ring_unlink(runtime& r, tasklet_impl* t) noexcept {
   --r.ring_size;
 }
 
-// --- channel queues -----------------------------------------------------------------------------
+// --- channel queues (under the channel's guard, threads.cpp) ------------------------------------------
 void queue_append(channel_core* c, tasklet_impl* t, int direction) noexcept {
   if (c->head) {
     link_before(c->head, t);
@@ -106,8 +104,8 @@ void queue_append(channel_core* c, tasklet_impl* t, int direction) noexcept {
   channel_retain(c);  // a blocked tasklet keeps its channel alive
 }
 
-// Takes the blocked tasklet t out of its channel's queue; t becomes paused.
-void queue_remove(tasklet_impl* t) noexcept {
+// Takes t out of its channel's queue and balance; its own fields are left to its runtime.
+void queue_unlink(tasklet_impl* t) noexcept {
   channel_core* c = t->channel;
   if (t->next == t) {
     c->head = nullptr;
@@ -117,10 +115,34 @@ void queue_remove(tasklet_impl* t) noexcept {
     unlink(t);
   }
   c->balance -= t->direction;
+}
+
+// Takes the blocked tasklet t out of its channel's queue (under the channel's guard); t becomes
+// paused. Returns the channel, whose reference the caller drops once the guard is released.
+[[nodiscard]] channel_core* queue_remove(tasklet_impl* t) noexcept {
+  channel_core* c = t->channel;
+  queue_unlink(t);
   t->channel = nullptr;
   t->slot = nullptr;
   t->state = tasklet_state::paused;
+  return c;
+}
+
+// Takes t (of r, blocked) out of its channel for a kill, a raise or a deadlock error; false if a
+// tasklet of another runtime had matched it meanwhile (it is then runnable, its wake-up taken).
+bool unblock(runtime& r, tasklet_impl* t) {
+  if (take_own_wake(r, t)) {
+    ring_append(r, t);
+    return false;
+  }
+  channel_core* c;
+  {
+    channel_guard g(r, t->channel);
+    t->send_exception = nullptr;
+    c = queue_remove(t);
+  }
   channel_release(c);
+  return true;
 }
 
 // Who runs when the ring may have become empty: the head; else the innermost run() returns (§1.6:
@@ -135,9 +157,10 @@ tasklet_impl* next_to_run(runtime& r) {
   }
   tasklet_impl* m = r.main;
   if (m->state == tasklet_state::blocked) {
-    int direction = m->direction;
-    m->send_exception = nullptr;
-    queue_remove(m);
+    // §5b: while another thread's runtime lives, wait for it to wake one of ours.
+    if (wait_for_mail(r)) return r.head;
+    const int direction = m->direction;
+    if (!unblock(r, m)) return r.head;  // woken after all
     m->pending = std::make_exception_ptr(deadlock_error(direction < 0 ? msg::main_receiving : msg::main_sending));
   }
   ring_append(r, m);
@@ -164,29 +187,42 @@ void leave_ring_paused(runtime& r, tasklet_impl* t) noexcept {
   stop_waiting_in_run(r, t);
 }
 
+// The value (or exception) passes between the caller and p, the first tasklet in c's queue (§2.2, §2.5).
+void transfer(channel_core* c, intent& in, tasklet_impl* self, tasklet_impl* p) {
+  if (in.value > 0) {
+    if (in.exception)
+      p->pending = std::move(in.exception);  // §2.5: the receiver's receive() throws it
+    else
+      c->move(p->slot, in.slot);
+  } else if (p->send_exception) {
+    self->pending = std::move(p->send_exception);
+  } else {
+    c->move(in.slot, p->slot);
+  }
+  p->send_exception = nullptr;
+}
+
 apply_result apply_channel_op(runtime& r, intent& in) {
   channel_core* c = in.channel;
   tasklet_impl* self = r.current;
   const int d = in.value;
-  if (c->owner != &r) {
-    if (c->owner && c->head) misuse(msg::channel_other_thread);
-    c->owner = &r;
-  }
+  channel_guard guard(r, c);
   const bool partner_waiting = d > 0 ? c->balance < 0 : c->balance > 0;
   if (partner_waiting) {  // §2.2: the value passes at once
     tasklet_impl* p = c->head;
-    if (d > 0) {
-      if (in.exception)
-        p->pending = std::move(in.exception);  // §2.5: the receiver's receive() throws it
-      else
-        c->move(p->slot, in.slot);
-    } else if (p->send_exception) {
-      self->pending = std::move(p->send_exception);
-    } else {
-      c->move(in.slot, p->slot);
+    if (p->owner != &r) {
+      // §5b: a tasklet of another thread is woken in its own thread; the caller goes on as if it
+      // had been appended to the ring.
+      check_partner_has_thread(p);
+      transfer(c, in, self, p);
+      queue_unlink(p);
+      post_wake(p);
+      return {self};
     }
-    p->send_exception = nullptr;
-    queue_remove(p);
+    transfer(c, in, self, p);
+    channel_core* released = queue_remove(p);
+    guard.unlock();
+    channel_release(released);  // c stays alive: the caller's handle holds it
     if (c->schedule_all) {          // P to the tail, the caller yields: O1 O2 P C
       ring_append(r, p);
       r.head = self->next;
@@ -204,19 +240,24 @@ apply_result apply_channel_op(runtime& r, intent& in) {
     throw channel_closed();
   }
   if (in.nonblocking) return {self, op_status::would_block};
-  if (r.ring_size == 1) {  // §4.1
-    if (self == r.main || r.main->state == tasklet_state::blocked) throw deadlock_error(msg::deadlock);
-  }
+  if (r.ring_size == 1 && (self == r.main || r.main->state == tasklet_state::blocked) &&
+      !other_runtimes_alive())  // §4.1; with other threads alive, §5b: wait for them
+    throw deadlock_error(msg::deadlock);
   ring_unlink(r, self);
   queue_append(c, self, d);
   self->slot = in.slot;
   self->send_exception = std::move(in.exception);
+  guard.unlock();
   return {next_to_run(r)};
 }
 
 }  // namespace
 
+void ring_append_woken(runtime& r, tasklet_impl* t) noexcept { ring_append(r, t); }
+
 apply_result apply(runtime& r, intent& in) {
+  if (r.has_mail.load(std::memory_order_relaxed)) [[unlikely]]
+    take_mail(r);  // §5b: tasklets other threads woke join the ring first
   tasklet_impl* self = r.current;
   tasklet_impl* t = in.target;
   switch (in.kind) {
@@ -235,7 +276,8 @@ apply_result apply(runtime& r, intent& in) {
     case intent_kind::remove_self:  // §1.5, §4.1, §4.3
       if (r.ring_size == 1) {
         if (self == r.main) return {self};
-        if (r.main->state == tasklet_state::blocked) throw deadlock_error(msg::deadlock);
+        if (r.main->state == tasklet_state::blocked && !other_runtimes_alive())  // else §5b: wait
+          throw deadlock_error(msg::deadlock);
       }
       leave_ring_paused(r, self);
       return {next_to_run(r)};
@@ -288,10 +330,7 @@ apply_result apply(runtime& r, intent& in) {
         }
         return {self};
       }
-      if (t->state == tasklet_state::blocked) {
-        t->send_exception = nullptr;
-        queue_remove(t);
-      }
+      if (t->state == tasklet_state::blocked) unblock(r, t);
       if (in.shutdown && t->state == tasklet_state::runnable) leave_ring_paused(r, t);
       if (t->state == tasklet_state::paused) ring_append(r, t);
       t->pending = std::move(in.exception);
@@ -308,11 +347,8 @@ apply_result apply(runtime& r, intent& in) {
       // it becomes current at once.
       tasklet_impl* m = r.runners.empty() ? r.main : r.runners.back();
       if (m->state != tasklet_state::runnable) {
-        if (m->state == tasklet_state::blocked) {
-          m->send_exception = nullptr;
-          queue_remove(m);
-        }
-        ring_append(r, m);  // i.e. in the dead tasklet's place, just before its successor
+        if (m->state != tasklet_state::blocked || unblock(r, m))
+          ring_append(r, m);  // i.e. in the dead tasklet's place, just before its successor
       }
       note_escaped(in.exception, self);  // named by the terminate handler if nobody catches it
       m->pending = std::move(in.exception);
@@ -323,18 +359,26 @@ apply_result apply(runtime& r, intent& in) {
     case intent_kind::channel_op:
       return apply_channel_op(r, in);
 
-    case intent_kind::channel_close:
+    case intent_kind::channel_close: {
+      channel_guard g(r, in.channel);
       in.channel->closing = true;  // §2.6: blocked tasklets are not woken
       return {self};
-    case intent_kind::channel_open:
+    }
+    case intent_kind::channel_open: {
+      channel_guard g(r, in.channel);
       in.channel->closing = false;
       return {self};
-    case intent_kind::channel_preference:
+    }
+    case intent_kind::channel_preference: {
+      channel_guard g(r, in.channel);
       in.channel->preference = in.value;
       return {self};
-    case intent_kind::channel_schedule_all:
+    }
+    case intent_kind::channel_schedule_all: {
+      channel_guard g(r, in.channel);
       in.channel->schedule_all = in.value != 0;
       return {self};
+    }
     case intent_kind::bind:
       register_bound(r, t);
       return {self};

@@ -54,6 +54,7 @@ struct runtime_holder {
     runtime* r = std::exchange(rt, nullptr);
     if (r->ordered) ordered_stop(*r);
     runtime_stopped();
+    runtime_ended(*r);
     if (r->pool && r->pool->in_use() == 0) r->pool.reset();  // dead tasklets' handles may keep r a while
     if (r->alive != 0) {
       std::lock_guard lock(abandoned_lock);
@@ -108,6 +109,7 @@ runtime& this_runtime() {
     if (runtime* r = ordered_thread_runtime()) return *r;  // a worker thread owns no runtime
     holder.rt = new runtime;  // may throw (bad WEFT_* settings): then nothing is counted
     runtime_started();
+    runtime_registered(*holder.rt);
   }
   return *holder.rt;
 }
@@ -258,17 +260,25 @@ resource_counts shutdown() {
   for (int round = 0; round < 4; ++round) {
     std::vector<tasklet> victims;
     for (tasklet_impl* t = r->main->next; t != r->main; t = t->next) victims.push_back(tasklet::from_impl(t));
+    // Blocked ones channel by channel, each queue in FIFO order (only ours: a channel may be shared
+    // with other threads, SEMANTICS.md §5b), then those another thread has just woken.
     std::unordered_set<channel_core*> seen;
+    std::unordered_set<tasklet_impl*> queued;
     for (tasklet_impl* t = r->all_first; t; t = t->all_next) {
       if (t->state != tasklet_state::blocked) continue;
       channel_core* c = t->channel;
       if (!seen.insert(c).second) continue;
-      tasklet_impl* q = c->head;
-      do {
-        victims.push_back(tasklet::from_impl(q));
+      channel_guard g(*r, c);
+      if (tasklet_impl* q = c->head) do {
+        if (q->owner == r) {
+          victims.push_back(tasklet::from_impl(q));
+          queued.insert(q);
+        }
         q = q->next;
       } while (q != c->head);
     }
+    for (tasklet_impl* t = r->all_first; t; t = t->all_next)
+      if (t->state == tasklet_state::blocked && !queued.contains(t)) victims.push_back(tasklet::from_impl(t));
     for (tasklet_impl* t = r->all_first; t; t = t->all_next)
       if (t->state == tasklet_state::paused) victims.push_back(tasklet::from_impl(t));
     if (victims.empty()) break;
@@ -404,6 +414,7 @@ void channel_release(channel_core* c) noexcept {
 
 channel_view channel_read(const channel_core* c) noexcept {
   observe_scheduler();
+  channel_guard g(this_runtime(), const_cast<channel_core*>(c));  // §5b: another thread may change it
   return {c->balance, c->preference, c->schedule_all, c->closing};
 }
 

@@ -13,7 +13,9 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdio>
+#include <mutex>
 #include <exception>
 #include <string_view>
 #include <cstdint>
@@ -27,14 +29,26 @@
 
 namespace weft::detail {
 
+// A channel's state below `owner` (queue, balance, flags, and the wait fields of the tasklets in its
+// queue) is changed by one runtime at a time (SEMANTICS.md §5b: tasklets of several threads may share
+// a channel). While only its `owner` (the first runtime to operate on it) uses it, the owner works
+// unlocked, announcing each operation in its `busy_channel`; the first operation of another runtime
+// makes it `shared` for good (threads.cpp: an asymmetric Dekker handshake with the owner), and from
+// then on every runtime takes `lock`. channel_guard does all this.
 struct channel_core {
+  channel_core() = default;
+  channel_core(const channel_core&) = delete;
+  ~channel_core();  // drops the owner reference
+
   std::atomic<std::uint32_t> refs{1};  // handles + blocked tasklets
   tasklet_impl* head = nullptr;        // oldest blocked tasklet (circular list through next/prev)
   int balance = 0;
   int preference = -1;
   bool schedule_all = false;
   bool closing = false;
-  runtime* owner = nullptr;            // the runtime that first operated on it
+  std::atomic<runtime*> owner{nullptr};  // the runtime that first operated on it (holds a reference)
+  std::atomic<bool> shared{false};       // another runtime has operated on it: `lock` from now on
+  std::mutex lock;
   void (*move)(void* dst, void* src) = nullptr;
   // Identity (channel_key): the id of the tasklet that made it and how many channels that tasklet
   // had made before. Both follow serial order, so maps keyed by channels iterate the same way at
@@ -78,6 +92,18 @@ struct runtime {
 
   stack_pool& stacks();
   std::unique_ptr<stack_pool> pool;  // made on first use
+
+  // Channels shared with other threads' runtimes (threads.cpp, SEMANTICS.md §5b).
+  /// The unshared channel this runtime is operating on (the owner's half of channel_guard).
+  std::atomic<channel_core*> busy_channel{nullptr};
+  /// Set when another runtime has woken one of our tasklets: apply() takes the mail first.
+  std::atomic<bool> has_mail{false};
+  // Under the process-wide registry lock (threads.cpp):
+  std::vector<tasklet_impl*> mail;  // tasklets woken by other runtimes, each with a reference
+  std::condition_variable mail_arrived;
+  bool waiting_for_mail = false;  // sleeping in wait_for_mail
+  bool mail_deadlock = false;     // every other live runtime waits too: wait_for_mail gives up
+  bool ended = false;             // the thread has ended: its blocked tasklets have no thread
 };
 
 /// The calling thread's runtime, made on first use. Not inlined: a tasklet may one day resume on
@@ -97,6 +123,47 @@ void retire(runtime& r, tasklet_impl* t) noexcept;
 void release_runtime(runtime* r) noexcept;
 /// Gives a freshly bound control block its owner and id (apply, intent_kind::bind).
 void register_bound(runtime& r, tasklet_impl* t) noexcept;
+
+// --- channels shared by runtimes (threads.cpp) ---------------------------------------------------
+/// Exclusive access to a channel's state for runtime r (see channel_core). Not reentrant: one at a
+/// time per runtime. unlock() early before anything that may wait.
+class channel_guard {
+ public:
+  channel_guard(runtime& r, channel_core* c);
+  ~channel_guard() { unlock(); }
+  channel_guard(const channel_guard&) = delete;
+  channel_guard& operator=(const channel_guard&) = delete;
+  void unlock() noexcept;
+  bool shared() const noexcept { return how_ == how::locked; }
+
+ private:
+  enum class how : std::uint8_t { none, busy, locked };
+  runtime* r_;
+  channel_core* c_;
+  how how_ = how::none;
+};
+
+/// Counts a thread's runtime in (at creation) and out (when its thread ends: ended, and if every other
+/// live runtime waits for mail, the last to wait is told that it is deadlocked).
+void runtime_registered(runtime& r);
+void runtime_ended(runtime& r) noexcept;
+/// Another thread's runtime is alive (SEMANTICS.md §5b: a main with nothing to run then waits).
+bool other_runtimes_alive() noexcept;
+/// Under c's guard, by the runtime of the partner's partner: p (blocked in c, of another runtime) has
+/// been matched and taken out of c's queue; sends it to its runtime, which makes it runnable when it
+/// next applies an intent. Throws std::runtime_error("tasklet has no thread") if p's thread has ended.
+void check_partner_has_thread(const tasklet_impl* p);
+void post_wake(tasklet_impl* p);
+/// Makes the tasklets other runtimes woke runnable (appended to the ring, in arrival order).
+void take_mail(runtime& r);
+/// Appends t (just taken from the mail) to r's ring (apply.cpp).
+void ring_append_woken(runtime& r, tasklet_impl* t) noexcept;
+/// Sleeps until another runtime wakes one of ours (then takes the mail and returns true), or until
+/// it is a deadlock: every live runtime waits (returns false).
+bool wait_for_mail(runtime& r);
+/// t is blocked in a channel that another runtime may have matched it in meanwhile: if so, completes
+/// that wake-up now (t becomes runnable) and returns true.
+bool take_own_wake(runtime& r, tasklet_impl* t);
 
 /// Drops a channel reference at once, whatever runs on the thread (commit and abort paths).
 void channel_release_now(channel_core* c) noexcept;

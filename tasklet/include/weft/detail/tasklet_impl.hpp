@@ -8,7 +8,9 @@
 //
 // Who touches what: every field but `refs` belongs to the runtime of the owning thread and is changed
 // only by the scheduler while applying an intent (scheduler/src/apply.cpp) or by the context switch
-// code (tasklet/src/context.cpp). The layout is the same in every build (sanitizer fields included) so
+// code (tasklet/src/context.cpp) — except that while it waits in a channel shared with other threads'
+// runtimes, its queue links, channel wait fields and `pending` are changed under the channel's lock
+// by whichever runtime matches it (scheduler/src/threads.cpp). The layout is the same in every build (sanitizer fields included) so
 // that user code compiled with other flags links against the library safely.
 #pragma once
 
@@ -80,6 +82,9 @@ class tasklet_impl {
   channel_core* channel = nullptr;
   void* slot = nullptr;             ///< sender: the T to move from; receiver: the std::optional<T> to fill
   std::exception_ptr send_exception;  ///< a blocked send_exception's exception
+  /// A tasklet of another runtime matched it: out of the channel's queue, in its runtime's mail, still
+  /// `blocked` until its runtime takes the mail. Under the channel's lock (scheduler/src/threads.cpp).
+  bool remote_woken = false;
 
   std::string name;
 

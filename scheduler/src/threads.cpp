@@ -1,0 +1,202 @@
+// Channels shared by tasklets of several threads (SEMANTICS.md §5b).
+//
+// Each thread that uses weft has its own runtime (DESIGN.md §4.1); a channel may be used by tasklets
+// of several. Two mechanisms:
+//
+// * channel_guard: exclusive access to a channel's state. The first runtime to operate on a channel
+//   owns it and works without a lock: it stores the channel in its `busy_channel`, then (after the
+//   light half of an asymmetric fence, a compiler barrier where membarrier() exists) checks `shared`.
+//   Another runtime sets `shared` for good, issues the heavy half (membarrier), waits until the
+//   owner's `busy_channel` is no longer this channel, and from then on everybody takes the channel's
+//   mutex. A Dekker handshake: either the owner sees `shared` and locks, or the sharer sees the owner
+//   busy and waits. Programs whose channels stay in one thread pay a store and a load per operation.
+//
+// * Mail: a tasklet matched by a tasklet of another runtime is woken in its own thread. The matcher
+//   (holding the channel's lock) moves the value, takes the partner out of the queue, marks it
+//   `remote_woken` and posts it to its runtime's mail; that runtime appends it to its ring when it
+//   next applies an intent (apply.cpp; in ordered mode, at its next commit) or, if it waits for
+//   mail, when it wakes up. Until then the partner is still `blocked` for its own runtime; anything
+//   that takes a blocked tasklet out of its channel (kill, raise, shutdown, deadlock) first asks
+//   take_own_wake under the channel's lock.
+//
+// Locks, in the order they are taken: a channel's `lock` (or the owner's busy mark), then `registry`.
+// The registry lock protects every runtime's mail, waiting state, `ended`, and the counts below. A
+// runtime waits (condition variable, no busy wait) only when its main is blocked and its ring is
+// empty; it gives up (deadlock) when every live runtime waits: nobody is left to wake anybody.
+#include <algorithm>
+#include <stdexcept>
+#include <thread>
+
+#include "runtime.hpp"
+#include "weft/detail/epoch.hpp"
+
+namespace weft::detail {
+
+namespace {
+
+struct registry_state {
+  std::mutex lock;
+  std::size_t live = 0;            // runtimes whose thread has not ended
+  std::vector<runtime*> waiters;   // runtimes waiting for mail, in the order they began
+};
+registry_state& registry() {
+  static auto* const r = new registry_state;  // never destroyed: threads may end during static destruction
+  return *r;
+}
+
+// Wakes w, which waits for mail: it no longer counts as waiting from now on (so that the next runtime
+// to wait does not see a deadlock while w is still on its way out of the condition variable).
+void stop_waiting(registry_state& g, runtime& w) noexcept {
+  g.waiters.erase(std::find(g.waiters.begin(), g.waiters.end(), &w));
+  w.waiting_for_mail = false;
+  w.mail_arrived.notify_one();
+}
+
+// The owner announces an operation; true if the channel is still unshared (then it may go on alone).
+bool owner_enters(runtime& r, channel_core* c) noexcept {
+  r.busy_channel.store(c, std::memory_order_relaxed);
+  asymmetric_fence_light();  // pairs with the sharer's asymmetric_fence_heavy
+  if (!c->shared.load(std::memory_order_relaxed)) return true;
+  r.busy_channel.store(nullptr, std::memory_order_release);
+  return false;
+}
+
+// Another runtime's first operation: makes the channel shared and waits until the owner is not in
+// an unlocked operation on it (the owner's thread runs user code between operations, never inside one).
+void make_shared(channel_core* c, runtime* owner) noexcept {
+  c->shared.store(true, std::memory_order_seq_cst);
+  asymmetric_fence_heavy();
+  while (owner->busy_channel.load(std::memory_order_acquire) == c) std::this_thread::yield();
+}
+
+}  // namespace
+
+channel_core::~channel_core() {
+  if (runtime* o = owner.load(std::memory_order_acquire)) release_runtime(o);
+}
+
+channel_guard::channel_guard(runtime& r, channel_core* c) : r_(&r), c_(c) {
+  runtime* o = c->owner.load(std::memory_order_acquire);
+  if (o == nullptr && c->owner.compare_exchange_strong(o, &r, std::memory_order_acq_rel)) {
+    r.refs.fetch_add(1, std::memory_order_relaxed);  // dropped by ~channel_core
+    o = &r;
+  }
+  if (o == &r) {
+    if (owner_enters(r, c)) {
+      how_ = how::busy;
+      return;
+    }
+  } else if (!c->shared.load(std::memory_order_acquire)) {
+    make_shared(c, o);
+  }
+  c->lock.lock();
+  how_ = how::locked;
+}
+
+void channel_guard::unlock() noexcept {
+  if (how_ == how::busy) r_->busy_channel.store(nullptr, std::memory_order_release);
+  if (how_ == how::locked) c_->lock.unlock();
+  how_ = how::none;
+}
+
+void runtime_registered(runtime&) {
+  std::lock_guard lk(registry().lock);
+  ++registry().live;
+}
+
+void runtime_ended(runtime& r) noexcept {
+  std::vector<tasklet_impl*> left;
+  {
+    registry_state& g = registry();
+    std::lock_guard lk(g.lock);
+    r.ended = true;
+    --g.live;
+    left.swap(r.mail);
+    r.has_mail.store(false, std::memory_order_relaxed);
+    // Everybody still alive waits for mail: nobody can send any more. The last to begin waiting is
+    // told (as the last runnable tasklet of one runtime is, SEMANTICS.md §4.1).
+    if (g.live != 0 && g.waiters.size() == g.live) {
+      runtime* w = g.waiters.back();
+      stop_waiting(g, *w);
+      w->mail_deadlock = true;
+    }
+  }
+  for (tasklet_impl* t : left) release(t);  // woken after the thread's shutdown: they keep blocking
+}
+
+bool other_runtimes_alive() noexcept {
+  std::lock_guard lk(registry().lock);
+  return registry().live > 1;
+}
+
+void check_partner_has_thread(const tasklet_impl* p) {
+  std::lock_guard lk(registry().lock);
+  if (p->owner->ended) throw std::runtime_error("tasklet has no thread");
+}
+
+void post_wake(tasklet_impl* p) {
+  p->remote_woken = true;
+  retain(p);  // the mail's reference
+  runtime& to = *p->owner;
+  registry_state& g = registry();
+  std::lock_guard lk(g.lock);
+  if (to.ended) {  // ended since check_partner_has_thread: the tasklet stays blocked for good
+    release(p);
+    return;
+  }
+  to.mail.push_back(p);
+  to.has_mail.store(true, std::memory_order_relaxed);
+  if (to.waiting_for_mail) stop_waiting(g, to);
+}
+
+bool take_own_wake(runtime& r, tasklet_impl* t) {
+  channel_core* c = t->channel;
+  {
+    channel_guard g(r, c);
+    if (!t->remote_woken) return false;
+    t->remote_woken = false;
+  }
+  // What queue_remove does to the taker's side; the queue and balance were updated by the matcher.
+  t->channel = nullptr;
+  t->slot = nullptr;
+  t->state = tasklet_state::paused;
+  t->send_exception = nullptr;
+  channel_release(c);
+  return true;
+}
+
+void take_mail(runtime& r) {
+  std::vector<tasklet_impl*> mail;
+  {
+    std::lock_guard lk(registry().lock);
+    mail.swap(r.mail);
+    r.has_mail.store(false, std::memory_order_relaxed);
+  }
+  for (tasklet_impl* t : mail) {
+    // Already taken (by a kill or raise of ours, or an earlier copy of this mail): nothing to do.
+    if (t->state == tasklet_state::blocked && t->channel && take_own_wake(r, t)) ring_append_woken(r, t);
+    release(t);
+  }
+}
+
+bool wait_for_mail(runtime& r) {
+  registry_state& g = registry();
+  std::unique_lock lk(g.lock);
+  for (;;) {
+    if (!r.mail.empty()) {
+      lk.unlock();
+      take_mail(r);
+      if (r.head) return true;
+      lk.lock();
+      continue;
+    }
+    if (g.waiters.size() + 1 >= g.live) return false;  // nobody else could wake us
+    r.waiting_for_mail = true;
+    r.mail_deadlock = false;
+    g.waiters.push_back(&r);
+    r.mail_arrived.wait(lk, [&] { return !r.waiting_for_mail; });  // stop_waiting: mail or deadlock
+    if (r.mail.empty()) return false;  // mail_deadlock
+  }
+}
+
+}  // namespace weft::detail

@@ -1,0 +1,271 @@
+// SEMANTICS.md §5b: channels shared by tasklets of several threads, each thread with its own runtime.
+// A partner is woken in its own thread; a thread whose main has nothing to run waits for the others
+// (sleeping) while another thread that uses weft is alive; deadlock only when nobody is left to wake
+// anybody; a tasklet whose thread has ended cannot be woken ("tasklet has no thread").
+//
+// Before a thread blocks, every thread that will wake it must already use weft (as in Stackless: a
+// thread counts once it has used the API), hence the latches below.
+#include <atomic>
+#include <chrono>
+#include <latch>
+#include <map>
+#include <numeric>
+#include <thread>
+
+#include "support.hpp"
+
+using namespace weft;
+using weft::test::fresh_runtime;
+
+namespace {
+
+// Polls `done` (outside any tasklet switch: a plain loop of the thread's main) for up to a minute.
+template <class F>
+void wait_until(F done) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::minutes(1);
+  while (!done()) {
+    REQUIRE(std::chrono::steady_clock::now() < give_up);
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
+
+}  // namespace
+
+TEST_CASE_METHOD(fresh_runtime, "5b a thread's main receives what another thread sends", "[unit][threads]") {
+  // The oracle's observation: T's main blocks in receive() on a channel only M sends to; each of M's
+  // sends completes at once (balance -1 before, 0 after) and T's main receives 0, 1, 2 in order.
+  channel<int> ch;
+  getruncount();  // this thread uses weft before T may block
+  std::vector<int> got;  // written by T's main only, read after join
+  std::thread t([&] {
+    for (int i = 0; i < 3; ++i) got.push_back(ch.receive());
+    weft::shutdown();
+  });
+  std::vector<std::pair<int, int>> balances;
+  for (int i = 0; i < 3; ++i) {
+    wait_until([&] { return ch.balance() == -1; });
+    const int before = ch.balance();
+    ch.send(i);
+    balances.emplace_back(before, ch.balance());
+  }
+  t.join();
+  CHECK(got == std::vector<int>{0, 1, 2});
+  CHECK(balances == std::vector<std::pair<int, int>>(3, {-1, 0}));
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "5b a tasklet of a thread whose main waits elsewhere is woken", "[unit][threads]") {
+  channel<int> a;
+  getruncount();
+  int total = 0;
+  std::thread t([&] {
+    channel<int> done;
+    spawn([&] {
+      const int x = a.receive();
+      const int y = a.receive();
+      done.send(x + y);
+    });
+    total = done.receive();  // main blocks; its tasklet then blocks on a: the thread waits
+    weft::shutdown();
+  });
+  wait_until([&] { return a.balance() == -1; });
+  a.send(20);
+  wait_until([&] { return a.balance() == -1; });
+  a.send(22);
+  t.join();
+  CHECK(total == 42);
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "5b a send from another thread wakes a tasklet here, in this thread's ring", "[unit][threads]") {
+  channel<int> ch;
+  tvar<int> got{0};
+  tasklet r = spawn([&] { got.set(ch.receive()); });
+  run();  // r waits on ch
+  REQUIRE(ch.balance() == -1);
+  std::thread th([&] {
+    ch.send(7);  // r is woken in its own thread: th goes on at once
+    weft::shutdown();
+  });
+  th.join();
+  CHECK(ch.balance() == 0);
+  CHECK(got.get() == 0);  // r runs only when this thread schedules
+  run();
+  CHECK(got.get() == 7);
+  CHECK(!r.alive());
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "5b waiters of several threads are served in FIFO order", "[unit][threads]") {
+  channel<int> ch;
+  tvar<int> m1{0}, m2{0};
+  std::atomic<int> t1{0};
+  std::latch ready(2);
+  spawn([&] { m1.set(ch.receive()); });
+  run();  // first in the queue: a tasklet of this thread
+  std::thread t([&] {
+    ready.count_down();
+    wait_until([&] { return ch.balance() == -1; });
+    t1 = ch.receive();  // second: T's main
+    weft::shutdown();
+  });
+  ready.arrive_and_wait();
+  wait_until([&] { return ch.balance() == -2; });
+  spawn([&] { m2.set(ch.receive()); });
+  run();  // third: another tasklet of this thread
+  REQUIRE(ch.balance() == -3);
+  std::thread s([&] {
+    for (int v = 1; v <= 3; ++v) ch.send(v);
+    weft::shutdown();
+  });
+  s.join();
+  t.join();
+  run();
+  CHECK(m1.get() == 1);
+  CHECK(t1 == 2);
+  CHECK(m2.get() == 3);
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "5b a waiting main gets the deadlock error when the last other thread ends", "[unit][threads][deadlock]") {
+  channel<int> ch;
+  getruncount();
+  std::latch ready(2);
+  std::thread t([&] {
+    getruncount();  // T uses weft: this thread's main may wait for it
+    ready.count_down();
+    wait_until([&] { return ch.balance() == -1; });
+  });  // T ends without sending: nobody is left
+  ready.arrive_and_wait();
+  test::require_throws_message<deadlock_error>([&] { ch.receive(); },
+                                               "the main tasklet is receiving without a sender available.");
+  t.join();
+  CHECK(ch.balance() == 0);
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "5b when every thread waits, the last to wait gets the deadlock error", "[unit][threads][deadlock]") {
+  channel<int> a, b;
+  getruncount();
+  std::string what;
+  std::latch ready(2);
+  std::thread t([&] {
+    getruncount();
+    ready.count_down();
+    wait_until([&] { return a.balance() == -1; });  // this thread's main waits on a
+    try {
+      b.receive();  // nobody can send on b: every live thread would wait
+    } catch (const deadlock_error& e) {
+      what = e.what();
+    }
+    a.send(5);
+    weft::shutdown();
+  });
+  ready.arrive_and_wait();
+  CHECK(a.receive() == 5);
+  t.join();
+  CHECK(what == "the main tasklet is receiving without a sender available.");
+  CHECK(b.balance() == 0);
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "5b a tasklet whose thread has ended cannot be woken", "[unit][threads]") {
+  channel<int> ch;
+  std::thread t([&] {
+    spawn([&] {
+      for (;;) {  // refuses to die at the thread's shutdown: stays blocked on ch
+        try {
+          ch.receive();
+        } catch (const tasklet_exit&) {
+        }
+      }
+    });
+    run();
+  });
+  t.join();
+  REQUIRE(ch.balance() == -1);
+  test::require_throws_message<std::runtime_error>([&] { ch.send(1); }, "tasklet has no thread");
+  CHECK(ch.balance() == -1);  // nothing changed
+  int two = 2;
+  test::require_throws_message<std::runtime_error>([&] { ch.try_send(two); }, "tasklet has no thread");
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "5b stress: tasklets of four threads trade over shared channels, nothing lost", "[stress][threads]") {
+  // A seeded plan: every sender tasklet sends its values on channels picked at random; each channel's
+  // sends are split among receiver tasklets spread over the threads. Conserved: the count and sum of
+  // what was received equal what was sent; each receiver sees each sender's values in sending order.
+  const std::uint64_t seed = test::seed_from_env("5b stress");
+  constexpr int threads = 4, senders = 6, sends = 40, channels = 5, receivers_per_channel = 5;
+  std::mt19937_64 rng(seed);
+  struct send_step { int channel; long value; };
+  std::vector<std::vector<send_step>> plan(threads * senders);
+  std::vector<int> per_channel(channels, 0);
+  long sent_sum = 0;
+  for (int s = 0; s < threads * senders; ++s)
+    for (int i = 0; i < sends; ++i) {
+      const int k = static_cast<int>(rng() % channels);
+      plan[s].push_back({k, s * 1000 + i});  // sender s's i-th value
+      ++per_channel[k];
+      sent_sum += s * 1000 + i;
+    }
+  struct receiver { int channel, count, thread; };
+  std::vector<receiver> receivers;
+  for (int k = 0; k < channels; ++k)
+    for (int j = 0; j < receivers_per_channel; ++j) {
+      const int count = per_channel[k] / receivers_per_channel + (j < per_channel[k] % receivers_per_channel);
+      receivers.push_back({k, count, static_cast<int>(rng() % threads)});
+    }
+  std::vector<channel<long>> chans(channels);
+  std::latch ready(threads);
+  std::vector<long> received_sum(threads, 0), received_count(threads, 0), order_errors(threads, 0);
+  auto body = [&](int me) {
+    getruncount();
+    ready.arrive_and_wait();  // every thread uses weft before any may wait
+    tvar<long> sum{0}, count{0}, disorder{0};
+    channel<int> done;
+    int started = 0;
+    for (int s = me * senders; s < (me + 1) * senders; ++s, ++started)
+      spawn([&, s] {
+        for (const send_step& step : plan[s]) {
+          chans[step.channel].send(step.value);
+          if (step.value % 7 == 0) schedule();
+        }
+        done.send(1);
+      });
+    for (const receiver& rv : receivers) {
+      if (rv.thread != me) continue;
+      ++started;
+      spawn([&, rv] {
+        std::map<long, long> last;  // sender -> its last value seen here
+        long local_sum = 0, bad = 0;
+        for (int i = 0; i < rv.count; ++i) {
+          const long v = chans[rv.channel].receive();
+          auto [it, fresh] = last.try_emplace(v / 1000, v);
+          if (!fresh && it->second >= v) ++bad;
+          it->second = v;
+          local_sum += v;
+        }
+        atomically([&] {
+          sum.set(sum.get() + local_sum);
+          count.set(count.get() + rv.count);
+          disorder.set(disorder.get() + bad);
+        });
+        done.send(1);
+      });
+    }
+    for (int i = 0; i < started; ++i) done.receive();
+    received_sum[me] = sum.get();
+    received_count[me] = count.get();
+    order_errors[me] = disorder.get();
+    weft::shutdown();
+  };
+  std::vector<std::thread> pool;
+  for (int i = 0; i < threads; ++i) pool.emplace_back(body, i);
+  for (auto& th : pool) th.join();
+  CHECK(std::accumulate(received_count.begin(), received_count.end(), 0L) == long{threads} * senders * sends);
+  CHECK(std::accumulate(received_sum.begin(), received_sum.end(), 0L) == sent_sum);
+  CHECK(std::accumulate(order_errors.begin(), order_errors.end(), 0L) == 0);
+  for (auto& c : chans) CHECK(c.balance() == 0);
+  check_clean();
+}
