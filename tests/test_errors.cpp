@@ -88,22 +88,3 @@ TEST_CASE_METHOD(fresh_runtime, "shutdown must be called from main", "[unit][err
   check_clean();
 }
 
-TEST_CASE_METHOD(fresh_runtime, "a channel used by tasklets of two threads is refused", "[unit][errors]") {
-  channel<int> ch;
-  spawn([&] { ch.receive(); });
-  run();  // this thread's tasklet now waits on ch
-  std::string what;
-  std::thread th([&] {
-    try {
-      ch.send(1);
-    } catch (const std::logic_error& e) {
-      what = e.what();
-    }
-    weft::shutdown();
-  });
-  th.join();
-  CHECK(what.find("can't switch to a different thread.") == 0);
-  CHECK(ch.balance() == -1);
-  ch.send(2);
-  check_clean();
-}

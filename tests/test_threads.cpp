@@ -8,7 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <latch>
-#include <map>
+#include <array>
 #include <numeric>
 #include <thread>
 
@@ -37,8 +37,12 @@ TEST_CASE_METHOD(fresh_runtime, "5b a thread's main receives what another thread
   channel<int> ch;
   getruncount();  // this thread uses weft before T may block
   std::vector<int> got;  // written by T's main only, read after join
+  std::atomic<int> looked{0};  // T receives again only once M has read the balance after its send
   std::thread t([&] {
-    for (int i = 0; i < 3; ++i) got.push_back(ch.receive());
+    for (int i = 0; i < 3; ++i) {
+      got.push_back(ch.receive());
+      wait_until([&] { return looked > i; });
+    }
     weft::shutdown();
   });
   std::vector<std::pair<int, int>> balances;
@@ -47,6 +51,7 @@ TEST_CASE_METHOD(fresh_runtime, "5b a thread's main receives what another thread
     const int before = ch.balance();
     ch.send(i);
     balances.emplace_back(before, ch.balance());
+    ++looked;
   }
   t.join();
   CHECK(got == std::vector<int>{0, 1, 2});
@@ -237,13 +242,16 @@ TEST_CASE_METHOD(fresh_runtime, "5b stress: tasklets of four threads trade over 
       if (rv.thread != me) continue;
       ++started;
       spawn([&, rv] {
-        std::map<long, long> last;  // sender -> its last value seen here
+        // On the tasklet's stack, not in a std::map: heap state that lives across switch points
+        // would need a tvar (DESIGN.md §5), this array is rolled back with the stack.
+        std::array<long, threads * senders> last;  // sender -> its last value seen here
+        last.fill(-1);
         long local_sum = 0, bad = 0;
         for (int i = 0; i < rv.count; ++i) {
           const long v = chans[rv.channel].receive();
-          auto [it, fresh] = last.try_emplace(v / 1000, v);
-          if (!fresh && it->second >= v) ++bad;
-          it->second = v;
+          long& previous = last[static_cast<std::size_t>(v / 1000)];
+          if (previous >= v) ++bad;
+          previous = v;
           local_sum += v;
         }
         atomically([&] {
