@@ -817,8 +817,11 @@ void ordered_start(runtime& r) {
     else if (std::string(g) != "1")
       throw std::invalid_argument(std::string("WEFT_GUARD: 0 (off) or 1 (on), not ") + g);
   }
-  segment_abort_jump = &abort_jump;
-  segment_park_for_head = &park_for_head;
+  static std::once_flag hooks_set;  // several threads may start ordered runtimes at once (§5b)
+  std::call_once(hooks_set, [] {
+    segment_abort_jump = &abort_jump;
+    segment_park_for_head = &park_for_head;
+  });
   auto m = std::make_unique<worker>();
   m->rt = &r;
   m->home = r.main;
