@@ -188,7 +188,7 @@ void leave_ring_paused(runtime& r, tasklet_impl* t) noexcept {
 }
 
 // The value (or exception) passes between the caller and p, the first tasklet in c's queue (§2.2, §2.5).
-void transfer(channel_core* c, intent& in, tasklet_impl* self, tasklet_impl* p) {
+inline __attribute__((always_inline)) void transfer(channel_core* c, intent& in, tasklet_impl* self, tasklet_impl* p) {
   if (in.value > 0) {
     if (in.exception)
       p->pending = std::move(in.exception);  // §2.5: the receiver's receive() throws it

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "weft/detail/context.hpp"
+#include "weft/detail/epoch.hpp"
 #include "weft/detail/intent.hpp"
 #include "weft/gc.hpp"
 #include "weft/scheduler.hpp"
@@ -129,15 +130,36 @@ void register_bound(runtime& r, tasklet_impl* t) noexcept;
 /// time per runtime. unlock() early before anything that may wait.
 class channel_guard {
  public:
-  channel_guard(runtime& r, channel_core* c);
+  /// Inline: the owner's unshared path is a store, a compiler barrier and a load (ping-pong pays it
+  /// twice per round trip); threads.cpp has the rest.
+  channel_guard(runtime& r, channel_core* c) : r_(&r), c_(c) {
+    if (c->owner.load(std::memory_order_relaxed) == &r) [[likely]] {  // only r itself stores &r there
+      r.busy_channel.store(c, std::memory_order_relaxed);
+      asymmetric_fence_light();  // pairs with make_shared's asymmetric_fence_heavy
+      if (!c->shared.load(std::memory_order_relaxed)) [[likely]] {
+        how_ = how::busy;
+        return;
+      }
+      r.busy_channel.store(nullptr, std::memory_order_release);
+    }
+    how_ = enter_slow(r, c);
+  }
   ~channel_guard() { unlock(); }
   channel_guard(const channel_guard&) = delete;
   channel_guard& operator=(const channel_guard&) = delete;
-  void unlock() noexcept;
-  bool shared() const noexcept { return how_ == how::locked; }
+  void unlock() noexcept {
+    if (how_ == how::busy) [[likely]]
+      r_->busy_channel.store(nullptr, std::memory_order_release);
+    else if (how_ == how::locked)
+      c_->lock.unlock();
+    how_ = how::none;
+  }
 
  private:
   enum class how : std::uint8_t { none, busy, locked };
+  // The first operation on c, or c is (becoming) shared. Static, so that the guard itself never
+  // escapes to memory: its fields stay in registers and a second unlock() folds away.
+  static how enter_slow(runtime& r, channel_core* c);
   runtime* r_;
   channel_core* c_;
   how how_ = how::none;

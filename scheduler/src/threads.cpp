@@ -75,28 +75,19 @@ channel_core::~channel_core() {
   if (runtime* o = owner.load(std::memory_order_acquire)) release_runtime(o);
 }
 
-channel_guard::channel_guard(runtime& r, channel_core* c) : r_(&r), c_(c) {
+channel_guard::how channel_guard::enter_slow(runtime& r, channel_core* c) {
   runtime* o = c->owner.load(std::memory_order_acquire);
   if (o == nullptr && c->owner.compare_exchange_strong(o, &r, std::memory_order_acq_rel)) {
     r.refs.fetch_add(1, std::memory_order_relaxed);  // dropped by ~channel_core
     o = &r;
   }
   if (o == &r) {
-    if (owner_enters(r, c)) {
-      how_ = how::busy;
-      return;
-    }
+    if (owner_enters(r, c)) return how::busy;
   } else if (!c->shared.load(std::memory_order_acquire)) {
     make_shared(c, o);
   }
   c->lock.lock();
-  how_ = how::locked;
-}
-
-void channel_guard::unlock() noexcept {
-  if (how_ == how::busy) r_->busy_channel.store(nullptr, std::memory_order_release);
-  if (how_ == how::locked) c_->lock.unlock();
-  how_ = how::none;
+  return how::locked;
 }
 
 void runtime_registered(runtime&) {
