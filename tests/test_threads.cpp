@@ -59,6 +59,29 @@ TEST_CASE_METHOD(fresh_runtime, "5b a thread's main receives what another thread
   check_clean();
 }
 
+TEST_CASE_METHOD(fresh_runtime, "5b a thread counts from its creation, before it uses weft", "[unit][threads]") {
+  // This main blocks before the new thread has made any weft call: it must wait for it (Stackless
+  // waits while any other thread lives), not report a deadlock.
+  channel<int> ch;
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    ch.send(9);
+  });
+  CHECK(ch.receive() == 9);
+  t.join();
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "5b a waiting main gets the deadlock error when a thread ends without using weft", "[unit][threads][deadlock]") {
+  channel<int> ch;
+  // Main (most likely) waits for t by the time t ends; if not, it finds nobody alive: same error.
+  std::thread t([] { std::this_thread::sleep_for(std::chrono::milliseconds(30)); });
+  test::require_throws_message<deadlock_error>([&] { ch.receive(); },
+                                               "the main tasklet is receiving without a sender available.");
+  t.join();
+  check_clean();
+}
+
 TEST_CASE_METHOD(fresh_runtime, "5b a tasklet of a thread whose main waits elsewhere is woken", "[unit][threads]") {
   channel<int> a;
   getruncount();

@@ -839,6 +839,7 @@ void ordered_start(runtime& r) {
     w->own_home->is_main = true;  // a thread's own stack, for the context code (never in a ring)
     w->own_home->started = w->own_home->has_context = true;
     w->home = w->own_home.get();
+    internal_thread_scope internal;  // not a thread that may use weft (threads.cpp)
     w->thread = std::thread(worker_thread, &r, w.get());
     r.ordered->workers.push_back(std::move(w));
   }

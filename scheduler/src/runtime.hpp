@@ -169,7 +169,15 @@ class channel_guard {
 /// live runtime waits for mail, the last to wait is told that it is deadlocked).
 void runtime_registered(runtime& r);
 void runtime_ended(runtime& r) noexcept;
-/// Another thread's runtime is alive (SEMANTICS.md §5b: a main with nothing to run then waits).
+/// While alive, threads made on this thread are weft's own (ordered mode's workers): they are not
+/// counted as threads that may use weft (threads.cpp).
+struct internal_thread_scope {
+  internal_thread_scope() noexcept;
+  ~internal_thread_scope();
+  internal_thread_scope(const internal_thread_scope&) = delete;
+  internal_thread_scope& operator=(const internal_thread_scope&) = delete;
+};
+/// Another thread's runtime is alive, or a thread the program made has not used weft yet (SEMANTICS.md §5b: a main with nothing to run then waits).
 bool other_runtimes_alive() noexcept;
 /// Under c's guard, by the runtime of the partner's partner: p (blocked in c, of another runtime) has
 /// been matched and taken out of c's queue; sends it to its runtime, which makes it runnable when it

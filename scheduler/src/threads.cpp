@@ -24,8 +24,14 @@
 // runtime waits (condition variable, no busy wait) only when its main is blocked and its ring is
 // empty; it gives up (deadlock) when every live runtime waits: nobody is left to wake anybody.
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <new>
 #include <stdexcept>
 #include <thread>
+
+#include <dlfcn.h>
+#include <pthread.h>
 
 #include "runtime.hpp"
 #include "weft/detail/epoch.hpp"
@@ -37,6 +43,7 @@ namespace {
 struct registry_state {
   std::mutex lock;
   std::size_t live = 0;            // runtimes whose thread has not ended
+  std::size_t unstarted = 0;       // threads the program made that have not used weft (yet) nor ended
   std::vector<runtime*> waiters;   // runtimes waiting for mail, in the order they began
 };
 registry_state& registry() {
@@ -50,6 +57,42 @@ void stop_waiting(registry_state& g, runtime& w) noexcept {
   g.waiters.erase(std::find(g.waiters.begin(), g.waiters.end(), &w));
   w.waiting_for_mail = false;
   w.mail_arrived.notify_one();
+}
+
+// Everybody still alive waits for mail: nobody can send any more. The last to begin waiting is told
+// (as the last runnable tasklet of one runtime is, SEMANTICS.md §4.1).
+void tell_deadlock_if_all_wait(registry_state& g) noexcept {
+  if (g.live == 0 || g.unstarted != 0 || g.waiters.size() != g.live) return;
+  runtime* w = g.waiters.back();
+  stop_waiting(g, *w);
+  w->mail_deadlock = true;
+}
+
+// A thread the program made counts as one that may still use weft from pthread_create on (in the
+// creating thread, so that a main that blocks right after starting it waits) until its first weft
+// call (then its runtime counts) or its end. Stackless likewise waits while any other thread lives.
+struct unstarted_mark {
+  bool counted = false;
+  ~unstarted_mark() {
+    if (!counted) return;
+    registry_state& g = registry();
+    std::lock_guard lk(g.lock);
+    --g.unstarted;
+    tell_deadlock_if_all_wait(g);
+  }
+};
+thread_local unstarted_mark this_thread_unstarted;
+constinit thread_local bool making_internal_thread = false;
+
+struct counted_start {
+  void* (*start)(void*);
+  void* arg;
+};
+void* counted_thread_main(void* p) {
+  const counted_start s = *static_cast<counted_start*>(p);
+  delete static_cast<counted_start*>(p);
+  this_thread_unstarted.counted = true;  // counted by the creator; uncounted at exit or first use
+  return s.start(s.arg);
 }
 
 // The owner announces an operation; true if the channel is still unshared (then it may go on alone).
@@ -91,9 +134,17 @@ channel_guard::how channel_guard::enter_slow(runtime& r, channel_core* c) {
 }
 
 void runtime_registered(runtime&) {
-  std::lock_guard lk(registry().lock);
-  ++registry().live;
+  registry_state& g = registry();
+  std::lock_guard lk(g.lock);
+  ++g.live;
+  if (this_thread_unstarted.counted) {
+    this_thread_unstarted.counted = false;
+    --g.unstarted;
+  }
 }
+
+internal_thread_scope::internal_thread_scope() noexcept { making_internal_thread = true; }
+internal_thread_scope::~internal_thread_scope() { making_internal_thread = false; }
 
 void runtime_ended(runtime& r) noexcept {
   std::vector<tasklet_impl*> left;
@@ -104,20 +155,14 @@ void runtime_ended(runtime& r) noexcept {
     --g.live;
     left.swap(r.mail);
     r.has_mail.store(false, std::memory_order_relaxed);
-    // Everybody still alive waits for mail: nobody can send any more. The last to begin waiting is
-    // told (as the last runnable tasklet of one runtime is, SEMANTICS.md §4.1).
-    if (g.live != 0 && g.waiters.size() == g.live) {
-      runtime* w = g.waiters.back();
-      stop_waiting(g, *w);
-      w->mail_deadlock = true;
-    }
+    tell_deadlock_if_all_wait(g);
   }
   for (tasklet_impl* t : left) release(t);  // woken after the thread's shutdown: they keep blocking
 }
 
 bool other_runtimes_alive() noexcept {
   std::lock_guard lk(registry().lock);
-  return registry().live > 1;
+  return registry().live > 1 || registry().unstarted != 0;
 }
 
 void check_partner_has_thread(const tasklet_impl* p) {
@@ -181,7 +226,7 @@ bool wait_for_mail(runtime& r) {
       lk.lock();
       continue;
     }
-    if (g.waiters.size() + 1 >= g.live) return false;  // nobody else could wake us
+    if (g.waiters.size() + 1 >= g.live && g.unstarted == 0) return false;  // nobody else could wake us
     r.waiting_for_mail = true;
     r.mail_deadlock = false;
     g.waiters.push_back(&r);
@@ -191,3 +236,35 @@ bool wait_for_mail(runtime& r) {
 }
 
 }  // namespace weft::detail
+
+// Every thread the program makes (std::thread, pthread_create, from libstdc++ too: a definition in
+// the executable comes first in symbol lookup) is counted as one that may still use weft; the real
+// function is the next definition (libc, or a sanitizer's interceptor).
+extern "C" int pthread_create(pthread_t* thread, const pthread_attr_t* attr, void* (*start)(void*), void* arg) {
+  using create_fn = int (*)(pthread_t*, const pthread_attr_t*, void* (*)(void*), void*);
+  static std::atomic<create_fn> next{nullptr};  // constant-initialised: safe before any constructor
+  create_fn real = next.load(std::memory_order_acquire);
+  if (!real) {
+    real = reinterpret_cast<create_fn>(::dlsym(RTLD_NEXT, "pthread_create"));
+    if (!real) return EAGAIN;
+    next.store(real, std::memory_order_release);
+  }
+  using namespace weft::detail;
+  if (making_internal_thread) return real(thread, attr, start, arg);
+  auto* s = new (std::nothrow) counted_start{start, arg};
+  if (!s) return EAGAIN;
+  {
+    registry_state& g = registry();
+    std::lock_guard lk(g.lock);
+    ++g.unstarted;
+  }
+  const int rc = real(thread, attr, &counted_thread_main, s);
+  if (rc != 0) {
+    delete s;
+    registry_state& g = registry();
+    std::lock_guard lk(g.lock);
+    --g.unstarted;
+    tell_deadlock_if_all_wait(g);
+  }
+  return rc;
+}

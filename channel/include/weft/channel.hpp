@@ -8,6 +8,18 @@
 //
 // Every operation is an intent applied by the scheduler (weft/detail/intent.hpp): values move at the
 // moment the operation takes effect, straight from the sender's frame into the receiver's.
+//
+// Threads (SEMANTICS.md §5b). Tasklets of several threads (each thread that uses weft has its own
+// runtime) may share a channel; operations are then thread-safe. A partner of another thread is
+// woken in its own thread — appended to its thread's ring when that thread next reaches a switch
+// point (in ordered mode: at its next commit) — and the caller goes on as if it had been appended
+// (preference and schedule_all apply only to partners of the caller's thread). FIFO order and
+// balances hold across threads. A thread whose main tasklet blocks with nothing else runnable sleeps
+// until another thread wakes one of its tasklets, while another thread that has used weft is alive;
+// when every such thread waits, the last one to start waiting gets the deadlock error. Matching a
+// tasklet whose thread has ended throws std::runtime_error("tasklet has no thread") and changes
+// nothing. Cost: a channel used by one thread only takes no lock (a store and a load per
+// operation); from the first operation of a second thread on, it takes a mutex.
 #pragma once
 
 #include <compare>
@@ -75,7 +87,8 @@ class channel {
   // is declared (`struct msg { weft::channel<msg> reply; };`); it must be complete and movable where
   // values are sent or received.
 
-  /// Sends v; blocks until a receiver takes it (see preference()).
+  /// Sends v; blocks until a receiver takes it (see preference()). Throws deadlock_error (§4),
+  /// channel_closed (§2.6), std::runtime_error("tasklet has no thread") (§5b).
   void send(T v) const { transfer(+1, &v, nullptr, false); }
   /// Receives a value; blocks until a sender provides one. Throws what send_exception sent.
   T receive() const {

@@ -2,7 +2,9 @@
 //
 // The runtime is implicit per thread, as in Stackless: the code running in a thread's main() (or
 // thread function) when it first uses weft is that thread's main tasklet. All semantics follow
-// ../shared/stackless/SEMANTICS.md; see DESIGN.md §3.
+// ../shared/stackless/SEMANTICS.md; see DESIGN.md §3. Tasklets belong to the thread that made them
+// (run/insert/kill of another thread's tasklet: "can't switch to a different thread."); channels
+// may be shared by threads (weft/channel.hpp, SEMANTICS.md §5b).
 #pragma once
 
 #include <cstddef>
