@@ -300,3 +300,55 @@ TEST_CASE_METHOD(fresh_runtime, "5b stress: tasklets of four threads trade over 
   for (auto& c : chans) CHECK(c.balance() == 0);
   check_clean();
 }
+
+TEST_CASE_METHOD(fresh_runtime, "5b kills race with wake-ups from another thread", "[stress][threads]") {
+  // T kills its receivers one by one while M sends to them with try_send: a receiver may be woken
+  // by M's send and killed before it runs (its value is then lost, as in Stackless, where the kill
+  // reaches it before it returns from receive). Invariant: 0 <= sent - received <= kills, every
+  // receiver dies, and the channel ends with nobody waiting. No crash, no hang.
+  const std::uint64_t seed = test::seed_from_env("5b kills race");
+  constexpr int receivers = 40;
+  channel<int> ch;
+  std::atomic<bool> done{false};
+  std::atomic<long> received_total{0};
+  std::latch ready(2);
+  std::thread t([&] {
+    getruncount();
+    ready.arrive_and_wait();
+    std::mt19937_64 rng(seed);
+    tvar<long> received{0};
+    std::vector<tasklet> rs;
+    for (int i = 0; i < receivers; ++i)
+      rs.push_back(spawn([&] {
+        for (;;) {
+          ch.receive();
+          atomically([&] { received.set(received.get() + 1); });
+        }
+      }));
+    run();  // all wait on ch
+    for (int i = 0; i < receivers; ++i) {
+      for (int k = static_cast<int>(rng() % 4); k > 0; --k) run();  // let woken receivers count
+      std::this_thread::sleep_for(std::chrono::microseconds(rng() % 300));
+      rs[static_cast<std::size_t>(rng() % rs.size())].kill();
+      if (rng() % 2) rs.back().kill();
+    }
+    for (auto& r : rs) r.kill();
+    run();
+    received_total = received.get();
+    for (auto& r : rs) CHECK(!r.alive());
+    done = true;
+    weft::shutdown();
+  });
+  ready.arrive_and_wait();
+  long sent = 0;
+  while (!done) {
+    int v = 1;
+    if (ch.try_send(v) == channel<int>::status::ok) ++sent;
+    else std::this_thread::yield();
+  }
+  t.join();
+  CHECK(sent >= received_total.load());
+  CHECK(sent - received_total.load() <= receivers);
+  CHECK(ch.balance() == 0);
+  check_clean();
+}
