@@ -15,8 +15,10 @@
 // point (in ordered mode: at its next commit) — and the caller goes on as if it had been appended
 // (preference and schedule_all apply only to partners of the caller's thread). FIFO order and
 // balances hold across threads. A thread whose main tasklet blocks with nothing else runnable sleeps
-// until another thread wakes one of its tasklets, while another thread that has used weft is alive;
-// when every such thread waits, the last one to start waiting gets the deadlock error. Matching a
+// until another thread wakes one of its tasklets, while another thread is alive that uses weft or
+// has not yet (any thread the program started, from its creation to its end; weft counts them at
+// pthread_create); when every such thread waits, the last one to start waiting gets the deadlock
+// error. Matching a
 // tasklet whose thread has ended throws std::runtime_error("tasklet has no thread") and changes
 // nothing. Cost: a channel used by one thread only takes no lock (a store and a load per
 // operation); from the first operation of a second thread on, it takes a mutex.
