@@ -176,7 +176,12 @@ void retire(runtime& r, tasklet_impl* t) noexcept {
 }
 
 op_status perform(intent& in) {
-  runtime& r = this_runtime();
+  // The thread-local read inline (this_runtime() is not, for code after a switch): nothing below
+  // uses r, or any thread-local address, after the switch.
+  runtime* rp = holder.rt;
+  if (!rp) [[unlikely]]
+    rp = &this_runtime();
+  runtime& r = *rp;
   if (r.is_parallel()) return ordered_perform(r, in);
   if (current_transaction()) [[unlikely]]
     throw std::logic_error(

@@ -44,6 +44,9 @@ namespace detail {
 /// Validates and applies a preference change (throws std::invalid_argument outside -1..1).
 void channel_set(channel_core* c, intent_kind kind, int value);
 op_status channel_transfer(channel_core* c, int direction, void* slot, std::exception_ptr e, bool nonblocking);
+/// The same for a value (no exception: send/receive, try_send/try_receive), without an
+/// exception_ptr to build, move and destroy on every operation.
+op_status channel_transfer_value(channel_core* c, int direction, void* slot, bool nonblocking);
 /// receive() into `slot` (a std::optional<T>), or `closed` if the channel is closing and no sender waits.
 op_status channel_receive_or_stop(channel_core* c, void* slot);
 }  // namespace detail
@@ -91,11 +94,11 @@ class channel {
 
   /// Sends v; blocks until a receiver takes it (see preference()). Throws deadlock_error (§4),
   /// channel_closed (§2.6), std::runtime_error("tasklet has no thread") (§5b).
-  void send(T v) const { transfer(+1, &v, nullptr, false); }
+  void send(T v) const { transfer(+1, &v, false); }
   /// Receives a value; blocks until a sender provides one. Throws what send_exception sent.
   T receive() const {
     std::optional<T> slot;
-    transfer(-1, &slot, nullptr, false);
+    transfer(-1, &slot, false);
     return std::move(*slot);
   }
   /// Like send, but the receiver's receive() throws e.
@@ -119,11 +122,11 @@ class channel {
   }
 
   /// Completes at once if a receiver waits (moving from v); otherwise changes nothing and says why.
-  status try_send(T& v) const { return static_cast<status>(transfer(+1, &v, nullptr, true)); }
+  status try_send(T& v) const { return static_cast<status>(transfer(+1, &v, true)); }
   /// Completes at once if a sender waits (into out); otherwise changes nothing and says why.
   status try_receive(T& out) const {
     std::optional<T> slot;
-    auto s = static_cast<status>(transfer(-1, &slot, nullptr, true));
+    auto s = static_cast<status>(transfer(-1, &slot, true));
     if (s == status::ok) out = std::move(*slot);
     return s;
   }
@@ -212,6 +215,10 @@ class channel {
   detail::op_status transfer(int direction, void* slot, std::exception_ptr e, bool nonblocking) const {
     static_assert(std::is_move_constructible_v<T>, "channel<T> needs a move-constructible T");
     return detail::channel_transfer(core(), direction, slot, std::move(e), nonblocking);
+  }
+  detail::op_status transfer(int direction, void* slot, bool nonblocking) const {
+    static_assert(std::is_move_constructible_v<T>, "channel<T> needs a move-constructible T");
+    return detail::channel_transfer_value(core(), direction, slot, nonblocking);
   }
   detail::channel_core* core_;
 };
