@@ -718,6 +718,13 @@ void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
       return;
     }
     if (w.main_thread ? main_can_run(r) : o.stopping) return;
+    if (o.drained) {
+      // Serial state: the main thread runs the ring without the commit lock from now on. A worker
+      // woken by the drain's own wake() must not look at it again (it read r.head in commit_chain
+      // while main changed the ring: TSan, in a thread's shutdown at two workers).
+      sleep_until_woken(o, lk);
+      continue;
+    }
     if (tasklet_impl* t = pick(r, w)) {
       run_segment(r, w, t, lk);
     } else if (commit_chain(r, true) == 0) {  // nothing to run: commit (or abort) what others ran
