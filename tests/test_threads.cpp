@@ -333,7 +333,9 @@ TEST_CASE_METHOD(fresh_runtime, "5b kills race with wake-ups from another thread
       }));
     run();  // all wait on ch
     for (int i = 0; i < receivers; ++i) {
-      for (int k = static_cast<int>(rng() % 4); k > 0; --k) run();  // let woken receivers count
+      // Let woken receivers count: schedule(), not run(), which would not return while M keeps
+      // waking receivers faster than they block again (under TSan it did not, for minutes).
+      for (int k = static_cast<int>(rng() % 4); k > 0; --k) schedule();
       std::this_thread::sleep_for(std::chrono::microseconds(rng() % 300));
       rs[static_cast<std::size_t>(rng() % rs.size())].kill();
       if (rng() % 2) rs.back().kill();
@@ -349,8 +351,10 @@ TEST_CASE_METHOD(fresh_runtime, "5b kills race with wake-ups from another thread
   long sent = 0;
   while (!done) {
     int v = 1;
-    if (ch.try_send(v) == channel<int>::status::ok) ++sent;
-    else std::this_thread::yield();
+    if (ch.try_send(v) == channel<int>::status::ok)
+      ++sent;
+    else
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
   }
   t.join();
   CHECK(sent >= received_total.load());
