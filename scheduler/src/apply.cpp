@@ -129,19 +129,29 @@ void queue_unlink(tasklet_impl* t) noexcept {
 }
 
 // Takes t (of r, blocked) out of its channel for a kill, a raise or a deadlock error; false if a
-// tasklet of another runtime had matched it meanwhile (it is then runnable, its wake-up taken).
+// tasklet of another runtime had matched it meanwhile (it is then runnable, its wake-up taken). One
+// guarded section: between two, another thread could match t (it unlinked t, then we unlinked it
+// again: a crash TSan's CI run found in the kills test).
 bool unblock(runtime& r, tasklet_impl* t) {
-  if (take_own_wake(r, t)) {
+  channel_core* c = t->channel;
+  bool woken;
+  {
+    channel_guard g(r, c);
+    woken = t->remote_woken;
+    if (woken)
+      t->remote_woken = false;  // the matcher already unlinked it; its mail entry finds nothing to do
+    else
+      queue_unlink(t);
+  }
+  t->channel = nullptr;
+  t->slot = nullptr;
+  t->send_exception = nullptr;
+  t->state = tasklet_state::paused;
+  channel_release(c);
+  if (woken) {
     ring_append(r, t);
     return false;
   }
-  channel_core* c;
-  {
-    channel_guard g(r, t->channel);
-    t->send_exception = nullptr;
-    c = queue_remove(t);
-  }
-  channel_release(c);
   return true;
 }
 
