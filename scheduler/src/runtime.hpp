@@ -191,8 +191,8 @@ void ring_append_woken(runtime& r, tasklet_impl* t) noexcept;
 /// Sleeps until another runtime wakes one of ours (then takes the mail and returns true), or until
 /// it is a deadlock: every live runtime waits (returns false).
 bool wait_for_mail(runtime& r);
-/// t is blocked in a channel that another runtime may have matched it in meanwhile: if so, completes
-/// that wake-up now (t becomes runnable) and returns true.
+/// t (taken from the mail) is blocked in a channel another runtime matched it in: if that wake-up is
+/// still pending, completes t's side of it (t becomes paused; the caller appends it) and returns true.
 bool take_own_wake(runtime& r, tasklet_impl* t);
 
 /// Drops a channel reference at once, whatever runs on the thread (commit and abort paths).

@@ -16,8 +16,8 @@
 //   `remote_woken` and posts it to its runtime's mail; that runtime appends it to its ring when it
 //   next applies an intent (apply.cpp; in ordered mode, at its next commit) or, if it waits for
 //   mail, when it wakes up. Until then the partner is still `blocked` for its own runtime; anything
-//   that takes a blocked tasklet out of its channel (kill, raise, shutdown, deadlock) first asks
-//   take_own_wake under the channel's lock.
+//   that takes a blocked tasklet out of its channel (kill, raise, shutdown, deadlock: unblock in
+//   apply.cpp) checks `remote_woken` and unlinks in one section under the channel's lock.
 //
 // Locks, in the order they are taken: a channel's `lock` (or the owner's busy mark), then `registry`.
 // The registry lock protects every runtime's mail, waiting state, `ended`, and the counts below. A
