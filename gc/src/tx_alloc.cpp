@@ -204,11 +204,16 @@ inline void* allocate_aligned(std::size_t n, std::size_t align) {
 inline void deallocate(void* p) noexcept {
   if (!p) return;
   if (alloc_log* log = active_log) [[unlikely]] {
-    if (!log->forget_alloc(p)) {
+    if (log->forget_alloc(p)) {
+      std::free(p);
+      return;
+    }
+    if (!log->releasing()) {
       log->defer_free(p);
       return;
     }
-  } else if (defer_plain_frees.load(std::memory_order_acquire)) [[unlikely]] {
+  }
+  if (defer_plain_frees.load(std::memory_order_acquire)) [[unlikely]] {
     // acquire: pairs with the registry's release store; see alloc_log.hpp (privatization).
     epoch_retire(p, &free_now);
     return;

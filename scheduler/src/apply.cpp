@@ -129,31 +129,8 @@ void queue_unlink(tasklet_impl* t) noexcept {
 }
 
 // Takes t (of r, blocked) out of its channel for a kill, a raise or a deadlock error; false if a
-// tasklet of another runtime had matched it meanwhile (it is then runnable, its wake-up taken). One
-// guarded section: between two, another thread could match t (it unlinked t, then we unlinked it
-// again: a crash TSan's CI run found in the kills test).
-bool unblock(runtime& r, tasklet_impl* t) {
-  channel_core* c = t->channel;
-  bool woken;
-  {
-    channel_guard g(r, c);
-    woken = t->remote_woken;
-    if (woken)
-      t->remote_woken = false;  // the matcher already unlinked it; its mail entry finds nothing to do
-    else
-      queue_unlink(t);
-  }
-  t->channel = nullptr;
-  t->slot = nullptr;
-  t->send_exception = nullptr;
-  t->state = tasklet_state::paused;
-  channel_release(c);
-  if (woken) {
-    ring_append(r, t);
-    return false;
-  }
-  return true;
-}
+// tasklet of another runtime had matched it meanwhile (it is then runnable, its wake-up taken).
+bool unblock(runtime& r, tasklet_impl* t) { return leave_channel(r, t, true) == channel_exit::unlinked; }
 
 // Who runs when the ring may have become empty: the head; else the innermost run() returns (§1.6:
 // the calls nest, from any tasklet); else main resumes by itself (§1.5, §1.9) — or, if main is
@@ -263,7 +240,30 @@ apply_result apply_channel_op(runtime& r, intent& in) {
 
 }  // namespace
 
-void ring_append_woken(runtime& r, tasklet_impl* t) noexcept { ring_append(r, t); }
+channel_exit leave_channel(runtime& r, tasklet_impl* t, bool unlink) {
+  channel_core* c = t->channel;
+  bool woken;
+  {
+    // One guarded section for the question and the unlink: between two, another thread could match
+    // t (it unlinked t, then we unlinked it again: a crash TSan's CI run found in the kills test).
+    channel_guard g(r, c);
+    woken = t->remote_woken;
+    if (woken)
+      t->remote_woken = false;  // the matcher already unlinked it; its mail entry finds nothing to do
+    else if (unlink)
+      queue_unlink(t);
+    else
+      return channel_exit::stayed;
+  }
+  t->channel = nullptr;
+  t->slot = nullptr;
+  t->send_exception = nullptr;
+  t->state = tasklet_state::paused;
+  channel_release(c);
+  if (!woken) return channel_exit::unlinked;
+  ring_append(r, t);
+  return channel_exit::woken;
+}
 
 apply_result apply(runtime& r, intent& in) {
   if (r.has_mail.load(std::memory_order_relaxed)) [[unlikely]]

@@ -321,8 +321,12 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
     }
     s->handles.size = 0;
   }
+  // An exception escaping the attempt is dropped before the rollback: the rollback frees what the
+  // attempt allocated (a std::runtime_error's message), and destroying the exception after it freed
+  // that memory a second time (ASan, the whole suite in one process at ordered 2 + injection).
+  if (s->ending.exception) s->tx.release_attempt_objects([&] { s->ending.exception = nullptr; });
   std::vector<std::function<void()>> hooks = s->tx.segment_abort();
-  s->ending = intent{.kind = intent_kind::yield};  // drops an exception it carried
+  s->ending = intent{.kind = intent_kind::yield};
   s->out.clear();
   s->other.clear();
   if (s->has_snapshot) {

@@ -186,14 +186,16 @@ void check_partner_has_thread(const tasklet_impl* p);
 void post_wake(tasklet_impl* p);
 /// Makes the tasklets other runtimes woke runnable (appended to the ring, in arrival order).
 void take_mail(runtime& r);
-/// Appends t (just taken from the mail) to r's ring (apply.cpp).
-void ring_append_woken(runtime& r, tasklet_impl* t) noexcept;
 /// Sleeps until another runtime wakes one of ours (then takes the mail and returns true), or until
 /// it is a deadlock: every live runtime waits (returns false).
 bool wait_for_mail(runtime& r);
-/// t (taken from the mail) is blocked in a channel another runtime matched it in: if that wake-up is
-/// still pending, completes t's side of it (t becomes paused; the caller appends it) and returns true.
-bool take_own_wake(runtime& r, tasklet_impl* t);
+enum class channel_exit { woken, unlinked, stayed };
+/// t (of r) is blocked on a channel. Under the channel's guard: if a tasklet of another runtime
+/// already matched t (§5b; the matcher unlinked it and posted the wake-up), completes t's side of
+/// that wake-up — t becomes paused and is appended to r's ring — and returns `woken`. Otherwise, if
+/// `unlink`, takes t out of the queue (t becomes paused, not appended; the caller decides what it
+/// runs next) and returns `unlinked`; else changes nothing and returns `stayed`.
+channel_exit leave_channel(runtime& r, tasklet_impl* t, bool unlink);
 
 /// Drops a channel reference at once, whatever runs on the thread (commit and abort paths).
 void channel_release_now(channel_core* c) noexcept;

@@ -16,8 +16,9 @@
 //   `remote_woken` and posts it to its runtime's mail; that runtime appends it to its ring when it
 //   next applies an intent (apply.cpp; in ordered mode, at its next commit) or, if it waits for
 //   mail, when it wakes up. Until then the partner is still `blocked` for its own runtime; anything
-//   that takes a blocked tasklet out of its channel (kill, raise, shutdown, deadlock: unblock in
-//   apply.cpp) checks `remote_woken` and unlinks in one section under the channel's lock.
+//   that takes a blocked tasklet out of its channel (kill, raise, shutdown, deadlock) and the mail
+//   itself go through leave_channel (apply.cpp), which checks `remote_woken` and unlinks in one
+//   section under the channel's lock.
 //
 // Locks, in the order they are taken: a channel's `lock` (or the owner's busy mark), then `registry`.
 // The registry lock protects every runtime's mail, waiting state, `ended`, and the counts below. A
@@ -185,22 +186,6 @@ void post_wake(tasklet_impl* p) {
   if (to.waiting_for_mail) stop_waiting(g, to);
 }
 
-bool take_own_wake(runtime& r, tasklet_impl* t) {
-  channel_core* c = t->channel;
-  {
-    channel_guard g(r, c);
-    if (!t->remote_woken) return false;
-    t->remote_woken = false;
-  }
-  // What queue_remove does to the taker's side; the queue and balance were updated by the matcher.
-  t->channel = nullptr;
-  t->slot = nullptr;
-  t->state = tasklet_state::paused;
-  t->send_exception = nullptr;
-  channel_release(c);
-  return true;
-}
-
 void take_mail(runtime& r) {
   std::vector<tasklet_impl*> mail;
   {
@@ -210,7 +195,7 @@ void take_mail(runtime& r) {
   }
   for (tasklet_impl* t : mail) {
     // Already taken (by a kill or raise of ours, or an earlier copy of this mail): nothing to do.
-    if (t->state == tasklet_state::blocked && t->channel && take_own_wake(r, t)) ring_append_woken(r, t);
+    if (t->state == tasklet_state::blocked && t->channel) (void)leave_channel(r, t, false);
     release(t);
   }
 }

@@ -75,6 +75,9 @@ class alloc_log {
   /// Attempt aborted: allocations are freed, deferred frees are dropped; returns the number freed.
   std::size_t abort() noexcept { return rollback_to({0, 0}); }
   bool empty() const noexcept { return alloc_count_ == 0 && free_count_ == 0; }
+  /// While true (alloc_log_release_scope), a delete of memory the log did not allocate is a plain
+  /// delete, not deferred: the runtime is dropping objects an attempt left behind, outside it.
+  bool releasing() const noexcept { return releasing_; }
 
  private:
   // Allocations in order (for rollback) plus an open-addressing index (for forget_alloc).
@@ -85,6 +88,8 @@ class alloc_log {
   std::uintptr_t* index_ = nullptr;  // slots: 0 empty, 1 tombstone, else pointer
   std::size_t index_cap_ = 0, index_used_ = 0;
   std::size_t floor_ = 0;  // allocs_ entries before it belong to enclosing scopes
+  bool releasing_ = false;
+  friend class alloc_log_release_scope;
   void index_insert(void* p) noexcept;
   std::size_t index_find(const void* p) const noexcept;
   bool index_contains(const void* p) const noexcept;
@@ -108,6 +113,27 @@ inline alloc_log* set_active_alloc_log(alloc_log* log) noexcept {
   active_log = log;
   return old;
 }
+
+/// Installs `log` for the scope so that objects the runtime kept from an attempt that is about to
+/// be rolled back (an exception escaping a tasklet's aborted segment) can be destroyed first: memory
+/// the attempt allocated is freed once, now, and forgotten by the log (its rollback would free it a
+/// second time); older memory is freed as by a delete outside any transaction.
+class alloc_log_release_scope {
+ public:
+  explicit alloc_log_release_scope(alloc_log& log) noexcept : log_(log), saved_(set_active_alloc_log(&log)) {
+    log_.releasing_ = true;
+  }
+  ~alloc_log_release_scope() {
+    log_.releasing_ = false;
+    set_active_alloc_log(saved_);
+  }
+  alloc_log_release_scope(const alloc_log_release_scope&) = delete;
+  alloc_log_release_scope& operator=(const alloc_log_release_scope&) = delete;
+
+ private:
+  alloc_log& log_;
+  alloc_log* saved_;
+};
 
 /// Suspends logging in the current scope (weft's own allocations inside a transaction).
 class alloc_log_pause {

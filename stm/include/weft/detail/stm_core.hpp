@@ -296,6 +296,14 @@ class alignas(64) transaction {
   }
   /// The memory the attempt allocated (still owned by it).
   alloc_log::ranges attempt_allocations() const noexcept { return allocs_.ranges_after(0); }
+  /// Runs `drop`, which destroys objects the runtime kept from the current attempt (an exception
+  /// escaping an aborted segment), before segment_abort: what they free that the attempt allocated is
+  /// freed once, not again by the rollback; older memory is freed as outside any transaction.
+  template <class F>
+  void release_attempt_objects(F&& drop) {
+    alloc_log_release_scope scope(allocs_);
+    drop();
+  }
   /// Inside or_else's first branch (where retry() is allowed in a tasklet).
   bool in_or_else() const noexcept { return or_else_depth_ != 0; }
   void or_else_enter() noexcept { ++or_else_depth_; }
