@@ -47,9 +47,17 @@ using peers::result;
 
 constexpr const char* kWorkloads = "yield|pingpong|spawn|sieve|hackysack";
 
+// fiber_workloads runs on weft's 64 KiB; fiber16k_workloads (the same source) on Boost.Fiber's usual
+// 16 KiB fixed-size stacks, the yardstick issue 11 §6 names (fewer pages and cache sets per task).
+#ifndef PEERS_FIBER_STACK_BYTES
+#define PEERS_FIBER_STACK_BYTES peers::kStackBytes
+#define PEERS_FIBER_IMPL "fiber"
+#endif
+constexpr std::size_t kFiberStackBytes = PEERS_FIBER_STACK_BYTES;
+
 template <class Fn>
 bf::fiber make_fiber(Fn&& fn) {
-    return bf::fiber(std::allocator_arg, bf::fixedsize_stack(peers::kStackBytes), std::forward<Fn>(fn));
+    return bf::fiber(std::allocator_arg, bf::fixedsize_stack(kFiberStackBytes), std::forward<Fn>(fn));
 }
 
 template <class Fn>
@@ -250,6 +258,6 @@ int main(int argc, char** argv) {
     } else {
         peers::usage(argv[0], kWorkloads);
     }
-    peers::print_json("fiber", r);
+    peers::print_json(PEERS_FIBER_IMPL, r, kFiberStackBytes);
     return 0;
 }
