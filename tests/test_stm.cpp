@@ -554,6 +554,11 @@ TEST_CASE("solo mode: money is conserved while threads come and go", "[stress][s
   const auto before = my_counters();
   main_running = true;
   bad += transfers(seed, 200000);
+  // Solo, 200,000 transfers can end before the churn thread's first helper does (under ctest -j2 it
+  // did, in 0.04 s): go on in small batches until helpers have come and gone, for at most 30 s.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  for (std::uint64_t k = 1; helpers_during_main.load() < 2 && std::chrono::steady_clock::now() < deadline; ++k)
+    bad += transfers(seed + (k << 32), 1000);
   stop = true;
   churn.join();
   CHECK(helpers_during_main.load() > 0);  // helpers did come and go while main transferred
