@@ -325,6 +325,9 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   // attempt allocated (a std::runtime_error's message), and destroying the exception after it freed
   // that memory a second time (ASan, the whole suite in one process at ordered 2 + injection).
   if (s->ending.exception) s->tx.release_attempt_objects([&] { s->ending.exception = nullptr; });
+  // So are the exceptions of catch blocks the attempt ended inside (it started outside any: else it
+  // would run inevitable, never rolled back): the rollback makes those catches never have happened.
+  if (t->eh_globals[0]) s->tx.release_attempt_objects([&] { context_end_catches(t); });
   std::vector<std::function<void()>> hooks = s->tx.segment_abort();
   s->ending = intent{.kind = intent_kind::yield};
   s->out.clear();

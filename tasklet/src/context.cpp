@@ -20,6 +20,7 @@ extern "C" void __tsan_func_entry(void* call_pc);  // the compiler's instrumenta
 // here rather than through <cxxabi.h>, which marks it __attribute__((const)) and so lets the
 // compiler reuse a stale thread-local address after a tasklet moves to another thread.
 extern "C" void* __cxa_get_globals() noexcept;
+extern "C" void __cxa_end_catch();
 
 namespace weft::detail {
 
@@ -179,6 +180,20 @@ void context_rewound([[maybe_unused]] tasklet_impl* t) noexcept {
   t->tsan_fiber = __tsan_create_fiber(0);
   t->tsan_rewound = true;
 #endif
+}
+
+void context_end_catches(tasklet_impl* t) noexcept {
+  void** g = eh_globals();
+  void* const thread_state[2] = {g[0], g[1]};
+  g[0] = t->eh_globals[0];
+  g[1] = t->eh_globals[1];
+  // __cxa_end_catch ends the innermost handler of the top exception and pops it once its last
+  // handler is gone, so this ends every handler of every exception in the chain, innermost first.
+  while (g[0]) __cxa_end_catch();
+  t->eh_globals[0] = g[0];
+  t->eh_globals[1] = g[1];
+  g[0] = thread_state[0];
+  g[1] = thread_state[1];
 }
 
 void context_adopt_thread([[maybe_unused]] tasklet_impl* main) {

@@ -39,6 +39,15 @@ void context_release(tasklet_impl* t) noexcept;
 void context_rewound(tasklet_impl* t) noexcept;
 /// Makes the thread's own stack the context of its main tasklet.
 void context_adopt_thread(tasklet_impl* main);
+/// Ends the catch blocks the suspended tasklet `t` is inside (its saved chain of caught exceptions),
+/// as leaving them would: each exception whose last handler ends is destroyed and freed. For a
+/// rolled-back attempt that ended inside a catch block: the rollback makes that catch never have
+/// happened, and the exception object (malloc'd by the C++ runtime, outside weft's allocation log)
+/// would otherwise be lost. Leaves `t` with an empty chain. An exception still in flight (a switch
+/// point in a destructor run by unwinding) is not in the chain and stays as it is; so does a
+/// std::exception_ptr reference the attempt took (the object then outlives the rollback: a leak,
+/// never a use after free). Runs on any thread; the thread's own exception state is untouched.
+void context_end_catches(tasklet_impl* t) noexcept;
 
 /// Overflow without a guard page (stacks beyond the vm.max_map_count budget, or WEFT_STACK_GUARD=0):
 /// checked at every switch point (perform, context_switch). A tasklet whose stack pointer is below its
