@@ -54,7 +54,7 @@ void stop_waiting_in_run(runtime& r, tasklet_impl* t) noexcept {
 }
 
 // Appends t at the tail of the ring (just before the head) and makes it runnable.
-void ring_append(runtime& r, tasklet_impl* t) noexcept {
+inline __attribute__((always_inline)) void ring_append(runtime& r, tasklet_impl* t) noexcept {
   if (r.head) {
     link_before(r.head, t);
   } else {
@@ -101,7 +101,7 @@ void queue_append(channel_core* c, tasklet_impl* t, int direction) noexcept {
   t->direction = static_cast<std::int8_t>(direction);
   t->channel = c;
   t->state = tasklet_state::blocked;
-  channel_retain(c);  // a blocked tasklet keeps its channel alive
+  channel_retain_now(c);  // a blocked tasklet keeps its channel alive (committed state: never logged)
 }
 
 // Takes t out of its channel's queue and balance; its own fields are left to its runtime.
@@ -135,8 +135,14 @@ bool unblock(runtime& r, tasklet_impl* t) { return leave_channel(r, t, true) == 
 // Who runs when the ring may have become empty: the head; else the innermost run() returns (§1.6:
 // the calls nest, from any tasklet); else main resumes by itself (§1.5, §1.9) — or, if main is
 // blocked on a channel, with a deadlock error (§4.2).
-tasklet_impl* next_to_run(runtime& r) {
-  if (r.head) return r.head;
+tasklet_impl* next_to_run_slow(runtime& r);
+inline tasklet_impl* next_to_run(runtime& r) {
+  if (r.head) [[likely]]
+    return r.head;
+  return next_to_run_slow(r);
+}
+
+[[gnu::noinline]] tasklet_impl* next_to_run_slow(runtime& r) {
   if (!r.runners.empty()) {
     tasklet_impl* innermost = r.runners.back();
     ring_append(r, innermost);  // off the stack; its run() returns
@@ -176,17 +182,16 @@ void leave_ring_paused(runtime& r, tasklet_impl* t) noexcept {
 
 // The value (or exception) passes between the caller and p, the first tasklet in c's queue (§2.2, §2.5).
 inline __attribute__((always_inline)) void transfer(channel_core* c, intent& in, tasklet_impl* self, tasklet_impl* p) {
-  if (in.value > 0) {
-    if (in.exception)
+  if (in.value > 0) {  // p receives (a receiver has no send_exception)
+    if (in.exception) [[unlikely]]
       p->pending = std::move(in.exception);  // §2.5: the receiver's receive() throws it
     else
       c->move(p->slot, in.slot);
-  } else if (p->send_exception) {
-    self->pending = std::move(p->send_exception);
+  } else if (p->send_exception) [[unlikely]] {
+    self->pending = std::move(p->send_exception);  // leaves p's empty
   } else {
     c->move(in.slot, p->slot);
   }
-  p->send_exception = nullptr;
 }
 
 apply_result apply_channel_op(runtime& r, intent& in) {
@@ -209,7 +214,7 @@ apply_result apply_channel_op(runtime& r, intent& in) {
     transfer(c, in, self, p);
     channel_core* released = queue_remove(p);
     guard.unlock();
-    channel_release(released);  // c stays alive: the caller's handle holds it
+    channel_release_now(released);  // c stays alive: the caller's handle holds it
     if (c->schedule_all) {          // P to the tail, the caller yields: O1 O2 P C
       ring_append(r, p);
       r.head = self->next;
@@ -233,7 +238,8 @@ apply_result apply_channel_op(runtime& r, intent& in) {
   ring_unlink(r, self);
   queue_append(c, self, d);
   self->slot = in.slot;
-  self->send_exception = std::move(in.exception);
+  if (in.exception) [[unlikely]]  // (a tasklet that is not blocked has none)
+    self->send_exception = std::move(in.exception);
   guard.unlock();
   return {next_to_run(r)};
 }
@@ -259,10 +265,16 @@ channel_exit leave_channel(runtime& r, tasklet_impl* t, bool unlink) {
   t->slot = nullptr;
   t->send_exception = nullptr;
   t->state = tasklet_state::paused;
-  channel_release(c);
+  channel_release_now(c);
   if (!woken) return channel_exit::unlinked;
   ring_append(r, t);
   return channel_exit::woken;
+}
+
+apply_result apply_channel(runtime& r, intent& in) {
+  if (r.has_mail.load(std::memory_order_relaxed)) [[unlikely]]
+    take_mail(r);  // §5b: tasklets other threads woke join the ring first
+  return apply_channel_op(r, in);
 }
 
 apply_result apply(runtime& r, intent& in) {

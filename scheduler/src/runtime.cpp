@@ -145,8 +145,7 @@ void destroy(tasklet_impl* t) noexcept {
 
 tasklet_impl::~tasklet_impl() = default;
 
-void enlist(runtime& r, tasklet_impl* t) noexcept {
-  if (t->registered || t->is_main) return;
+void enlist_slow(runtime& r, tasklet_impl* t) noexcept {
   t->registered = true;
   ++r.alive;
   retain(t);
@@ -188,7 +187,7 @@ op_status perform(intent& in) {
         "a switch point (channel operation, schedule, run, kill, ...) inside weft::atomically: "
         "a transaction cannot give up the processor; move it out of the transaction");
   tasklet_impl* self = r.current;
-  apply_result res = apply(r, in);
+  apply_result res = in.kind == intent_kind::channel_op ? apply_channel(r, in) : apply(r, in);
   if (res.next != self)
     serial_transfer(r, self, res.next);  // context_switch checks the stack pointer
   else
@@ -403,10 +402,7 @@ void channel_retain(channel_core* c) noexcept {
     log->record(c, handle_log::channel_inc);  // undone if the segment aborts
 }
 
-void channel_release_now(channel_core* c) noexcept {
-  // acq_rel: the last release sees all writes made through other references before deleting.
-  if (c && c->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete c;
-}
+void channel_destroy(channel_core* c) noexcept { delete c; }
 
 void channel_release(channel_core* c) noexcept {
   if (!c) return;

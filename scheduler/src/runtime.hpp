@@ -117,6 +117,8 @@ struct apply_result {
 };
 /// The one function that changes scheduler and channel state (see weft/detail/intent.hpp).
 apply_result apply(runtime& r, intent& in);
+/// apply() for an intent of kind channel_op (the hot path of every send and receive: no dispatch).
+apply_result apply_channel(runtime& r, intent& in);
 
 /// A dead tasklet nobody runs on any more: gives its stack back and drops the runtime's reference.
 void retire(runtime& r, tasklet_impl* t) noexcept;
@@ -197,8 +199,17 @@ enum class channel_exit { woken, unlinked, stayed };
 /// runs next) and returns `unlinked`; else changes nothing and returns `stayed`.
 channel_exit leave_channel(runtime& r, tasklet_impl* t, bool unlink);
 
-/// Drops a channel reference at once, whatever runs on the thread (commit and abort paths).
-void channel_release_now(channel_core* c) noexcept;
+/// Destroys a channel whose last reference went (channel_release_now).
+void channel_destroy(channel_core* c) noexcept;
+/// Takes a channel reference at once, never logged: apply() (committed state, e.g. a blocked tasklet's
+/// reference) and code outside any segment.
+inline void channel_retain_now(channel_core* c) noexcept { c->refs.fetch_add(1, std::memory_order_relaxed); }
+/// Drops a channel reference at once, whatever runs on the thread (apply, commit and abort paths).
+inline void channel_release_now(channel_core* c) noexcept {
+  // acq_rel: the last release sees all writes made through other references before deleting.
+  if (c && c->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) [[unlikely]]
+    channel_destroy(c);
+}
 /// Undoes a rolled-back segment's channel_retain (never destroys).
 inline void channel_undo_retain(channel_core* c) noexcept { c->refs.fetch_sub(1, std::memory_order_relaxed); }
 /// Throws (and clears) t's pending exception.
@@ -227,7 +238,12 @@ void note_escaped(const std::exception_ptr& e, const tasklet_impl* t);
 void install_terminate_handler();
 
 /// The registry of inserted tasklets, which holds the runtime's reference to each (shutdown walks it).
-void enlist(runtime& r, tasklet_impl* t) noexcept;
+void enlist_slow(runtime& r, tasklet_impl* t) noexcept;
+/// Registers t (on its first insertion into the ring); a test and nothing more for the others.
+inline void enlist(runtime& r, tasklet_impl* t) noexcept {
+  if (!t->registered && !t->is_main) [[unlikely]]
+    enlist_slow(r, t);
+}
 void delist(runtime& r, tasklet_impl* t) noexcept;  // may destroy t
 
 }  // namespace weft::detail
