@@ -223,7 +223,7 @@ inline void serial_transfer(runtime& r, tasklet_impl* from, tasklet_impl* to) {
   if (!to->has_context) [[unlikely]]
     context_prepare(to, r.stacks().allocate());
   to->started = true;
-  tasklet_impl* prev = context_switch(from, to);
+  tasklet_impl* prev = context_switch_inline(from, to);
   if (prev->state == tasklet_state::dead) [[unlikely]]
     retire(*from->owner, prev);
 }

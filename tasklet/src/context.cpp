@@ -30,13 +30,7 @@ namespace ctx = boost::context::detail;
 
 namespace {
 
-// What a jump carries: who left and who was meant to run. It lives on the leaving tasklet's stack,
-// which stays intact until the resumed side has read it (a dead tasklet's stack is released only
-// after that, by its successor).
-struct handoff {
-  tasklet_impl* from;
-  tasklet_impl* to;
-};
+using handoff = context_handoff;
 
 // The thread's exception state lives at a fixed address per thread: look it up once per thread
 // (through libstdc++'s general-dynamic TLS) and keep it in a fast initial-exec thread-local.
@@ -88,18 +82,6 @@ inline void before_jump([[maybe_unused]] tasklet_impl* from, [[maybe_unused]] ta
 #endif
 }
 
-// The resumed tasklet's stack is usually cold (thousands of tasklets, each last run long ago): its saved
-// registers and the frames it returns through right after the jump (the switch path up to the user's
-// channel call, about 250 bytes) miss the cache one after another, each `ret` a mispredicted return
-// (the return stack buffer holds the other stack's addresses) that serialises the next miss. Asking
-// for those lines before the jump overlaps the misses: sieve (2,000 tasklets in a chain) ran 22%
-// faster with 4 lines (6, 8 and more: no better; 16: worse).
-constexpr int resumed_frame_lines = 4;
-inline void prefetch_resumed_frames(const tasklet_impl* to) noexcept {
-  const char* sp = static_cast<const char*>(to->context);
-  for (int i = 0; i < resumed_frame_lines; ++i) __builtin_prefetch(sp + 64 * i);
-}
-
 // `self` has just been resumed; returns the tasklet that resumed it, with its context saved.
 inline tasklet_impl* after_jump([[maybe_unused]] tasklet_impl* self, ctx::transfer_t t) noexcept {
   tasklet_impl* prev = static_cast<handoff*>(t.data)->from;
@@ -124,6 +106,14 @@ inline tasklet_impl* after_jump([[maybe_unused]] tasklet_impl* self, ctx::transf
 }
 
 }  // namespace
+
+void context_save_eh(tasklet_impl* from) noexcept { save_eh(from); }
+
+tasklet_impl* context_resumed(tasklet_impl* from, ctx::transfer_t t) noexcept {
+  tasklet_impl* prev = after_jump(from, t);
+  load_eh(from);
+  return prev;
+}
 
 void context_stack_overflow_at_switch(const tasklet_impl* t) noexcept {
   // The size asked for (the rest is colouring room).
@@ -150,7 +140,7 @@ tasklet_impl* context_switch_unchecked(tasklet_impl* from, tasklet_impl* to) {
   save_eh(from);
   handoff h{from, to};
   before_jump(from, to, false);
-  prefetch_resumed_frames(to);
+  context_prefetch_resumed_frames(to);
   ctx::transfer_t t = ctx::jump_fcontext(to->context, &h);
   tasklet_impl* prev = after_jump(from, t);
   load_eh(from);
@@ -160,7 +150,7 @@ tasklet_impl* context_switch_unchecked(tasklet_impl* from, tasklet_impl* to) {
 void context_exit(tasklet_impl* from, tasklet_impl* to) {
   handoff h{from, to};
   before_jump(from, to, true);
-  prefetch_resumed_frames(to);
+  context_prefetch_resumed_frames(to);
   ctx::jump_fcontext(to->context, &h);
   __builtin_unreachable();
 }
