@@ -271,15 +271,21 @@ channel_exit leave_channel(runtime& r, tasklet_impl* t, bool unlink) {
   return channel_exit::woken;
 }
 
-apply_result apply_channel(runtime& r, intent& in) {
+namespace {
+// §5b: tasklets other threads woke join the ring before any intent applies.
+inline void take_mail_if_any(runtime& r) {
   if (r.has_mail.load(std::memory_order_relaxed)) [[unlikely]]
-    take_mail(r);  // §5b: tasklets other threads woke join the ring first
+    take_mail(r);
+}
+}  // namespace
+
+apply_result apply_channel(runtime& r, intent& in) {
+  take_mail_if_any(r);
   return apply_channel_op(r, in);
 }
 
 apply_result apply(runtime& r, intent& in) {
-  if (r.has_mail.load(std::memory_order_relaxed)) [[unlikely]]
-    take_mail(r);  // §5b: tasklets other threads woke join the ring first
+  take_mail_if_any(r);
   tasklet_impl* self = r.current;
   tasklet_impl* t = in.target;
   switch (in.kind) {

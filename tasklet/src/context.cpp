@@ -141,10 +141,7 @@ tasklet_impl* context_switch_unchecked(tasklet_impl* from, tasklet_impl* to) {
   handoff h{from, to};
   before_jump(from, to, false);
   context_prefetch_resumed_frames(to);
-  ctx::transfer_t t = ctx::jump_fcontext(to->context, &h);
-  tasklet_impl* prev = after_jump(from, t);
-  load_eh(from);
-  return prev;
+  return context_resumed(from, ctx::jump_fcontext(to->context, &h));
 }
 
 void context_exit(tasklet_impl* from, tasklet_impl* to) {

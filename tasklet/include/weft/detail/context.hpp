@@ -1,6 +1,7 @@
 // weft/detail/context.hpp — execution contexts of tasklets (private to weft).
 //
-// The tasklet module is the only place that knows Boost.Context. It uses the raw
+// The tasklet module is the only place that knows Boost.Context (its jump is inline here, for the
+// serial hot path: context_switch_inline; everything else is in tasklet/src). It uses the raw
 // make_fcontext/jump_fcontext pair, not boost::context::fiber: rollback (DESIGN.md §5) resumes the
 // same saved context a second time after restoring the stack, and a destroyed fiber would unwind.
 //
