@@ -1,5 +1,5 @@
-// The non-template half of channel<T>: argument checks and the intents of channel operations. The
-// matching rules themselves are applied by the scheduler (scheduler/src/apply.cpp), because channel
+// The non-template half of channel<T>: argument checks and the intents of channel operations (those of
+// plain send/receive are built inline in channel.hpp, in the caller's frame). The matching rules themselves are applied by the scheduler (scheduler/src/apply.cpp), because channel
 // wait queues are committed together with the runnable ring.
 #include <stdexcept>
 
