@@ -20,7 +20,6 @@ namespace weft::detail {
 namespace {
 
 constexpr std::uint64_t quiescent = epoch_quiescent;
-constexpr unsigned collect_every = 64;
 
 struct retired {
   void* p;
@@ -80,6 +79,7 @@ struct epoch_participant : epoch_slot {
 
 std::atomic<std::uint64_t> epoch_global{1};
 __attribute__((tls_model("initial-exec"))) constinit thread_local epoch_slot* epoch_self_slot = nullptr;
+__attribute__((tls_model("initial-exec"))) constinit thread_local bool epoch_reclaiming = false;
 
 namespace {
 std::atomic<epoch_participant*> participants{nullptr};
@@ -128,13 +128,28 @@ thread_exit_slot& participant_slot() {
   return slot;
 }
 
+// Fenced mode (epoch.hpp). `fenced_ready` counts the begins whose membarrier has completed (from
+// then on no enter of a thread that saw `epoch_fenced_users` at 0 is still unordered) minus the ends;
+// `fenced_ends` counts the ends. A reclaimer that finds `fenced_ready` > 0 before its scan and no end
+// since after it scanned while every enter was fenced: a plain seq_cst fence orders its scan. If an
+// end came in between, an enter may have been light again: it does not advance (the next collection
+// will, with membarrier).
+std::atomic<unsigned> fenced_ready{0};
+std::atomic<std::uint64_t> fenced_ends{0};
+
 bool try_advance() noexcept {
   std::uint64_t e = epoch_global.load(std::memory_order_acquire);
-  asymmetric_fence_heavy();
+  const std::uint64_t ends = fenced_ends.load(std::memory_order_seq_cst);
+  const bool fenced = fenced_ready.load(std::memory_order_seq_cst) != 0;
+  if (fenced)
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  else
+    asymmetric_fence_heavy();
   for (epoch_participant* p = participants.load(std::memory_order_acquire); p; p = p->next) {
     std::uint64_t x = p->entered.load(std::memory_order_acquire);
     if (x != quiescent && x != e) return false;
   }
+  if (fenced && fenced_ends.load(std::memory_order_seq_cst) != ends) return false;
   return epoch_global.compare_exchange_strong(e, e + 1, std::memory_order_seq_cst);
 }
 
@@ -181,6 +196,23 @@ void epoch_slot_release(epoch_slot& slot) noexcept {
   p.in_use.store(false, std::memory_order_release);
 }
 
+std::atomic<unsigned> epoch_fenced_users{0};
+
+void epoch_fenced_begin() noexcept {
+  epoch_fenced_users.fetch_add(1, std::memory_order_seq_cst);
+  // Every thread that entered light before it saw the count is ordered by this one heavy fence.
+  asymmetric_fence_heavy();
+  fenced_ready.fetch_add(1, std::memory_order_seq_cst);
+}
+
+void epoch_fenced_end() noexcept {
+  fenced_ready.fetch_sub(1, std::memory_order_seq_cst);
+  fenced_ends.fetch_add(1, std::memory_order_seq_cst);
+  epoch_fenced_users.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+bool epoch_collect_is_cheap() noexcept { return fenced_ready.load(std::memory_order_relaxed) != 0; }
+
 void epoch_retire(void* ptr, void (*deleter)(void*), bool may_collect) noexcept {
   auto& p = static_cast<epoch_participant&>(epoch_self());
   // Out of memory: leaked rather than freed while a reader may hold it.
@@ -190,9 +222,9 @@ void epoch_retire(void* ptr, void (*deleter)(void*), bool may_collect) noexcept 
   if (may_collect) epoch_collect_if_due();
 }
 
-void epoch_collect_if_due() noexcept {
+void epoch_collect_if_due(unsigned retired_since) noexcept {
   auto& p = static_cast<epoch_participant&>(epoch_self());
-  if (p.since_collect >= collect_every) {
+  if (p.since_collect >= retired_since) {
     p.since_collect = 0;
     epoch_collect();
   }
@@ -209,8 +241,14 @@ void epoch_collect() noexcept {
     std::unique_lock lock(orphans_lock, std::try_to_lock);
     if (lock.owns_lock() && orphans.size) orphans.take_upto(e - 2, doomed);
   }
-  // Outside the lock and with the lists whole: deleters may retire more and collect again.
+  // Outside the lock and with the lists whole: deleters may retire more and collect again. What they
+  // free goes straight back to malloc (epoch_reclaiming): a second trip through the GC held every
+  // tvar's old value for two collections instead of one (agents at 2 workers: half of its 38,000
+  // retires were the vectors of boxes already retired; 46 us of membarrier per collection here).
+  const bool outer = epoch_reclaiming;
+  epoch_reclaiming = true;
   const std::size_t freed = doomed.run_all();
+  epoch_reclaiming = outer;
   pending_count.fetch_sub(freed, std::memory_order_relaxed);
   if (freed)
     if (auto hook = epoch_freed_hook.load(std::memory_order_acquire)) hook(freed);

@@ -213,7 +213,7 @@ inline void deallocate(void* p) noexcept {
       return;
     }
   }
-  if (defer_plain_frees.load(std::memory_order_acquire)) [[unlikely]] {
+  if (defer_plain_frees.load(std::memory_order_acquire) && !epoch_reclaiming) [[unlikely]] {
     // acquire: pairs with the registry's release store; see alloc_log.hpp (privatization).
     epoch_retire(p, &free_now);
     return;

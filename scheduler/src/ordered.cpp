@@ -29,6 +29,8 @@
 #include "ordered.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <csignal>
 #include <condition_variable>
 #include <cstdio>
@@ -157,6 +159,10 @@ struct ordered_state {
   unsigned inevitable_after = 8;
   std::size_t in_flight = 0;     // segments taken from the pool and not given back
   std::size_t waiting = 0;       // threads waiting on cv (wake() skips the broadcast when none)
+  // Spinning instead of sleeping (spin_for_work): wake() counts in `wakes`, which threads with
+  // nothing to run watch without the lock for a while before they sleep on cv.
+  std::atomic<std::uint64_t> wakes{0};
+  std::size_t spinning = 0, max_spinning = 1;
 
   // Statistics for run_stats().
   std::uint64_t segments = 0, commits = 0, aborts_conflict = 0, aborts_injected = 0, aborts_changed = 0,
@@ -171,6 +177,7 @@ struct ordered_state {
   double max_aborts_per_commit = 0.3;
   std::uint64_t window_commits = 0, window_aborts = 0, window_ns = 0, next_check = 512;
   bool draining = false, drained = false;
+  bool fenced_epoch = false;     // holds fenced mode of the epoch GC (epoch_fenced_begin) until drained or stopped
   std::string fallback_reason;
 
   // std::exit from code of the run (ordered_before_exit): the other threads stay out of user code
@@ -188,8 +195,9 @@ namespace {
 ordered_state& state_of(runtime& r) noexcept { return *r.ordered; }
 
 // The commit lock is held for both. A commit with nobody waiting (always so with one worker) costs
-// no broadcast.
+// no broadcast; one with only spinning threads costs a store.
 void wake(ordered_state& o) {
+  o.wakes.store(o.wakes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   if (o.waiting) o.cv.notify_all();
 }
 // Sleeps until the next wake() (or a spurious wake-up: callers look again).
@@ -201,6 +209,54 @@ void sleep_until_woken(ordered_state& o, std::unique_lock<std::mutex>& lk) {
 template <class Pred>
 void wait_until(ordered_state& o, std::unique_lock<std::mutex>& lk, Pred done) {
   while (!done()) sleep_until_woken(o, lk);
+}
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+constexpr std::uint64_t lock_spin_ns = 20000;
+// Takes the commit lock (through lk), spinning a while before it blocks. A thread that blocks on the
+// mutex must be woken by the holder's unlock (a futex call on the committing thread's path) and
+// then waits to be scheduled (~10-100 us for an idle vCPU); the lock is held for a commit or a
+// dispatch, usually a few us. A spinner never marks the mutex contended, so its holder's unlock
+// stays a plain store.
+void lock_commit(std::unique_lock<std::mutex>& lk) {
+  if (lk.try_lock()) [[likely]] return;
+  const std::uint64_t deadline = now_ns() + lock_spin_ns;
+  for (unsigned i = 1;; ++i) {
+    cpu_relax();
+    if (lk.try_lock()) return;
+    if (i % 64 == 0 && now_ns() > deadline) break;
+  }
+  lk.lock();
+}
+
+constexpr std::uint64_t spin_ns = 50000;
+
+// A thread with nothing to run watches `wakes` for up to spin_ns before it sleeps (at most
+// max_spinning = workers / 2 threads at once, as Go's scheduler bounds its spinning threads; the
+// others sleep at once). Returns true if wake() was called since the caller last held the lock: it
+// looks again. Lock held on entry and on return, not while spinning. Why: a sleeping thread is woken
+// through a futex call on the committing thread and an idle vCPU takes 50-150 us to run again; the
+// gaps between parallel phases (a barrier's chain of short segments) are shorter than that. First
+// it collects what its commits retired: idle time is the cheapest time for it.
+bool spin_for_work(ordered_state& o, std::unique_lock<std::mutex>& lk) {
+  const std::uint64_t seen = o.wakes.load(std::memory_order_relaxed);
+  if (o.spinning >= o.max_spinning || spin_ns == 0) return false;
+  ++o.spinning;
+  lk.unlock();
+  epoch_collect_if_due(epoch_collect_is_cheap() ? 1 : epoch_collect_every);  // see run_new
+  const std::uint64_t deadline = now_ns() + spin_ns;
+  for (unsigned i = 1; o.wakes.load(std::memory_order_relaxed) == seen; ++i) {
+    cpu_relax();
+    if (i % 64 == 0 && now_ns() > deadline) break;
+  }
+  lock_commit(lk);
+  --o.spinning;
+  return o.wakes.load(std::memory_order_relaxed) != seen;
 }
 
 segment* take_segment(ordered_state& o) {
@@ -410,6 +466,10 @@ void drain_step(runtime& r) {
     if (segment* s = seg(h); s && s->st != segment::state::running) abort_segment(r, h, s, abort_kind::drained);
   if (o.in_flight != 0) return;  // running ones end and come back here
   o.drained = true;
+  if (o.fenced_epoch) {
+    o.fenced_epoch = false;
+    epoch_fenced_end();
+  }
   r.parallel.store(false, std::memory_order_relaxed);
   r.current = r.main;  // main runs now, or the main thread resumes it from its loop
   wake(o);
@@ -510,7 +570,7 @@ void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_l
     w.sampler = x;
     if (x % sample_every != 0) {
       enter(w, t, s);
-      lk.lock();
+      lock_commit(lk);
       ++o.segments, ++w.segments;
       return;
     }
@@ -519,7 +579,7 @@ void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_l
   enter(w, t, s);
   w.last_timed_ns = now_ns() - start;
   const std::uint64_t ns = w.last_timed_ns * (every ? 1 : sample_every);
-  lk.lock();
+  lock_commit(lk);
   ++o.segments, ++w.segments;
   o.segment_ns += ns, o.window_ns += ns, w.busy_ns += ns;
 }
@@ -539,11 +599,17 @@ segment* run_new(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
   t->want_head = false;
   if (!t->has_context) context_prepare(t, r.stacks().allocate());
   lk.unlock();
-  // What commits on this thread retired (old tvar values, deletes) is freed here, outside the lock
-  // and outside any transaction: deleters run user destructors. Without it nothing committed by a
+  // What commits on this thread retired (old tvar values, deletes) is freed outside the lock and
+  // outside any transaction: deleters run user destructors. Without it nothing committed by a
   // segment was ever reclaimed before the run ended (agents grew to 111 MB and ran 5x slower, every
-  // new row vector landing on fresh pages).
-  epoch_collect_if_due();
+  // new row vector landing on fresh pages). While the run holds the GC's fenced mode (ordered_start)
+  // a collection is a scan of the participants and a CAS, and it runs before every segment whose
+  // thread retired something since: old values are freed within a few segments, as soon as one
+  // worker would have freed them, and the next allocations reuse their warm memory (agents at 2
+  // workers: 75 -> 58 ms, 1-in-6 tile segments had 16 page faults on fresh heap pages). Otherwise
+  // (drained) a collection costs a membarrier, ~40 us here: a thread collects when it has nothing
+  // to run (spin_for_work) and here only past a backlog four times the usual.
+  epoch_collect_if_due(epoch_collect_is_cheap() ? 1 : 4 * epoch_collect_every);
   if (!s->inevitable) {
     snapshot_stack(*t, s->stack);
     auto [bytes, size] = t->function_bytes();
@@ -671,7 +737,7 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     s->st = segment::state::running;  // ours now: no other thread picks it
     lk.unlock();
     const bool ok = s->tx.segment_make_inevitable();
-    lk.lock();
+    lock_commit(lk);
     if (!ok) {
       t->want_head = true;
       abort_segment(r, t, s, abort_kind::conflict);
@@ -721,7 +787,7 @@ void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
       lk.unlock();
       w.running = nullptr;
       if (!main_can_run(r)) serial_transfer(r, r.main, r.head);
-      lk.lock();
+      lock_commit(lk);
       return;
     }
     if (w.main_thread ? main_can_run(r) : o.stopping) return;
@@ -736,7 +802,7 @@ void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
       run_segment(r, w, t, lk);
     } else if (commit_chain(r, true) == 0) {  // nothing to run: commit (or abort) what others ran
       const std::uint64_t start = now_ns();
-      sleep_until_woken(o, lk);  // woken by whatever may give work (commit, abort, main's switch, drain, stop)
+      if (!spin_for_work(o, lk)) sleep_until_woken(o, lk);
       w.idle_ns += now_ns() - start;
     }
   }
@@ -746,7 +812,8 @@ void worker_thread(runtime* r, worker* w) {
   this_thread_worker = w;
   install_overflow_handler();  // this thread's alternate signal stack
   context_adopt_thread(w->home);
-  std::unique_lock lk(state_of(*r).mu);
+  std::unique_lock lk(state_of(*r).mu, std::defer_lock);
+  lock_commit(lk);
   work(*r, *w, lk);
   lk.unlock();
   context_release(w->home);
@@ -822,6 +889,7 @@ void ordered_start(runtime& r) {
   install_fault_handlers(&segment_fault);
   auto o = std::make_unique<ordered_state>();
   o->window = std::max(4u * r.config.workers, 4u);
+  o->max_spinning = std::max(1u, r.config.workers / 2);
   o->inject = r.config.abort_inject;
   o->seed = r.config.seed;
   o->replay_every = r.config.replay_every;
@@ -843,6 +911,10 @@ void ordered_start(runtime& r) {
   m->main_thread = true;
   this_thread_worker = m.get();
   o->workers.push_back(std::move(m));
+  // Segments retire old tvar values at every commit: collecting must be cheap enough to run after
+  // each (run_new), or the values in flight outgrow the cache and fresh heap pages fault in.
+  epoch_fenced_begin();
+  o->fenced_epoch = true;
   r.ordered.reset(o.release());
   r.parallel.store(true, std::memory_order_relaxed);
   for (unsigned i = 1; i < r.config.workers; ++i) {
@@ -924,11 +996,12 @@ void ordered_stop(runtime& r) noexcept {
   {
     std::lock_guard lk(o.mu);
     o.stopping = true;
+    wake(o);  // through `wakes` too: a thread spinning in spin_for_work sleeps unless it sees it
   }
-  o.cv.notify_all();
   for (auto& w : o.workers)
     if (w->thread.joinable()) w->thread.join();
   this_thread_worker = nullptr;
+  if (o.fenced_epoch) epoch_fenced_end();
   r.ordered.reset();
 }
 
@@ -973,7 +1046,8 @@ op_status ordered_perform(runtime& r, intent& in) {
   }
   // Main applies at once: it is the head (invariant 4).
   ordered_state& o = state_of(r);
-  std::unique_lock lk(o.mu);
+  std::unique_lock lk(o.mu, std::defer_lock);
+  lock_commit(lk);
   r.current = r.main;
   const apply_result res = apply(r, in);  // an error is thrown here, at once, as with one worker
   commit_chain(r);
@@ -1001,7 +1075,8 @@ void ordered_before_exit() noexcept {
   if (w->running && !w->running->is_main) park_for_head();
   w = this_worker();
   ordered_state& o = state_of(r);
-  std::unique_lock lk(o.mu);
+  std::unique_lock lk(o.mu, std::defer_lock);
+  lock_commit(lk);
   if (tasklet_impl* t = w->running; t && !t->is_main) {
     // At the head, inevitable: the segment commits here, as the tasklet's code up to the exit would
     // have with one worker (its tvar writes are visible to atexit handlers and static destructors,

@@ -11,7 +11,8 @@
 // then everyone active at retirement has left. Entering is a plain store: the reclaimer pays instead,
 // with a process-wide membarrier() that makes every thread's earlier stores visible before it scans
 // (the asymmetric-fence technique); where membarrier is unavailable (or under TSan, which cannot
-// see it) entering uses a sequentially consistent store.
+// see it) entering uses a sequentially consistent store. In fenced mode (epoch_fenced_begin: while an
+// ordered run is on) the costs are swapped: entering fences and collecting is a scan and a CAS.
 #pragma once
 
 #include <atomic>
@@ -61,13 +62,21 @@ inline void asymmetric_fence_light() noexcept {
 }
 void asymmetric_fence_heavy() noexcept;
 
+/// Fenced mode: while it is on, entering costs a full fence and reclaimers need no membarrier(),
+/// so that collecting is cheap enough to run after every few retires (epoch_fenced_begin).
+extern std::atomic<unsigned> epoch_fenced_users;
+
 inline void epoch_enter(epoch_slot& p) noexcept {
   if (p.depth++ != 0) return;
   // seq_cst (a plain load on x86): ordered with retire's load and the advancing CAS, which the retry
   // waiter of stm/ relies on (transaction.cpp, wait_for_change).
   const std::uint64_t e = epoch_global.load(std::memory_order_seq_cst);
   p.entered.store(e, std::memory_order_relaxed);
-  asymmetric_fence_light();  // the reclaimer's heavy fence orders the rest
+  // acquire: pairs with epoch_fenced_end's decrement (see epoch.cpp, try_advance)
+  if (epoch_fenced_users.load(std::memory_order_acquire) != 0) [[unlikely]]
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  else
+    asymmetric_fence_light();  // the reclaimer's heavy fence orders the rest
 }
 
 inline void epoch_exit(epoch_slot& p) noexcept {
@@ -80,8 +89,26 @@ inline void epoch_exit(epoch_slot& p) noexcept {
 /// calls it so: a deleter may destroy tvars, which must not be logged in that transaction); the caller
 /// then calls epoch_collect_if_due() once it is out of the transaction.
 void epoch_retire(void* p, void (*deleter)(void*), bool may_collect = true) noexcept;
-/// Collects if this thread retired enough since its last collection.
-void epoch_collect_if_due() noexcept;
+/// True while this thread runs the deleters of a collection. What a deleter frees was reachable only
+/// through the retired object, which no reader has held for a whole grace period: it needs no grace
+/// period of its own, and plain frees and tvar destructions skip the privatization deferral
+/// (alloc_log.hpp, defer_plain_frees) and go straight back to malloc.
+__attribute__((tls_model("initial-exec"))) extern constinit thread_local bool epoch_reclaiming;
+/// Fenced mode on (counted: each begin needs its end). From epoch_fenced_begin's return until the
+/// matching end, every thread enters with a full fence (~20 ns) and a collection costs no
+/// membarrier() (~40 us on a VM, and an interrupt of every other running thread of the process), so
+/// that ordered mode can collect at every segment that retired something and keep the memory of
+/// old tvar values as small as one worker does. Begin issues one membarrier() itself. Thread-safe.
+void epoch_fenced_begin() noexcept;
+void epoch_fenced_end() noexcept;
+/// True while fenced mode is on: a collection is cheap.
+bool epoch_collect_is_cheap() noexcept;
+/// How many retires a thread makes between two collections by default.
+constexpr unsigned epoch_collect_every = 64;
+/// Collects if this thread retired at least `retired_since` objects since its last collection. A
+/// collection costs a membarrier() (tens of us on a VM) and the deleters: a thread with idle moments
+/// collects there at the default and elsewhere only past a larger backlog (ordered mode).
+void epoch_collect_if_due(unsigned retired_since = epoch_collect_every) noexcept;
 /// Tries to advance the epoch and frees what is safe to free (called by retire every so often).
 void epoch_collect() noexcept;
 /// For tests: objects retired and not yet freed, in the whole process.

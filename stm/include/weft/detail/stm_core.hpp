@@ -86,7 +86,7 @@ struct tvar_base {
   /// Destruction outside any transaction. While other threads' transactions may still read it (two
   /// or more threads use the STM), it is marked changed and its box goes to the epoch GC.
   void destroy(void (*drop)(void*)) noexcept {
-    if (defer_plain_frees.load(std::memory_order_acquire)) [[unlikely]] {
+    if (defer_plain_frees.load(std::memory_order_acquire) && !epoch_reclaiming) [[unlikely]] {
       destroy_shared(drop);
       return;
     }
