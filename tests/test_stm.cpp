@@ -888,12 +888,16 @@ TEST_CASE("in fenced mode (ordered runs) a collection frees retired memory witho
   CHECK(detail::epoch_collect_is_cheap());
   static int freed = 0;
   freed = 0;
-  for (int i = 0; i < 3; ++i) detail::epoch_retire(new int(i), [](void* p) { delete static_cast<int*>(p); ++freed; }, false);
+  auto drop = [](void* p) {
+    delete static_cast<int*>(p);
+    ++freed;
+  };
+  for (int i = 0; i < 3; ++i) detail::epoch_retire(new int(i), drop, false);
   {
     detail::epoch_guard reader;  // entered: nothing retired from now on is freed until it leaves
     detail::epoch_collect();
     detail::epoch_collect();
-    detail::epoch_retire(new int(3), [](void* p) { delete static_cast<int*>(p); ++freed; }, false);
+    detail::epoch_retire(new int(3), drop, false);
     for (int i = 0; i < 5; ++i) detail::epoch_collect();
     CHECK(freed <= 3);
   }
