@@ -117,7 +117,6 @@ std::vector<transaction*>& registry() {
 }
 stm_counters departed;
 
-inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
 // One step of a wait for another thread: pause for the first `spin_limit` steps, then yield (the
 // thread waited for may have been preempted).
 inline void relax(unsigned steps, unsigned spin_limit) noexcept {

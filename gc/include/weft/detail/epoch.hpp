@@ -62,6 +62,13 @@ inline void asymmetric_fence_light() noexcept {
 }
 void asymmetric_fence_heavy() noexcept;
 
+/// One step of a busy wait: the x86 `pause` hint (nothing elsewhere).
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 /// Fenced mode: while it is on, entering costs a full fence and reclaimers need no membarrier(),
 /// so that collecting is cheap enough to run after every few retires (epoch_fenced_begin).
 extern std::atomic<unsigned> epoch_fenced_users;
