@@ -261,10 +261,69 @@ TEST_CASE_METHOD(fresh_runtime, "retry() in a tasklet outside or_else is refused
   fresh_runtime::check_clean();
 }
 
+TEST_CASE("each variant of the mode matrix runs with the settings it is named after", "[unit][ordered]") {
+  // tests/CMakeLists.txt names each run (--name) and passes its settings (--env, tests/main.cpp).
+  const std::string run = Catch::getCurrentContext().getConfig()->name();
+  const options o = configuration();
+  INFO("run " << run << ": workers " << o.workers << ", inject " << o.abort_inject);
+  if (run == "ordered-2") {
+    CHECK((o.workers == 2 && o.mode == mode::ordered && o.abort_inject == 0));
+  } else if (run == "ordered-2-inject") {
+    CHECK((o.workers == 2 && o.mode == mode::ordered && o.abort_inject == 0.3));
+  } else if (run == "ordered-1-inject") {
+    CHECK((o.workers == 1 && o.mode == mode::ordered && o.abort_inject == 0.3));
+  } else {
+    SUCCEED("not a variant of the matrix: no settings to compare with");
+  }
+}
+
 TEST_CASE("ordered-mode options are checked, with the variable's name in the error", "[unit][ordered]") {
   CHECK_THROWS_WITH(configure({.mode = mode::relaxed}), Catch::Contains("relaxed mode is not built yet"));
   CHECK_THROWS_WITH(configure({.abort_inject = 1.5}), Catch::Contains("abort_inject"));
   CHECK_THROWS_WITH(configure({.workers = 2, .mode = mode::serial}), Catch::Contains("serial mode runs on one worker"));
+}
+
+TEST_CASE_METHOD(fresh_runtime, "run_stats counts every thread's segments, commits and time, worker threads included",
+                 "[unit][ordered]") {
+  // Segments of ~20 us (the one-way guard keeps the run parallel), a ring of 8 tasklets.
+  auto spin_us = [](int us) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+    while (std::chrono::steady_clock::now() < until) {
+    }
+  };
+  for (int t = 0; t < 8; ++t)
+    spawn([&] {
+      for (int i = 0; i < 25; ++i) {
+        spin_us(20);
+        schedule();
+      }
+    });
+  run();
+  const run_statistics st = run_stats();
+  if (configuration().mode != mode::ordered) {
+    CHECK(st.mode == mode::serial);  // nothing measured
+    CHECK(st.per_thread.empty());
+    return;
+  }
+  REQUIRE(st.per_thread.size() == configuration().workers);
+  std::uint64_t segments = 0, commits = 0, aborts = 0;
+  for (const auto& t : st.per_thread) {
+    segments += t.segments, commits += t.commits, aborts += t.aborts;
+    CHECK(t.busy_ms >= 0);
+    CHECK(t.commit_ms >= 0);
+    CHECK(t.idle_ms >= 0);
+  }
+  CHECK(segments == st.segments);
+  CHECK(commits == st.commits);
+  CHECK(aborts == st.aborts_conflict + st.aborts_injected + st.aborts_changed);
+  if (!st.fell_back_to_serial) {
+    CHECK(st.commits == 8 * 26);  // 25 schedules and the exit of each
+    CHECK(st.mean_segment_us >= 10);
+    // A worker thread that ran segments also spent time between them, dispatching (it never leaves
+    // its loop before the stop: its time so far is counted).
+    for (std::size_t i = 1; i < st.per_thread.size(); ++i)
+      if (st.per_thread[i].segments > 10) CHECK(st.per_thread[i].commit_ms > 0);
+  }
 }
 
 TEST_CASE_METHOD(fresh_runtime, "tasklets spawned by tasklets get serial ids, and a rolled-back spawn leaks nothing",
