@@ -154,7 +154,11 @@ std::uint64_t mix(std::uint64_t x) noexcept {  // splitmix64's finaliser
 
 struct ordered_state {
   alignas(64) std::mutex mu;     // the commit lock (see the top of this file); its own cache line
+  // Threads with nothing to run sleep here: worker threads on cv, the main thread on main_cv (it
+  // also waits there for main's turn). A commit wakes the main thread and one worker thread, not
+  // every sleeper (wake); the stop, std::exit and the drain wake all (wake_all).
   alignas(64) std::condition_variable cv;  // (threads spinning for the lock read mu's line)
+  std::condition_variable main_cv;
   std::vector<std::unique_ptr<worker>> workers;  // [0]: the main thread
   std::vector<std::unique_ptr<segment>> all_segments;  // each is in one worker's free_segments or in flight
   bool stopping = false;
@@ -163,7 +167,8 @@ struct ordered_state {
   std::uint64_t seed = 0;
   unsigned inevitable_after = 8;
   std::size_t in_flight = 0;     // segments taken from the pool and not given back
-  std::size_t waiting = 0;       // threads waiting on cv (wake() skips the broadcast when none)
+  std::size_t waiting = 0;       // worker threads waiting on cv (wake() skips the notify when none)
+  bool main_waiting = false;     // the main thread waits on main_cv
   // Spinning instead of sleeping (spin_for_work): wake() counts in `wakes`, which threads with
   // nothing to run watch without the lock for a while before they sleep on cv.
   // Its own cache line: spinners read it without the lock, and the fields around it are written at
@@ -202,22 +207,37 @@ namespace {
 
 ordered_state& state_of(runtime& r) noexcept { return *r.ordered; }
 
-// The commit lock is held for both. A commit with nobody waiting (always so with one worker) costs
-// no broadcast and no store; one with only spinning threads costs a store. (`spinning` is counted
-// under the lock before a spinner lets it go, so a wake() after that sees it.)
+// The commit lock is held for all three. A commit with nobody waiting (always so with one worker)
+// costs no notify and no store; one with only spinning threads costs a store. (`spinning` is counted
+// under the lock before a spinner lets it go, so a wake() after that sees it.) One commit changes
+// the window by a step or two: it wakes one sleeping worker thread, and a thread that comes back
+// from sleep or spin and finds work wakes the next (work()), so that 63 sleepers are not all woken
+// to take the commit lock in turn after every commit.
 void wake(ordered_state& o) {
   if (o.spinning) o.wakes.store(o.wakes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  if (o.main_waiting) o.main_cv.notify_one();
+  if (o.waiting) o.cv.notify_one();
+}
+void wake_all(ordered_state& o) {
+  o.wakes.store(o.wakes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  if (o.main_waiting) o.main_cv.notify_all();
   if (o.waiting) o.cv.notify_all();
 }
 // Sleeps until the next wake() (or a spurious wake-up: callers look again).
-void sleep_until_woken(ordered_state& o, std::unique_lock<std::mutex>& lk) {
+void sleep_until_woken(ordered_state& o, const worker& w, std::unique_lock<std::mutex>& lk) {
+  if (w.main_thread) {
+    o.main_waiting = true;
+    o.main_cv.wait(lk);
+    o.main_waiting = false;
+    return;
+  }
   ++o.waiting;
   o.cv.wait(lk);
   --o.waiting;
 }
 template <class Pred>
-void wait_until(ordered_state& o, std::unique_lock<std::mutex>& lk, Pred done) {
-  while (!done()) sleep_until_woken(o, lk);
+void wait_until(ordered_state& o, const worker& w, std::unique_lock<std::mutex>& lk, Pred done) {
+  while (!done()) sleep_until_woken(o, w, lk);
 }
 
 // Busy-waits (cpu_relax) until done() or for about `ns`; returns whether done() said so. The clock
@@ -256,8 +276,8 @@ void lock_commit(std::unique_lock<std::mutex>& lk) {
 constexpr std::uint64_t spin_ns = 50000;
 
 // A thread with nothing to run watches `wakes` for up to spin_ns before it sleeps (at most
-// max_spinning = workers / 2 threads at once, as Go's scheduler bounds its spinning threads; the
-// others sleep at once). Returns true if wake() was called since the caller last held the lock: it
+// max_spinning threads at once, as Go's scheduler bounds its spinning threads; the others sleep at
+// once). Returns true if wake() was called since the caller last held the lock: it
 // looks again. Lock held on entry and on return, not while spinning. Why: a sleeping thread is woken
 // through a futex call on the committing thread and an idle vCPU takes 50-150 us to run again; the
 // gaps between parallel phases (a barrier's chain of short segments) are shorter than that. First
@@ -497,7 +517,7 @@ void drain_step(runtime& r) {
   end_fenced_epoch(o);
   r.parallel.store(false, std::memory_order_relaxed);
   r.current = r.main;  // main runs now, or the main thread resumes it from its loop
-  wake(o);
+  wake_all(o);
 }
 
 void check_guard(runtime& r) {
@@ -801,11 +821,12 @@ void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
       w.work_since = 0;
     }
   } timed{w};
+  bool was_idle = false;
   for (;;) {
     if (o.exiting) [[unlikely]] {
       ++o.quiescent;
-      wake(o);
-      wait_until(o, lk, [&] { return o.stopping; });
+      wake_all(o);  // the exiting thread waits for the count, the others must see `exiting`
+      wait_until(o, w, lk, [&] { return o.stopping; });
       --o.quiescent;
       return;
     }
@@ -823,14 +844,19 @@ void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
       // Serial state: the main thread runs the ring without the commit lock from now on. A worker
       // woken by the drain's own wake() must not look at it again (it read r.head in commit_chain
       // while main changed the ring: TSan, in a thread's shutdown at two workers).
-      sleep_until_woken(o, lk);
+      sleep_until_woken(o, w, lk);
       continue;
     }
     if (tasklet_impl* t = pick(r, w)) {
+      // Back from sleep or spin with work: the next sleeper looks too (Go's scheduler does the same
+      // with its spinning threads), unless a spinner will.
+      if (was_idle && o.waiting && !o.spinning) o.cv.notify_one();
+      was_idle = false;
       run_segment(r, w, t, lk);
     } else if (commit_chain(r, true) == 0) {  // nothing to run: commit (or abort) what others ran
       const std::uint64_t start = now_ns();
-      if (!spin_for_work(o, lk)) sleep_until_woken(o, lk);
+      if (!spin_for_work(o, lk)) sleep_until_woken(o, w, lk);
+      was_idle = true;
       w.idle_ns += now_ns() - start;
     }
   }
@@ -917,7 +943,9 @@ void ordered_start(runtime& r) {
   install_fault_handlers(&segment_fault);
   auto o = std::make_unique<ordered_state>();
   o->window = std::max(4u * r.config.workers, 4u);
-  o->max_spinning = std::max(1u, r.config.workers / 2);
+  // Spinners take the commit lock when a commit bumps `wakes`: a few, not workers / 2 as Go (whose
+  // spinners look at per-thread queues, not one lock).
+  o->max_spinning = std::clamp(r.config.workers / 2, 1u, 4u);
   o->inject = r.config.abort_inject;
   o->seed = r.config.seed;
   o->replay_every = r.config.replay_every;
@@ -1026,7 +1054,7 @@ void ordered_stop(runtime& r) noexcept {
   {
     std::lock_guard lk(o.mu);
     o.stopping = true;
-    wake(o);  // through `wakes` too: a thread spinning in spin_for_work sleeps unless it sees it
+    wake_all(o);  // through `wakes` too: a thread spinning in spin_for_work sleeps unless it sees it
   }
   for (auto& w : o.workers)
     if (w->thread.joinable()) w->thread.join();
@@ -1121,10 +1149,10 @@ void ordered_before_exit() noexcept {
     release_logged_handles(s);
   }
   o.exiting = true;
-  wake(o);
+  wake_all(o);
   // Static destructors must not run while another thread is inside user code: wait until every
   // other thread has reached a switch point (what they ran after the head never commits or prints).
-  wait_until(o, lk, [&] { return o.quiescent + 1 >= o.workers.size(); });
+  wait_until(o, *w, lk, [&] { return o.quiescent + 1 >= o.workers.size(); });
   if (w->running == r.main) {
     // Main exits: drop the speculative segments and go on in serial state, so that the shutdown at
     // the end of the main thread (killing the remaining tasklets) runs as with one worker.
