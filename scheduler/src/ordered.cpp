@@ -407,23 +407,35 @@ tasklet_impl* pick(runtime& r, const worker& w) {
 // --- abort ------------------------------------------------------------------------------------------
 enum class abort_kind { conflict, injected, changed, drained, replayed };
 
+// Undoes the increments of `log` (objects in `own`, allocated by the attempt, go with it). An undo
+// never destroys: it returns the count to what it was when the attempt started, and a block may
+// legitimately have no counted reference then (a tasklet just bound, whose handle the attempt was
+// about to make). Decrements are dropped: they were waiting for a commit.
+void undo_handle_increments(const handle_log& log, const alloc_log::ranges& own) noexcept {
+  for (std::uint32_t i = log.size; i-- > 0;) {
+    const handle_log::entry e = log.items[i];
+    if (own.contains(e.object)) continue;
+    if (e.k == handle_log::tasklet_inc)
+      static_cast<tasklet_impl*>(e.object)->refs.fetch_sub(1, std::memory_order_relaxed);
+    if (e.k == handle_log::channel_inc) channel_undo_retain(static_cast<channel_core*>(e.object));
+  }
+}
+
 void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   ordered_state& o = state_of(r);
-  // Increments of handles made in the attempt are undone (objects it allocated go with it). An undo
-  // never destroys: it returns the count to what it was when the attempt started, and a block may
-  // legitimately have no counted reference then (a tasklet just bound, whose handle the attempt was
-  // about to make).
-  if (s->handles.size) {
-    alloc_log::ranges own = s->tx.attempt_allocations();
-    for (std::uint32_t i = s->handles.size; i-- > 0;) {
-      const handle_log::entry e = s->handles.items[i];
-      if (own.contains(e.object)) continue;
-      if (e.k == handle_log::tasklet_inc)
-        static_cast<tasklet_impl*>(e.object)->refs.fetch_sub(1, std::memory_order_relaxed);
-      if (e.k == handle_log::channel_inc) channel_undo_retain(static_cast<channel_core*>(e.object));
-    }
-    s->handles.size = 0;
-  }
+  const alloc_log::ranges own = s->tx.attempt_allocations();
+  undo_handle_increments(s->handles, own);
+  s->handles.size = 0;
+  // The attempt's own objects are dropped next: a tvar's pending value (a box holding a channel or
+  // tasklet handle, a map of them), the exception escaping it, those of catch blocks it ended inside.
+  // A handle they release holds a reference the attempt made (copied, or moved from one it copied or
+  // from its stack, which the restore gives back), and the undo above already returned it: those
+  // releases go to a scratch log and are dropped, as the attempt's own were. Released for real, the
+  // count went one below its true value per handle and the object was freed while still in use
+  // (a channel in a tvar, README's porting pattern, at ordered 2 + injection).
+  handle_log dropped;
+  handle_log* const outer_log = segment_handles;
+  segment_handles = &dropped;
   // An exception escaping the attempt is dropped before the rollback: the rollback frees what the
   // attempt allocated (a std::runtime_error's message), and destroying the exception after it freed
   // that memory a second time (ASan, the whole suite in one process at ordered 2 + injection).
@@ -432,6 +444,9 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   // would run inevitable, never rolled back): the rollback makes those catches never have happened.
   if (t->eh_globals[0]) s->tx.release_attempt_objects([&] { context_end_catches(t); });
   std::vector<std::function<void()>> hooks = s->tx.segment_abort();
+  segment_handles = outer_log;
+  undo_handle_increments(dropped, own);  // a copy made while dropping (none expected) is not kept either
+  std::free(dropped.items);
   s->ending = intent{.kind = intent_kind::yield};
   s->out.clear();
   s->other.clear();
