@@ -12,6 +12,9 @@
 
 namespace weft::detail {
 
+/// Whether the program was linked with weft's -Wl,--wrap=exit,--wrap=__cxa_guard_acquire (the
+/// weft::weft CMake target adds them; irrevocable.cpp). Ordered mode refuses to start without them.
+bool program_linked_with_wraps() noexcept;
 /// Starts the worker threads of a runtime made in ordered mode (from the runtime's constructor).
 void ordered_start(runtime& r);
 /// Stops and joins them; called by the main thread (shutdown, thread exit) with main running.

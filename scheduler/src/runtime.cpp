@@ -77,9 +77,30 @@ void rethrow_pending_exception(tasklet_impl* t) {
   std::rethrow_exception(std::move(e));
 }
 
+// --wrap=exit redirects every undefined reference to exit in the link, this file's too: the address
+// taken here is __wrap_exit's when the program was linked with the options, the real exit's when
+// not. The __wrap_ functions are declared weak here, so that this file alone does not pull
+// irrevocable.cpp out of the archive: without the options nothing does, and they are null (a
+// program linked by hand then still links, and its serial runs work). Loaded through volatile: the
+// compiler may not fold two functions' addresses to "different".
+extern "C" [[gnu::weak]] void __wrap_exit(int status);
+extern "C" [[gnu::weak]] int __wrap___cxa_guard_acquire(std::int64_t* guard);
+extern "C" int __cxa_guard_acquire(std::int64_t* guard);  // libsupc++ (Itanium C++ ABI 3.3.2)
+
+bool program_linked_with_wraps() noexcept {
+  void (*volatile exit_as_linked)(int) = &std::exit;
+  int (*volatile guard_as_linked)(std::int64_t*) = &__cxa_guard_acquire;
+  return exit_as_linked == &__wrap_exit && guard_as_linked == &__wrap___cxa_guard_acquire;
+}
+
 tasklet_impl* running_tasklet(runtime& r) noexcept { return r.is_parallel() ? ordered_running() : r.current; }
 
 runtime::runtime() : config(effective_options()) {
+  if (config.mode == mode::ordered && !program_linked_with_wraps())
+    throw std::logic_error(
+        "weft: ordered mode needs the program linked with -Wl,--wrap=exit,--wrap=__cxa_guard_acquire "
+        "(linking with the weft::weft CMake target adds them): without them std::exit from a tasklet "
+        "and the first use of a function-local static in a tasklet may lose output or run twice");
   install_terminate_handler();
   auto* m = new main_tasklet;
   m->is_main = true;
