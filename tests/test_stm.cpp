@@ -908,6 +908,16 @@ TEST_CASE("in fenced mode (ordered runs) a collection frees retired memory witho
   CHECK_FALSE(detail::epoch_collect_is_cheap());
 }
 
+TEST_CASE("in fenced mode a thread collects once per eighth of the participants' count of retires", "[unit][stm]") {
+  // epoch_fenced_batch: a collection scans every participant, so with many (ordered mode's segment
+  // records, ~5 per worker) a thread collects less often and the scan per retire stays bounded.
+  std::vector<detail::epoch_slot*> held;
+  for (int i = 0; i < 200; ++i) held.push_back(&detail::epoch_slot_acquire());  // 200 distinct records
+  CHECK(detail::epoch_fenced_batch() >= 200 / 8);
+  for (detail::epoch_slot* slot : held) detail::epoch_slot_release(*slot);
+  CHECK(detail::epoch_fenced_batch() >= 200 / 8);  // records are reused, never unlinked: still scanned
+}
+
 TEST_CASE("the epoch GC frees nothing a reader holds while fenced mode turns on and off", "[stress][stm]") {
   // Two readers enter the epoch, load a shared pointer and check the object's value; a writer
   // replaces the object and retires the old one with a deleter that poisons it before freeing it, and

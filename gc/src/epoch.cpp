@@ -7,6 +7,7 @@
 #include "weft/detail/epoch.hpp"
 #include "weft/detail/thread_exit.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <mutex>
 #include <vector>
@@ -83,6 +84,7 @@ __attribute__((tls_model("initial-exec"))) constinit thread_local bool epoch_rec
 
 namespace {
 std::atomic<epoch_participant*> participants{nullptr};
+std::atomic<unsigned> participants_made{0};  // the length of that list (records are reused, never unlinked)
 std::atomic<std::size_t> pending_count{0};
 
 std::mutex orphans_lock;  // protects orphans; deleters (plain frees) may run under it
@@ -177,6 +179,7 @@ epoch_participant* take_participant() noexcept {
   void* mem = std::aligned_alloc(alignof(epoch_participant), sizeof(epoch_participant));
   if (!mem) std::abort();  // cannot take part in reclamation: nothing sane to do
   auto* p = new (mem) epoch_participant;
+  participants_made.fetch_add(1, std::memory_order_relaxed);
   epoch_participant* head = participants.load(std::memory_order_relaxed);
   do {
     p->next = head;
@@ -212,6 +215,8 @@ void epoch_fenced_end() noexcept {
 }
 
 bool epoch_collect_is_cheap() noexcept { return fenced_ready.load(std::memory_order_relaxed) != 0; }
+
+unsigned epoch_fenced_batch() noexcept { return std::max(1u, participants_made.load(std::memory_order_relaxed) / 8); }
 
 void epoch_retire(void* ptr, void (*deleter)(void*), bool may_collect) noexcept {
   auto& p = static_cast<epoch_participant&>(epoch_self());

@@ -287,7 +287,7 @@ bool spin_for_work(ordered_state& o, std::unique_lock<std::mutex>& lk) {
   if (o.spinning >= o.max_spinning) return false;
   ++o.spinning;
   lk.unlock();
-  epoch_collect_if_due(epoch_collect_is_cheap() ? 1 : epoch_collect_every);  // see run_new
+  epoch_collect_if_due(epoch_collect_is_cheap() ? epoch_fenced_batch() : epoch_collect_every);  // see run_new
   spin_until(spin_ns, [&] { return o.wakes.load(std::memory_order_relaxed) != seen; });
   lock_commit(lk);
   --o.spinning;
@@ -664,12 +664,13 @@ segment* run_new(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
   // segment was ever reclaimed before the run ended (agents grew to 111 MB and ran 5x slower, every
   // new row vector landing on fresh pages). While the run holds the GC's fenced mode (ordered_start)
   // a collection is a scan of the participants and a CAS, and it runs before every segment whose
-  // thread retired something since: old values are freed within a few segments, as soon as one
+  // thread retired something since (with many workers, after every participants/8 retires:
+  // epoch_fenced_batch, ~8 participant lines scanned per retire): old values are freed within a few segments, as soon as one
   // worker would have freed them, and the next allocations reuse their warm memory (agents at 2
   // workers: 75 -> 58 ms, 1-in-6 tile segments had 16 page faults on fresh heap pages). Otherwise
   // (drained) a collection costs a membarrier, ~40 us here: a thread collects when it has nothing
   // to run (spin_for_work) and here only past a backlog four times the usual.
-  epoch_collect_if_due(epoch_collect_is_cheap() ? 1 : 4 * epoch_collect_every);
+  epoch_collect_if_due(epoch_collect_is_cheap() ? epoch_fenced_batch() : 4 * epoch_collect_every);
   if (!s->inevitable) {
     snapshot_stack(*t, s->stack);
     auto [bytes, size] = t->function_bytes();

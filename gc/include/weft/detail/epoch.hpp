@@ -110,6 +110,11 @@ void epoch_fenced_begin() noexcept;
 void epoch_fenced_end() noexcept;
 /// True while fenced mode is on: a collection is cheap.
 bool epoch_collect_is_cheap() noexcept;
+/// In fenced mode, how many retires a thread makes between two collections: a collection scans every
+/// participant (a cache line each: threads, and ordered mode's segment records, ~5 per worker), so
+/// one per 1/8 of them keeps the scan at ~8 lines per retire whatever the thread count. 1 up to 15
+/// participants (two workers: a collection before each segment that retired something).
+unsigned epoch_fenced_batch() noexcept;
 /// How many retires a thread makes between two collections by default.
 constexpr unsigned epoch_collect_every = 64;
 /// Collects if this thread retired at least `retired_since` objects since its last collection. A
