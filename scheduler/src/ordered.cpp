@@ -383,7 +383,11 @@ tasklet_impl* pick(runtime& r, const worker& w) {
   // tasklets of the window that can start, one whose last segment ran on this thread, so that its
   // stack and the data it works on are still in this core's cache (agents: a tile's rows moved
   // between the cores at every tick and its segments ran 40% longer); else the first.
+  // The search for a local one stops `locality_look` tasklets past the first candidate: with many
+  // workers the window is long (4 per worker), and the scan runs under the commit lock.
+  constexpr unsigned locality_look = 8;
   tasklet_impl* first = nullptr;
+  unsigned looked = 0;
   tasklet_impl* t = h;
   for (unsigned n = 0; n < o.window; ++n) {
     if (t == r.main && before_main_only) break;
@@ -398,6 +402,7 @@ tasklet_impl* pick(runtime& r, const worker& w) {
         if (!first) first = t;
       }
     }
+    if (first && ++looked > locality_look) break;
     t = t->next;
     if (t == h) break;
   }
