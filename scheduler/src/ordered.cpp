@@ -702,6 +702,7 @@ struct record_digest {
     const void* var;
     std::uint64_t bits;
     bool boxed;  // bits is a fresh box's address: compare the tvar only
+    bool fresh;  // bits (inline: a T*) points into memory the attempt allocated: compare "both fresh"
     std::source_location where;
   };
   std::vector<write> writes;
@@ -731,8 +732,12 @@ record_digest digest(const segment& s) {
   d.channel_fresh = d.ending.channel && !settled(own, d.ending.channel);
   if (d.target_fresh) d.ending.target = nullptr;
   if (d.channel_fresh) d.ending.channel = nullptr;
-  s.tx.for_each_write(
-      [&](const write_entry& w) { d.writes.push_back({settled(own, w.var), w.bits, w.drop != nullptr, w.where}); });
+  s.tx.for_each_write([&](const write_entry& w) {
+    const bool boxed = w.drop != nullptr;
+    // A pointer to a node the segment made (tvar<node*>, the queue pattern) differs in each run.
+    const bool fresh = !boxed && w.bits && !settled(own, reinterpret_cast<const void*>(w.bits));
+    d.writes.push_back({settled(own, w.var), fresh ? 0 : w.bits, boxed, fresh, w.where});
+  });
   for (std::uint32_t i = 0; i < s.handles.size; ++i)
     d.handles.push_back({const_cast<void*>(settled(own, s.handles.items[i].object)), s.handles.items[i].k});
   return d;
@@ -772,7 +777,7 @@ std::string difference(const record_digest& a, const record_digest& b) {
     const auto& w = b.writes[i];
     if (v.var != w.var)
       return fmt::format("it wrote different tvars: {} then {}", where(v.where), where(w.where));
-    if (!v.boxed && v.bits != w.bits)
+    if (v.fresh != w.fresh || (!v.boxed && v.bits != w.bits))
       return fmt::format("it wrote a different value to the tvar written at {}: {:#x} then {:#x}", where(v.where),
                          v.bits, w.bits);
   }
