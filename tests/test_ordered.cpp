@@ -8,6 +8,7 @@
 #include <deque>
 #include <map>
 #include <set>
+#include <stdexcept>
 #include <thread>
 
 #include <spdlog/spdlog.h>
@@ -393,6 +394,68 @@ TEST_CASE_METHOD(fresh_runtime, "tasklet handles stored in tvars survive the rol
   }
   CHECK(ids.size() == 24);
   CHECK(log.events().size() == 24);
+  fresh_runtime::check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "a tasklet's on_commit hooks run when its atomically ends, as with one worker",
+                 "[unit][ordered]") {
+  // With one worker a tasklet's atomically is a transaction of its own: its hooks run before it
+  // returns (their tvar writes visible after it, an exception from one propagating from it with the
+  // block committed), and on_commit outside atomically runs at once. In ordered mode the hooks ran at
+  // the segment's commit: d read 0 after atomically, and a throwing hook ended the program.
+  tvar<int> c{0, "c"}, d{0, "d"};
+  event_log log;
+  for (int k = 0; k < 3; ++k)
+    spawn([&, k] {
+      for (int i = 0; i < 4; ++i) {
+        atomically([&] { on_commit([&] { d.set(d.get() + 1); }); });
+        const int seen = d.get();
+        on_commit([&] { c.set(c.get() + 10); });  // outside atomically: at once
+        const int seen_c = c.get();
+        try {
+          atomically([&] {
+            c.set(c.get() + 1);
+            on_commit([] { throw std::runtime_error("hook failed"); });
+          });
+        } catch (const std::runtime_error& e) {
+          log(fmt::format("{}.{} d={} c={} {} c={}", k, i, seen, seen_c, e.what(), c.get()));
+        }
+        schedule();
+      }
+    });
+  run();
+  std::string expected;
+  int dd = 0, cc = 0;
+  for (int i = 0; i < 4; ++i)
+    for (int k = 0; k < 3; ++k) {
+      ++dd, cc += 10;
+      expected += fmt::format("{}{}.{} d={} c={} hook failed c={}", expected.empty() ? "" : " ", k, i, dd, cc, cc + 1);
+      ++cc;
+    }
+  CHECK(log.str() == expected);
+  CHECK(d.get() == 12);
+  CHECK(c.get() == 12 * 11);
+  fresh_runtime::check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "on_abort hooks of a tasklet's finished atomically blocks never run", "[unit][ordered]") {
+  // With one worker a tasklet's atomically that returned is never rolled back. A rolled-back segment
+  // ran the on_abort hooks of the blocks it had finished (once per attempt, with injection).
+  tvar<int> x{0, "x"};
+  event_log log;
+  for (int t = 0; t < 3; ++t)
+    spawn([&, t] {
+      for (int i = 0; i < 5; ++i) {
+        atomically([&] {
+          x.set(x.get() + 1);
+          on_abort([&log, t] { log(fmt::format("tasklet {} on_abort", t)); });
+        });
+        schedule();
+      }
+    });
+  run();
+  CHECK(x.get() == 15);
+  CHECK(log.str().empty());
   fresh_runtime::check_clean();
 }
 

@@ -478,7 +478,14 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
     t->drop_function();
     retire(r, t);
   }
-  for (auto& h : hooks) h();
+  // The on_abort hooks of the attempt's nested atomically blocks are dropped, not run: each of those
+  // blocks ended (committed, from the tasklet's point of view) and will run again with the segment;
+  // with one worker none of them is ever rolled back. Run here they printed or acted once per
+  // rolled-back attempt (a newcomer's program printed "on_abort" lines one worker never does).
+  {
+    alloc_log_pause pause;  // made outside the attempt's log (add_abort_hook)
+    hooks.clear();
+  }
 }
 
 // --- commit order (DESIGN.md §4.4, §4.7.4) ------------------------------------------------------------

@@ -1330,6 +1330,19 @@ void transaction::rollback_scope(const scope_mark& m, bool keep_allocations) noe
   for (auto& h : aborts) h();
 }
 
+void transaction::segment_scope_committed(const scope_mark& m) {
+  if (scope_depth_ != 0 || commit_hooks_.size() <= m.commit_hooks) return;
+  if (!inevitable_) segment_park_for_head();  // back at the head, inevitable (or rolled back: never here)
+  std::vector<std::function<void()>> hooks;
+  {
+    alloc_log_pause pause;  // the hooks were made outside the attempt's log
+    hooks.assign(std::make_move_iterator(commit_hooks_.begin() + m.commit_hooks),
+                 std::make_move_iterator(commit_hooks_.end()));
+    commit_hooks_.resize(m.commit_hooks);
+  }
+  for (auto& h : hooks) h();
+}
+
 void transaction::add_commit_hook(std::function<void()> fn) {
   alloc_log_pause pause;  // the vector's own buffer is ours, not the attempt's
   commit_hooks_.push_back(std::move(fn));
@@ -1357,10 +1370,19 @@ void retry() {
 }
 
 void on_commit(std::function<void()> fn) {
-  if (transaction* tx = current_transaction())
-    tx->add_commit_hook(std::move(fn));
-  else
+  transaction* tx = current_transaction();
+  if (!tx) {
     fn();
+    return;
+  }
+  if (tx->is_segment() && !tx->in_scope()) {
+    // In a tasklet outside atomically: with one worker there is no transaction and fn runs at once.
+    // A speculative segment first waits for its turn (irrevocable, like std::exit).
+    if (!tx->inevitable()) segment_park_for_head();
+    fn();
+    return;
+  }
+  tx->add_commit_hook(std::move(fn));
 }
 
 void on_abort(std::function<void()> fn) {

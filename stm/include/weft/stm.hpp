@@ -159,25 +159,36 @@ auto atomically(F&& f) -> std::invoke_result_t<F&> {
   using R = std::invoke_result_t<F&>;
   if (detail::transaction* outer = detail::current_transaction()) {
     const detail::transaction::scope_mark mark = outer->open_scope();
-    try {
-      if constexpr (std::is_void_v<R>) {
-        f();
+    auto block = [&]() -> R {
+      try {
+        if constexpr (std::is_void_v<R>) {
+          f();
+          outer->close_scope(mark);
+        } else {
+          R result = f();
+          outer->close_scope(mark);
+          return result;
+        }
+      } catch (const detail::tx_abort_signal&) {
+        outer->close_scope(mark);  // the whole attempt ends: nothing to undo here
+        throw;
+      } catch (const detail::tx_retry_signal&) {
         outer->close_scope(mark);
-        return;
-      } else {
-        R result = f();
-        outer->close_scope(mark);
-        return result;
+        throw;
+      } catch (...) {
+        outer->rollback_scope(mark, /*keep_allocations=*/true);
+        throw;
       }
-    } catch (const detail::tx_abort_signal&) {
-      outer->close_scope(mark);  // the whole attempt ends: nothing to undo here
-      throw;
-    } catch (const detail::tx_retry_signal&) {
-      outer->close_scope(mark);
-      throw;
-    } catch (...) {
-      outer->rollback_scope(mark, /*keep_allocations=*/true);
-      throw;
+    };
+    // A segment's hooks run after the block is closed: one that throws leaves it committed.
+    if constexpr (std::is_void_v<R>) {
+      block();
+      if (outer->is_segment()) outer->segment_scope_committed(mark);
+      return;
+    } else {
+      R result = block();
+      if (outer->is_segment()) outer->segment_scope_committed(mark);
+      return result;
     }
   }
   detail::transaction& tx = detail::thread_transaction();
@@ -219,7 +230,10 @@ auto atomically(F&& f) -> std::invoke_result_t<F&> {
 template <class F, class G>
 auto or_else(F&& f, G&& g) -> std::invoke_result_t<F&> {
   detail::transaction* tx = detail::current_transaction();
-  if (!tx) return atomically([&]() -> std::invoke_result_t<F&> { return or_else(f, g); });
+  // Outside atomically (in a tasklet's segment too) it is a transaction of its own, whose on_commit
+  // hooks run when it ends.
+  if (!tx || (tx->is_segment() && !tx->in_scope()))
+    return atomically([&]() -> std::invoke_result_t<F&> { return or_else(f, g); });
   detail::transaction::scope_mark mark = tx->open_scope();
   struct branch {  // retry() is allowed in a tasklet's segment only here
     detail::transaction* tx;
@@ -247,9 +261,17 @@ auto or_else(F&& f, G&& g) -> std::invoke_result_t<F&> {
   return g();
 }
 
-/// Runs fn after the enclosing transaction commits (at once, outside a transaction), in order.
+/// Runs fn after the enclosing transaction commits (at once, outside a transaction), in order. In a
+/// tasklet in ordered mode the hooks run where they would with one worker (when the outermost
+/// atomically ends; at once outside atomically): the segment first waits for its turn (parks until
+/// its tasklet is the head and goes on inevitable), so a segment that registers hooks does not run
+/// in parallel from there on. An exception from a hook propagates from that atomically, which stays
+/// committed.
 void on_commit(std::function<void()> fn);
-/// Runs fn each time the enclosing transaction's attempt is rolled back (ignored outside one).
+/// Runs fn each time the enclosing transaction's attempt is rolled back (ignored outside one). In a
+/// tasklet in ordered mode: when the atomically block itself is abandoned (an exception escapes it);
+/// never when the segment around a finished block is rolled back and run again (with one worker that
+/// never happens).
 void on_abort(std::function<void()> fn);
 /// Makes the enclosing transaction inevitable: it cannot abort any more (at most one at a time;
 /// others go on committing unless they conflict with it). For irreversible work. No-op outside.

@@ -287,6 +287,12 @@ class alignas(64) transaction {
   }
   /// Inside a nested atomically or or_else (where a switch point is refused).
   bool in_scope() const noexcept { return scope_depth_ != 0; }
+  /// A segment's outermost nested atomically (or or_else) ended with `m` closed: with one worker it
+  /// was a transaction of its own and its on_commit hooks ran now. If it registered any, the segment
+  /// waits for its turn (parks until the head, goes on inevitable) and runs them here, so that their
+  /// effects are visible after atomically returns and an exception from one propagates from it, as
+  /// with one worker. Throws what a hook throws.
+  void segment_scope_committed(const scope_mark& m);
   /// The on_commit hooks that would already have run with one worker, where the outermost nested
   /// atomically is a transaction of its own: all of them outside a nested scope, those registered
   /// before the outermost scope opened inside one. Ordered mode runs hooks at the segment's commit,
