@@ -241,6 +241,9 @@ void stack_pool::grow() {
   char* begin = static_cast<char*>(mem);
   slabs_.push_back({begin, bytes, 0});
   reserved_ += bytes;
+  const auto b = reinterpret_cast<std::uintptr_t>(begin);
+  if (!lo_ || b < lo_) lo_ = b;
+  hi_ = std::max(hi_, b + bytes);
   next_slab_stacks_ = std::min(next_slab_stacks_ * 2, max_slab_stacks);
   if (guard_) {
     for (std::size_t i = 0; i < stacks; ++i) {

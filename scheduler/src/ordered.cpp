@@ -79,6 +79,7 @@ struct segment {
   bool doomed = false;      // a commit changed its tasklet while it ran: abort when it ends
   bool at_head = false;     // its tasklet was the head when it started
   struct worker* ran_by = nullptr;  // the thread that ran it (commits it, while that thread is busy)
+  tasklet_impl* owner = nullptr;    // whose segment it is, while in flight
   std::uint64_t channels_made = 0;  // its tasklet's count when it started (given back at abort)
 
   segment() : epoch(&epoch_slot_acquire()) { segment_register(&tx); }
@@ -161,6 +162,7 @@ struct ordered_state {
   std::condition_variable main_cv;
   std::vector<std::unique_ptr<worker>> workers;  // [0]: the main thread
   std::vector<std::unique_ptr<segment>> all_segments;  // each is in one worker's free_segments or in flight
+  std::vector<const void*> stack_tvars;  // commit_chain: tvars on other tasklets' stacks the commit writes
   bool stopping = false;
   unsigned window = 8;           // how far past the head dispatch looks (4 x workers)
   double inject = 0;
@@ -324,6 +326,7 @@ void give_segment(ordered_state& o, segment* s) {
   s->hook_marks.clear();
   s->handles.size = 0;
   s->has_snapshot = s->inevitable = s->doomed = s->at_head = false;
+  s->owner = nullptr;
   s->ran_by->free_segments.push_back(s);
   --o.in_flight;
 }
@@ -566,6 +569,34 @@ void check_guard(runtime& r) {
   o.draining = true;
 }
 
+// A tvar may live on a tasklet's stack and be written by others (a parent's local tvar its children
+// update: the README allows both). Its committed state is then in that stack, which a rolled-back
+// segment of the owner restores from a snapshot taken before the write: the commit was undone (a
+// newcomer's program lost commits and waited for ever). So a commit that writes tvars on other
+// tasklets' stacks copies their committed state into the snapshots of those tasklets' segments in
+// flight: stack_tvar_writes finds them before the commit (the write log is spent by it), and
+// refresh_stack_tvars copies after. A write to a heap or global tvar costs two compares
+// (stack_pool::spans).
+bool on_stack_of(const tasklet_impl* t, const void* p) noexcept {
+  const auto a = reinterpret_cast<std::uintptr_t>(p), base = reinterpret_cast<std::uintptr_t>(t->stack.base);
+  return a >= base && a < base + t->stack.size;
+}
+void stack_tvar_writes(const runtime& r, const tasklet_impl* h, const segment* s, std::vector<const void*>& into) {
+  into.clear();
+  if (!r.pool) return;
+  const stack_pool& pool = *r.pool;
+  s->tx.for_each_write([&](const write_entry& w) {
+    if (pool.spans(w.var) && !on_stack_of(h, w.var)) [[unlikely]]
+      into.push_back(w.var);
+  });
+}
+void refresh_stack_tvars(ordered_state& o, const std::vector<const void*>& written) {
+  for (const void* v : written)
+    for (const auto& other : o.all_segments)
+      if (other->owner && other->has_snapshot && on_stack_of(other->owner, v))
+        snapshot_refresh(other->stack, v, sizeof(tvar_base));
+}
+
 // Commits the head while its segment has finished, then the next head, and so on; returns how many
 // heads it committed or aborted (0: nothing changed). Wakes whoever must run next.
 // Locality: a finished head that another thread ran is left to that thread while it is in a
@@ -587,10 +618,13 @@ std::size_t commit_chain(runtime& r, bool any_thread = false) {
       abort_segment(r, h, s, abort_kind::injected);
       break;
     }
+    stack_tvar_writes(r, h, s, o.stack_tvars);
     if (!s->tx.segment_commit()) {
       abort_segment(r, h, s, abort_kind::conflict);
       break;
     }
+    if (!o.stack_tvars.empty()) [[unlikely]]
+      refresh_stack_tvars(o, o.stack_tvars);
     commit_segment(r, self, h, s);
     check_guard(r);
   }
@@ -661,6 +695,7 @@ segment* run_new(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
   ordered_state& o = state_of(r);
   segment* s = take_segment(o, w);
   t->segment = s;
+  s->owner = t;
   s->st = segment::state::running;
   s->at_head = t == r.head;
   s->channels_made = t->channels_made;

@@ -42,6 +42,14 @@ void snapshot_stack(const tasklet_impl& t, stack_snapshot& into) {
   into.eh_globals_[1] = t.eh_globals[1];
 }
 
+bool snapshot_refresh(stack_snapshot& snap, const void* at, std::size_t n) noexcept {
+  const auto* low = static_cast<const char*>(snap.context_);
+  const auto* p = static_cast<const char*>(at);
+  if (!low || p < low || p + n > low + snap.size_) return false;
+  copy_words(snap.bytes_.get() + (p - low), p, n);
+  return true;
+}
+
 void restore_stack(tasklet_impl& t, const stack_snapshot& from) {
 #if defined(__SANITIZE_ADDRESS__)
   // The shadow still describes the rolled-back attempt's frames: start from a clean stack.

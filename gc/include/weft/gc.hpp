@@ -53,6 +53,12 @@ class stack_pool {
   std::size_t in_use() const noexcept { return in_use_; }
   std::size_t cached() const noexcept { return free_.size(); }
   std::size_t reserved_bytes() const noexcept { return reserved_; }
+  /// Whether p lies between the lowest and the highest address of the pool's slabs (a cheap filter:
+  /// true for every stack of the pool, and perhaps for other memory mapped between its slabs).
+  bool spans(const void* p) const noexcept {
+    const auto a = reinterpret_cast<std::uintptr_t>(p);
+    return a >= lo_ && a < hi_;
+  }
 
  private:
   struct slab {
@@ -71,6 +77,7 @@ class stack_pool {
   std::size_t total_stacks_ = 0;
   std::size_t in_use_ = 0;
   std::size_t reserved_ = 0;
+  std::uintptr_t lo_ = 0, hi_ = 0;  // spans()
 };
 
 /// Installs (once per process, and an alternate signal stack once per thread) the SIGSEGV handler

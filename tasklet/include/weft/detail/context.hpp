@@ -134,6 +134,7 @@ class stack_snapshot {
  private:
   friend void snapshot_stack(const tasklet_impl&, stack_snapshot&);
   friend void restore_stack(tasklet_impl&, const stack_snapshot&);
+  friend bool snapshot_refresh(stack_snapshot&, const void*, std::size_t) noexcept;
   void* context_ = nullptr;
   void* eh_globals_[2] = {nullptr, nullptr};
   std::unique_ptr<std::byte[]> bytes_;
@@ -144,5 +145,9 @@ class stack_snapshot {
 /// t must be suspended (started, not running, not main).
 void snapshot_stack(const tasklet_impl& t, stack_snapshot& into);
 void restore_stack(tasklet_impl& t, const stack_snapshot& from);
+/// Copies the n bytes now at `at` into the snapshot, if they lie in the part it saved: a tvar on the
+/// tasklet's stack that another segment's commit changed keeps its committed state when the stack
+/// is restored. Returns whether it did.
+bool snapshot_refresh(stack_snapshot& snap, const void* at, std::size_t n) noexcept;
 
 }  // namespace weft::detail
