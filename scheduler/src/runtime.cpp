@@ -95,7 +95,15 @@ bool program_linked_with_wraps() noexcept {
 
 tasklet_impl* running_tasklet(runtime& r) noexcept { return r.is_parallel() ? ordered_running() : r.current; }
 
+namespace {
+bool in_tasklet() noexcept {
+  runtime* r = holder.rt ? holder.rt : ordered_thread_runtime();
+  return r && running_tasklet(*r) != r->main;
+}
+}  // namespace
+
 runtime::runtime() : config(effective_options()) {
+  running_in_tasklet = &in_tasklet;
   if (config.mode == mode::ordered && !program_linked_with_wraps())
     throw std::logic_error(
         "weft: ordered mode needs the program linked with -Wl,--wrap=exit,--wrap=__cxa_guard_acquire "

@@ -75,6 +75,7 @@ __attribute__((tls_model("initial-exec"))) constinit thread_local transaction* c
 
 void (*segment_abort_jump)() = nullptr;
 void (*segment_park_for_head)() = nullptr;
+bool (*running_in_tasklet)() noexcept = nullptr;
 
 // Solo mode: solo_state = claim number << 2 | solo_active | solo_revoking, and solo_owner the
 // descriptor of the current claim. Each claim has a new number, so an attempt that began solo can
@@ -1363,7 +1364,10 @@ using namespace detail;
 void retry() {
   transaction* tx = current_transaction();
   if (!tx) throw std::logic_error("weft::retry() called outside a transaction");
-  if (tx->is_segment() && !tx->in_or_else())
+  // With one worker a tasklet's transaction is no segment, but the rule is the same: waiting there
+  // for a tvar to change blocked the thread with every other tasklet of it (for ever, when only
+  // they could change it).
+  if ((tx->is_segment() || (running_in_tasklet && running_in_tasklet())) && !tx->in_or_else())
     throw std::logic_error("weft::retry() in a tasklet: a tasklet waits on a channel, not on tvars (retry() is "
                            "allowed there only inside or_else's first branch)");
   tx->raise_retry();

@@ -40,6 +40,9 @@ struct tx_retry_signal {};  ///< thrown by retry()
 /// its tasklet is the head of the committed ring and returns with the transaction inevitable.
 extern void (*segment_abort_jump)();
 extern void (*segment_park_for_head)();
+/// Set by the scheduler: whether the calling code runs in a tasklet other than its thread's main one
+/// (retry() there is refused in every mode: a tasklet waits on a channel).
+extern bool (*running_in_tasklet)() noexcept;
 
 inline constexpr std::uint64_t lock_bit = 1;
 inline constexpr std::uint64_t reserved_bit = 2;
