@@ -705,19 +705,8 @@ segment* run_new(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
   s->inevitable = s->at_head && needs_head(o, t);
   t->want_head = false;
   if (!t->has_context) context_prepare(t, r.stacks().allocate());
-  lk.unlock();
-  // What commits on this thread retired (old tvar values, deletes) is freed outside the lock and
-  // outside any transaction: deleters run user destructors. Without it nothing committed by a
-  // segment was ever reclaimed before the run ended (agents grew to 111 MB and ran 5x slower, every
-  // new row vector landing on fresh pages). While the run holds the GC's fenced mode (ordered_start)
-  // a collection is a scan of the participants and a CAS, and it runs before every segment whose
-  // thread retired something since (with many workers, after every participants/8 retires:
-  // epoch_fenced_batch, ~8 participant lines scanned per retire): old values are freed within a few segments, as soon as one
-  // worker would have freed them, and the next allocations reuse their warm memory (agents at 2
-  // workers: 75 -> 58 ms, 1-in-6 tile segments had 16 page faults on fresh heap pages). Otherwise
-  // (drained) a collection costs a membarrier, ~40 us here: a thread collects when it has nothing
-  // to run (spin_for_work) and here only past a backlog four times the usual.
-  epoch_collect_if_due(epoch_collect_is_cheap() ? epoch_fenced_batch() : 4 * epoch_collect_every);
+  // The snapshot is taken under the commit lock: a commit that writes a tvar on this stack copies
+  // its new state into the snapshot (refresh_stack_tvars), which must not race with the copy.
   if (!s->inevitable) {
     snapshot_stack(*t, s->stack);
     auto [bytes, size] = t->function_bytes();
@@ -725,6 +714,20 @@ segment* run_new(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     if (size) std::memcpy(s->function.data(), bytes, size);
     s->has_snapshot = true;
   }
+  lk.unlock();
+  // What commits on this thread retired (old tvar values, deletes) is freed outside the lock and
+  // outside any transaction: deleters run user destructors. Without it nothing committed by a
+  // segment was ever reclaimed before the run ended (agents grew to 111 MB and ran 5x slower, every
+  // new row vector landing on fresh pages). While the run holds the GC's fenced mode (ordered_start)
+  // a collection is a scan of the participants and a CAS, and it runs before every segment whose
+  // thread retired something since (with many workers, once per participants/8 retires:
+  // epoch_fenced_batch, ~8 participant lines scanned per retire): old values are freed within a
+  // few segments, as soon as one worker would have freed them, and the next allocations reuse their
+  // warm memory (agents at 2
+  // workers: 75 -> 58 ms, 1-in-6 tile segments had 16 page faults on fresh heap pages). Otherwise
+  // (drained) a collection costs a membarrier, ~40 us here: a thread collects when it has nothing
+  // to run (spin_for_work) and here only past a backlog four times the usual.
+  epoch_collect_if_due(epoch_collect_is_cheap() ? epoch_fenced_batch() : 4 * epoch_collect_every);
   s->tx.segment_stack(t->stack.base, t->stack.top());
   s->tx.segment_begin(*s->epoch, s->inevitable);
   run_timed(r, w, t, s, lk);
