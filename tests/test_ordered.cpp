@@ -466,8 +466,8 @@ TEST_CASE_METHOD(fresh_runtime, "on_abort hooks of a tasklet's finished atomical
 }
 
 namespace {
-[[gnu::noinline]] long busy(long s) {
-  for (int k = 0; k < 2000; ++k) s = s * 6364136223846793005L + k;
+[[gnu::noinline]] std::uint64_t busy(std::uint64_t s) {
+  for (std::uint64_t k = 0; k < 2000; ++k) s = s * 6364136223846793005ULL + k;  // unsigned: wraps
   return s;
 }
 }  // namespace
