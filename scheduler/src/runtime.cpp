@@ -100,10 +100,11 @@ bool in_tasklet() noexcept {
   runtime* r = holder.rt ? holder.rt : ordered_thread_runtime();
   return r && running_tasklet(*r) != r->main;
 }
+// Set once, before main (runtimes are made by several threads at once: TSan).
+[[maybe_unused]] const bool tasklet_hook_set = (running_in_tasklet = &in_tasklet, true);
 }  // namespace
 
 runtime::runtime() : config(effective_options()) {
-  running_in_tasklet = &in_tasklet;
   if (config.mode == mode::ordered && !program_linked_with_wraps())
     throw std::logic_error(
         "weft: ordered mode needs the program linked with -Wl,--wrap=exit,--wrap=__cxa_guard_acquire "

@@ -4,6 +4,7 @@
 // saved registers of the suspended tasklet sit just above it, and everything below it is dead. The
 // copy is a plain word loop compiled without AddressSanitizer checks, because a suspended stack
 // holds poisoned red zones that are not ours to read through the checked path.
+#include <cstdint>
 #include <cstring>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -24,6 +25,22 @@ __attribute__((no_sanitize_address)) void copy_words(void* dst, const void* src,
 }
 #else
 void copy_words(void* dst, const void* src, std::size_t n) noexcept { std::memcpy(dst, src, n); }
+#endif
+
+// The restore writes only the words that differ. A tvar on the stack that other tasklets read (a
+// parent's local its children use) holds in memory what the snapshot holds (its committed state:
+// commits to it refresh the snapshot, ordered.cpp): rewriting it would race with their reads while
+// changing nothing. (8-byte words: a saved stack pointer is 16-byte aligned, and so is the top.)
+#if !defined(__SANITIZE_ADDRESS__)
+void restore_words(void* dst, const void* src, std::size_t n) noexcept {
+  auto* d = static_cast<std::uint64_t*>(dst);
+  const auto* s = static_cast<const std::uint64_t*>(src);
+  for (std::size_t i = 0; i < n / 8; ++i)
+    if (d[i] != s[i]) d[i] = s[i];
+  if (n % 8) std::memcpy(reinterpret_cast<char*>(dst) + n / 8 * 8, reinterpret_cast<const char*>(src) + n / 8 * 8, n % 8);
+}
+#else
+void restore_words(void* dst, const void* src, std::size_t n) noexcept { copy_words(dst, src, n); }
 #endif
 
 }  // namespace
@@ -55,7 +72,7 @@ void restore_stack(tasklet_impl& t, const stack_snapshot& from) {
   // The shadow still describes the rolled-back attempt's frames: start from a clean stack.
   __asan_unpoison_memory_region(t.stack.base, t.stack.size);
 #endif
-  copy_words(from.context_, from.bytes_.get(), from.size_);
+  restore_words(from.context_, from.bytes_.get(), from.size_);
   t.context = from.context_;
   t.eh_globals[0] = from.eh_globals_[0];
   t.eh_globals[1] = from.eh_globals_[1];
