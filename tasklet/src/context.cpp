@@ -12,6 +12,11 @@
 #endif
 #if defined(__SANITIZE_THREAD__)
 #include <sanitizer/tsan_interface.h>
+
+#include <mutex>
+#include <tuple>
+#include <utility>
+#include <vector>
 #define WEFT_TSAN 1
 extern "C" void __tsan_func_entry(void* call_pc);  // the compiler's instrumentation hook (libtsan)
 #endif
@@ -60,10 +65,62 @@ inline void load_eh(const tasklet_impl* t) noexcept {
 }
 
 #ifdef WEFT_TSAN
-// A fiber made for a rolled-back tasklet (context_rewound) starts with an empty shadow call stack, but
-// the tasklet resumes inside frames it will return from: give it that many entries first (more than
-// any tasklet's depth at a switch point; the spare ones stay at the bottom).
+// A fiber given to a rolled-back tasklet (context_rewound) holds no entries of the frames the tasklet
+// resumes inside, which it will return from: give it that many entries first (more than any
+// tasklet's depth at a switch point; the spare ones stay at the bottom).
 constexpr int tsan_rewound_frames = 512;
+
+// TSan fibers are reused. Making one costs milliseconds (TSan maps and clears its per-fiber state,
+// ~0.5 MiB, a page fault per page): one per spawn and per rollback made a TSan run of the account
+// stress test (20,000 spawns) take a minute instead of a second, and time out with injection. A
+// fiber keeps the shadow call stack entries its last tasklet left (the frames it was in when it
+// ended, at most tsan_rewound_frames plus its depth if it was given the rewound entries), so
+// each life adds fewer than 2 * tsan_rewound_frames entries; TSan's shadow stack holds 64 Ki, and
+// a fiber retires after tsan_fiber_max_lives lives, well before it could fill.
+constexpr std::uint32_t tsan_fiber_max_lives = 24;
+constexpr std::size_t tsan_fiber_pool_cap = 256;  // idle fibers kept (each holds ~0.5 MiB)
+
+struct tsan_fiber_pool {
+  std::mutex mu;
+  std::vector<std::pair<void*, std::uint32_t>> idle;  // fiber, lives served
+};
+tsan_fiber_pool& fiber_pool() {
+  static tsan_fiber_pool* pool = [] {  // never destroyed: tasklets may end during static destruction
+    auto* p = new tsan_fiber_pool;
+    p->idle.reserve(tsan_fiber_pool_cap);  // give_fiber never allocates
+    return p;
+  }();
+  return *pool;
+}
+
+void take_fiber(tasklet_impl* t) {
+  {
+    tsan_fiber_pool& p = fiber_pool();
+    std::lock_guard lk(p.mu);
+    if (!p.idle.empty()) {
+      std::tie(t->tsan_fiber, t->tsan_fiber_lives) = p.idle.back();
+      p.idle.pop_back();
+      ++t->tsan_fiber_lives;
+      return;
+    }
+  }
+  t->tsan_fiber = __tsan_create_fiber(0);
+  t->tsan_fiber_lives = 1;
+}
+
+void give_fiber(tasklet_impl* t) noexcept {
+  void* f = std::exchange(t->tsan_fiber, nullptr);
+  if (!f) return;
+  if (t->tsan_fiber_lives < tsan_fiber_max_lives) {
+    tsan_fiber_pool& p = fiber_pool();
+    std::lock_guard lk(p.mu);
+    if (p.idle.size() < tsan_fiber_pool_cap) {
+      p.idle.emplace_back(f, t->tsan_fiber_lives);
+      return;
+    }
+  }
+  __tsan_destroy_fiber(f);
+}
 #endif
 
 inline void before_jump([[maybe_unused]] tasklet_impl* from, [[maybe_unused]] tasklet_impl* to,
@@ -127,7 +184,7 @@ void context_prepare(tasklet_impl* t, stack_extent stack) {
   t->asan_fake_stack = nullptr;
   t->has_context = true;
 #ifdef WEFT_TSAN
-  t->tsan_fiber = __tsan_create_fiber(0);
+  take_fiber(t);
 #endif
 }
 
@@ -154,7 +211,7 @@ void context_exit(tasklet_impl* from, tasklet_impl* to) {
 
 void context_release([[maybe_unused]] tasklet_impl* t) noexcept {
 #ifdef WEFT_TSAN
-  if (t->tsan_fiber && !t->is_main) __tsan_destroy_fiber(t->tsan_fiber);
+  if (!t->is_main) give_fiber(t);
 #endif
   t->tsan_fiber = nullptr;
   t->context = nullptr;
@@ -162,9 +219,10 @@ void context_release([[maybe_unused]] tasklet_impl* t) noexcept {
 
 void context_rewound([[maybe_unused]] tasklet_impl* t) noexcept {
 #ifdef WEFT_TSAN
-  // The old fiber's shadow stack holds the frames of the attempt that was rolled back.
-  if (t->tsan_fiber) __tsan_destroy_fiber(t->tsan_fiber);
-  t->tsan_fiber = __tsan_create_fiber(0);
+  // The old fiber's shadow stack holds the frames of the attempt that was rolled back: it ends a
+  // life there, and the tasklet goes on with another fiber.
+  give_fiber(t);
+  take_fiber(t);
   t->tsan_rewound = true;
 #endif
 }

@@ -103,7 +103,8 @@ class tasklet_impl {
   const void* asan_stack_bottom = nullptr;
   std::size_t asan_stack_size = 0;
   void* tsan_fiber = nullptr;
-  bool tsan_rewound = false;  ///< TSan: a fresh fiber after a rollback (see context_rewound)
+  bool tsan_rewound = false;  ///< TSan: a fiber given to a rolled-back tasklet (see context_rewound)
+  std::uint32_t tsan_fiber_lives = 0;  ///< TSan: tasklet lives its fiber has served (context.cpp's pool)
 };
 
 template <class F>
