@@ -65,13 +65,6 @@ struct segment {
   bool has_snapshot = false;
   intent ending{.kind = intent_kind::yield};
   std::string out;  // deferred output to stdout
-  // With one worker the first `hooks` on_commit hooks would have run before out[out_at...] and
-  // other[other_at...] were printed (transaction::effective_commit_hooks): the commit runs them there.
-  struct hook_mark {
-    std::uint32_t hooks;
-    std::size_t out_at, other_at;
-  };
-  std::vector<hook_mark> hook_marks;
   std::vector<std::pair<std::FILE*, std::string>> other;  // to other streams (weft::commit_sink)
   handle_log handles;
   state st = state::running;
@@ -277,6 +270,13 @@ void lock_commit(std::unique_lock<std::mutex>& lk) {
 
 constexpr std::uint64_t spin_ns = 50000;
 
+// Collects what this thread's commits retired, once enough has: in the GC's fenced mode (held by
+// the run, ordered_start) a collection is a scan and a CAS, worth it every epoch_fenced_batch()
+// retires; drained, it costs a membarrier and waits for `drained_backlog` (see run_new).
+void collect_retired(unsigned drained_backlog) {
+  epoch_collect_if_due(epoch_collect_is_cheap() ? epoch_fenced_batch() : drained_backlog);
+}
+
 // A thread with nothing to run watches `wakes` for up to spin_ns before it sleeps (at most
 // max_spinning threads at once, as Go's scheduler bounds its spinning threads; the others sleep at
 // once). Returns true if wake() was called since the caller last held the lock: it
@@ -289,7 +289,7 @@ bool spin_for_work(ordered_state& o, std::unique_lock<std::mutex>& lk) {
   if (o.spinning >= o.max_spinning) return false;
   ++o.spinning;
   lk.unlock();
-  epoch_collect_if_due(epoch_collect_is_cheap() ? epoch_fenced_batch() : epoch_collect_every);  // see run_new
+  collect_retired(epoch_collect_every);
   spin_until(spin_ns, [&] { return o.wakes.load(std::memory_order_relaxed) != seen; });
   lock_commit(lk);
   --o.spinning;
@@ -323,7 +323,6 @@ void give_segment(ordered_state& o, segment* s) {
   s->ending = intent{.kind = intent_kind::yield};
   s->out.clear();
   s->other.clear();
-  s->hook_marks.clear();
   s->handles.size = 0;
   s->has_snapshot = s->inevitable = s->doomed = s->at_head = false;
   s->owner = nullptr;
@@ -341,35 +340,14 @@ bool main_can_run(const runtime& r) noexcept {
 
 void write_stdout(std::string_view text) { emit(stdout, text); }
 
-// At the commit: the output with the on_commit hooks where one worker would have run them (at the
-// end of the outermost atomically that registered them), then the other hooks.
-void flush_output_and_hooks(segment* s, std::vector<std::function<void()>>& hooks) {
-  std::size_t out_at = 0, other_at = 0, ran = 0;
-  auto write_upto = [&](std::size_t out_end, std::size_t other_end) {
-    write_stdout(std::string_view(s->out).substr(out_at, out_end - out_at));
-    for (; other_at < other_end; ++other_at) {
-      const auto& [stream, text] = s->other[other_at];
-      emit(stream, text);
-    }
-    out_at = out_end;
-  };
-  for (const segment::hook_mark& m : s->hook_marks) {
-    write_upto(m.out_at, m.other_at);
-    for (; ran < m.hooks && ran < hooks.size(); ++ran) hooks[ran]();
-  }
-  write_upto(s->out.size(), s->other.size());
+// The segment's deferred output, in the order it was written: at its commit, or when it becomes
+// inevitable at the head (from then on it prints directly). Its on_commit hooks have run already:
+// in a tasklet they run before atomically returns (transaction::segment_scope_committed).
+void flush_output(segment* s) {
+  write_stdout(s->out);
+  for (const auto& [stream, text] : s->other) emit(stream, text);
   s->out.clear();
   s->other.clear();
-  s->hook_marks.clear();
-  for (; ran < hooks.size(); ++ran) hooks[ran]();
-}
-
-// A segment's deferred output when it becomes inevitable at the head: from then on it prints
-// directly, unless on_commit hooks must come first (they run only at the commit).
-void flush_output(segment* s) {
-  if (!s->hook_marks.empty()) return;
-  std::vector<std::function<void()>> no_hooks;
-  flush_output_and_hooks(s, no_hooks);
 }
 
 // --- dispatch ---------------------------------------------------------------------------------------
@@ -505,8 +483,8 @@ void release_logged_handles(segment* s) noexcept {
 void commit_segment(runtime& r, worker* self, tasklet_impl* h, segment* s) {
   ordered_state& o = state_of(r);
   std::vector<std::function<void()>> hooks = s->tx.segment_finish_commit();
-  if (!hooks.empty() || !s->out.empty() || !s->other.empty())
-    flush_output_and_hooks(s, hooks);  // the hooks before the intent, as with one worker
+  if (!s->out.empty() || !s->other.empty()) flush_output(s);
+  for (auto& h : hooks) h();  // none: a tasklet's hooks ran when its atomically ended
   r.current = h;
   h->started = true;
   intent in = std::move(s->ending);
@@ -577,23 +555,19 @@ void check_guard(runtime& r) {
 // flight: stack_tvar_writes finds them before the commit (the write log is spent by it), and
 // refresh_stack_tvars copies after. A write to a heap or global tvar costs two compares
 // (stack_pool::spans).
-bool on_stack_of(const tasklet_impl* t, const void* p) noexcept {
-  const auto a = reinterpret_cast<std::uintptr_t>(p), base = reinterpret_cast<std::uintptr_t>(t->stack.base);
-  return a >= base && a < base + t->stack.size;
-}
 void stack_tvar_writes(const runtime& r, const tasklet_impl* h, const segment* s, std::vector<const void*>& into) {
   into.clear();
   if (!r.pool) return;
   const stack_pool& pool = *r.pool;
   s->tx.for_each_write([&](const write_entry& w) {
-    if (pool.spans(w.var) && !on_stack_of(h, w.var)) [[unlikely]]
+    if (pool.spans(w.var) && !h->stack.contains(w.var)) [[unlikely]]
       into.push_back(w.var);
   });
 }
 void refresh_stack_tvars(ordered_state& o, const std::vector<const void*>& written) {
   for (const void* v : written)
     for (const auto& other : o.all_segments)
-      if (other->owner && other->has_snapshot && on_stack_of(other->owner, v))
+      if (other->owner && other->has_snapshot && other->owner->stack.contains(v))
         snapshot_refresh(other->stack, v, sizeof(tvar_base));
 }
 
@@ -727,7 +701,7 @@ segment* run_new(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
   // workers: 75 -> 58 ms, 1-in-6 tile segments had 16 page faults on fresh heap pages). Otherwise
   // (drained) a collection costs a membarrier, ~40 us here: a thread collects when it has nothing
   // to run (spin_for_work) and here only past a backlog four times the usual.
-  epoch_collect_if_due(epoch_collect_is_cheap() ? epoch_fenced_batch() : 4 * epoch_collect_every);
+  collect_retired(4 * epoch_collect_every);
   s->tx.segment_stack(t->stack.base, t->stack.top());
   s->tx.segment_begin(*s->epoch, s->inevitable);
   run_timed(r, w, t, s, lk);
@@ -1216,7 +1190,8 @@ void ordered_before_exit() noexcept {
     std::vector<std::function<void()>> hooks = s->tx.segment_finish_commit();
     segment_handles = nullptr;
     s->tx.segment_detach();
-    flush_output_and_hooks(s, hooks);
+    flush_output(s);
+    for (auto& h : hooks) h();
     release_logged_handles(s);
   }
   o.exiting = true;
@@ -1244,14 +1219,11 @@ void ordered_output(std::FILE* stream, std::string_view text) {
   worker* w = this_worker();
   tasklet_impl* t = w ? w->running : nullptr;
   segment* s = t && !t->is_main ? seg(t) : nullptr;
-  const std::uint32_t hooks_before = s ? s->tx.effective_commit_hooks() : 0;
-  if (!s || (s->inevitable && s->hook_marks.empty() && hooks_before == 0)) {
+  if (!s || s->inevitable) {
     emit(stream, text);
     return;
   }
   alloc_log_pause pause;  // the buffers belong to the record, not to the attempt
-  if (hooks_before && (s->hook_marks.empty() || s->hook_marks.back().hooks < hooks_before))
-    s->hook_marks.push_back({hooks_before, s->out.size(), s->other.size()});
   if (stream == stdout) {
     s->out.append(text);
   } else {

@@ -1266,7 +1266,7 @@ void transaction::replace_write(write_entry& w, std::uint64_t b, const std::sour
 // --- or_else scopes ------------------------------------------------------------------------------
 
 transaction::scope_mark transaction::open_scope() {
-  if (scope_depth_++ == 0) outer_scope_hooks_ = static_cast<std::uint32_t>(commit_hooks_.size());
+  ++scope_depth_;
   const alloc_log::mark here = allocs_.position();
   return {writes_.size,
           undo_.size,

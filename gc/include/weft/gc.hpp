@@ -33,6 +33,10 @@ struct stack_extent {
   char* base = nullptr;
   std::size_t size = 0;
   char* top() const noexcept { return base + size; }
+  bool contains(const void* p) const noexcept {
+    const auto a = reinterpret_cast<std::uintptr_t>(p), b = reinterpret_cast<std::uintptr_t>(base);
+    return a >= b && a - b < size;
+  }
   explicit operator bool() const noexcept { return base != nullptr; }
 };
 

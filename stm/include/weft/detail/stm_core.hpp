@@ -296,13 +296,6 @@ class alignas(64) transaction {
   /// effects are visible after atomically returns and an exception from one propagates from it, as
   /// with one worker. Throws what a hook throws.
   void segment_scope_committed(const scope_mark& m);
-  /// The on_commit hooks that would already have run with one worker, where the outermost nested
-  /// atomically is a transaction of its own: all of them outside a nested scope, those registered
-  /// before the outermost scope opened inside one. Ordered mode runs hooks at the segment's commit,
-  /// interleaved with the segment's output at these points (scheduler/src/ordered.cpp).
-  std::uint32_t effective_commit_hooks() const noexcept {
-    return scope_depth_ ? outer_scope_hooks_ : static_cast<std::uint32_t>(commit_hooks_.size());
-  }
   /// The memory the attempt allocated (still owned by it).
   alloc_log::ranges attempt_allocations() const noexcept { return allocs_.ranges_after(0); }
   /// Runs `drop`, which destroys objects the runtime kept from the current attempt (an exception
@@ -394,7 +387,6 @@ class alignas(64) transaction {
   bool measuring_ = false;
   std::uint32_t consecutive_aborts_ = 0;
   std::uint32_t scope_depth_ = 0;
-  std::uint32_t outer_scope_hooks_ = 0;  // commit_hooks_.size() when the outermost scope opened
   std::uint32_t created_floor_ = 0;  ///< created_ entries below it were made before the innermost scope
   std::uint8_t signal_pending_ = 0;  ///< bits: 1 conflict, 2 retry, thrown and not yet handled
   std::uint64_t attempt_start_ns_ = 0;
