@@ -476,10 +476,8 @@ TEST_CASE_METHOD(fresh_runtime, "tvars on a tasklet's stack keep what other task
                  "[unit][ordered]") {
   // A parent's local tvars, updated by its children. A rolled-back segment of the parent restored its
   // stack from a snapshot taken before a child's commit and undid it: the parent waited for ever
-  // (here: gave up after 1,000 polls with a count short). (A boxed tvar, such as a std::string, came
-  // back holding a freed box; it is not used here: a boxed tvar made in a segment that ends at a
-  // spawn leaks its first box when that segment is rolled back, a fault found with this test and not
-  // fixed yet — see the stop-20 note.)
+  // (here: gave up after 1,000 polls with a count short), and a boxed tvar (a std::string) came back
+  // holding a freed box (segfault, bad_alloc).
   // Without the fix the test failed in about 3 runs of 10 with two rounds of two parents and three
   // children (a drained run stays serial for the rounds after): three parents, four children each.
   event_log log;
@@ -489,12 +487,14 @@ TEST_CASE_METHOD(fresh_runtime, "tvars on a tasklet's stack keep what other task
     spawn([&, p] {
       tvar<int> done{0};
       tvar<std::uint64_t> trail{1};  // unsigned: the products wrap
+      tvar<std::string> word{std::string("start")};
       for (int c = 0; c < 4; ++c)
         spawn([&, c] {
           for (int i = 0; i < 10; ++i) {
             busy(i);
             done.set(done.get() + 1);
             trail.set(trail.get() * 4 + static_cast<std::uint64_t>(c));
+            word.set(word.get().substr(0, 8) + std::to_string(c));
             schedule();
           }
         });
@@ -503,11 +503,12 @@ TEST_CASE_METHOD(fresh_runtime, "tvars on a tasklet's stack keep what other task
         busy(++polls);
         schedule();
       }
-      log(fmt::format("parent {}: done={} trail {} after {} polls", p, done.get(), trail.get() != 0, polls < 1000 ? "few" : "1000"));
+      log(fmt::format("parent {}: done={} trail {} word {} after {} polls", p, done.get(), trail.get() != 0,
+                      word.get().size(), polls < 1000 ? "few" : "1000"));
     });
   run();
   for (int p = 0; p < 3; ++p)
-    expected += fmt::format("{}parent {}: done=40 trail true after few polls", expected.empty() ? "" : " ", p);
+    expected += fmt::format("{}parent {}: done=40 trail true word 6 after few polls", expected.empty() ? "" : " ", p);
   }
   CHECK(log.str() == expected);
   fresh_runtime::check_clean();

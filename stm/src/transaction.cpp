@@ -928,6 +928,21 @@ void transaction::drop_created_from(std::uint32_t first, std::size_t allocs) noe
   created_.size = first;
 }
 
+// Tvars the attempt made on its tasklet's stack, when the segment is rolled back without unwinding:
+// the restore puts back the stack from before they were made (or the tasklet starts again) and
+// their constructors run again, so their first boxes go now, while their storage still holds them.
+// (drop_created_from keeps tvars outside freed memory alive: a scope rolled back by an exception
+// has unwound its frames, and destroyed its locals, already.)
+void transaction::drop_created_on_stack() noexcept {
+  for (std::uint32_t i = 0; i < created_.size; ++i) {
+    tvar_entry& c = created_.data[i];
+    if (!c.var || c.var < stack_lo_ || c.var >= stack_hi_) continue;
+    if (c.drop) c.drop(reinterpret_cast<void*>(c.var->bits.load(std::memory_order_relaxed)));
+    c.var->forget();
+    c.var = nullptr;
+  }
+}
+
 void transaction::after_commit() {
   counters::bump(stats.commits);
   if (destroyed_.size || created_.size) [[unlikely]]
@@ -1170,6 +1185,7 @@ std::vector<std::function<void()>> transaction::segment_abort() noexcept {
   // Installed while the attempt's boxes are dropped: memory their values allocated in the attempt
   // is then recognised by `delete` (freed once, not again by the log's rollback).
   alloc_log* const outer = set_active_alloc_log(&allocs_);
+  drop_created_on_stack();
   std::vector<std::function<void()>> aborts = discard_attempt(true);
   set_active_alloc_log(outer);
   counters::bump(stats.allocations_undone, allocs_.abort());

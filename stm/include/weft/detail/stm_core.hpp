@@ -366,6 +366,7 @@ class alignas(64) transaction {
   void clear_attempt() noexcept;
   std::vector<std::function<void()>> discard_attempt(bool free_created) noexcept;
   void drop_created_from(std::uint32_t first, std::size_t allocs) noexcept;
+  void drop_created_on_stack() noexcept;
   void record_conflict(conflict_kind kind, const tvar_base* v, const std::source_location& where) noexcept;
   void backoff() noexcept;
 
