@@ -508,7 +508,7 @@ TEST_CASE_METHOD(fresh_runtime, "tvars on a tasklet's stack keep what other task
     });
   run();
   for (int p = 0; p < 3; ++p)
-    expected += fmt::format("{}parent {}: done=40 trail true word 6 after few polls", expected.empty() ? "" : " ", p);
+    expected += fmt::format("{}parent {}: done=40 trail true word 9 after few polls", expected.empty() ? "" : " ", p);
   }
   CHECK(log.str() == expected);
   fresh_runtime::check_clean();
