@@ -46,7 +46,7 @@ struct intent {
   bool shutdown = false;           ///< raise: a shutdown kill (the victim runs just before main)
   bool stop_if_closed = false;     ///< receive: report `closed` instead of blocking or throwing on a closing channel
   void* slot = nullptr;            ///< sender: the T to move from; receiver: the std::optional<T> to fill
-  std::exception_ptr exception;
+  std::exception_ptr exception{};
   /// set_name: the new name, moved from by apply. It is the caller's own string, which lives on the
   /// caller's stack until the intent is applied (a segment's ending intent is applied at its commit,
   /// before its tasklet resumes). A pointer, not a std::string: every channel operation builds an
