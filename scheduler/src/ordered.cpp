@@ -1122,6 +1122,38 @@ tasklet_impl* ordered_running() noexcept {
   return w ? w->running : nullptr;
 }
 
+namespace {
+// Intents after which the caller goes on running, for the user no switch point at all (spawn is a
+// bind and an insert): the segment ends there only because the intent is applied at its commit. The
+// stretch up to the next real switch point is one piece of user code, and a tasklet may change heap
+// memory it allocated earlier in that stretch (fill a vector made before a spawn: README's rule is
+// about switch points). Rolled back, the segment after such an intent would not restore that memory
+// (it is older than the segment) and ran again over what its first run left there: handles copied
+// into the vector were released twice and their channels freed while in use (a newcomer's port,
+// every seed with injection). That segment runs at the head, inevitable: the caller is the head once
+// the intent commits (it keeps running), so it waits for nothing, and what follows it is still
+// speculative. Likewise after an intent carrying an exception (send_exception, raise_exception):
+// the exception object is shared with its receiver from the commit on, and the next segment drops
+// the caller's own references to it (the statement's temporaries: an exception_ptr and, for
+// std::runtime_error and its kin, the message string), counted outside any rollback; released
+// twice, it was freed under its receiver (a double free).
+bool continues_caller(intent_kind k) noexcept {
+  switch (k) {
+    case intent_kind::bind:
+    case intent_kind::insert:
+    case intent_kind::remove:
+    case intent_kind::set_name:
+    case intent_kind::channel_close:
+    case intent_kind::channel_open:
+    case intent_kind::channel_preference:
+    case intent_kind::channel_schedule_all:
+      return true;
+    default:
+      return false;
+  }
+}
+}  // namespace
+
 op_status ordered_perform(runtime& r, intent& in) {
   worker* w = this_worker();
   tasklet_impl* self = w->running;
@@ -1131,6 +1163,8 @@ op_status ordered_perform(runtime& r, intent& in) {
         "a transaction cannot give up the processor; move it out of the transaction");
   if (self != r.main) {
     // A segment ends: its intent goes to the record, applied when it commits (invariant 3).
+    if (in.exception || continues_caller(in.kind)) [[unlikely]]
+      self->want_head = true;  // see continues_caller
     seg(self)->ending = std::move(in);
     tasklet_impl* prev = leave(self, worker::end::finished);
     // A new segment starts here, on whatever thread: the result of the switch point is committed.
