@@ -78,8 +78,10 @@ void configure(const options& o);
 /// The options in force (after environment overrides).
 options configuration();
 
-/// stackless.run(): main leaves the ring and the other tasklets run until none is runnable (tasklets
-/// still blocked on channels are fine). Must be called from the main tasklet.
+/// stackless.run(): the caller leaves the ring (paused) and the other tasklets run until none is
+/// runnable (tasklets still blocked on channels are fine). May be called from any tasklet; the calls
+/// nest: the innermost waiting run() returns first, and an exception escaping a tasklet is thrown
+/// from it (SEMANTICS.md §1.6, §3). A switch point: not allowed inside weft::atomically.
 void run();
 /// The next tasklet runs; the caller goes to the tail of the ring.
 void schedule();
