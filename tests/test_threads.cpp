@@ -365,3 +365,59 @@ TEST_CASE_METHOD(fresh_runtime, "5b kills race with wake-ups from another thread
   CHECK(ch.balance() == 0);
   check_clean();
 }
+
+TEST_CASE_METHOD(fresh_runtime, "5b a thread that starts threads before it uses weft counts as one that may wake them", "[unit][threads]") {
+  // A newcomer's program: this thread (no runtime: the fixture shut it down) makes the channels,
+  // starts two workers that block on `jobs` at once, and only then uses weft (spawns the producer,
+  // receives the results). The workers must wait for it, not report a deadlock: when the first
+  // worker blocked before the second was started it found nobody alive (§4.1's error); when both
+  // blocked before this thread used weft, the second found every live runtime waiting. Both orders
+  // are forced below (the workers announce that they are about to block; this thread lets them).
+  constexpr int rounds = 12, jobs_per_round = 10;
+  for (int round = 0; round < rounds; ++round) {
+    weft::shutdown();  // no runtime here while the workers start and block
+    const bool staggered = round % 2 == 0;  // the first worker blocks before the second exists
+    channel<int> jobs, results, fin;
+    std::atomic<int> about_to_block{0}, errors{0};
+    std::vector<std::thread> workers;
+    auto worker = [&about_to_block, &errors, jobs, results] {
+      try {
+        for (bool first = true;; first = false) {
+          if (first) ++about_to_block;
+          const int j = jobs.receive();
+          if (j < 0) break;
+          results.send(j * j);
+        }
+      } catch (const std::exception&) {
+        ++errors;
+      }
+    };
+    for (int t = 0; t < 2; ++t) {
+      workers.emplace_back(worker);
+      if (staggered || t == 1) {
+        wait_until([&] { return about_to_block == t + 1; });
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));  // it blocks (or fails) meanwhile
+      }
+    }
+    long sum = 0;
+    std::string main_error;
+    try {
+      spawn([jobs, fin] {
+        for (int j = 0; j < jobs_per_round; ++j) jobs.send(j);
+        for (int i = 0; i < 2; ++i) jobs.send(-1);
+        fin.send(0);
+      });
+      for (int i = 0; i < jobs_per_round; ++i) sum += results.receive();
+      fin.receive();
+    } catch (const std::exception& e) {
+      main_error = e.what();
+    }
+    for (auto& th : workers) th.join();
+    INFO("round " << round << (staggered ? " (staggered)" : " (both blocked first)"));
+    CHECK(errors == 0);
+    CHECK(main_error.empty());
+    CHECK(sum == 285);
+    if (errors != 0 || !main_error.empty()) break;  // one failing round says it all
+  }
+  check_clean();
+}

@@ -144,6 +144,8 @@ runtime& this_runtime() {
   return *holder.rt;
 }
 
+bool thread_has_runtime() noexcept { return holder.rt != nullptr || ordered_thread_runtime() != nullptr; }
+
 void release_runtime(runtime* r) noexcept {
   // acq_rel: the last owner sees everything the others wrote before it deletes.
   if (r && r->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete r;

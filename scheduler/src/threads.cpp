@@ -71,7 +71,10 @@ void tell_deadlock_if_all_wait(registry_state& g) noexcept {
 
 // A thread the program made counts as one that may still use weft from pthread_create on (in the
 // creating thread, so that a main that blocks right after starting it waits) until its first weft
-// call (then its runtime counts) or its end. Stackless likewise waits while any other thread lives.
+// call (then its runtime counts) or its end. So does a creating thread that has no runtime (the
+// process's first thread, or one whose runtime weft::shutdown() ended): without it, threads started
+// before main's first weft call found nobody alive, or everybody waiting, and reported a deadlock.
+// Stackless likewise waits while any other thread lives.
 struct unstarted_mark {
   bool counted = false;
   ~unstarted_mark() {
@@ -242,6 +245,13 @@ extern "C" int pthread_create(pthread_t* thread, const pthread_attr_t* attr, voi
     registry_state& g = registry();
     std::lock_guard lk(g.lock);
     ++g.unstarted;
+    // The creator may use weft later too (typically: a main that makes channels, starts threads that
+    // block on them, then spawns their partners). It counts like the new thread, until its first
+    // weft call or its end; threads made by this hook are counted already (their own creator did).
+    if (!this_thread_unstarted.counted && !thread_has_runtime()) {
+      this_thread_unstarted.counted = true;
+      ++g.unstarted;
+    }
   }
   const int rc = real(thread, attr, &counted_thread_main, s);
   if (rc != 0) {
