@@ -97,7 +97,7 @@ tasklet_impl* running_tasklet(runtime& r) noexcept { return r.is_parallel() ? or
 
 namespace {
 bool in_tasklet() noexcept {
-  runtime* r = holder.rt ? holder.rt : ordered_thread_runtime();
+  runtime* r = thread_runtime();
   return r && running_tasklet(*r) != r->main;
 }
 // Set once, before main (runtimes are made by several threads at once: TSan).
@@ -144,7 +144,7 @@ runtime& this_runtime() {
   return *holder.rt;
 }
 
-bool thread_has_runtime() noexcept { return holder.rt != nullptr || ordered_thread_runtime() != nullptr; }
+runtime* thread_runtime() noexcept { return holder.rt ? holder.rt : ordered_thread_runtime(); }
 
 void release_runtime(runtime* r) noexcept {
   // acq_rel: the last owner sees everything the others wrote before it deletes.
@@ -278,7 +278,7 @@ resource_counts resources() {
 }
 
 run_statistics run_stats() {
-  runtime* r = holder.rt ? holder.rt : ordered_thread_runtime();
+  runtime* r = thread_runtime();
   if (r && r->ordered) return ordered_stats(*r);
   if (!r)
     if (auto last = last_ordered_stats()) return *last;
@@ -288,7 +288,7 @@ run_statistics run_stats() {
 resource_counts shutdown() {
   // A tasklet running on a worker thread (ordered mode) finds its runtime there: it must get the
   // error too, not an empty count (the thread owns no runtime of its own).
-  runtime* r = holder.rt ? holder.rt : ordered_thread_runtime();
+  runtime* r = thread_runtime();
   if (!r) return {};
   if (running_tasklet(*r) != r->main) throw std::logic_error("weft::shutdown() must be called from the main tasklet");
   r->shutting_down = true;
@@ -413,7 +413,7 @@ namespace weft::detail {
 channel_core* channel_create(void (*move)(void* dst, void* src)) {
   auto* c = new channel_core;
   c->move = move;
-  if (runtime* r = holder.rt ? holder.rt : ordered_thread_runtime()) {
+  if (runtime* r = thread_runtime()) {
     tasklet_impl* t = running_tasklet(*r);
     c->creator = t->id;
     c->serial = ++t->channels_made;  // a rolled-back segment gives its count back (ordered.cpp)

@@ -179,8 +179,9 @@ struct internal_thread_scope {
   internal_thread_scope(const internal_thread_scope&) = delete;
   internal_thread_scope& operator=(const internal_thread_scope&) = delete;
 };
-/// The calling thread has a runtime (its own, or, on an ordered-mode worker, the one it runs for).
-bool thread_has_runtime() noexcept;
+/// The calling thread's runtime (its own, or, on an ordered-mode worker, the one it runs for), or
+/// nullptr if it has none; makes none.
+runtime* thread_runtime() noexcept;
 /// Another thread's runtime is alive, or a thread the program made has not used weft yet (SEMANTICS.md §5b: a main with nothing to run then waits).
 bool other_runtimes_alive() noexcept;
 /// Under c's guard, by the runtime of the partner's partner: p (blocked in c, of another runtime) has

@@ -248,7 +248,7 @@ extern "C" int pthread_create(pthread_t* thread, const pthread_attr_t* attr, voi
     // The creator may use weft later too (typically: a main that makes channels, starts threads that
     // block on them, then spawns their partners). It counts like the new thread, until its first
     // weft call or its end; threads made by this hook are counted already (their own creator did).
-    if (!this_thread_unstarted.counted && !thread_has_runtime()) {
+    if (!this_thread_unstarted.counted && !thread_runtime()) {
       this_thread_unstarted.counted = true;
       ++g.unstarted;
     }
