@@ -403,7 +403,7 @@ void undo_handle_increments(const handle_log& log, const alloc_log::ranges& own)
     if (own.contains(e.object)) continue;
     if (e.k == handle_log::tasklet_inc)
       static_cast<tasklet_impl*>(e.object)->refs.fetch_sub(1, std::memory_order_relaxed);
-    if (e.k == handle_log::channel_inc) channel_undo_retain(static_cast<channel_core*>(e.object));
+    if (e.k == handle_log::channel_inc) channel_release_not_last(static_cast<channel_core*>(e.object));
   }
 }
 

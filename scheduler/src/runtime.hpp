@@ -36,6 +36,9 @@ namespace weft::detail {
 // unlocked, announcing each operation in its `busy_channel`; the first operation of another runtime
 // makes it `shared` for good (threads.cpp: an asymmetric Dekker handshake with the owner), and from
 // then on every runtime takes `lock`. channel_guard does all this.
+//
+// Layout: everything an operation on an unshared channel reads comes first, in 56 bytes; the lock
+// (used once the channel is shared) and the identity after it.
 struct channel_core {
   channel_core() = default;
   channel_core(const channel_core&) = delete;
@@ -49,8 +52,8 @@ struct channel_core {
   bool closing = false;
   std::atomic<runtime*> owner{nullptr};  // the runtime that first operated on it (holds a reference)
   std::atomic<bool> shared{false};       // another runtime has operated on it: `lock` from now on
-  std::mutex lock;
   void (*move)(void* dst, void* src) = nullptr;
+  std::mutex lock;
   // Identity (channel_key): the id of the tasklet that made it and how many channels that tasklet
   // had made before. Both follow serial order, so maps keyed by channels iterate the same way at
   // any worker count; a channel made outside any weft runtime has creator ~0 and a process-wide count.
@@ -213,8 +216,9 @@ inline void channel_release_now(channel_core* c) noexcept {
   if (c && c->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) [[unlikely]]
     channel_destroy(c);
 }
-/// Undoes a rolled-back segment's channel_retain (never destroys).
-inline void channel_undo_retain(channel_core* c) noexcept { c->refs.fetch_sub(1, std::memory_order_relaxed); }
+/// Drops a reference that is known not to be the last (a rolled-back segment's channel_retain; a
+/// blocked tasklet's while the caller holds a handle): never destroys.
+inline void channel_release_not_last(channel_core* c) noexcept { c->refs.fetch_sub(1, std::memory_order_relaxed); }
 /// Throws (and clears) t's pending exception.
 [[noreturn]] void rethrow_pending_exception(tasklet_impl* t);
 /// The tasklet whose code the calling thread runs.
