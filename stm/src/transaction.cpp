@@ -552,6 +552,14 @@ std::uint64_t transaction::read_slow(const tvar_base& v, const std::source_locat
   for (unsigned spins = 0;; ++spins) {
     std::uint64_t m1 = v.meta.load(std::memory_order_seq_cst);  // after the clock load of rv_
     if (m1 & lock_bit) {  // a committer is writing it back: wait, it is quick
+      // A lock held this long may be no committer's: an attempt whose snapshot is already stale can
+      // reach memory that is no tvar any more (a tvar on a tasklet's stack, found through a registry
+      // before its tasklet ended, the stack since reused: a return address there looks locked) and
+      // would wait for ever. Such an attempt's read set is no longer valid: it aborts here.
+      if ((spins & 1023) == 1023) {
+        const read_entry* failed = nullptr;
+        if (!reads_valid(rv_, &failed)) abort_conflict(conflict_kind::read_write, failed->var, failed->where);
+      }
       relax(spins, 128);
       continue;
     }
@@ -771,6 +779,21 @@ bool transaction::commit() {
     return true;
   }
   const std::uint64_t self = reinterpret_cast<std::uint64_t>(this) | lock_bit;
+  // A segment validates before it locks. One whose snapshot is stale may hold a tvar that is gone:
+  // on the stack of a tasklet that has ended since (found through a registry), the memory reused by
+  // another tasklet's frames. Locking it would store into those frames (and a word there that
+  // looks reserved made the commit wait for ever: a newcomer's program, every run at 2 workers with
+  // the guard off). Valid here, at the head of the ordered run (segment commits are serialised by the
+  // commit lock), every tvar it writes is still alive. Heap tvars need no such care: their memory
+  // is reclaimed through the epoch GC.
+  if (segment_ && reads_.size) {
+    const read_entry* failed = nullptr;
+    if (!reads_valid(rv_, &failed)) {
+      counters::bump(stats.aborts_validation);
+      record_conflict(conflict_kind::read_write, failed->var, failed->where);
+      return false;
+    }
+  }
 relock:
   for (std::uint32_t i = 0; i < writes_.size; ++i) {
     write_entry& w = writes_.data[i];
@@ -840,9 +863,17 @@ void transaction::tvar_destroyed(tvar_base* v, void (*drop)(void*)) {
     // A local of the segment's tasklet going out of scope. Its bytes belong to the tasklet's next
     // frames from now on, while the segment waits for its commit: the commit must not write the
     // destroyed mark, our buffered write or read its box there (it corrupted the suspended
-    // tasklet's locals), and validation cannot read it. So what it read of it is validated now (a
-    // predecessor that still writes it before we commit is writing into a tasklet's dead local:
-    // outside the memory contract, DESIGN.md §5), and its entries go.
+    // tasklet's locals), and validation cannot read it. So what it read of it is validated now, and
+    // its entries go.
+    // It was made before this attempt, so other tasklets may hold its address (agents on their
+    // tasklets' stacks in a registry, a parent's local its children update) and use it, in serial
+    // order, before this segment; once our next frames overwrite its bytes they would find garbage
+    // (a return address there looked like a held lock, and a predecessor waited for it for ever: a
+    // newcomer's program, every run at 2 workers with the guard off). So the segment first waits
+    // for its turn: at the head every predecessor has committed, and a successor that still reaches
+    // the tvar through a lookup made before our commit is doomed by it (read_slow and commit see to
+    // it that such a successor aborts).
+    if (!inevitable_) segment_park_for_head();
     for (std::uint32_t i = 0; i < reads_.size; ++i) {
       if (reads_.data[i].var != v) continue;
       const std::uint64_t m = v->meta.load(std::memory_order_acquire);
