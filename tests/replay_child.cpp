@@ -5,6 +5,11 @@
 //   replay_child nodes    a tasklet that keeps to the contract and stores pointers to nodes it
 //                         allocates in a tvar<node*> (a linked stack): each run of a segment gets new
 //                         addresses, which the check must not take for a difference.
+//   replay_child intents  tasklets that keep to the contract and end segments at intents that set up
+//                         the segment after them: an insert() that throws its misuse error (caught),
+//                         a kill() and a raise_exception() of runnable tasklets. The check must find no
+//                         difference (it reported one: the replay ran inevitable, printing directly).
+#include <stdexcept>
 #include <string>
 
 #include <weft/weft.hpp>
@@ -52,9 +57,47 @@ int nodes() {
   weft::print("{} nodes, sum {}\n", count, sum);
   return 0;
 }
+int intents() {
+  weft::tasklet dead = weft::spawn([] {});
+  weft::run();
+  weft::spawn([dead]() mutable {
+    weft::print("inserter a\n");
+    try {
+      dead.insert();
+    } catch (const std::logic_error& e) {
+      weft::print("caught: {}\n", e.what());
+    }
+    weft::print("inserter b\n");
+  });
+  weft::run();
+  for (const bool kill : {true, false}) {
+    weft::tasklet victim = weft::spawn([] {
+      try {
+        for (int i = 0; i < 5; ++i) weft::schedule();
+      } catch (const weft::tasklet_exit&) {
+        weft::print("victim killed\n");
+        throw;
+      } catch (const std::runtime_error& e) {
+        weft::print("victim got: {}\n", e.what());
+      }
+    });
+    weft::spawn([victim, kill]() mutable {
+      weft::print("attacker a\n");
+      if (kill)
+        victim.kill();
+      else
+        victim.raise_exception(std::make_exception_ptr(std::runtime_error("raised")));
+      weft::print("attacker b\n");
+    });
+    weft::run();
+  }
+  weft::print("end\n");
+  return 0;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "nodes") return nodes();
+  if (argc > 1 && std::string(argv[1]) == "intents") return intents();
   return plain_global();
 }

@@ -212,8 +212,10 @@ apply_result apply_channel_op(runtime& r, intent& in) {
       return {self};
     }
     // When p runs next, its saved registers and return frames are asked for now rather than just
-    // before the jump, so that those misses overlap the hand-off below.
-    if (c->preference == -d && !c->schedule_all) context_prefetch_resumed_frames(p);
+    // before the jump, so that those misses overlap the hand-off below. Serial state only: in
+    // ordered mode this runs at a commit while p's next segment may already run on another thread
+    // and write its context (a data race TSan reported).
+    if (!r.is_parallel() && c->preference == -d && !c->schedule_all) context_prefetch_resumed_frames(p);
     // p's reference to c goes first, while the store buffer holds no store to a cold line: the
     // locked decrement waits for every earlier store, and the transfer's store into p's stack
     // (usually cold: one of thousands of tasklets) then completes while the switch goes on

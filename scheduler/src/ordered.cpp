@@ -848,6 +848,11 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
       ++o.replay_count % o.replay_every == 0) {
     const record_digest first = digest(*s);
     abort_segment(r, t, s, abort_kind::replayed);
+    // The second run starts from the state the first did: run_new cleared want_head, and what the
+    // first run set for the segment after it (an intent that continues the caller or carries an
+    // exception: insert, a kill) the second sets again. Left set, it made the second run inevitable,
+    // printing directly, and its record differed from the first's (a false report).
+    t->want_head = false;
     s = run_new(r, w, t, lk);
     if (w.ended == worker::end::finished && !s->doomed)
       if (std::string what = difference(first, digest(*s)); !what.empty()) replay_mismatch(t, what);
