@@ -159,3 +159,28 @@ TEST_CASE_METHOD(fresh_runtime, "channels and tasklets are map keys, ordered by 
   CHECK(tasklet() < made.front());
   fresh_runtime::check_clean();
 }
+
+TEST_CASE_METHOD(fresh_runtime, "tasklet operations work through a const handle", "[unit][handles]") {
+  // A tasklet handle is shared like a channel: a lambda that captures one by value needs no `mutable`
+  // (a newcomer's port did not compile without it).
+  event_log log;
+  const tasklet victim = spawn([&log] {
+    try {
+      for (;;) schedule();
+    } catch (const tasklet_exit&) {
+      log("victim killed");
+      throw;
+    }
+  });
+  spawn([victim, &log] {
+    victim.set_name("v");
+    log(victim.name());
+    victim.remove();
+    victim.insert();
+    victim.kill();
+    log("killer done");
+  });
+  run();
+  CHECK(log.str() == "v victim killed killer done");
+  CHECK_FALSE(victim.alive());
+}

@@ -11,29 +11,29 @@ using detail::intent_kind;
 using detail::perform;
 using detail::tasklet_state;
 
-tasklet& tasklet::insert() {
+const tasklet& tasklet::insert() const {
   intent in{.kind = intent_kind::insert, .target = impl_};
   perform(in);
   return *this;
 }
 
-tasklet& tasklet::remove() {
+const tasklet& tasklet::remove() const {
   intent in{.kind = intent_kind::remove, .target = impl_};
   perform(in);
   return *this;
 }
 
-void tasklet::run() {
+void tasklet::run() const {
   intent in{.kind = intent_kind::run, .target = impl_};
   perform(in);
 }
 
-void tasklet::switch_to() {
+void tasklet::switch_to() const {
   intent in{.kind = intent_kind::switch_to, .target = impl_};
   perform(in);
 }
 
-void tasklet::kill() {
+void tasklet::kill() const {
   if (!impl_) return;  // a dead target is a no-op too (§3.3), decided where the kill is applied
   tasklet keep(*this);  // the target must outlive its own unwinding even if our caller drops us
   intent in{.kind = intent_kind::raise, .target = impl_, .kill = true,
@@ -41,7 +41,7 @@ void tasklet::kill() {
   perform(in);
 }
 
-void tasklet::raise_exception(std::exception_ptr e) {
+void tasklet::raise_exception(std::exception_ptr e) const {
   if (!e) throw std::invalid_argument("raise_exception needs an exception");
   tasklet keep(*this);
   intent in{.kind = intent_kind::raise, .target = impl_, .exception = std::move(e)};
@@ -90,7 +90,7 @@ std::uint64_t tasklet::id() const {
   return impl_->id;
 }
 
-void tasklet::set_name(std::string name) {
+void tasklet::set_name(std::string name) const {
   if (!impl_) throw std::logic_error("cannot name an empty tasklet handle");
   intent in{.kind = intent_kind::set_name, .target = impl_, .text = &name};
   perform(in);

@@ -45,20 +45,30 @@ class tasklet {
   }
   ~tasklet() { detail::release(impl_); }
 
+  // Operations (SEMANTICS.md §1, §3). A tasklet handle is shared, like a channel: the operations do not
+  // change the handle and are callable through a const one (a lambda's by-value capture needs no
+  // `mutable`). Misuse throws std::logic_error with Stackless' message (SEMANTICS.md): a dead or empty
+  // tasklet cannot be inserted, run or switched to (remove and kill of one do nothing), a blocked one
+  // cannot be inserted, run or removed, the current one cannot be removed, and a tasklet of another
+  // thread's runtime cannot be scheduled from this one. Called from a tasklet in ordered mode, each is
+  // applied when the caller's segment commits; run, switch_to, kill and raise_exception are switch
+  // points, insert, remove and set_name are not (README).
+
   /// Appends the tasklet at the tail of the runnable ring (no effect if scheduled or current).
-  tasklet& insert();
+  const tasklet& insert() const;
   /// Takes a runnable tasklet out of the ring (it becomes paused).
-  tasklet& remove();
+  const tasklet& remove() const;
   /// Rotates the ring so that this tasklet runs now; the caller keeps its place.
-  void run();
+  void run() const;
   /// Like run(), but the caller leaves the ring (paused). Stackless' `switch`.
-  void switch_to();
-  /// Throws tasklet_exit inside the tasklet at once (rotating the ring to it).
-  void kill();
-  /// Throws e inside the tasklet at once (rotating the ring to it).
-  void raise_exception(std::exception_ptr e);
+  void switch_to() const;
+  /// Throws tasklet_exit inside the tasklet at once (rotating the ring to it; a blocked tasklet leaves
+  /// its channel first). No effect on an empty handle or a dead tasklet.
+  void kill() const;
+  /// Throws e inside the tasklet at once (rotating the ring to it). std::invalid_argument for a null e.
+  void raise_exception(std::exception_ptr e) const;
   template <class E>
-  void throw_(E e) {
+  void throw_(E e) const {
     raise_exception(std::make_exception_ptr(std::move(e)));
   }
 
@@ -70,7 +80,8 @@ class tasklet {
   bool is_current() const noexcept;
   /// The name given with set_name, else "main" or "tasklet-<id>"; "" for an empty handle.
   std::string name() const;
-  void set_name(std::string name);
+  /// Names the tasklet (name() returns it). Throws std::logic_error for an empty handle.
+  void set_name(std::string name) const;
   /// True unless the handle is empty.
   explicit operator bool() const noexcept { return impl_ != nullptr; }
 
