@@ -8,6 +8,7 @@
 // so its read set was no longer valid: it must abort (stm/src/transaction.cpp, read_slow). The agent's
 // layout is the one that showed it (a newcomer's program, round 4): other layouts put other words there.
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <string>
 
@@ -16,6 +17,7 @@
 namespace {
 struct agent;
 weft::tvar<std::map<int, agent*>>* registry;
+int agents_made = 600;  // argv[1]: sanitizer builds run fewer
 
 struct agent {
   int id;
@@ -40,7 +42,7 @@ void live(int id, int gen) {
   agent a(id, 20 + (id + gen) % 10);
   for (std::uint64_t step = 0;; ++step) {
     const std::uint64_t h = mix(static_cast<std::uint64_t>(id) * 1315423911u + step * 2654435761u + static_cast<std::uint64_t>(gen));
-    const int target = static_cast<int>(h % 1200);
+    const int target = static_cast<int>(h % static_cast<std::uint64_t>(2 * agents_made));
     weft::atomically([&] {
       agent* t = registry->view([&](const std::map<int, agent*>& m) -> agent* {
         auto it = m.lower_bound(target);
@@ -54,11 +56,12 @@ void live(int id, int gen) {
 }
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc > 1) agents_made = std::atoi(argv[1]);
   registry = new weft::tvar<std::map<int, agent*>>();
   std::map<int, weft::tasklet> agents;
   std::map<int, int> generation;
-  for (int i = 0; i < 600; ++i) agents[2 * i] = weft::spawn([i] { live(2 * i, 0); });
+  for (int i = 0; i < agents_made; ++i) agents[2 * i] = weft::spawn([i] { live(2 * i, 0); });
   for (int round = 0; round < 8; ++round) {
     for (int k = 0; k < 3; ++k) weft::schedule();
     int alive = 0, respawned = 0;
