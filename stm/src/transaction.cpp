@@ -766,26 +766,15 @@ bool transaction::commit() {
     signal_swallowed();
   if (solo_) return commit_solo();
   if (inevitable_) return commit_inevitable();
-  if (writes_.size == 0) {
-    // Read-only: consistent at rv_ by construction (opacity), so it may serialise at rv_. A segment
-    // may not: it commits after everything committed since, so what it read must still be current.
-    const read_entry* failed = nullptr;
-    if (segment_ && reads_.size && !reads_valid(rv_, &failed)) {
-      counters::bump(stats.aborts_validation);
-      record_conflict(conflict_kind::read_write, failed->var, failed->where);
-      return false;
-    }
-    counters::bump(stats.read_only_commits);
-    return true;
-  }
-  const std::uint64_t self = reinterpret_cast<std::uint64_t>(this) | lock_bit;
-  // A segment validates before it locks. One whose snapshot is stale may hold a tvar that is gone:
-  // on the stack of a tasklet that has ended since (found through a registry), the memory reused by
-  // another tasklet's frames. Locking it would store into those frames (and a word there that
-  // looks reserved made the commit wait for ever: a newcomer's program, every run at 2 workers with
-  // the guard off). Valid here, at the head of the ordered run (segment commits are serialised by the
-  // commit lock), every tvar it writes is still alive. Heap tvars need no such care: their memory
-  // is reclaimed through the epoch GC.
+  // A segment validates first, whatever it wrote. It commits after everything committed since it
+  // started, so what it read must still be current (a plain read-only transaction may serialise at
+  // rv_ instead: consistent there by construction, opacity). And one whose snapshot is stale may
+  // hold a tvar that is gone: on the stack of a tasklet that has ended since (found through a
+  // registry), the memory reused by another tasklet's frames. Locking it would store into those
+  // frames (and a word there that looks reserved made the commit wait for ever: a newcomer's
+  // program, every run at 2 workers with the guard off). Valid here, at the head of the ordered run
+  // (segment commits are serialised by the commit lock), every tvar it writes is still alive. Heap
+  // tvars need no such care: their memory is reclaimed through the epoch GC.
   if (segment_ && reads_.size) {
     const read_entry* failed = nullptr;
     if (!reads_valid(rv_, &failed)) {
@@ -794,6 +783,11 @@ bool transaction::commit() {
       return false;
     }
   }
+  if (writes_.size == 0) {
+    counters::bump(stats.read_only_commits);
+    return true;
+  }
+  const std::uint64_t self = reinterpret_cast<std::uint64_t>(this) | lock_bit;
 relock:
   for (std::uint32_t i = 0; i < writes_.size; ++i) {
     write_entry& w = writes_.data[i];
