@@ -571,6 +571,51 @@ void refresh_stack_tvars(ordered_state& o, const std::vector<const void*>& writt
         snapshot_refresh(other->stack, v, sizeof(tvar_base));
 }
 
+// Main's writes. Main runs at the head, outside any segment, and writes tvars directly (its own
+// transactions and direct set() calls): one on a tasklet's stack (the registry pattern, main
+// updating an agent) is written there while that tasklet's segment may be in flight on another
+// thread, with a snapshot from before. Rolled back, the segment restored the old state and main's
+// write was lost (the tasklet waited for ever). So such a commit holds the commit lock from before
+// it locks its tvars to after its write-back (no snapshot is taken or restored meanwhile) and then
+// copies the new state into the snapshots, as commit_chain does for a segment's commit. No deadlock:
+// while main runs no segment of the run commits, so no holder of the commit lock waits for a tvar.
+// Plain threads are not covered (README): a tvar they share with tasklets lives on the heap.
+struct main_write_token {
+  runtime* r = nullptr;
+  std::unique_lock<std::mutex> lk;
+  std::vector<const void*> vars;
+};
+constinit thread_local bool main_holds_commit_lock = false;       // ordered_perform: apply may run user code
+
+void* main_write_begin(const transaction* tx, const void* single) {
+  worker* w = this_thread_worker;
+  if (!w || !w->main_thread || main_holds_commit_lock || !w->rt) return nullptr;
+  runtime& r = *w->rt;
+  if (w->running != r.main || !r.is_parallel() || !r.pool) return nullptr;
+  static thread_local main_write_token token;
+  token.vars.clear();
+  auto note = [&](const void* v) {
+    if (r.pool->spans(v) && !r.main->stack.contains(v)) [[unlikely]]
+      token.vars.push_back(v);
+  };
+  if (single)
+    note(single);
+  else
+    tx->for_each_write([&](const write_entry& e) { note(e.var); });
+  if (token.vars.empty()) [[likely]]
+    return nullptr;
+  token.r = &r;
+  token.lk = std::unique_lock(state_of(r).mu, std::defer_lock);
+  lock_commit(token.lk);
+  return &token;
+}
+
+void main_write_end(void* p) {
+  auto& token = *static_cast<main_write_token*>(p);
+  refresh_stack_tvars(state_of(*token.r), token.vars);
+  token.lk.unlock();
+}
+
 // Commits the head while its segment has finished, then the next head, and so on; returns how many
 // heads it committed or aborted (0: nothing changed). Wakes whoever must run next.
 // Locality: a finished head that another thread ran is left to that thread while it is in a
@@ -1009,7 +1054,10 @@ void ordered_start(runtime& r) {
   std::call_once(hooks_set, [] {
     segment_abort_jump = &abort_jump;
     segment_park_for_head = &park_for_head;
+    outside_write_end.store(&main_write_end, std::memory_order_relaxed);
+    outside_write_begin.store(&main_write_begin, std::memory_order_release);
   });
+  (void)r.stacks();  // made before the worker threads start: main_write_begin reads r.pool
   auto m = std::make_unique<worker>();
   m->rt = &r;
   m->home = r.main;
@@ -1190,6 +1238,10 @@ op_status ordered_perform(runtime& r, intent& in) {
   ordered_state& o = state_of(r);
   std::unique_lock lk(o.mu, std::defer_lock);
   lock_commit(lk);
+  main_holds_commit_lock = true;
+  struct released {
+    ~released() { main_holds_commit_lock = false; }
+  } released_at_exit;
   r.current = r.main;
   const apply_result res = apply(r, in);  // an error is thrown here, at once, as with one worker
   commit_chain(r);
@@ -1200,6 +1252,7 @@ op_status ordered_perform(runtime& r, intent& in) {
     w->running = r.main;
   }
   r.current = r.main;
+  main_holds_commit_lock = false;
   lk.unlock();
   if (r.main->pending) [[unlikely]]
     rethrow_pending_exception(r.main);

@@ -76,6 +76,8 @@ __attribute__((tls_model("initial-exec"))) constinit thread_local transaction* c
 void (*segment_abort_jump)() = nullptr;
 void (*segment_park_for_head)() = nullptr;
 bool (*running_in_tasklet)() noexcept = nullptr;
+std::atomic<void* (*)(const transaction*, const void*)> outside_write_begin{nullptr};
+std::atomic<void (*)(void*)> outside_write_end{nullptr};
 
 // Solo mode: solo_state = claim number << 2 | solo_active | solo_revoking, and solo_owner the
 // descriptor of the current claim. Each claim has a new number, so an attempt that began solo can
@@ -91,6 +93,25 @@ struct alignas(64) padded_clock {
   std::atomic<std::uint64_t> value{0};
 };
 padded_clock clock;
+
+// A commit of `tx` (or a direct write of `single`) outside any tasklet segment, from before its locks
+// to after its write-back: see outside_write_begin.
+class outside_write_scope {
+ public:
+  outside_write_scope(const transaction* tx, const void* single) {
+    if (!tx && !single) return;
+    if (auto* begin = outside_write_begin.load(std::memory_order_acquire)) [[unlikely]]
+      token_ = begin(tx, single);
+  }
+  ~outside_write_scope() {
+    if (token_) outside_write_end.load(std::memory_order_relaxed)(token_);
+  }
+  outside_write_scope(const outside_write_scope&) = delete;
+  outside_write_scope& operator=(const outside_write_scope&) = delete;
+
+ private:
+  void* token_ = nullptr;
+};
 
 std::atomic<transaction*> inevitable_holder{nullptr};
 alignas(64) std::atomic<const transaction*> exclusive_holder{nullptr};  // read by every writing commit
@@ -314,6 +335,7 @@ void tvar_base::write_direct(std::uint64_t b, void (*drop)(void*), const std::so
   // A direct write is a transaction of one write: its thread registers, so that no other thread
   // runs solo (lock-free) transactions while it writes.
   (void)thread_transaction();
+  const outside_write_scope outside(nullptr, this);
   // Lock (waiting out committers and the inevitable transaction's reservation).
   std::uint64_t m;
   for (unsigned spins = 0;; ++spins) {
@@ -728,6 +750,7 @@ bool transaction::commit_inevitable() {
   // Every written tvar is reserved by us, so nobody else can hold its lock: take them all. Exclusive:
   // a committer that took a lock before our exclusive_holder store may still hold it (it finishes
   // without waiting), and one that takes a lock after lets it go at once: CAS, waiting them out.
+  const outside_write_scope outside(segment_ || writes_.size == 0 ? nullptr : this, nullptr);
   const std::uint64_t self = reinterpret_cast<std::uint64_t>(this) | lock_bit;
   for (write_entry& w : writes_) {
     std::uint64_t m = w.var->meta.load(std::memory_order_relaxed);
@@ -787,6 +810,7 @@ bool transaction::commit() {
     counters::bump(stats.read_only_commits);
     return true;
   }
+  const outside_write_scope outside(segment_ ? nullptr : this, nullptr);
   const std::uint64_t self = reinterpret_cast<std::uint64_t>(this) | lock_bit;
 relock:
   for (std::uint32_t i = 0; i < writes_.size; ++i) {

@@ -11,6 +11,7 @@
 // A stack_pool belongs to one runtime (one thread) and is not synchronised.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -59,9 +60,11 @@ class stack_pool {
   std::size_t reserved_bytes() const noexcept { return reserved_; }
   /// Whether p lies between the lowest and the highest address of the pool's slabs (a cheap filter:
   /// true for every stack of the pool, and perhaps for other memory mapped between its slabs).
+  /// Thread-safe: the bounds only widen, and a thread that may write into a stack of the pool
+  /// learnt of that stack through some synchronisation after the slab was added.
   bool spans(const void* p) const noexcept {
     const auto a = reinterpret_cast<std::uintptr_t>(p);
-    return a >= lo_ && a < hi_;
+    return a >= lo_.load(std::memory_order_relaxed) && a < hi_.load(std::memory_order_relaxed);
   }
 
  private:
@@ -81,7 +84,7 @@ class stack_pool {
   std::size_t total_stacks_ = 0;
   std::size_t in_use_ = 0;
   std::size_t reserved_ = 0;
-  std::uintptr_t lo_ = 0, hi_ = 0;  // spans()
+  std::atomic<std::uintptr_t> lo_{0}, hi_{0};  // spans(); written under the owner's lock, read by any thread
 };
 
 /// Installs (once per process, and an alternate signal stack once per thread) the SIGSEGV handler

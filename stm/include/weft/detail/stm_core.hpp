@@ -40,6 +40,15 @@ struct tx_retry_signal {};  ///< thrown by retry()
 /// its tasklet is the head of the committed ring and returns with the transaction inevitable.
 extern void (*segment_abort_jump)();
 extern void (*segment_park_for_head)();
+class transaction;
+/// Set by the scheduler (ordered.cpp) while any ordered run exists. A commit outside every tasklet
+/// segment that writes tvars — of `tx`, or the one tvar `single` of a direct write — calls
+/// `outside_write_begin` before it locks them and, if that returned a token, `outside_write_end` with
+/// it once they are written and unlocked. The scheduler uses them when main writes a tvar that lives
+/// on a tasklet's stack: the write-back then cannot interleave with a rollback of that tasklet, and
+/// the snapshots of its segments in flight get the new state (ordered.cpp, "main's writes").
+extern std::atomic<void* (*)(const transaction* tx, const void* single)> outside_write_begin;
+extern std::atomic<void (*)(void* token)> outside_write_end;
 /// Set by the scheduler: whether the calling code runs in a tasklet other than its thread's main one
 /// (retry() there is refused in every mode: a tasklet waits on a channel).
 extern bool (*running_in_tasklet)() noexcept;
