@@ -69,6 +69,7 @@ inline __attribute__((always_inline)) void ring_append(runtime& r, tasklet_impl*
 
 // Puts t right after `pos` (which is in the ring).
 void ring_insert_after(runtime& r, tasklet_impl* pos, tasklet_impl* t) noexcept {
+  r.dispatch_hint = nullptr;  // t may land between the head and the hint
   link_before(pos->next, t);
   ++r.ring_size;
   t->state = tasklet_state::runnable;
@@ -79,6 +80,7 @@ void ring_insert_after(runtime& r, tasklet_impl* pos, tasklet_impl* t) noexcept 
 // Takes t out of the ring; if it was the head, its successor becomes the head. The caller sets the
 // new state.
 void ring_unlink(runtime& r, tasklet_impl* t) noexcept {
+  if (r.dispatch_hint == t) r.dispatch_hint = t->next != t ? t->next : nullptr;
   if (t->next == t) {
     r.head = nullptr;
     t->next = t->prev = nullptr;
@@ -87,6 +89,19 @@ void ring_unlink(runtime& r, tasklet_impl* t) noexcept {
     unlink(t);
   }
   --r.ring_size;
+}
+
+// The head moves on to the next tasklet of the ring (the cyclic order is unchanged).
+void ring_advance(runtime& r) noexcept {
+  if (r.dispatch_hint == r.head) r.dispatch_hint = r.head->next;
+  r.head = r.head->next;
+}
+
+// "Rotate to t": the tasklets from the old head up to t are now at the tail, and the dispatch hint
+// may be among them.
+void ring_rotate_to(runtime& r, tasklet_impl* t) noexcept {
+  r.dispatch_hint = nullptr;
+  r.head = t;
 }
 
 // --- channel queues (under the channel's guard, threads.cpp) ------------------------------------------
@@ -227,10 +242,10 @@ apply_result apply_channel_op(runtime& r, intent& in) {
     guard.unlock();
     if (c->schedule_all) {          // P to the tail, the caller yields: O1 O2 P C
       ring_append(r, p);
-      r.head = self->next;
+      ring_advance(r);
     } else if (c->preference == -d) {  // P right after the caller, and P runs now: P O1 O2 C
       ring_insert_after(r, self, p);
-      r.head = p;
+      ring_rotate_to(r, p);
     } else {                        // P to the tail, the caller continues: C O1 O2 P
       ring_append(r, p);
     }
@@ -300,7 +315,7 @@ apply_result apply(runtime& r, intent& in) {
   tasklet_impl* t = in.target;
   switch (in.kind) {
     case intent_kind::yield:  // §1.4
-      if (r.ring_size > 1) r.head = self->next;
+      if (r.ring_size > 1) ring_advance(r);
       return {r.head};
 
     case intent_kind::run_main:  // §1.6: from any tasklet; the calls nest
@@ -338,7 +353,7 @@ apply_result apply(runtime& r, intent& in) {
       check_runnable_target(r, t);
       if (t == self) return {self};
       if (t->state == tasklet_state::paused) ring_append(r, t);
-      r.head = t;
+      ring_rotate_to(r, t);
       return {t};
 
     case intent_kind::switch_to:  // §1.9
@@ -346,7 +361,7 @@ apply_result apply(runtime& r, intent& in) {
       if (t == self) return {self};
       if (t->state == tasklet_state::paused) ring_append(r, t);
       leave_ring_paused(r, self);
-      r.head = t;
+      ring_rotate_to(r, t);
       return {t};
 
     case intent_kind::raise: {  // §3.1 - §3.4
@@ -372,7 +387,7 @@ apply_result apply(runtime& r, intent& in) {
       if (in.shutdown && t->state == tasklet_state::runnable) leave_ring_paused(r, t);
       if (t->state == tasklet_state::paused) ring_append(r, t);
       t->pending = std::move(in.exception);
-      r.head = t;  // rotate to t (a shutdown victim was appended just before main: it runs, then main)
+      ring_rotate_to(r, t);  // (a shutdown victim was appended just before main: it runs, then main)
       return {t};
     }
 
@@ -390,7 +405,7 @@ apply_result apply(runtime& r, intent& in) {
       }
       note_escaped(in.exception, self);  // named by the terminate handler if nobody catches it
       m->pending = std::move(in.exception);
-      r.head = m;
+      ring_rotate_to(r, m);
       return {m};
     }
 

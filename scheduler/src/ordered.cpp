@@ -351,43 +351,57 @@ void flush_output(segment* s) {
 }
 
 // --- dispatch ---------------------------------------------------------------------------------------
-// The first tasklet from the head on, within the window, that this thread may run: runnable, not
-// main, nothing in flight (or parked at the head), and allowed off the head.
+// The tasklet this thread runs next: the head, when it can start (it is what the next commit waits
+// for); else one past the head that may start off it (runnable, not main, nothing in flight, not
+// needing the head), while fewer than `window` segments are in flight.
+// The scan starts at r.dispatch_hint, the first place past the head where a tasklet may start, not
+// at the head: past the head, with W workers, W or more segments are in flight, and walking them
+// under the commit lock (a cache miss each) at every dispatch would make the lock the limit at 64
+// workers. From the hint it passes only segments started out of ring order (the locality choice
+// below) and tasklets that wait for the head: usually a step or two, at most `window` steps. Among what may start it prefers a tasklet whose last segment ran on
+// this thread, so that its stack and the data it works on are still in this core's cache (agents: a
+// tile's rows moved between the cores at every tick and its segments ran 40% longer), looking at
+// most `locality_look` tasklets past the first candidate.
+// Invariant 4: while main is runnable the main thread runs only what must commit before main; it
+// scans from the head up to main (usually a few tasklets: main runs as soon as it is the head).
 tasklet_impl* pick(runtime& r, const worker& w) {
   ordered_state& o = state_of(r);
   if (o.draining) return nullptr;
-  // Invariant 4: while main is runnable the main thread runs only what must commit before it.
-  const bool before_main_only = w.main_thread && r.main->state == tasklet_state::runnable;
   tasklet_impl* h = r.head;
   if (!h) return nullptr;
-  // The head first, when it can start: it is what the next commit waits for. Otherwise, among the
-  // tasklets of the window that can start, one whose last segment ran on this thread, so that its
-  // stack and the data it works on are still in this core's cache (agents: a tile's rows moved
-  // between the cores at every tick and its segments ran 40% longer); else the first.
-  // The search for a local one stops `locality_look` tasklets past the first candidate: with many
-  // workers the window is long (4 per worker), and the scan runs under the commit lock.
-  constexpr unsigned locality_look = 8;
-  tasklet_impl* first = nullptr;
-  unsigned looked = 0;
-  tasklet_impl* t = h;
-  for (unsigned n = 0; n < o.window; ++n) {
-    if (t == r.main && before_main_only) break;
-    if (t != r.main) {
-      bool can_start = false;
-      if (segment* s = seg(t))
-        can_start = t == h && s->st == segment::state::parked;
-      else
-        can_start = t == h || !needs_head(o, t);
-      if (can_start) {
-        if (t == h || t->last_worker == w.index + 1) return t;
-        if (!first) first = t;
-      }
+  if (h != r.main) {
+    if (segment* s = seg(h)) {
+      if (s->st == segment::state::parked) return h;  // parked for the head: it goes on inevitable
+    } else {
+      return h;
     }
-    if (first && ++looked > locality_look) break;
-    t = t->next;
-    if (t == h) break;
   }
-  return first;
+  if (o.in_flight >= o.window) return nullptr;
+  const bool before_main_only = w.main_thread && r.main->state == tasklet_state::runnable;
+  if (before_main_only && h == r.main) return nullptr;
+  constexpr unsigned locality_look = 8;
+  // (The head may have moved onto the hint since it was set: the scan then starts past the head.)
+  tasklet_impl* start = before_main_only || !r.dispatch_hint || r.dispatch_hint == h ? h->next : r.dispatch_hint;
+  tasklet_impl* first = nullptr;
+  tasklet_impl* chosen = nullptr;
+  unsigned looked = 0, n = 0;
+  for (tasklet_impl* t = start; t != h && n < o.window; t = t->next, ++n) {
+    if (t == r.main) {
+      if (before_main_only) break;
+      continue;
+    }
+    if (seg(t) || needs_head(o, t)) continue;  // in flight, or waits until it is the head
+    if (!first) first = t;
+    if (t->last_worker == w.index + 1) {
+      chosen = t;
+      break;
+    }
+    if (++looked > locality_look) break;
+  }
+  if (!chosen) chosen = first;
+  // The next scan starts at the first tasklet that may still start: `first` if another was chosen.
+  if (chosen && !before_main_only) r.dispatch_hint = chosen != first ? first : first->next != h ? first->next : nullptr;
+  return chosen;
 }
 
 // --- abort ------------------------------------------------------------------------------------------
@@ -454,6 +468,7 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   if (worker* w = this_worker()) ++w->aborts;
   ++t->attempts;
   t->segment = nullptr;
+  r.dispatch_hint = nullptr;  // t may start again, and it may lie before the hint
   give_segment(o, s);
   if (t->state == tasklet_state::dead) {  // killed before its first commit while this ran (apply.cpp)
     t->drop_function();
@@ -1058,6 +1073,7 @@ void ordered_start(runtime& r) {
     outside_write_begin.store(&main_write_begin, std::memory_order_release);
   });
   (void)r.stacks();  // made before the worker threads start: main_write_begin reads r.pool
+  r.dispatch_hint = nullptr;
   auto m = std::make_unique<worker>();
   m->rt = &r;
   m->home = r.main;

@@ -75,6 +75,11 @@ struct runtime {
   tasklet_impl* main = nullptr;
   tasklet_impl* current = nullptr;  // the running tasklet
   tasklet_impl* head = nullptr;     // ring head; nullptr when the ring is empty
+  // Ordered mode: where dispatch looks for the next tasklet to start, past the head (ordered.cpp,
+  // pick). A hint, never relied on for correctness: in the ring or nullptr (the ring operations in
+  // apply.cpp move it off a tasklet that leaves, and drop it when a tasklet that may start lands
+  // before it or the head jumps).
+  tasklet_impl* dispatch_hint = nullptr;
   std::vector<tasklet_impl*> runners;  // tasklets waiting in run(), innermost last (SEMANTICS §1.6)
   std::size_t ring_size = 0;
 
