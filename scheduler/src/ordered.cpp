@@ -32,6 +32,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <csignal>
+#include <exception>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -330,8 +331,20 @@ void give_segment(ordered_state& o, segment* s) {
   --o.in_flight;
 }
 
+// Whether t stopped while an exception was propagating through its frames (a switch point in a
+// destructor that the unwinding ran): the C++ runtime's count of uncaught exceptions, saved with t.
+bool unwinding(const tasklet_impl* t) noexcept {
+  return static_cast<std::uint32_t>(reinterpret_cast<std::uintptr_t>(t->eh_globals[1])) != 0;
+}
+
+// Whether t's next segment must run at the head, inevitable: it starts with an exception to throw,
+// inside a catch block or in the middle of an unwinding (the exception object is shared with the
+// committed past: a rolled-back attempt that caught and freed it left the re-run unwinding a freed
+// exception, a newcomer's program crashed), after an intent that continues the caller, or after K
+// aborts at the head.
 bool needs_head(const ordered_state& o, const tasklet_impl* t) noexcept {
-  return t->pending || t->want_head || t->eh_globals[0] != nullptr || t->head_aborts >= o.inevitable_after;
+  return t->pending || t->want_head || t->eh_globals[0] != nullptr || unwinding(t) ||
+         t->head_aborts >= o.inevitable_after;
 }
 
 bool main_can_run(const runtime& r) noexcept {
@@ -1231,6 +1244,13 @@ op_status ordered_perform(runtime& r, intent& in) {
         "a switch point (channel operation, schedule, run, kill, ...) inside weft::atomically: "
         "a transaction cannot give up the processor; move it out of the transaction");
   if (self != r.main) {
+    // A switch point reached while an exception thrown in this attempt propagates (a destructor
+    // sends on a channel): the exception object is untracked memory of the attempt, referenced
+    // only from the frames being unwound. Rolled back after this point, the attempt would leak it;
+    // so the segment first waits for the head and goes on inevitable (a conflict found on the way
+    // there still rolls it back).
+    if (std::uncaught_exceptions() > 0 && !seg(self)->inevitable) [[unlikely]]
+      park_for_head();
     // A segment ends: its intent goes to the record, applied when it commits (invariant 3).
     if (in.exception || continues_caller(in.kind)) [[unlikely]]
       self->want_head = true;  // see continues_caller
