@@ -455,7 +455,7 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   if (s->ending.exception) s->tx.release_attempt_objects([&] { s->ending.exception = nullptr; });
   // So are the exceptions of catch blocks the attempt ended inside (it started outside any: else it
   // would run inevitable, never rolled back): the rollback makes those catches never have happened.
-  if (t->eh_globals[0]) s->tx.release_attempt_objects([&] { context_end_catches(t); });
+  if (t->eh_globals[0]) s->tx.release_attempt_objects([&] { context_discard_catches(t); });
   std::vector<std::function<void()>> hooks = s->tx.segment_abort();
   segment_handles = outer_log;
   undo_handle_increments(dropped, own);  // a copy made while dropping (none expected) is not kept either

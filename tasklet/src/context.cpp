@@ -27,6 +27,11 @@ extern "C" void __tsan_func_entry(void* call_pc);  // the compiler's instrumenta
 extern "C" void* __cxa_get_globals() noexcept;
 extern "C" void __cxa_end_catch();
 
+#include <unwind.h>
+
+#include <cstdint>
+#include <typeinfo>
+
 namespace weft::detail {
 
 __attribute__((tls_model("initial-exec"))) constinit thread_local handle_log* segment_handles = nullptr;
@@ -225,6 +230,63 @@ void context_rewound([[maybe_unused]] tasklet_impl* t) noexcept {
   take_fiber(t);
   t->tsan_rewound = true;
 #endif
+}
+
+namespace {
+// The header the C++ runtime puts before every thrown object: the Itanium C++ ABI's __cxa_exception
+// (ABI §2.2.1; libstdc++ lays it out so), of which context_discard_catches needs the destructor, the
+// chain link and the exception class. Checked against the running C++ runtime once
+// (exception_layout_known) before anything is written through it.
+struct cxa_exception_header {
+  std::type_info* exception_type;
+  void (*exception_destructor)(void*);
+  void (*unexpected_handler)();
+  void (*terminate_handler)();
+  cxa_exception_header* next_exception;
+  int handler_count;
+  int handler_switch_value;
+  const unsigned char* action_record;
+  const unsigned char* language_specific_data;
+  std::uintptr_t catch_temp;
+  void* adjusted_ptr;
+  _Unwind_Exception unwind_header;
+};
+constexpr std::uint64_t gnu_cxx_primary = 0x474e5543432b2b00ULL;  // "GNUCC++\0": thrown by a throw expression
+
+struct layout_probe {
+  int value = 7;
+};
+
+// Whether a thrown object's header is where, and what, cxa_exception_header says: throws one and
+// looks at it from the catch block. Run once, on whatever thread first needs it, with that thread's
+// own exception state (no tasklet's chain swapped in).
+bool exception_layout_known() noexcept {
+  static const bool known = [] {
+    try {
+      throw layout_probe{};
+    } catch (layout_probe& caught) {
+      const auto* h = static_cast<const cxa_exception_header*>(eh_globals()[0]);
+      return h && static_cast<const void*>(h + 1) == static_cast<const void*>(&caught) &&
+             h->exception_type == &typeid(layout_probe) && h->unwind_header.exception_class == gnu_cxx_primary &&
+             h->handler_count == 1;
+    }
+    return false;
+  }();
+  return known;
+}
+}  // namespace
+
+void context_discard_catches(tasklet_impl* t) noexcept {
+  // Thrown in the attempt (it started outside every catch block and with no exception in flight, or
+  // it would not have been speculative), so the rollback undoes its construction: its destructor
+  // must not run either (a user's destructor that printed or counted did so once per rolled-back
+  // attempt, outside any transaction: a newcomer's program). Objects thrown again from an
+  // exception_ptr (std::rethrow_exception: a dependent exception, another class) are older: left to
+  // their owners.
+  if (exception_layout_known())
+    for (auto* h = static_cast<cxa_exception_header*>(t->eh_globals[0]); h; h = h->next_exception)
+      if (h->unwind_header.exception_class == gnu_cxx_primary) h->exception_destructor = nullptr;
+  context_end_catches(t);
 }
 
 void context_end_catches(tasklet_impl* t) noexcept {

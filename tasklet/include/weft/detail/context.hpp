@@ -51,6 +51,11 @@ void context_adopt_thread(tasklet_impl* main);
 /// std::exception_ptr reference the attempt took (the object then outlives the rollback: a leak,
 /// never a use after free). Runs on any thread; the thread's own exception state is untouched.
 void context_end_catches(tasklet_impl* t) noexcept;
+/// context_end_catches for a rolled-back attempt that ended inside catch blocks: the exceptions it
+/// threw and caught there are freed without running their destructors (the rollback undid their
+/// construction). Exceptions rethrown from a std::exception_ptr are older and ended as usual. Falls
+/// back to context_end_catches if the C++ runtime's exception header is not the Itanium ABI's.
+void context_discard_catches(tasklet_impl* t) noexcept;
 
 /// Overflow without a guard page (stacks beyond the vm.max_map_count budget, or WEFT_STACK_GUARD=0):
 /// checked at every switch point (perform, context_switch). A tasklet whose stack pointer is below its
