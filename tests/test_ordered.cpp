@@ -938,3 +938,34 @@ TEST_CASE_METHOD(fresh_runtime, "an exception caught in a rolled-back segment is
   loud_destroyed = nullptr;
   fresh_runtime::check_clean();
 }
+
+TEST_CASE_METHOD(fresh_runtime, "retry() in main that only main's own tasklets could end is an error, not a hang",
+                 "[unit][ordered]") {
+  // main's tasklets do not run while main waits in retry(), and no other thread is alive: nothing
+  // could ever change what it read (a newcomer's program waited for ever, at 1 and 2 workers).
+  tvar<int> flag{0};
+  spawn([&] { flag.set(1); });
+  std::string what;
+  try {
+    atomically([&] {
+      if (flag.get() == 0) retry();
+    });
+  } catch (const std::logic_error& e) {
+    what = e.what();
+  }
+  CHECK(what.find("weft::retry(): nothing could ever wake this transaction") == 0);
+  run();
+  CHECK(flag.get() == 1);
+  // With another thread alive that commits, main's retry() waits for it as before.
+  std::thread other([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    atomically([&] { flag.set(2); });
+  });
+  const int seen = atomically([&] {
+    if (flag.get() != 2) retry();
+    return flag.get();
+  });
+  other.join();
+  CHECK(seen == 2);
+  fresh_runtime::check_clean();
+}

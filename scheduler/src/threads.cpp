@@ -36,6 +36,7 @@
 
 #include "runtime.hpp"
 #include "weft/detail/epoch.hpp"
+#include "weft/detail/stm_core.hpp"
 
 namespace weft::detail {
 
@@ -168,6 +169,18 @@ bool other_runtimes_alive() noexcept {
   std::lock_guard lk(registry().lock);
   return registry().live > 1 || registry().unstarted != 0;
 }
+
+namespace {
+// For retry() (stm_core.hpp): the caller's thread may have no runtime (a program that only uses the
+// STM), then every live runtime is another thread's.
+bool another_thread_alive() noexcept {
+  std::lock_guard lk(registry().lock);
+  const std::size_t own_runtime = thread_runtime() ? 1 : 0;
+  const std::size_t own_unstarted = this_thread_unstarted.counted ? 1 : 0;
+  return registry().live > own_runtime || registry().unstarted > own_unstarted;
+}
+[[maybe_unused]] const bool retry_hook_set = (another_thread_may_commit = &another_thread_alive, true);
+}  // namespace
 
 void check_partner_has_thread(const tasklet_impl* p) {
   std::lock_guard lk(registry().lock);

@@ -76,6 +76,7 @@ __attribute__((tls_model("initial-exec"))) constinit thread_local transaction* c
 void (*segment_abort_jump)() = nullptr;
 void (*segment_park_for_head)() = nullptr;
 bool (*running_in_tasklet)() noexcept = nullptr;
+bool (*another_thread_may_commit)() noexcept = nullptr;
 std::atomic<void* (*)(const transaction*, const void*)> outside_write_begin{nullptr};
 std::atomic<void (*)(void*)> outside_write_end{nullptr};
 
@@ -1140,6 +1141,14 @@ void transaction::wait_for_change() {
     }
     std::uint32_t seen = commit_signal.load(std::memory_order_acquire);
     if (check()) break;
+    // Checked once per sleep (a lock), so that the last other thread ending while we wait is seen.
+    if (another_thread_may_commit && !another_thread_may_commit()) [[unlikely]] {
+      retry_waiters.fetch_sub(1, std::memory_order_relaxed);
+      abort_by_exception();
+      throw std::logic_error(
+          "weft::retry(): nothing could ever wake this transaction: no other thread that may use weft is "
+          "alive, and this thread's tasklets do not run while it waits");
+    }
     // A wake-up can slip between the check and the sleep (writers do not fence): sleep 1 ms at most.
     timespec timeout{0, 1'000'000};
     ::syscall(SYS_futex, &commit_signal, FUTEX_WAIT_PRIVATE, seen, &timeout, nullptr, 0);

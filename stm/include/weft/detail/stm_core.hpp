@@ -49,6 +49,10 @@ class transaction;
 /// the snapshots of its segments in flight get the new state (ordered.cpp, "main's writes").
 extern std::atomic<void* (*)(const transaction* tx, const void* single)> outside_write_begin;
 extern std::atomic<void (*)(void* token)> outside_write_end;
+/// Set by the scheduler (threads.cpp): whether a thread other than the caller that may still use weft
+/// is alive (one the program started, until it ends). retry() in a thread with nobody else to commit
+/// would wait for ever: its own tasklets do not run while it waits.
+extern bool (*another_thread_may_commit)() noexcept;
 /// Set by the scheduler: whether the calling code runs in a tasklet other than its thread's main one
 /// (retry() there is refused in every mode: a tasklet waits on a channel).
 extern bool (*running_in_tasklet)() noexcept;
