@@ -371,8 +371,10 @@ void flush_output(segment* s) {
 // at the head: past the head, with W workers, W or more segments are in flight, and walking them
 // under the commit lock (a cache miss each) at every dispatch would make the lock the limit at 64
 // workers. From the hint it passes only segments started out of ring order (the locality choice
-// below) and tasklets that wait for the head: usually a step or two, at most `window` steps. Among what may start it prefers a tasklet whose last segment ran on
-// this thread, so that its stack and the data it works on are still in this core's cache (agents: a
+// below) and tasklets that wait for the head: usually a step or two, at most `window` steps
+// (measured: 3.9, 19.1 and 31.2 steps per dispatch from the head at 2, 8 and 16 workers; 1.6, 0.5
+// and 0.6 from the hint). Among what may start it prefers a tasklet whose last segment ran on this
+// thread, so that its stack and the data it works on are still in this core's cache (agents: a
 // tile's rows moved between the cores at every tick and its segments ran 40% longer), looking at
 // most `locality_look` tasklets past the first candidate.
 // Invariant 4: while main is runnable the main thread runs only what must commit before main; it
@@ -613,7 +615,7 @@ struct main_write_token {
   std::unique_lock<std::mutex> lk;
   std::vector<const void*> vars;
 };
-constinit thread_local bool main_holds_commit_lock = false;       // ordered_perform: apply may run user code
+constinit thread_local bool main_holds_commit_lock = false;  // ordered_perform: apply may run user code
 
 void* main_write_begin(const transaction* tx, const void* single) {
   worker* w = this_thread_worker;
