@@ -250,7 +250,7 @@ void stack_pool::grow() {
   slabs_.push_back({begin, bytes, 0});
   reserved_ += bytes;
   const auto b = reinterpret_cast<std::uintptr_t>(begin);
-  if (!lo_.load(std::memory_order_relaxed) || b < lo_.load(std::memory_order_relaxed))
+  if (const std::uintptr_t lo = lo_.load(std::memory_order_relaxed); !lo || b < lo)
     lo_.store(b, std::memory_order_relaxed);
   hi_.store(std::max(hi_.load(std::memory_order_relaxed), b + bytes), std::memory_order_relaxed);
   next_slab_stacks_ = std::min(next_slab_stacks_ * 2, max_slab_stacks);

@@ -585,12 +585,16 @@ void check_guard(runtime& r) {
 // flight: stack_tvar_writes finds them before the commit (the write log is spent by it), and
 // refresh_stack_tvars copies after. A write to a heap or global tvar costs two compares
 // (stack_pool::spans).
-void stack_tvar_writes(const runtime& r, const tasklet_impl* h, const segment* s, std::vector<const void*>& into) {
+// Whether v lies on the stack of a tasklet of r other than `writer`.
+bool on_another_stack(const runtime& r, const tasklet_impl* writer, const void* v) noexcept {
+  return r.pool && r.pool->spans(v) && !writer->stack.contains(v);
+}
+void stack_tvar_writes(const runtime& r, const tasklet_impl* writer, const transaction& tx,
+                       std::vector<const void*>& into) {
   into.clear();
   if (!r.pool) return;
-  const stack_pool& pool = *r.pool;
-  s->tx.for_each_write([&](const write_entry& w) {
-    if (pool.spans(w.var) && !h->stack.contains(w.var)) [[unlikely]]
+  tx.for_each_write([&](const write_entry& w) {
+    if (on_another_stack(r, writer, w.var)) [[unlikely]]
       into.push_back(w.var);
   });
 }
@@ -624,14 +628,10 @@ void* main_write_begin(const transaction* tx, const void* single) {
   if (w->running != r.main || !r.is_parallel() || !r.pool) return nullptr;
   static thread_local main_write_token token;
   token.vars.clear();
-  auto note = [&](const void* v) {
-    if (r.pool->spans(v) && !r.main->stack.contains(v)) [[unlikely]]
-      token.vars.push_back(v);
-  };
-  if (single)
-    note(single);
-  else
-    tx->for_each_write([&](const write_entry& e) { note(e.var); });
+  if (!single)
+    stack_tvar_writes(r, r.main, *tx, token.vars);
+  else if (on_another_stack(r, r.main, single)) [[unlikely]]
+    token.vars.push_back(single);
   if (token.vars.empty()) [[likely]]
     return nullptr;
   token.r = &r;
@@ -667,7 +667,7 @@ std::size_t commit_chain(runtime& r, bool any_thread = false) {
       abort_segment(r, h, s, abort_kind::injected);
       break;
     }
-    stack_tvar_writes(r, h, s, o.stack_tvars);
+    stack_tvar_writes(r, h, s->tx, o.stack_tvars);
     if (!s->tx.segment_commit()) {
       abort_segment(r, h, s, abort_kind::conflict);
       break;

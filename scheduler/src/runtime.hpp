@@ -190,7 +190,8 @@ struct internal_thread_scope {
 /// The calling thread's runtime (its own, or, on an ordered-mode worker, the one it runs for), or
 /// nullptr if it has none; makes none.
 runtime* thread_runtime() noexcept;
-/// Another thread's runtime is alive, or a thread the program made has not used weft yet (SEMANTICS.md §5b: a main with nothing to run then waits).
+/// Another thread's runtime is alive, or a thread the program made (not the caller) has not used weft
+/// yet (SEMANTICS.md §5b: a main with nothing to run then waits; retry() with neither is an error).
 bool other_runtimes_alive() noexcept;
 /// Under c's guard, by the runtime of the partner's partner: p (blocked in c, of another runtime) has
 /// been matched and taken out of c's queue; sends it to its runtime, which makes it runnable when it

@@ -165,21 +165,17 @@ void runtime_ended(runtime& r) noexcept {
   for (tasklet_impl* t : left) release(t);  // woken after the thread's shutdown: they keep blocking
 }
 
+// Also retry()'s check (stm_core.hpp), from a thread that may have no runtime (a program that only
+// uses the STM: every live runtime is then another thread's) or may still count as unstarted.
 bool other_runtimes_alive() noexcept {
-  std::lock_guard lk(registry().lock);
-  return registry().live > 1 || registry().unstarted != 0;
-}
-
-namespace {
-// For retry() (stm_core.hpp): the caller's thread may have no runtime (a program that only uses the
-// STM), then every live runtime is another thread's.
-bool another_thread_alive() noexcept {
   std::lock_guard lk(registry().lock);
   const std::size_t own_runtime = thread_runtime() ? 1 : 0;
   const std::size_t own_unstarted = this_thread_unstarted.counted ? 1 : 0;
   return registry().live > own_runtime || registry().unstarted > own_unstarted;
 }
-[[maybe_unused]] const bool retry_hook_set = (another_thread_may_commit = &another_thread_alive, true);
+
+namespace {
+[[maybe_unused]] const bool retry_hook_set = (another_thread_may_commit = &other_runtimes_alive, true);
 }  // namespace
 
 void check_partner_has_thread(const tasklet_impl* p) {
