@@ -81,6 +81,7 @@ class stack_pool {
   std::size_t next_slab_stacks_ = 64;  // doubles up to a cap: small programs map little
   std::vector<slab> slabs_;
   std::vector<char*> free_;     // LIFO: the most recently used (hot) stack first
+  char* fresh_ = nullptr;       // the next never-used stack of the newest slab (allocate() populates it)
   std::size_t total_stacks_ = 0;
   std::size_t in_use_ = 0;
   std::size_t reserved_ = 0;
