@@ -270,6 +270,56 @@ TEST_CASE_METHOD(fresh_runtime, "retry() in a tasklet outside or_else is refused
   fresh_runtime::check_clean();
 }
 
+TEST_CASE_METHOD(fresh_runtime, "a retry signal swallowed by catch (...) in a tasklet's or_else is reported where one worker reports it",
+                 "[unit][ordered]") {
+  // A newcomer's program (round 6): with one worker the block's commit throws std::logic_error and
+  // its writes are dropped; in a segment the signal stayed pending, the segment could never commit
+  // and ran again until it was inevitable at the head, then was "rolled back" without a snapshot
+  // (a segfault) or committed without the write. Three places: or_else alone, inside atomically,
+  // and after a switch point.
+  tvar<int> a{0, "a"};
+  event_log log;
+  auto body = [&] {
+    try {
+      const int r = or_else(
+          [&]() -> int {
+            try {
+              a.set(a.get() + 1);
+              retry();
+            } catch (...) {
+              log("swallowed");
+            }
+            return 1;
+          },
+          [] { return 2; });
+      log(fmt::format("gave-{}-a-{}", r, a.get()));
+    } catch (const std::logic_error& e) {
+      log(fmt::format("logic_error-a-{}", a.get()));
+      CHECK(std::string(e.what()).find("a retry signal was caught inside a transaction") != std::string::npos);
+    }
+  };
+  spawn(body);
+  spawn([&] {  // the error comes from the outermost block: inside it, body sees or_else return
+    try {
+      atomically([&] { body(); });
+    } catch (const std::logic_error&) {
+      log("outer-logic_error");
+    }
+  });
+  spawn([&] {
+    schedule();
+    body();
+    schedule();
+    log("after");
+  });
+  spawn([&] { log("other"); });
+  run();
+  // "swallowed" and "gave-1-a-1" were logged inside the transaction that failed: rolled back too.
+  CHECK(log.str() == "logic_error-a-0 outer-logic_error other logic_error-a-0 after");
+  CHECK(a.get() == 0);
+  fresh_runtime::check_clean();
+}
+
 TEST_CASE("each variant of the mode matrix runs with the settings it is named after", "[unit][ordered]") {
   // tests/CMakeLists.txt names each run (--name) and passes its settings (--env, tests/main.cpp).
   const std::string run = Catch::getCurrentContext().getConfig()->name();

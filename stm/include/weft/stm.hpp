@@ -163,9 +163,11 @@ auto atomically(F&& f) -> std::invoke_result_t<F&> {
       try {
         if constexpr (std::is_void_v<R>) {
           f();
+          outer->scope_closing();
           outer->close_scope(mark);
         } else {
           R result = f();
+          outer->scope_closing();
           outer->close_scope(mark);
           return result;
         }

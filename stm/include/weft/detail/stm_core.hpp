@@ -263,6 +263,16 @@ class alignas(64) transaction {
   [[noreturn]] void raise_retry();
   /// or_else consumed a retry signal (it runs the other branch).
   void retry_consumed() noexcept { signal_pending_ &= ~2; }  // a swallowed conflict stays recorded
+  /// Called by atomically before it closes a scope. In a tasklet's segment the outermost scope is
+  /// what one worker runs as a transaction of its own, whose commit throws std::logic_error when user
+  /// code caught a retry signal and went on (signal_swallowed): thrown here, at the same place, it
+  /// rolls the block back as that commit's failure did. (Left pending, the segment could never commit
+  /// and was run again and again, then inevitable at the head, where it could not be rolled back:
+  /// a crash, or its write lost.)
+  void scope_closing() {
+    if (signal_pending_ && segment_ && scope_depth_ == 1) [[unlikely]]
+      signal_swallowed();
+  }
 
   /// A tvar constructed in this attempt: its box is freed if the attempt aborts.
   void tvar_created(tvar_base* v, void (*drop)(void*));
