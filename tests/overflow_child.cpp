@@ -2,6 +2,9 @@
 // tests `stack_overflow_is_reported` and `stack_overflow_without_a_guard_page_...` through the output).
 #include <cstdio>
 #include <cstring>
+#include <latch>
+#include <thread>
+#include <vector>
 
 #include <weft/weft.hpp>
 
@@ -32,6 +35,24 @@ int main(int argc, char** argv) {
       std::printf("%d\n", too_big_a_frame());
     });
     weft::run();
+    std::puts("not reached");
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "threads") == 0) {
+    // Several threads overflow at once (a program whose every tasklet recurses too deep, at two
+    // workers): one report, and the process dies of SIGABRT — the second fault used to find SIGSEGV
+    // reset to its default action by the first report and end the process with a bare segfault.
+    constexpr int n = 8;
+    weft::configure({.stack_size = 64 * 1024, .stack_guard = true});
+    std::latch start(n);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < n; ++i)
+      threads.emplace_back([&] {
+        weft::spawn([] { std::printf("%d\n", recurse(0)); });
+        start.arrive_and_wait();
+        weft::run();
+      });
+    for (auto& t : threads) t.join();
     std::puts("not reached");
     return 0;
   }

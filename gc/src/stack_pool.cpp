@@ -147,7 +147,6 @@ void on_segv(int sig, siginfo_t* info, void* uctx) {
     if (addr < b || addr >= e) continue;
     std::size_t stride = guard_table[i].stride.load(std::memory_order_relaxed);
     if ((addr - b) % stride >= stride - guard_table[i].stack_size.load(std::memory_order_relaxed)) break;
-    std::signal(SIGSEGV, SIG_DFL);
     report_stack_overflow(guard_table[i].stack_size.load(std::memory_order_relaxed) - colour_span, nullptr);
   }
   // Not ours: hand the fault to whoever was installed before (or the default action).
@@ -213,7 +212,23 @@ void install_fault_handlers(fault_hook_fn hook) {
 #endif
 }
 
+// One report per process. Two tasklets overflowing at once on two threads (a program whose every
+// tasklet recursed too deep, at two workers) both get here: the second used to find SIGSEGV reset to
+// its default action by the first and died with a bare segmentation fault before the first thread's
+// report was out (a newcomer's program, up to 3 runs in 10). The second now waits for the first's
+// abort; a fault inside the report itself (the same thread again) takes the default action.
+static std::atomic<bool> overflow_reported{false};
+__attribute__((tls_model("initial-exec"))) static constinit thread_local bool reporting_overflow = false;
+
 void report_stack_overflow(std::size_t stack_size, const char* how) noexcept {
+  if (reporting_overflow) {
+    std::signal(SIGSEGV, SIG_DFL);
+    std::abort();
+  }
+  reporting_overflow = true;
+  if (overflow_reported.exchange(true)) {
+    for (;;) ::pause();  // another thread is reporting; its abort ends the process
+  }
   char msg[320];
   std::snprintf(msg, sizeof msg,
                 "weft: fatal: stack overflow in a tasklet (stack size %zu bytes%s%s); raise weft::options::stack_size "
