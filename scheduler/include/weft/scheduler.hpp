@@ -134,7 +134,13 @@ run_statistics run_stats();
 /// die). Called automatically when the thread exits; must be called from the main tasklet. weft may
 /// be used again afterwards (a fresh runtime starts).
 resource_counts shutdown();
-/// Counts of the calling thread's runtime.
+/// Counts of the calling thread's runtime. These count resources, not scheduler state: live_tasklets
+/// is the answer one worker gives (committed state), but in ordered mode stacks_in_use also counts
+/// the stacks of segments running speculatively on other threads (a tasklet's first segment takes
+/// its stack before it commits), and control_blocks includes blocks whose last handles sit in old
+/// tvar values the epoch GC has not freed yet (one worker frees them later than ordered mode). So
+/// read them for leak checks and capacity, not for output that must match across modes; shutdown()
+/// frees the retired values first and returns the same counts in every mode.
 resource_counts resources();
 
 namespace detail {
