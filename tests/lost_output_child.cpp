@@ -3,12 +3,40 @@
 // message naming the tasklet, after every line printed before it.
 //   weft_lost_output_child uncaught   a named tasklet throws; main does not catch
 //   weft_lost_output_child unnamed    the same from a tasklet without a name
+//   weft_lost_output_child killed_in_unwinding
+//                                     a tasklet killed a second time while a destructor that the
+//                                     first kill's unwinding ran waits at a switch point: C++ ends
+//                                     the program; the message says why and names the tasklet
 #include <cstring>
 #include <stdexcept>
 
 #include <weft/weft.hpp>
 
+namespace {
+weft::channel<int> notify;
+struct notifier {
+  ~notifier() {
+    weft::print("destructor sends\n");
+    notify.send(1);  // blocks: nobody receives
+    weft::print("not reached\n");
+  }
+};
+}  // namespace
+
 int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "killed_in_unwinding") == 0) {
+    weft::tasklet t = weft::spawn([] {
+      notifier n;
+      notify.receive();
+    });
+    t.set_name("holder");
+    weft::schedule();
+    t.kill();  // unwinds; the destructor blocks in send
+    weft::print("killed once\n");
+    t.kill();  // thrown out of the destructor
+    weft::print("not reached\n");
+    return 0;
+  }
   const bool named = argc > 1 && std::strcmp(argv[1], "uncaught") == 0;
   weft::print("line one\n");
   weft::tasklet t = weft::spawn([] {

@@ -75,6 +75,8 @@ constinit thread_local std::uint64_t channels_before_runtime = 0;  // see channe
 void rethrow_pending_exception(tasklet_impl* t) {
   std::exception_ptr e = std::move(t->pending);
   t->pending = nullptr;
+  if (std::uncaught_exceptions() > 0) [[unlikely]]
+    note_thrown_while_unwinding(e, t);
   std::rethrow_exception(std::move(e));
 }
 
@@ -373,8 +375,43 @@ std::exception_ptr* escaped_exception = new std::exception_ptr;  // never destro
 std::string* escaped_from = new std::string;
 std::terminate_handler previous_terminate = nullptr;
 
+// A kill or raise_exception that reaches a tasklet while a destructor run by an unwinding waits at a
+// switch point (Stackless' "finally: notify" pattern, killed twice) is thrown out of that destructor:
+// C++ ends the program there (std::terminate, "terminate called without an active exception": the
+// exception is not caught yet). Stackless would unwind on with the new exception; C++ cannot. What
+// was thrown, into which tasklet, and the unwinding depth then (the count is one higher while the
+// throw is on its way out); per thread.
+struct thrown_while_unwinding {
+  std::string from;
+  std::string what;
+  int depth = 0;
+};
+thread_local thrown_while_unwinding last_thrown_while_unwinding;
+
+std::string describe(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const tasklet_exit&) {
+    return "killed (weft::tasklet_exit)";
+  } catch (const std::exception& x) {
+    return fmt::format("raised into ({})", x.what());
+  } catch (...) {
+    return "raised into";
+  }
+}
+
 [[noreturn]] void on_terminate() noexcept {
   std::fflush(nullptr);  // nothing printed is lost
+  if (const auto& u = last_thrown_while_unwinding;
+      !std::current_exception() && !u.from.empty() && std::uncaught_exceptions() == u.depth + 1) {
+    std::fprintf(stderr,
+                 "weft: %s was %s while a destructor run by an exception's unwinding waited at a switch point; "
+                 "C++ cannot let an exception leave a destructor during unwinding, so the program ends "
+                 "(std::terminate). Catch it in that destructor, or do not kill or raise into a tasklet that is "
+                 "unwinding.\n",
+                 u.from.c_str(), u.what.c_str());
+    std::fflush(stderr);
+  }
   if (std::exception_ptr e = std::current_exception()) {
     std::string from;
     {
@@ -404,6 +441,13 @@ void note_escaped(const std::exception_ptr& e, const tasklet_impl* t) {
   std::lock_guard lock(escaped_lock);
   *escaped_exception = e;
   *escaped_from = std::move(from);
+}
+
+void note_thrown_while_unwinding(const std::exception_ptr& e, const tasklet_impl* t) {
+  auto& u = last_thrown_while_unwinding;
+  u.from = t->name.empty() ? fmt::format("tasklet-{}", t->id) : fmt::format("tasklet '{}' (tasklet-{})", t->name, t->id);
+  u.what = describe(e);
+  u.depth = std::uncaught_exceptions();
 }
 
 void install_terminate_handler() {
