@@ -250,8 +250,10 @@ static void populate_top(char* slot_end) noexcept {
   static std::atomic<bool> unsupported{false};
   if (unsupported.load(std::memory_order_relaxed)) return;
   const std::size_t page = page_size();
+  const int saved_errno = errno;  // the caller's (a spawn in user code) is left as it was
   if (::madvise(slot_end - page, page, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
     unsupported.store(true, std::memory_order_relaxed);
+  errno = saved_errno;
 #else
   (void)slot_end;
 #endif
