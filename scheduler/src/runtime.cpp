@@ -385,6 +385,7 @@ struct thrown_while_unwinding {
   std::string from;
   std::string what;
   int depth = 0;
+  std::exception_ptr thrown;
 };
 thread_local thrown_while_unwinding last_thrown_while_unwinding;
 
@@ -402,8 +403,11 @@ std::string describe(const std::exception_ptr& e) {
 
 [[noreturn]] void on_terminate() noexcept {
   std::fflush(nullptr);  // nothing printed is lost
+  // GCC's -O2 code calls std::terminate before the exception is caught (no current exception, the
+  // uncaught count one higher); its -O1 code (the sanitizer builds) catches it first.
+  const std::exception_ptr current = std::current_exception();
   if (const auto& u = last_thrown_while_unwinding;
-      !std::current_exception() && !u.from.empty() && std::uncaught_exceptions() == u.depth + 1) {
+      !u.from.empty() && (current ? current == u.thrown : std::uncaught_exceptions() == u.depth + 1)) {
     std::fprintf(stderr,
                  "weft: %s was %s while a destructor run by an exception's unwinding waited at a switch point; "
                  "C++ cannot let an exception leave a destructor during unwinding, so the program ends "
@@ -412,7 +416,7 @@ std::string describe(const std::exception_ptr& e) {
                  u.from.c_str(), u.what.c_str());
     std::fflush(stderr);
   }
-  if (std::exception_ptr e = std::current_exception()) {
+  if (const std::exception_ptr e = current) {
     std::string from;
     {
       std::lock_guard lock(escaped_lock);
@@ -448,6 +452,7 @@ void note_thrown_while_unwinding(const std::exception_ptr& e, const tasklet_impl
   u.from = t->name.empty() ? fmt::format("tasklet-{}", t->id) : fmt::format("tasklet '{}' (tasklet-{})", t->name, t->id);
   u.what = describe(e);
   u.depth = std::uncaught_exceptions();
+  u.thrown = e;
 }
 
 void install_terminate_handler() {
