@@ -454,7 +454,9 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   // An exception escaping the attempt is dropped before the rollback: the rollback frees what the
   // attempt allocated (a std::runtime_error's message), and destroying the exception after it freed
   // that memory a second time (ASan, the whole suite in one process at ordered 2 + injection).
-  if (s->ending.exception) s->tx.release_attempt_objects([&] { s->ending.exception = nullptr; });
+  if (s->ending.exception)
+    s->tx.release_attempt_objects(
+        [&] { context_discard_attempt_exception(s->ending.exception, s->has_snapshot ? &s->stack : nullptr); });
   // So are the exceptions of catch blocks the attempt ended inside (it started outside any: else it
   // would run inevitable, never rolled back): the rollback makes those catches never have happened.
   if (t->eh_globals[0]) s->tx.release_attempt_objects([&] { context_discard_catches(t); });

@@ -30,6 +30,9 @@ extern "C" void __cxa_end_catch();
 #include <unwind.h>
 
 #include <cstdint>
+#include <cstring>
+#include <exception>
+#include <new>
 #include <typeinfo>
 
 namespace weft::detail {
@@ -274,7 +277,57 @@ bool exception_layout_known() noexcept {
   }();
   return known;
 }
+// The reference count libstdc++ keeps before the header (__cxa_refcounted_exception: the count,
+// then the header at the header's alignment), checked once: an exception_ptr taken in a catch block
+// makes it 2, dropping that exception_ptr 1 again.
+int* reference_count_of(cxa_exception_header* h) noexcept {
+  return reinterpret_cast<int*>(reinterpret_cast<char*>(h) - alignof(cxa_exception_header));
+}
+void* object_of(const std::exception_ptr& e) noexcept {
+  static_assert(sizeof(std::exception_ptr) == sizeof(void*));
+  void* p;
+  std::memcpy(&p, &e, sizeof p);
+  return p;
+}
+bool reference_count_known() noexcept {
+  static const bool known = [] {
+    if (!exception_layout_known()) return false;
+    try {
+      throw layout_probe{};
+    } catch (layout_probe& caught) {
+      std::exception_ptr p = std::current_exception();
+      if (object_of(p) != static_cast<void*>(&caught)) return false;
+      int* count = reference_count_of(static_cast<cxa_exception_header*>(static_cast<void*>(&caught)) - 1);
+      const int with = __atomic_load_n(count, __ATOMIC_RELAXED);
+      p = nullptr;
+      return with == 2 && __atomic_load_n(count, __ATOMIC_RELAXED) == 1;
+    }
+    return false;
+  }();
+  return known;
+}
 }  // namespace
+
+void context_discard_attempt_exception(std::exception_ptr& e, const stack_snapshot* restored) noexcept {
+  if (!e) return;
+  if (!reference_count_known()) {
+    e = nullptr;
+    return;
+  }
+  void* object = object_of(e);
+  auto* h = static_cast<cxa_exception_header*>(object) - 1;
+  if (__atomic_load_n(reference_count_of(h), __ATOMIC_RELAXED) == 1) {
+    if (restored && snapshot_holds(*restored, object)) {
+      // Moved out of an exception_ptr the restored stack holds again: that one owns the reference.
+      alignas(std::exception_ptr) unsigned char kept[sizeof(std::exception_ptr)];
+      new (kept) std::exception_ptr(std::move(e));  // never destroyed
+      return;
+    }
+    // The attempt made it: its construction is rolled back, its destructor must not run.
+    if (h->unwind_header.exception_class == gnu_cxx_primary) h->exception_destructor = nullptr;
+  }
+  e = nullptr;
+}
 
 void context_discard_catches(tasklet_impl* t) noexcept {
   // Thrown in the attempt (it started outside every catch block and with no exception in flight, or

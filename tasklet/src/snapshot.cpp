@@ -59,6 +59,16 @@ void snapshot_stack(const tasklet_impl& t, stack_snapshot& into) {
   into.eh_globals_[1] = t.eh_globals[1];
 }
 
+bool snapshot_holds(const stack_snapshot& snap, const void* p) noexcept {
+  const std::byte* bytes = snap.bytes_.get();
+  for (std::size_t i = 0; i + sizeof p <= snap.size_; i += sizeof p) {
+    const void* word;
+    std::memcpy(&word, bytes + i, sizeof word);
+    if (word == p) return true;
+  }
+  return false;
+}
+
 bool snapshot_refresh(stack_snapshot& snap, const void* at, std::size_t n) noexcept {
   const auto* low = static_cast<const char*>(snap.context_);
   const auto* p = static_cast<const char*>(at);

@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <memory>
 
 #include <boost/context/detail/fcontext.hpp>
@@ -55,7 +56,17 @@ void context_end_catches(tasklet_impl* t) noexcept;
 /// threw and caught there are freed without running their destructors (the rollback undid their
 /// construction). Exceptions rethrown from a std::exception_ptr are older and ended as usual. Falls
 /// back to context_end_catches if the C++ runtime's exception header is not the Itanium ABI's.
+class stack_snapshot;
 void context_discard_catches(tasklet_impl* t) noexcept;
+/// Drops e, the exception an intent of a rolled-back attempt holds (raise_exception, send_exception,
+/// kill), as the rollback requires (ordered mode; `restored`: the stack the rollback brings back, or
+/// null). Held only there (a count of one): made by the attempt, its destructor is not run (its
+/// construction is rolled back: a destructor that printed or counted did so once per rolled-back
+/// attempt), unless the restored stack holds it — moved out of an exception_ptr the segment found on
+/// its stack, which owns the reference again (freeing it left the re-run raising a freed
+/// exception). Otherwise its count is dropped as usual. Without the expected C++ runtime layout
+/// (checked once), it is dropped as usual.
+void context_discard_attempt_exception(std::exception_ptr& e, const stack_snapshot* restored) noexcept;
 
 /// Overflow without a guard page (stacks beyond the vm.max_map_count budget, or WEFT_STACK_GUARD=0):
 /// checked at every switch point (perform, context_switch). A tasklet whose stack pointer is below its
@@ -140,6 +151,7 @@ class stack_snapshot {
   friend void snapshot_stack(const tasklet_impl&, stack_snapshot&);
   friend void restore_stack(tasklet_impl&, const stack_snapshot&);
   friend bool snapshot_refresh(stack_snapshot&, const void*, std::size_t) noexcept;
+  friend bool snapshot_holds(const stack_snapshot&, const void*) noexcept;
   void* context_ = nullptr;
   void* eh_globals_[2] = {nullptr, nullptr};
   std::unique_ptr<std::byte[]> bytes_;
@@ -154,5 +166,7 @@ void restore_stack(tasklet_impl& t, const stack_snapshot& from);
 /// tasklet's stack that another segment's commit changed keeps its committed state when the stack
 /// is restored. Returns whether it did.
 bool snapshot_refresh(stack_snapshot& snap, const void* at, std::size_t n) noexcept;
+/// Whether the saved stack holds the pointer value p in an aligned word.
+bool snapshot_holds(const stack_snapshot& snap, const void* p) noexcept;
 
 }  // namespace weft::detail
