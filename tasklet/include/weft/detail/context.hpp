@@ -27,6 +27,8 @@
 
 namespace weft::detail {
 
+class stack_snapshot;
+
 /// Gives a tasklet that has never run its first context on `stack`.
 void context_prepare(tasklet_impl* t, stack_extent stack);
 /// Suspends `from` (the running tasklet) and resumes `to`; returns when `from` is resumed.
@@ -56,7 +58,6 @@ void context_end_catches(tasklet_impl* t) noexcept;
 /// threw and caught there are freed without running their destructors (the rollback undid their
 /// construction). Exceptions rethrown from a std::exception_ptr are older and ended as usual. Falls
 /// back to context_end_catches if the C++ runtime's exception header is not the Itanium ABI's.
-class stack_snapshot;
 void context_discard_catches(tasklet_impl* t) noexcept;
 /// Drops e, the exception an intent of a rolled-back attempt holds (raise_exception, send_exception,
 /// kill), as the rollback requires (ordered mode; `restored`: the stack the rollback brings back, or
