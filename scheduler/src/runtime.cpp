@@ -389,6 +389,11 @@ struct thrown_while_unwinding {
 };
 thread_local thrown_while_unwinding last_thrown_while_unwinding;
 
+// How the terminate handler's messages name a tasklet.
+std::string tasklet_label(const tasklet_impl* t) {
+  return t->name.empty() ? fmt::format("tasklet-{}", t->id) : fmt::format("tasklet '{}' (tasklet-{})", t->name, t->id);
+}
+
 std::string describe(const std::exception_ptr& e) {
   try {
     std::rethrow_exception(e);
@@ -441,7 +446,7 @@ std::string describe(const std::exception_ptr& e) {
 }  // namespace
 
 void note_escaped(const std::exception_ptr& e, const tasklet_impl* t) {
-  std::string from = t->name.empty() ? fmt::format("tasklet-{}", t->id) : fmt::format("tasklet '{}' (tasklet-{})", t->name, t->id);
+  std::string from = tasklet_label(t);
   std::lock_guard lock(escaped_lock);
   *escaped_exception = e;
   *escaped_from = std::move(from);
@@ -449,7 +454,7 @@ void note_escaped(const std::exception_ptr& e, const tasklet_impl* t) {
 
 void note_thrown_while_unwinding(const std::exception_ptr& e, const tasklet_impl* t) {
   auto& u = last_thrown_while_unwinding;
-  u.from = t->name.empty() ? fmt::format("tasklet-{}", t->id) : fmt::format("tasklet '{}' (tasklet-{})", t->name, t->id);
+  u.from = tasklet_label(t);
   u.what = describe(e);
   u.depth = std::uncaught_exceptions();
   u.thrown = e;
