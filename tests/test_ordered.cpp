@@ -320,6 +320,39 @@ TEST_CASE_METHOD(fresh_runtime, "a retry signal swallowed by catch (...) in a ta
   fresh_runtime::check_clean();
 }
 
+TEST_CASE_METHOD(fresh_runtime, "a swallowed retry signal ends with the block that an exception leaves as with one worker",
+                 "[unit][ordered]") {
+  // The outermost block of a segment is what one worker runs as a transaction of its own: an
+  // exception leaving it ends that transaction, and a retry signal caught inside it goes with it.
+  // Left pending in the segment, the segment could never commit (the crash of the test above).
+  tvar<int> a{0, "a"};
+  event_log log;
+  spawn([&] {
+    schedule();
+    try {
+      or_else(
+          [&]() -> int {
+            try {
+              a.set(a.get() + 1);
+              retry();
+            } catch (...) {
+            }
+            throw std::runtime_error("after the swallowed retry");
+          },
+          [] { return 2; });
+    } catch (const std::runtime_error& e) {
+      log(fmt::format("{}-a-{}", e.what(), a.get()));
+    }
+    schedule();
+    log("after");
+  });
+  spawn([&] { log("other"); });
+  run();
+  CHECK(log.str() == "other after the swallowed retry-a-0 after");
+  CHECK(a.get() == 0);
+  fresh_runtime::check_clean();
+}
+
 TEST_CASE("each variant of the mode matrix runs with the settings it is named after", "[unit][ordered]") {
   // tests/CMakeLists.txt names each run (--name) and passes its settings (--env, tests/main.cpp).
   const std::string run = Catch::getCurrentContext().getConfig()->name();

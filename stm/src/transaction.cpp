@@ -1376,7 +1376,10 @@ void transaction::close_scope(const scope_mark& m) noexcept {
 }
 
 void transaction::rollback_scope(const scope_mark& m, bool keep_allocations) noexcept {
-  --scope_depth_;
+  // In a segment the outermost block stands for the transaction one worker would run: rolled back
+  // (an exception leaves it), a retry signal user code caught inside it ends with it, as that
+  // transaction's abort clears it. Left pending, the segment could never commit.
+  if (--scope_depth_ == 0 && segment_) signal_pending_ = 0;
   // Writes to tvars first written in the scope go; older entries get their values back.
   for (std::uint32_t i = m.writes; i < writes_.size; ++i)
     if (writes_.data[i].drop) writes_.data[i].drop(reinterpret_cast<void*>(writes_.data[i].bits));
