@@ -64,6 +64,9 @@ struct segment {
   stack_snapshot stack;
   std::vector<std::byte> function;  // the bound function's bytes at segment start
   bool has_snapshot = false;
+  // The snapshot is copied after the commit lock is let go (run_new): while this is set a commit
+  // must not write a tvar on the owner's stack nor refresh the snapshot (wait_for_snapshots).
+  std::atomic<bool> copying{false};
   intent ending{.kind = intent_kind::yield};
   std::string out;  // deferred output to stdout
   std::vector<std::pair<std::FILE*, std::string>> other;  // to other streams (weft::commit_sink)
@@ -606,6 +609,15 @@ void refresh_stack_tvars(ordered_state& o, const std::vector<const void*>& writt
       if (other->owner && other->has_snapshot && other->owner->stack.contains(v))
         snapshot_refresh(other->stack, v, sizeof(tvar_base));
 }
+// Before a commit writes back tvars on other tasklets' stacks: a snapshot of such a stack still being
+// copied (outside the lock, run_new) must be complete first, or it could hold half the old value
+// and half the new. (Under the commit lock; the copying thread does not need it to finish.)
+void wait_for_snapshots(ordered_state& o, const std::vector<const void*>& written) {
+  for (const void* v : written)
+    for (const auto& other : o.all_segments)
+      if (other->owner && other->has_snapshot && other->owner->stack.contains(v))
+        while (other->copying.load(std::memory_order_acquire)) cpu_relax();
+}
 
 // Main's writes. Main runs at the head, outside any segment, and writes tvars directly (its own
 // transactions and direct set() calls): one on a tasklet's stack (the registry pattern, main
@@ -639,6 +651,7 @@ void* main_write_begin(const transaction* tx, const void* single) {
   token.r = &r;
   token.lk = std::unique_lock(state_of(r).mu, std::defer_lock);
   lock_commit(token.lk);
+  wait_for_snapshots(state_of(r), token.vars);
   return &token;
 }
 
@@ -670,6 +683,8 @@ std::size_t commit_chain(runtime& r, bool any_thread = false) {
       break;
     }
     stack_tvar_writes(r, h, s->tx, o.stack_tvars);
+    if (!o.stack_tvars.empty()) [[unlikely]]
+      wait_for_snapshots(o, o.stack_tvars);
     if (!s->tx.segment_commit()) {
       abort_segment(r, h, s, abort_kind::conflict);
       break;
@@ -756,16 +771,22 @@ segment* run_new(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
   s->inevitable = s->at_head && needs_head(o, t);
   t->want_head = false;
   if (!t->has_context) context_prepare(t, r.stacks().allocate());
-  // The snapshot is taken under the commit lock: a commit that writes a tvar on this stack copies
-  // its new state into the snapshot (refresh_stack_tvars), which must not race with the copy.
+  // The snapshot is copied after the commit lock is let go: it was a third of the lock's hold per
+  // segment at two workers (the stack last ran on the other core). A commit that writes a tvar on
+  // this stack meanwhile waits for the copy before its write-back, then copies the new state into
+  // the snapshot (wait_for_snapshots, refresh_stack_tvars).
   if (!s->inevitable) {
+    s->has_snapshot = true;
+    s->copying.store(true, std::memory_order_relaxed);  // seen by commits under the lock
+  }
+  lk.unlock();
+  if (s->has_snapshot) {
     snapshot_stack(*t, s->stack);
     auto [bytes, size] = t->function_bytes();
     s->function.resize(size);
     if (size) std::memcpy(s->function.data(), bytes, size);
-    s->has_snapshot = true;
+    s->copying.store(false, std::memory_order_release);
   }
-  lk.unlock();
   // What commits on this thread retired (old tvar values, deletes) is freed outside the lock and
   // outside any transaction: deleters run user destructors. Without it nothing committed by a
   // segment was ever reclaimed before the run ended (agents grew to 111 MB and ran 5x slower, every
