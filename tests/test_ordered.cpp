@@ -353,6 +353,37 @@ TEST_CASE_METHOD(fresh_runtime, "a swallowed retry signal ends with the block th
   fresh_runtime::check_clean();
 }
 
+TEST_CASE_METHOD(fresh_runtime, "become_inevitable in a tasklet goes on where it is called as with one worker",
+                 "[unit][ordered]") {
+  // With one worker the tasklet's transaction runs solo: becoming inevitable there started the
+  // attempt over, so the code before the call ran twice (the nested block's on_abort hook too),
+  // once in ordered mode (round 7, min1). It goes on now in both.
+  tvar<int> a{0, "a"};
+  event_log log;
+  spawn([&] {
+    schedule();
+    int attempts = 0;  // on the tasklet's stack: restored with it when a segment is rolled back
+    atomically([&] {
+      ++attempts;
+      a.set(a.get() + 1);
+      try {
+        atomically([&] {
+          on_abort([&] { log("inner-on_abort"); });
+          throw std::runtime_error("inner");
+        });
+      } catch (const std::runtime_error&) {
+      }
+      become_inevitable("test");
+      a.set(a.get() + 10);
+    });
+    log(fmt::format("attempts-{}-a-{}", attempts, a.get()));
+  });
+  spawn([&] { log("other"); });
+  run();
+  CHECK(log.str() == "other inner-on_abort attempts-1-a-11");
+  fresh_runtime::check_clean();
+}
+
 TEST_CASE("each variant of the mode matrix runs with the settings it is named after", "[unit][ordered]") {
   // tests/CMakeLists.txt names each run (--name) and passes its settings (--env, tests/main.cpp).
   const std::string run = Catch::getCurrentContext().getConfig()->name();

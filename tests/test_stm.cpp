@@ -481,6 +481,54 @@ TEST_CASE("solo mode: or_else, exceptions and become_inevitable behave as with m
                     "weft::configure_stm() called inside a transaction");
 }
 
+TEST_CASE("become_inevitable goes on where it is called and a thread that starts using the STM waits for it",
+          "[unit][stm]") {
+  // Alone in the STM (solo mode), the attempt used to start over on the multi-thread path: the code
+  // before the call ran twice, a nested block's on_abort hook too. Now solo mode stays ours until
+  // the transaction ends: a thread that starts using the STM meanwhile waits (and so is serialised
+  // after it); what the attempt read stays current. With solo mode off (WEFT_STM_SOLO=0) the same
+  // holds through reservations.
+  tvar<long> x{0, "x"}, y{0, "y"};
+  std::atomic<bool> go{false};
+  long seen_by_other = -1;
+  std::thread other([&] {  // made outside the transaction (a std::thread allocates)
+    while (!go) std::this_thread::yield();
+    atomically([&] {
+      seen_by_other = y.get();
+      x.set(x.get() + 10);
+    });
+  });
+  int attempts = 0, hooks = 0;
+  bool stable = true;
+  const auto before = my_counters();
+  atomically([&] {
+    ++attempts;
+    const long first = x.get();
+    try {
+      atomically([&] {
+        on_abort([&] { ++hooks; });
+        throw std::runtime_error("inner");
+      });
+    } catch (const std::runtime_error&) {
+    }
+    become_inevitable("test");
+    go = true;  // the other thread now registers and tries to commit
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    stable = stable && x.get() == first;
+    y.set(1);
+  });
+  other.join();
+  CHECK(attempts == 1);
+  CHECK(hooks == 1);
+  CHECK(stable);
+  CHECK(seen_by_other == 1);  // after the inevitable transaction, in the serial order
+  CHECK(x.get() == 10);
+  CHECK(my_counters().inevitable == before.inevitable + 1);
+  // Both threads go on afterwards, solo mode handed back once the other has gone.
+  atomically([&] { x.set(x.get() + 1); });
+  CHECK(x.get() == 11);
+}
+
 TEST_CASE("solo mode: readers outside transactions see whole values while a thread runs solo", "[stress][stm]") {
   // A boxed tvar replaced by solo commits: readers on other threads (which never start a
   // transaction, so solo mode stays on) must always get a whole vector, never freed memory.
@@ -711,7 +759,10 @@ TEST_CASE("an inevitable transaction never aborts while others commit", "[stress
   std::atomic<bool> stop{false};
   std::atomic<long> other_commits{0}, shared_commits{0}, shared_attempts{0};
   std::atomic<bool> in_shared{false};  // the hammer is inside a transaction on `shared`
+  std::atomic<bool> registered{false};
   std::thread hammer([&] {
+    atomically([&] { other.get(); });
+    registered = true;
     for (long i = 0; !stop.load(); ++i) {
       atomically([&] { other.set(other.get() + 1); });  // disjoint from the inevitable one: goes on
       other_commits.fetch_add(1);
@@ -726,6 +777,9 @@ TEST_CASE("an inevitable transaction never aborts while others commit", "[stress
       }
     }
   });
+  // Others go on if they used the STM before it became inevitable; a thread alone in the STM stays
+  // so until its inevitable transaction ends (the test above).
+  while (!registered) std::this_thread::yield();
   for (int round = 0; round < 20; ++round) {
     int attempts_after_inevitable = 0;
     bool others_committed = false, hammer_tried = false;

@@ -217,7 +217,9 @@ void claim_solo_locked() noexcept {
 
 // Ends solo mode (if on; not when it is `self`'s) and returns once no solo write-back can be running:
 // attempts still in flight see the mark at their next read or at commit and re-run normally. It waits
-// only for a write-back (no user code), so any thread may call it, the owner included.
+// for a write-back (no user code) or for the end of a solo attempt made inevitable, which the owner's
+// thread itself never calls this from (its own descriptor exists; configure_stm() is refused in a
+// transaction).
 void revoke_solo(const transaction* self) noexcept {
   std::uint64_t s = solo_state.load(std::memory_order_acquire);
   for (unsigned spins = 0; s & solo_active; ++spins) {
@@ -228,7 +230,12 @@ void revoke_solo(const transaction* self) noexcept {
       const transaction* owner = solo_owner.load(std::memory_order_relaxed);  // set before the claim's release
       asymmetric_fence_heavy();  // pairs with the owner's light fence in commit_solo()
       for (unsigned w = 0; owner->in_solo.load(std::memory_order_acquire); ++w) {
-        relax(w, 64);  // a solo write-back is running (no user code: it is short)
+        // A solo write-back is running (short), or a solo transaction made inevitable (user code,
+        // perhaps I/O: after a while, sleep).
+        if (w < 4096)
+          relax(w, 64);
+        else
+          std::this_thread::sleep_for(std::chrono::microseconds(50));
       }
       solo_state.store(s & ~(solo_active | solo_revoking), std::memory_order_release);
       return;
@@ -456,7 +463,10 @@ void transaction::begin_slow(std::uint64_t solo) {
 }
 
 // A solo read found solo mode revoked: the value may come from the new thread's commits.
-std::uint64_t transaction::solo_revoked(std::uint64_t) {
+std::uint64_t transaction::solo_revoked(std::uint64_t b) {
+  // Pinned (become_inevitable): the revoker waits for our end before it does anything else, so the
+  // value is still one of ours.
+  if (solo_pinned_) return b;
   counters::bump(stats.aborts_conflict);
   raise_abort();  // nothing was published; the next attempt runs normally
 }
@@ -650,11 +660,28 @@ void transaction::release_reservations() noexcept {
 }
 
 void transaction::make_inevitable(const char* reason) {
-  if (inevitable_) return;
+  if (inevitable_ || solo_pinned_) return;
   if (solo_) {
-    // A solo attempt kept no read log, and pinning solo mode would keep every other thread out
-    // until we finish (they must be able to commit beside an inevitable transaction). So start
-    // over on the multi-thread path, inevitable from the beginning (nothing was published).
+    // Alone in the STM: nothing else has committed since the attempt began, so what it read is
+    // current, and stays so if solo mode cannot be revoked before the attempt ends. Pin it as the
+    // write-back does (in_solo, the light side of the fence, then the state): a thread that starts
+    // using the STM meanwhile waits until this transaction has committed or rolled back, as beside
+    // libitm's serial-irrevocable mode. Starting over instead (the multi-thread path, which needs a
+    // read log to reserve) ran the block's code before the call twice — its nested blocks' on_abort
+    // hooks too — with one worker, and once in ordered mode, where the segment waits for the head.
+    in_solo.store(true, std::memory_order_relaxed);
+    asymmetric_fence_light();  // pairs with the revoker's heavy fence
+    if (solo_state.load(std::memory_order_acquire) == solo_token_) {
+      solo_pinned_ = true;
+      if (observing()) {
+        event e{event_kind::inevitable, nullptr, reason};
+        notify(e);
+      }
+      return;
+    }
+    in_solo.store(false, std::memory_order_release);
+    // Being revoked: start over on the multi-thread path, inevitable from the beginning (nothing
+    // was published).
     want_inevitable_ = solo_blocked_ = true;
     inevitable_reason_ = reason;
     counters::bump(stats.aborts_inevitable);
@@ -723,6 +750,8 @@ void transaction::retire_replaced() noexcept {
 }
 
 bool transaction::commit_solo() {
+  if (solo_pinned_) [[unlikely]]
+    return commit_solo_pinned();
   if (writes_.size == 0) {
     // Every read was checked against a revocation: the snapshot is consistent.
     counters::bump(stats.read_only_commits);
@@ -745,6 +774,26 @@ bool transaction::commit_solo() {
     writes_.size = 0;
   counters::bump(stats.solo);
   return true;
+}
+
+// A solo attempt made inevitable: solo mode is still ours (a revoker waits for in_solo), so the
+// write-back needs no check.
+bool transaction::commit_solo_pinned() {
+  if (writes_.size == 0) counters::bump(stats.read_only_commits);
+  const bool boxes = install_writes();
+  unpin_solo();  // a revoker may go on; it sees all we wrote
+  if (boxes)
+    retire_replaced();  // may run the observer (gc event): not while a revoker waits
+  else
+    writes_.size = 0;
+  counters::bump(stats.solo);
+  counters::bump(stats.inevitable);
+  return true;
+}
+
+void transaction::unpin_solo() noexcept {
+  solo_pinned_ = false;
+  in_solo.store(false, std::memory_order_release);
 }
 
 bool transaction::commit_inevitable() {
@@ -1031,6 +1080,7 @@ std::vector<std::function<void()>> transaction::discard_attempt(bool free_create
   // Whatever the attempt reserved goes back, inevitable or not: an attempt that failed to become
   // inevitable may hold reservations of what it had read.
   if (reserved_.size) release_reservations();
+  if (solo_pinned_) unpin_solo();  // nothing published: a revoker may go on
   if (free_created)
     drop_created_from(0, 0);
   else

@@ -277,6 +277,14 @@ void on_commit(std::function<void()> fn);
 void on_abort(std::function<void()> fn);
 /// Makes the enclosing transaction inevitable: it cannot abort any more (at most one at a time;
 /// others go on committing unless they conflict with it). For irreversible work. No-op outside.
+/// Where it is called the attempt goes on: what the block did before the call is not run again
+/// — unless other threads' commits leave it no choice (something it read has changed since, or
+/// another transaction is inevitable): then it starts over, inevitable from the start.
+/// A thread alone in the STM (solo mode, one worker with no other thread using it) stays alone
+/// until the transaction ends: a thread that starts using the STM meanwhile waits for it, as beside
+/// libitm's serial-irrevocable mode — so never wait inside an inevitable transaction for another
+/// thread's transaction. In a tasklet in ordered mode the segment first waits for its turn (the
+/// head), as for on_commit.
 void become_inevitable(const char* reason);
 
 struct stm_counters {

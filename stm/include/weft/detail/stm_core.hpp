@@ -337,7 +337,7 @@ class alignas(64) transaction {
   void add_commit_hook(std::function<void()> fn);
   void add_abort_hook(std::function<void()> fn);
   void make_inevitable(const char* reason);
-  bool inevitable() const noexcept { return inevitable_; }
+  bool inevitable() const noexcept { return inevitable_ || solo_pinned_; }
   /// Solo mode (see transaction.cpp): this descriptor is the only one registered, and its current
   /// attempt runs without locks, read log or validation.
   bool solo() const noexcept { return solo_; }
@@ -374,6 +374,8 @@ class alignas(64) transaction {
   void release_locks(std::uint32_t count) noexcept;
   bool commit_inevitable();
   bool commit_solo();
+  bool commit_solo_pinned();
+  void unpin_solo() noexcept;
   void begin_slow(std::uint64_t solo);
   bool solo_claimed(std::uint64_t solo) const noexcept;
   void start_attempt(bool solo, std::uint64_t token) noexcept;
@@ -398,6 +400,8 @@ class alignas(64) transaction {
   bool solo_ = false;             ///< this attempt runs solo
   std::uint64_t solo_token_ = 0;  ///< solo_state when it began
   bool solo_blocked_ = false;     ///< retry() in a solo attempt: run normally until the commit
+  /// A solo attempt made inevitable: in_solo stays up until it ends (a revoker waits for it).
+  bool solo_pinned_ = false;
   bool inevitable_ = false;
   bool segment_ = false;          ///< a tasklet segment's transaction (see segment_begin)
   const void* stack_lo_ = nullptr;  ///< segment_stack()
@@ -441,7 +445,8 @@ class alignas(64) transaction {
   epoch_slot* epoch_ = nullptr;
 
  public:
-  /// Raised while a solo attempt writes back: a revoker waits until it drops.
+  /// Raised while a solo attempt writes back, or from its become_inevitable() to its end: a revoker
+  /// waits until it drops.
   std::atomic<bool> in_solo{false};
 };
 
