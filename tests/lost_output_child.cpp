@@ -7,6 +7,10 @@
 //                                     a tasklet killed a second time while a destructor that the
 //                                     first kill's unwinding ran waits at a switch point: C++ ends
 //                                     the program; the message says why and names the tasklet
+//   weft_lost_output_child second_kill_caught
+//                                     the same, with destructors that catch the second kill: once
+//                                     during the run, then at exit (the shutdown's kills), where
+//                                     weft's note of the throw was freed twice (round 6, p5)
 #include <cstring>
 #include <stdexcept>
 
@@ -21,9 +25,35 @@ struct notifier {
     weft::print("not reached\n");
   }
 };
+weft::channel<int> wait_here, nobody_reads;
+struct farewell {
+  int id;
+  ~farewell() {
+    try {
+      nobody_reads.send(id);  // blocks: the kill's unwinding waits here
+    } catch (const weft::tasklet_exit&) {
+      weft::print("{} caught a second kill\n", id);
+    }
+  }
+};
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "second_kill_caught") == 0) {
+    weft::tasklet first;
+    for (int i = 0; i < 3; ++i) {
+      weft::tasklet t = weft::spawn([i] {
+        farewell f{i};
+        wait_here.receive();
+      });
+      if (i == 0) first = t;
+    }
+    weft::schedule();  // each blocks in receive
+    first.kill();      // unwinds into the destructor, which blocks in send
+    first.kill();      // thrown into the destructor and caught there
+    weft::print("main returns, first alive {}\n", first.alive());
+    return 0;  // the shutdown at exit does the same to the other two
+  }
   if (argc > 1 && std::strcmp(argv[1], "killed_in_unwinding") == 0) {
     weft::tasklet t = weft::spawn([] {
       notifier n;

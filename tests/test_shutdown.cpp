@@ -119,3 +119,37 @@ TEST_CASE_METHOD(fresh_runtime, "a tasklet that refuses to die is reported, not 
   CHECK(counts.live_tasklets == 1);
   CHECK(counts.stacks_in_use == 1);
 }
+
+TEST_CASE_METHOD(fresh_runtime, "destructors that catch a second kill at thread exit let every tasklet die",
+                 "[unit][shutdown]") {
+  // Round 6's p5 at a thread's end: each tasklet's destructor sends on a channel nobody reads, so the
+  // shutdown's kill leaves it blocked there mid-unwinding; the next kill is thrown into the
+  // destructor, which catches it, and the tasklet dies. (At the main thread's exit the note weft
+  // keeps of such a throw was freed twice: the child test
+  // destructors_that_catch_a_second_kill_at_exit_end_cleanly.)
+  event_log log;
+  std::thread th([&] {
+    channel<int> wait_here, nobody_reads;
+    struct farewell {
+      event_log* log;
+      channel<int> ch;
+      int id;
+      ~farewell() {
+        try {
+          ch.send(id);
+        } catch (const tasklet_exit&) {
+          (*log)(fmt::format("{}-caught-second-kill", id));
+        }
+      }
+    };
+    for (int i = 0; i < 3; ++i)
+      spawn([&, i] {
+        farewell f{&log, nobody_reads, i};
+        wait_here.receive();
+      });
+    run();
+  });
+  th.join();
+  CHECK(log.str() == "0-caught-second-kill 1-caught-second-kill 2-caught-second-kill");
+  check_clean();
+}

@@ -6,6 +6,7 @@
 #include <unordered_set>
 #include <mutex>
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -380,14 +381,25 @@ std::terminate_handler previous_terminate = nullptr;
 // C++ ends the program there (std::terminate, "terminate called without an active exception": the
 // exception is not caught yet). Stackless would unwind on with the new exception; C++ cannot. What
 // was thrown, into which tasklet, and the unwinding depth then (the count is one higher while the
-// throw is on its way out); per thread.
+// throw is on its way out); per thread. Trivially destructible (fixed buffers, the exception object's
+// address, no reference): a thread's runtime is shut down by its thread-local destructor, which
+// kills tasklets — after this record's own destructor had run, when the record was first used
+// later than the runtime was made (round 6's p5: its strings freed twice at exit).
 struct thrown_while_unwinding {
-  std::string from;
-  std::string what;
-  int depth = 0;
-  std::exception_ptr thrown;
+  char from[160];
+  char what[256];
+  int depth;
+  const void* thrown;  // identity only: never dereferenced
 };
-thread_local thrown_while_unwinding last_thrown_while_unwinding;
+constinit thread_local thrown_while_unwinding last_thrown_while_unwinding{};
+
+// The exception object an exception_ptr refers to (libstdc++'s exception_ptr is that one pointer).
+const void* exception_object(const std::exception_ptr& e) noexcept {
+  static_assert(sizeof(std::exception_ptr) == sizeof(void*));
+  const void* p;
+  std::memcpy(&p, static_cast<const void*>(&e), sizeof p);
+  return p;
+}
 
 // How the terminate handler's messages name a tasklet.
 std::string tasklet_label(const tasklet_impl* t) {
@@ -412,13 +424,13 @@ std::string describe(const std::exception_ptr& e) {
   // uncaught count one higher); its -O1 code (the sanitizer builds) catches it first.
   const std::exception_ptr current = std::current_exception();
   if (const auto& u = last_thrown_while_unwinding;
-      !u.from.empty() && (current ? current == u.thrown : std::uncaught_exceptions() == u.depth + 1)) {
+      u.from[0] && (current ? exception_object(current) == u.thrown : std::uncaught_exceptions() == u.depth + 1)) {
     std::fprintf(stderr,
                  "weft: %s was %s while a destructor run by an exception's unwinding waited at a switch point; "
                  "C++ cannot let an exception leave a destructor during unwinding, so the program ends "
                  "(std::terminate). Catch it in that destructor, or do not kill or raise into a tasklet that is "
                  "unwinding.\n",
-                 u.from.c_str(), u.what.c_str());
+                 u.from, u.what);
     std::fflush(stderr);
   }
   if (const std::exception_ptr e = current) {
@@ -454,10 +466,10 @@ void note_escaped(const std::exception_ptr& e, const tasklet_impl* t) {
 
 void note_thrown_while_unwinding(const std::exception_ptr& e, const tasklet_impl* t) {
   auto& u = last_thrown_while_unwinding;
-  u.from = tasklet_label(t);
-  u.what = describe(e);
+  std::snprintf(u.from, sizeof u.from, "%s", tasklet_label(t).c_str());
+  std::snprintf(u.what, sizeof u.what, "%s", describe(e).c_str());
   u.depth = std::uncaught_exceptions();
-  u.thrown = e;
+  u.thrown = exception_object(e);
 }
 
 void install_terminate_handler() {
