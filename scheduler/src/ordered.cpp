@@ -97,6 +97,15 @@ class home_context final : public tasklet_impl {
   void drop_function() noexcept override {}
 };
 
+// main_write_begin's state from its call to main_write_end's (the main thread's worker only). In the
+// worker, not a thread_local: a thread's runtime is shut down by a thread-local destructor, after
+// those of thread-locals first used later, as this one would be.
+struct main_write_token {
+  runtime* r = nullptr;
+  std::unique_lock<std::mutex> lk;
+  std::vector<const void*> vars;
+};
+
 struct worker {
   runtime* rt = nullptr;
   tasklet_impl* home = nullptr;       // the context of this thread's own stack
@@ -124,6 +133,7 @@ struct worker {
   // buffer, transaction and logs stay in this core's cache. From one shared pool, a 1 KiB snapshot
   // went into a buffer the other core wrote last, a miss per line (segment sweep at 2 workers).
   std::vector<segment*> free_segments;
+  main_write_token write_token;  // main's worker
 };
 constexpr std::uint64_t sample_every = 16, time_every_from = 20000;
 
@@ -628,11 +638,6 @@ void wait_for_snapshots(ordered_state& o, const std::vector<const void*>& writte
 // copies the new state into the snapshots, as commit_chain does for a segment's commit. No deadlock:
 // while main runs no segment of the run commits, so no holder of the commit lock waits for a tvar.
 // Plain threads are not covered (README): a tvar they share with tasklets lives on the heap.
-struct main_write_token {
-  runtime* r = nullptr;
-  std::unique_lock<std::mutex> lk;
-  std::vector<const void*> vars;
-};
 constinit thread_local bool main_holds_commit_lock = false;  // ordered_perform: apply may run user code
 
 void* main_write_begin(const transaction* tx, const void* single) {
@@ -640,7 +645,7 @@ void* main_write_begin(const transaction* tx, const void* single) {
   if (!w || !w->main_thread || main_holds_commit_lock || !w->rt) return nullptr;
   runtime& r = *w->rt;
   if (w->running != r.main || !r.is_parallel() || !r.pool) return nullptr;
-  static thread_local main_write_token token;
+  main_write_token& token = w->write_token;
   token.vars.clear();
   if (!single)
     stack_tvar_writes(r, r.main, *tx, token.vars);
