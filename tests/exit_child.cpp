@@ -5,6 +5,9 @@
 //
 //   weft_exit_child tasklet   tasklet 2 calls std::exit(3) in its second segment
 //   weft_exit_child main      main calls std::exit(4) while tasklets still run
+//   weft_exit_child in_block  as `tasklet`, but the exit comes inside an atomically block that
+//                             registered an on_commit hook: the block never commits, so the hook
+//                             never runs (round 8: it ran in every ordered mode)
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -32,14 +35,20 @@ weft::tvar<std::uint64_t> total{0};
 
 int main(int argc, char** argv) {
   const bool from_main = argc > 1 && std::strcmp(argv[1], "main") == 0;
+  const bool in_block = argc > 1 && std::strcmp(argv[1], "in_block") == 0;
   for (int i = 0; i < 6; ++i) {
-    weft::spawn([i, from_main] {
+    weft::spawn([i, from_main, in_block] {
       for (int round = 0; round < 3; ++round) {
         const std::uint64_t x = spin(static_cast<std::uint64_t>(i * 10 + round));
         weft::atomically([&] { total.set(total.get() + (x & 0xff)); });
         weft::print("tasklet {} round {}\n", i, round);
         if (!from_main && i == 2 && round == 1) {
           weft::print("tasklet 2 exits, total {}\n", weft::atomically([] { return total.get(); }));
+          if (in_block)
+            weft::atomically([] {
+              weft::on_commit([] { weft::print("on_commit of a block that never ended\n"); });
+              std::exit(3);
+            });
           std::exit(3);
         }
         weft::schedule();

@@ -1344,8 +1344,12 @@ void ordered_before_exit() noexcept {
     // its output and on_commit hooks come out), and the thread leaves its transaction, so that
     // what runs during the exit runs outside any transaction. No switch point: no intent applies.
     segment* s = seg(t);
+    // Inside an atomically block the exit ends a transaction that one worker never commits: its
+    // on_commit hooks (all the pending ones: a closed block's ran when it ended) do not run.
+    const bool in_block = s->tx.in_scope();
     s->tx.segment_commit();  // inevitable: cannot fail
     std::vector<std::function<void()>> hooks = s->tx.segment_finish_commit();
+    if (in_block) hooks.clear();
     segment_handles = nullptr;
     s->tx.segment_detach();
     flush_output(s);
