@@ -8,6 +8,11 @@
 //   weft_exit_child in_block  as `tasklet`, but the exit comes inside an atomically block that
 //                             registered an on_commit hook: the block never commits, so the hook
 //                             never runs (round 8: it ran in every ordered mode)
+//   weft_exit_child main_in_block
+//                             main calls std::exit(5) inside an atomically block while a tasklet
+//                             waits on a channel: nothing can switch to it, so it is left as it is,
+//                             quietly (round 8: four "switch point inside atomically" warnings and
+//                             "refused to die")
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -33,7 +38,24 @@ weft::tvar<std::uint64_t> total{0};
 
 }  // namespace
 
+struct unwound_line {
+  ~unwound_line() { weft::print("tasklet unwound\n"); }
+};
+
 int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "main_in_block") == 0) {
+    weft::channel<int> never;
+    weft::spawn([never]() mutable {
+      unwound_line u;
+      never.receive();
+    });
+    weft::run();
+    weft::atomically([] {
+      total.set(7);
+      weft::print("main exits inside a block\n");
+      std::exit(5);
+    });
+  }
   const bool from_main = argc > 1 && std::strcmp(argv[1], "main") == 0;
   const bool in_block = argc > 1 && std::strcmp(argv[1], "in_block") == 0;
   for (int i = 0; i < 6; ++i) {

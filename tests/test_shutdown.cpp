@@ -153,3 +153,22 @@ TEST_CASE_METHOD(fresh_runtime, "destructors that catch a second kill at thread 
   CHECK(log.str() == "0-caught-second-kill 1-caught-second-kill 2-caught-second-kill");
   check_clean();
 }
+
+TEST_CASE_METHOD(fresh_runtime, "shutdown inside a transaction is refused and leaves the tasklets as they were",
+                 "[unit][shutdown]") {
+  // Round 8: accepted, each kill failed ("a switch point inside weft::atomically") and the tasklets
+  // were reported as refusing to die, their stacks leaked.
+  event_log log;
+  channel<int> ch;
+  spawn([&] {
+    on_unwind u{&log, "unwound"};
+    ch.receive();
+  });
+  run();
+  CHECK_THROWS_WITH(atomically([] { weft::shutdown(); }),
+                    Catch::Matchers::Contains("weft::shutdown() inside weft::atomically"));
+  CHECK(resources().live_tasklets == 1);
+  CHECK(log.str().empty());
+  CHECK(weft::shutdown().live_tasklets == 0);
+  CHECK(log.str() == "unwound");
+}

@@ -42,13 +42,16 @@ struct runtime_holder {
   runtime* rt = nullptr;
   ~runtime_holder() {
     if (!rt) return;
-    if (running_tasklet(*rt) == rt->main) {
+    if (running_tasklet(*rt) == rt->main && !current_transaction()) {
       try {
         weft::shutdown();
       } catch (...) {
       }
     } else {
-      // The thread is ending while a tasklet runs (std::exit from a tasklet): nothing can be unwound.
+      // The thread is ending while a tasklet runs (std::exit from a tasklet), or inside a
+      // transaction (std::exit in atomically, which cannot give up the processor): nothing can be
+      // unwound. (Trying made each kill fail with "a switch point inside weft::atomically" and end
+      // in "refused to die": round 8.)
       detach();
     }
   }
@@ -295,6 +298,10 @@ resource_counts shutdown() {
   runtime* r = thread_runtime();
   if (!r) return {};
   if (running_tasklet(*r) != r->main) throw std::logic_error("weft::shutdown() must be called from the main tasklet");
+  if (current_transaction())
+    throw std::logic_error(
+        "weft::shutdown() inside weft::atomically: killing the tasklets switches to them, which a "
+        "transaction cannot do; call it outside the transaction");
   r->shutting_down = true;
   // A tasklet may catch tasklet_exit and go on; give every tasklet a few chances, then give up.
   for (int round = 0; round < 4; ++round) {

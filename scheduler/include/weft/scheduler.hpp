@@ -131,8 +131,10 @@ run_statistics run_stats();
 /// Ends the calling thread's runtime: kills the remaining tasklets (ring order, then blocked ones in
 /// channel order, then paused ones) so that their stacks unwind, and frees the stacks. Returns the
 /// counts measured after the kills (no live tasklets, no stacks in use, unless a tasklet refused to
-/// die). Called automatically when the thread exits; must be called from the main tasklet. weft may
-/// be used again afterwards (a fresh runtime starts).
+/// die). Called automatically when the thread exits; must be called from the main tasklet, outside
+/// any transaction (std::logic_error otherwise). weft may be used again afterwards (a fresh runtime
+/// starts). A thread that ends while a tasklet runs or inside a transaction (std::exit there) ends
+/// its runtime without unwinding: nothing can switch to the tasklets.
 resource_counts shutdown();
 /// Counts of the calling thread's runtime. These count resources, not scheduler state: live_tasklets
 /// is the answer one worker gives (committed state), but in ordered mode stacks_in_use also counts
