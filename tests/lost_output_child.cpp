@@ -7,6 +7,10 @@
 //                                     a tasklet killed a second time while a destructor that the
 //                                     first kill's unwinding ran waits at a switch point: C++ ends
 //                                     the program; the message says why and names the tasklet
+//   weft_lost_output_child killed_by_shutdown
+//                                     killed once by main, the tasklet is left waiting in that
+//                                     destructor; main returns and the shutdown kills it again: the
+//                                     message says the second kill was the shutdown's (round 8)
 //   weft_lost_output_child second_kill_caught
 //                                     the same, with destructors that catch the second kill: once
 //                                     during the run, then at exit (the shutdown's kills), where
@@ -39,6 +43,17 @@ struct farewell {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "killed_by_shutdown") == 0) {
+    weft::tasklet t = weft::spawn([] {
+      notifier n;
+      notify.receive();
+    });
+    t.set_name("holder");
+    weft::schedule();
+    t.kill();  // unwinds; the destructor blocks in send
+    weft::print("main returns\n");
+    return 0;
+  }
   if (argc > 1 && std::strcmp(argv[1], "second_kill_caught") == 0) {
     weft::tasklet first;
     for (int i = 0; i < 3; ++i) {

@@ -474,7 +474,13 @@ void note_escaped(const std::exception_ptr& e, const tasklet_impl* t) {
 void note_thrown_while_unwinding(const std::exception_ptr& e, const tasklet_impl* t) {
   auto& u = last_thrown_while_unwinding;
   std::snprintf(u.from, sizeof u.from, "%s", tasklet_label(t).c_str());
-  std::snprintf(u.what, sizeof u.what, "%s", describe(e).c_str());
+  // The shutdown's own kill (main returned, the thread ended, weft::shutdown()): the program made
+  // no second kill itself, so say where it came from (round 8).
+  const bool by_shutdown = t->owner && t->owner->shutting_down;
+  std::snprintf(u.what, sizeof u.what, "%s%s", describe(e).c_str(),
+                by_shutdown ? " by the shutdown of its thread's tasklets (main returned, the thread ended, or "
+                              "weft::shutdown() was called)"
+                            : "");
   u.depth = std::uncaught_exceptions();
   u.thrown = exception_object(e);
 }
