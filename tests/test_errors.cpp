@@ -1,4 +1,6 @@
 // SEMANTICS.md §5 and the bad inputs of issue 3: clear exceptions, never a crash or a hang.
+#include <optional>
+#include <cstdlib>
 #include <thread>
 
 #include "support.hpp"
@@ -70,6 +72,33 @@ TEST_CASE_METHOD(fresh_runtime, "configure: only before first use, and values ar
   run();
   CHECK(result.get() == 200);
   weft::shutdown();
+  configure({});
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "configure: serial mode with WEFT_WORKERS above one names the variable at once",
+                 "[unit][errors]") {
+  // Round 8: configure({.mode = serial}) succeeded and every later call (weft::print too) threw
+  // "serial mode runs on one worker (workers = 2 asked for ...)", a number the program never set.
+  // The variables are the operator's (the test matrix sets them): saved and put back.
+  weft::shutdown();
+  auto saved = [](const char* n) { const char* v = std::getenv(n); return v ? std::optional<std::string>(v) : std::nullopt; };
+  const auto workers = saved("WEFT_WORKERS"), mode = saved("WEFT_MODE");
+  auto restore = [&] {
+    if (workers) setenv("WEFT_WORKERS", workers->c_str(), 1); else unsetenv("WEFT_WORKERS");
+    if (mode) setenv("WEFT_MODE", mode->c_str(), 1); else unsetenv("WEFT_MODE");
+  };
+  setenv("WEFT_WORKERS", "2", 1);
+  unsetenv("WEFT_MODE");
+  const options before = configuration();
+  CHECK_THROWS_WITH(configure({.mode = mode::serial}),
+                    Catch::Contains("WEFT_WORKERS=2: the program configured serial mode") &&
+                        Catch::Contains("WEFT_MODE=ordered"));
+  CHECK(configuration().mode == before.mode);  // left as it was
+  setenv("WEFT_MODE", "ordered", 1);
+  CHECK_NOTHROW(configure({.mode = mode::serial}));  // the operator's WEFT_MODE wins
+  CHECK(configuration().mode == mode::ordered);
+  restore();
   configure({});
   check_clean();
 }

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <string>
+#include <utility>
 
 #include <spdlog/spdlog.h>
 
@@ -67,10 +68,22 @@ mode parse_mode(const char* name, const char* text) {
 
 void configure(const options& o) {
   validate(o);
-  std::lock_guard lock(options_lock);
-  if (active_runtimes.load() != 0)
-    throw std::logic_error("weft::configure() must be called before weft is first used (or after weft::shutdown())");
-  configured = o;
+  options previous;
+  {
+    std::lock_guard lock(options_lock);
+    if (active_runtimes.load() != 0)
+      throw std::logic_error("weft::configure() must be called before weft is first used (or after weft::shutdown())");
+    previous = std::exchange(configured, o);
+  }
+  // With the WEFT_ variables applied: a combination they make unusable is reported here, by the
+  // call that made it, not by the first use of weft after it.
+  try {
+    (void)configuration();
+  } catch (...) {
+    std::lock_guard lock(options_lock);
+    configured = previous;
+    throw;
+  }
 }
 
 options configuration() {
@@ -84,7 +97,14 @@ options configuration() {
     if (n == 0 || n > 1024) throw std::invalid_argument(std::string("WEFT_WORKERS: not between 1 and 1024: ") + w);
     o.workers = static_cast<unsigned>(n);
   }
-  if (const char* m = std::getenv("WEFT_MODE"); m && *m) o.mode = parse_mode("WEFT_MODE", m);
+  const char* m = std::getenv("WEFT_MODE");
+  if (m && *m) o.mode = parse_mode("WEFT_MODE", m);
+  // The program asked for serial mode (configure) and WEFT_WORKERS for more workers: name the
+  // variable (round 8: the message spoke of "workers = 2", which the program never set).
+  if (o.mode == mode::serial && o.workers > 1 && !(m && *m) && std::getenv("WEFT_WORKERS"))
+    throw std::invalid_argument(std::string("WEFT_WORKERS=") + std::getenv("WEFT_WORKERS") +
+                                ": the program configured serial mode, which runs on one worker; set "
+                                "WEFT_MODE=ordered as well, or leave WEFT_WORKERS unset");
   if (const char* p = std::getenv("WEFT_ABORT_INJECT"); p && *p)
     o.abort_inject = parse_probability("WEFT_ABORT_INJECT", p);
   if (const char* sd = std::getenv("WEFT_SEED"); sd && *sd) o.seed = parse_size("WEFT_SEED", sd);

@@ -73,7 +73,9 @@ struct options {
 };
 
 /// Sets the options. Throws std::logic_error if a runtime is already running in some thread (call
-/// it first in main(), or after shutdown()). Throws std::invalid_argument for unusable values.
+/// it first in main(), or after shutdown()). Throws std::invalid_argument for unusable values,
+/// including those the WEFT_ variables make unusable (serial mode with WEFT_WORKERS=2: the message
+/// names the variable); the options are then left as they were.
 void configure(const options& o);
 /// The options in force (after environment overrides).
 options configuration();
