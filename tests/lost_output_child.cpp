@@ -43,17 +43,6 @@ struct farewell {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc > 1 && std::strcmp(argv[1], "killed_by_shutdown") == 0) {
-    weft::tasklet t = weft::spawn([] {
-      notifier n;
-      notify.receive();
-    });
-    t.set_name("holder");
-    weft::schedule();
-    t.kill();  // unwinds; the destructor blocks in send
-    weft::print("main returns\n");
-    return 0;
-  }
   if (argc > 1 && std::strcmp(argv[1], "second_kill_caught") == 0) {
     weft::tasklet first;
     for (int i = 0; i < 3; ++i) {
@@ -69,7 +58,8 @@ int main(int argc, char** argv) {
     weft::print("main returns, first alive {}\n", first.alive());
     return 0;  // the shutdown at exit does the same to the other two
   }
-  if (argc > 1 && std::strcmp(argv[1], "killed_in_unwinding") == 0) {
+  const bool by_shutdown = argc > 1 && std::strcmp(argv[1], "killed_by_shutdown") == 0;
+  if (by_shutdown || (argc > 1 && std::strcmp(argv[1], "killed_in_unwinding") == 0)) {
     weft::tasklet t = weft::spawn([] {
       notifier n;
       notify.receive();
@@ -77,6 +67,10 @@ int main(int argc, char** argv) {
     t.set_name("holder");
     weft::schedule();
     t.kill();  // unwinds; the destructor blocks in send
+    if (by_shutdown) {
+      weft::print("main returns\n");
+      return 0;  // the shutdown at exit kills it again
+    }
     weft::print("killed once\n");
     t.kill();  // thrown out of the destructor
     weft::print("not reached\n");

@@ -6,7 +6,6 @@
 #include <unordered_set>
 #include <mutex>
 #include <cstdio>
-#include <cstring>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -400,14 +399,6 @@ struct thrown_while_unwinding {
 };
 constinit thread_local thrown_while_unwinding last_thrown_while_unwinding{};
 
-// The exception object an exception_ptr refers to (libstdc++'s exception_ptr is that one pointer).
-const void* exception_object(const std::exception_ptr& e) noexcept {
-  static_assert(sizeof(std::exception_ptr) == sizeof(void*));
-  const void* p;
-  std::memcpy(&p, static_cast<const void*>(&e), sizeof p);
-  return p;
-}
-
 // How the terminate handler's messages name a tasklet.
 std::string tasklet_label(const tasklet_impl* t) {
   return t->name.empty() ? fmt::format("tasklet-{}", t->id) : fmt::format("tasklet '{}' (tasklet-{})", t->name, t->id);
@@ -431,7 +422,7 @@ std::string describe(const std::exception_ptr& e) {
   // uncaught count one higher); its -O1 code (the sanitizer builds) catches it first.
   const std::exception_ptr current = std::current_exception();
   if (const auto& u = last_thrown_while_unwinding;
-      u.from[0] && (current ? exception_object(current) == u.thrown : std::uncaught_exceptions() == u.depth + 1)) {
+      u.from[0] && (current ? exception_object_of(current) == u.thrown : std::uncaught_exceptions() == u.depth + 1)) {
     std::fprintf(stderr,
                  "weft: %s was %s while a destructor run by an exception's unwinding waited at a switch point; "
                  "C++ cannot let an exception leave a destructor during unwinding, so the program ends "
@@ -482,7 +473,7 @@ void note_thrown_while_unwinding(const std::exception_ptr& e, const tasklet_impl
                               "weft::shutdown() was called)"
                             : "");
   u.depth = std::uncaught_exceptions();
-  u.thrown = exception_object(e);
+  u.thrown = exception_object_of(e);
 }
 
 void install_terminate_handler() {

@@ -283,12 +283,6 @@ bool exception_layout_known() noexcept {
 int* reference_count_of(cxa_exception_header* h) noexcept {
   return reinterpret_cast<int*>(reinterpret_cast<char*>(h) - alignof(cxa_exception_header));
 }
-void* object_of(const std::exception_ptr& e) noexcept {
-  static_assert(sizeof(std::exception_ptr) == sizeof(void*));
-  void* p;
-  std::memcpy(&p, &e, sizeof p);
-  return p;
-}
 bool reference_count_known() noexcept {
   static const bool known = [] {
     if (!exception_layout_known()) return false;
@@ -296,7 +290,7 @@ bool reference_count_known() noexcept {
       throw layout_probe{};
     } catch (layout_probe& caught) {
       std::exception_ptr p = std::current_exception();
-      if (object_of(p) != static_cast<void*>(&caught)) return false;
+      if (exception_object_of(p) != static_cast<void*>(&caught)) return false;
       int* count = reference_count_of(static_cast<cxa_exception_header*>(static_cast<void*>(&caught)) - 1);
       const int with = __atomic_load_n(count, __ATOMIC_RELAXED);
       p = nullptr;
@@ -308,13 +302,20 @@ bool reference_count_known() noexcept {
 }
 }  // namespace
 
+void* exception_object_of(const std::exception_ptr& e) noexcept {
+  static_assert(sizeof(std::exception_ptr) == sizeof(void*));
+  void* p;
+  std::memcpy(&p, static_cast<const void*>(&e), sizeof p);
+  return p;
+}
+
 void context_discard_attempt_exception(std::exception_ptr& e, const stack_snapshot* restored) noexcept {
   if (!e) return;
   if (!reference_count_known()) {
     e = nullptr;
     return;
   }
-  void* object = object_of(e);
+  void* object = exception_object_of(e);
   auto* h = static_cast<cxa_exception_header*>(object) - 1;
   if (__atomic_load_n(reference_count_of(h), __ATOMIC_RELAXED) == 1) {
     if (restored && snapshot_holds(*restored, object)) {

@@ -68,6 +68,8 @@ void context_discard_catches(tasklet_impl* t) noexcept;
 /// exception). Otherwise its count is dropped as usual. Without the expected C++ runtime layout
 /// (checked once), it is dropped as usual.
 void context_discard_attempt_exception(std::exception_ptr& e, const stack_snapshot* restored) noexcept;
+/// The exception object e refers to (libstdc++'s exception_ptr is that one pointer), or null.
+void* exception_object_of(const std::exception_ptr& e) noexcept;
 
 /// Overflow without a guard page (stacks beyond the vm.max_map_count budget, or WEFT_STACK_GUARD=0):
 /// checked at every switch point (perform, context_switch). A tasklet whose stack pointer is below its
