@@ -750,21 +750,26 @@ void transaction::retire_replaced() noexcept {
 }
 
 bool transaction::commit_solo() {
-  if (solo_pinned_) [[unlikely]]
-    return commit_solo_pinned();
-  if (writes_.size == 0) {
-    // Every read was checked against a revocation: the snapshot is consistent.
-    counters::bump(stats.read_only_commits);
-    counters::bump(stats.solo);
-    return true;
-  }
-  // Pin solo mode for the write-back: a revoker now waits until in_solo drops.
-  in_solo.store(true, std::memory_order_relaxed);
-  asymmetric_fence_light();  // pairs with the revoker's heavy fence
-  if (solo_state.load(std::memory_order_acquire) != solo_token_) {
-    in_solo.store(false, std::memory_order_release);
-    counters::bump(stats.aborts_validation);  // revoked: nothing published, run again normally
-    return false;
+  if (solo_pinned_) [[unlikely]] {
+    // Made inevitable: solo mode is still ours (a revoker waits for in_solo), no check needed.
+    solo_pinned_ = false;
+    counters::bump(stats.inevitable);
+    if (writes_.size == 0) counters::bump(stats.read_only_commits);
+  } else {
+    if (writes_.size == 0) {
+      // Every read was checked against a revocation: the snapshot is consistent.
+      counters::bump(stats.read_only_commits);
+      counters::bump(stats.solo);
+      return true;
+    }
+    // Pin solo mode for the write-back: a revoker now waits until in_solo drops.
+    in_solo.store(true, std::memory_order_relaxed);
+    asymmetric_fence_light();  // pairs with the revoker's heavy fence
+    if (solo_state.load(std::memory_order_acquire) != solo_token_) {
+      in_solo.store(false, std::memory_order_release);
+      counters::bump(stats.aborts_validation);  // revoked: nothing published, run again normally
+      return false;
+    }
   }
   const bool boxes = install_writes();
   in_solo.store(false, std::memory_order_release);  // a revoker may go on; it sees all we wrote
@@ -773,21 +778,6 @@ bool transaction::commit_solo() {
   else
     writes_.size = 0;
   counters::bump(stats.solo);
-  return true;
-}
-
-// A solo attempt made inevitable: solo mode is still ours (a revoker waits for in_solo), so the
-// write-back needs no check.
-bool transaction::commit_solo_pinned() {
-  if (writes_.size == 0) counters::bump(stats.read_only_commits);
-  const bool boxes = install_writes();
-  unpin_solo();  // a revoker may go on; it sees all we wrote
-  if (boxes)
-    retire_replaced();  // may run the observer (gc event): not while a revoker waits
-  else
-    writes_.size = 0;
-  counters::bump(stats.solo);
-  counters::bump(stats.inevitable);
   return true;
 }
 

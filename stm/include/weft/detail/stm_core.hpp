@@ -374,7 +374,6 @@ class alignas(64) transaction {
   void release_locks(std::uint32_t count) noexcept;
   bool commit_inevitable();
   bool commit_solo();
-  bool commit_solo_pinned();
   void unpin_solo() noexcept;
   void begin_slow(std::uint64_t solo);
   bool solo_claimed(std::uint64_t solo) const noexcept;
