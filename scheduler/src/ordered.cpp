@@ -613,20 +613,23 @@ void stack_tvar_writes(const runtime& r, const tasklet_impl* writer, const trans
       into.push_back(w.var);
   });
 }
-void refresh_stack_tvars(ordered_state& o, const std::vector<const void*>& written) {
+// Calls fn(segment, v) for each written v on the stack of a segment in flight with a snapshot.
+template <class Fn>
+void for_each_snapshot_of(ordered_state& o, const std::vector<const void*>& written, Fn fn) {
   for (const void* v : written)
     for (const auto& other : o.all_segments)
-      if (other->owner && other->has_snapshot && other->owner->stack.contains(v))
-        snapshot_refresh(other->stack, v, sizeof(tvar_base));
+      if (other->owner && other->has_snapshot && other->owner->stack.contains(v)) fn(*other, v);
+}
+void refresh_stack_tvars(ordered_state& o, const std::vector<const void*>& written) {
+  for_each_snapshot_of(o, written, [](segment& s, const void* v) { snapshot_refresh(s.stack, v, sizeof(tvar_base)); });
 }
 // Before a commit writes back tvars on other tasklets' stacks: a snapshot of such a stack still being
 // copied (outside the lock, run_new) must be complete first, or it could hold half the old value
 // and half the new. (Under the commit lock; the copying thread does not need it to finish.)
 void wait_for_snapshots(ordered_state& o, const std::vector<const void*>& written) {
-  for (const void* v : written)
-    for (const auto& other : o.all_segments)
-      if (other->owner && other->has_snapshot && other->owner->stack.contains(v))
-        while (other->copying.load(std::memory_order_acquire)) cpu_relax();
+  for_each_snapshot_of(o, written, [](segment& s, const void*) {
+    while (s.copying.load(std::memory_order_acquire)) cpu_relax();
+  });
 }
 
 // Main's writes. Main runs at the head, outside any segment, and writes tvars directly (its own
