@@ -50,6 +50,7 @@
 // other (store-buffering with seq_cst on both sides), so the holder's reads are never invalidated
 // and need no log. Other threads' writing commits stall meanwhile (as under libitm's serial mode);
 // reads never do.
+#include <bit>
 #include <chrono>
 #include <cstdio>
 #include <mutex>
@@ -506,7 +507,12 @@ void transaction::signal_swallowed() {
   or_else_depth_ = 0;
   created_floor_ = 0;
   signal_pending_ = 0;
-  if (index_.size) index_.size = 0;
+  if (index_.size) [[unlikely]] {
+    // The next indexed attempt starts at the size this one's log needed (a re-run of the same segment
+    // or transaction: no rebuild as its log grows); a small one after a big one shrinks it again.
+    index_hint_ = index_count_;
+    index_.size = 0;
+  }
 }
 
 [[gnu::always_inline]] inline void transaction::reset_attempt() noexcept {
@@ -526,7 +532,9 @@ bool transaction::reads_valid(std::uint64_t rv, const read_entry** failed) const
         *failed = &r;
         return false;
       }
-      // Locked by us at commit: judge by the version it had when we locked it.
+      // Locked by us at commit: judge by the version it had when we locked it. Unless one of the
+      // tvars we locked was newer than rv_ (rare: a blind write), none was: no lookup needed.
+      if (!stale_write_locked_) continue;
       const write_entry* w = find_write(r.var);
       if (!w || version_of(w->old_meta) > rv) {
         *failed = &r;
@@ -853,6 +861,7 @@ bool transaction::commit() {
   const outside_write_scope outside(segment_ ? nullptr : this, nullptr);
   const std::uint64_t self = reinterpret_cast<std::uint64_t>(this) | lock_bit;
 relock:
+  stale_write_locked_ = false;
   for (std::uint32_t i = 0; i < writes_.size; ++i) {
     write_entry& w = writes_.data[i];
     for (unsigned spins = 0;; ++spins) {
@@ -875,6 +884,7 @@ relock:
       }
       if (w.var->meta.compare_exchange_weak(m, self, std::memory_order_seq_cst, std::memory_order_relaxed)) {
         w.old_meta = m;
+        stale_write_locked_ |= version_of(m) > rv_;
         counters::bump(stats.locks_acquired);
         break;
       }
@@ -974,7 +984,7 @@ void transaction::forget_logged(const tvar_base* v) noexcept {
   undo_.size = k;
   for (std::uint32_t i = gone + 1; i < writes_.size; ++i) writes_.data[i - 1] = writes_.data[i];
   --writes_.size;
-  if (index_.size) rebuild_index();
+  if (index_.size) reindex();
 }
 
 // The commit made the destructions real: boxes go to the epoch GC (readers may still hold them), names
@@ -1324,46 +1334,58 @@ bool transaction::segment_make_inevitable() noexcept {
 
 // --- write log -----------------------------------------------------------------------------------
 
-const write_entry* transaction::find_write_indexed(const tvar_base* v) const noexcept {
-  if (index_.size == 0) {
-    for (std::uint32_t i = 0; i < writes_.size; ++i)
-      if (writes_.data[i].var == v) return &writes_.data[i];
-    return nullptr;
-  }
+const write_entry* transaction::find_write_indexed(const tvar_base* v, std::uint64_t h) const noexcept {
   const std::uint32_t mask = index_.size - 1;
-  for (std::uint32_t s = static_cast<std::uint32_t>((reinterpret_cast<std::uintptr_t>(v) >> 4) * 2654435761u) & mask;;
-       s = (s + 1) & mask) {
-    std::uint32_t e = index_.data[s];
+  for (auto s = static_cast<std::uint32_t>(h >> index_shift_);; s = (s + 1) & mask) {
+    const std::uint32_t e = index_.data[s];
     if (e == 0) return nullptr;
     if (writes_.data[e - 1].var == v) return &writes_.data[e - 1];
   }
 }
 
+// Sized for twice the log (and at least what the last attempt needed: index_hint_), so that it stays
+// at most half full.
 void transaction::rebuild_index() {
   std::uint32_t cap = 64;
-  while (cap < writes_.size * 2) cap *= 2;
+  while (cap < writes_.size * 2 || cap < index_hint_ * 2) cap *= 2;
   while (index_.cap < cap) index_.grow();
   index_.size = cap;
+  index_shift_ = 64 - static_cast<std::uint32_t>(std::countr_zero(cap));
   std::memset(index_.data, 0, cap * sizeof(std::uint32_t));
-  for (std::uint32_t i = 0; i < writes_.size; ++i) {
-    const std::uint32_t mask = cap - 1;
-    std::uint32_t s = static_cast<std::uint32_t>((reinterpret_cast<std::uintptr_t>(writes_.data[i].var) >> 4) *
-                                                 2654435761u) & mask;
-    while (index_.data[s]) s = (s + 1) & mask;
-    index_.data[s] = i + 1;
+  std::memset(filter_, 0, sizeof filter_);
+  index_count_ = 0;
+  for (std::uint32_t i = 0; i < writes_.size; ++i) insert_index(i);
+}
+
+[[gnu::always_inline]] inline void transaction::insert_index(std::uint32_t i) noexcept {
+  const std::uint64_t h = write_hash(writes_.data[i].var);
+  const std::uint32_t mask = index_.size - 1;
+  auto s = static_cast<std::uint32_t>(h >> index_shift_);
+  while (index_.data[s]) s = (s + 1) & mask;
+  index_.data[s] = i + 1;
+  filter_add(h);
+  ++index_count_;
+}
+
+// After entries left the log (a scope rolled back, a tvar forgotten). A log back within linear_limit
+// goes unindexed: write() indexes only past the limit, and an index missing the entries appended
+// below it would hide them from find_write (a rolled-back or_else branch of 9+ writes, then a few
+// more: their reads saw the committed values, and the commit dropped the writes they replaced).
+void transaction::reindex() {
+  if (writes_.size > linear_limit) {
+    rebuild_index();
+  } else {
+    index_hint_ = index_count_;
+    index_.size = 0;
   }
 }
 
 void transaction::index_write(std::uint32_t i) {
-  if (index_.size == 0 || (writes_.size * 2 > index_.size)) {
+  if (index_.size == 0 || writes_.size * 2 > index_.size) [[unlikely]] {
     rebuild_index();
     return;
   }
-  const std::uint32_t mask = index_.size - 1;
-  std::uint32_t s = static_cast<std::uint32_t>((reinterpret_cast<std::uintptr_t>(writes_.data[i].var) >> 4) *
-                                               2654435761u) & mask;
-  while (index_.data[s]) s = (s + 1) & mask;
-  index_.data[s] = i + 1;
+  insert_index(i);
 }
 
 void transaction::replace_write(write_entry& w, std::uint64_t b, const std::source_location& where) {
@@ -1436,7 +1458,7 @@ void transaction::rollback_scope(const scope_mark& m, bool keep_allocations) noe
   }
   undo_.size = m.undo;
   writes_.size = m.writes;
-  if (index_.size) rebuild_index();
+  if (index_.size) reindex();
   commit_hooks_.resize(m.commit_hooks);
   std::vector<std::function<void()>> aborts;
   {

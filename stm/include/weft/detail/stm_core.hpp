@@ -348,20 +348,47 @@ class alignas(64) transaction {
  private:
   static constexpr std::uint32_t linear_limit = 8;
 
-  const write_entry* find_write(const tvar_base* v) const noexcept {
-    if (writes_.size <= linear_limit) {
+  // The write log's index (built once the log outgrows linear_limit): a hash of the tvar's address
+  // picks a slot (open addressing over writes_, at most half full) and two bits of a 2,048-bit
+  // filter. Most lookups in a big log are misses (a read or first write of a tvar not yet written:
+  // the bank's transfers), answered by the filter alone, without touching the table.
+  static std::uint64_t write_hash(const tvar_base* v) noexcept {
+    return (reinterpret_cast<std::uintptr_t>(v) >> 4) * 0x9E3779B97F4A7C15ULL;  // Fibonacci hashing
+  }
+  static constexpr unsigned filter_words = 32;
+  // The filter's two bit numbers (0..2047) are the hash's top 22 bits, the best mixed.
+  static std::uint64_t filter_bit(std::uint64_t h, unsigned which) noexcept {
+    return std::uint64_t{1} << ((which ? h >> 42 : h >> 53) & 63);
+  }
+  static unsigned filter_word(std::uint64_t h, unsigned which) noexcept {
+    return static_cast<unsigned>((which ? h >> 48 : h >> 59) & (filter_words - 1));
+  }
+  bool filter_may_hold(std::uint64_t h) const noexcept {
+    return (filter_[filter_word(h, 0)] & filter_bit(h, 0)) && (filter_[filter_word(h, 1)] & filter_bit(h, 1));
+  }
+  void filter_add(std::uint64_t h) noexcept {
+    filter_[filter_word(h, 0)] |= filter_bit(h, 0);
+    filter_[filter_word(h, 1)] |= filter_bit(h, 1);
+  }
+  [[gnu::always_inline]] const write_entry* find_write(const tvar_base* v) const noexcept {
+    if (index_.size == 0) {
       for (std::uint32_t i = 0; i < writes_.size; ++i)
         if (writes_.data[i].var == v) return &writes_.data[i];
       return nullptr;
     }
-    return find_write_indexed(v);
+    const std::uint64_t h = write_hash(v);
+    if (!filter_may_hold(h)) [[likely]]
+      return nullptr;
+    return find_write_indexed(v, h);
   }
   write_entry* find_write(const tvar_base* v) noexcept {
     return const_cast<write_entry*>(static_cast<const transaction*>(this)->find_write(v));
   }
-  const write_entry* find_write_indexed(const tvar_base* v) const noexcept;
+  const write_entry* find_write_indexed(const tvar_base* v, std::uint64_t h) const noexcept;
   void index_write(std::uint32_t i);
+  void insert_index(std::uint32_t i) noexcept;
   void rebuild_index();
+  void reindex();
   void replace_write(write_entry& w, std::uint64_t b, const std::source_location& where);
   std::uint64_t read_slow(const tvar_base& v, const std::source_location& where);
   bool extend(std::uint64_t seen) noexcept;
@@ -438,6 +465,13 @@ class alignas(64) transaction {
   log_array<tvar_entry> created_;    ///< tvars constructed in the attempt (var == nullptr: since destroyed)
   log_array<tvar_entry> destroyed_;  ///< older tvars destroyed in the attempt
   log_array<std::uint32_t> index_;         ///< open addressing over writes_ (index + 1; 0 = empty)
+  std::uint32_t index_shift_ = 0;          ///< 64 - log2(index_.size): a slot is write_hash >> it
+  std::uint32_t index_count_ = 0;          ///< entries in the index
+  std::uint32_t index_hint_ = 0;           ///< index_count_ of the last indexed attempt (see clear_attempt)
+  std::uint64_t filter_[filter_words];     ///< valid while index_.size != 0
+  /// At commit: a tvar we locked had a version newer than rv_ (a blind write to a tvar changed since
+  /// we began). Otherwise a read of a tvar we hold locked is valid without looking up its entry.
+  bool stale_write_locked_ = false;
   std::vector<std::function<void()>> commit_hooks_, abort_hooks_;
   alloc_log allocs_;
   alloc_log* saved_log_ = nullptr;
