@@ -846,6 +846,11 @@ bool transaction::commit() {
   // program, every run at 2 workers with the guard off). Valid here, at the head of the ordered run
   // (segment commits are serialised by the commit lock), every tvar it writes is still alive. Heap
   // tvars need no such care: their memory is reclaimed through the epoch GC.
+  // The lock words we are about to CAS, fetched for writing all at once: a locked CAS waits for its
+  // line, so without this each written tvar not in our cache (a big data set; one read on another
+  // core) is one miss after another under the commit (bank: 97% of commit()'s time at 2 workers).
+  if (writes_.size > 1)
+    for (const write_entry& w : writes_) prefetch_for_write(&w.var->meta);
   if (segment_ && reads_.size) {
     const read_entry* failed = nullptr;
     if (!reads_valid(rv_, &failed)) {

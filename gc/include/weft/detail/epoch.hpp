@@ -69,6 +69,16 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
+/// Asks for the cache line of `p` in a state we may write (x86 `prefetchw`, which processors without
+/// it execute as a no-op), so that several misses overlap before the stores or CASes that need them.
+inline void prefetch_for_write(const void* p) noexcept {
+#if defined(__x86_64__)
+  asm volatile("prefetchw %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, 1, 3);
+#endif
+}
+
 /// Fenced mode: while it is on, entering costs a full fence and reclaimers need no membarrier(),
 /// so that collecting is cheap enough to run after every few retires (epoch_fenced_begin).
 extern std::atomic<unsigned> epoch_fenced_users;

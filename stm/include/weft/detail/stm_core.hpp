@@ -211,6 +211,14 @@ class alignas(64) transaction {
         e.where = where;
         return b;
       }
+    } else if (exclusive_) {
+      // Only our run commits (an inevitable segment, an audit of a million tvars): no log, no
+      // reservation; a committer from before we took the token may still be writing back.
+      std::uint64_t m1 = v.meta.load(std::memory_order_seq_cst);
+      std::uint64_t b = v.bits.load(std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (!(m1 & lock_bit) && v.meta.load(std::memory_order_relaxed) == m1) [[likely]]
+        return b;
     }
     return read_slow(v, where);
   }
