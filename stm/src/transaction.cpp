@@ -1417,24 +1417,8 @@ struct hooks_freed_outside_log {
 };
 }  // namespace
 
-transaction::scope_mark transaction::open_scope() {
-  ++scope_depth_;
-  const alloc_log::mark here = allocs_.position();
-  return {writes_.size,
-          undo_.size,
-          static_cast<std::uint32_t>(commit_hooks_.size()),
-          static_cast<std::uint32_t>(abort_hooks_.size()),
-          created_.size,
-          destroyed_.size,
-          here,
-          allocs_.set_floor(here.allocs),  // deleting older allocations inside the scope is deferred
-          std::exchange(created_floor_, created_.size)};  // so is destroying older tvars
-}
-
-void transaction::close_scope(const scope_mark& m) noexcept {
-  allocs_.set_floor(m.alloc_floor);
-  created_floor_ = m.created_floor;
-  if (--scope_depth_ != 0) return;  // an enclosing scope may still roll back: keep the undo entries
+// The outermost scope closed: the values its replaced writes held (boxes) are nobody's now.
+void transaction::drop_undo(const scope_mark& m) noexcept {
   for (std::uint32_t i = m.undo; i < undo_.size; ++i) {
     write_entry& w = writes_.data[undo_.data[i].index];
     if (w.drop) w.drop(reinterpret_cast<void*>(undo_.data[i].bits));
@@ -1491,8 +1475,7 @@ void transaction::rollback_scope(const scope_mark& m, bool keep_allocations) noe
   for (auto& h : aborts) h();
 }
 
-void transaction::segment_scope_committed(const scope_mark& m) {
-  if (scope_depth_ != 0 || commit_hooks_.size() <= m.commit_hooks) return;
+void transaction::run_scope_commit_hooks(const scope_mark& m) {
   if (!inevitable_) segment_park_for_head();  // back at the head, inevitable (or rolled back: never here)
   std::vector<std::function<void()>> hooks;
   {

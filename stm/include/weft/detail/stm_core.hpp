@@ -23,6 +23,7 @@
 #include <functional>
 #include <source_location>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "weft/detail/alloc_log.hpp"
@@ -258,8 +259,26 @@ class alignas(64) transaction {
     std::size_t alloc_floor;      ///< the enclosing scope's, restored when this one ends
     std::uint32_t created_floor;  ///< likewise
   };
-  scope_mark open_scope();
-  void close_scope(const scope_mark& m) noexcept;
+  [[gnu::always_inline]] scope_mark open_scope() {
+    ++scope_depth_;
+    const alloc_log::mark here = allocs_.position();
+    return {writes_.size,
+            undo_.size,
+            static_cast<std::uint32_t>(commit_hooks_.size()),
+            static_cast<std::uint32_t>(abort_hooks_.size()),
+            created_.size,
+            destroyed_.size,
+            here,
+            allocs_.set_floor(here.allocs),  // deleting older allocations inside the scope is deferred
+            std::exchange(created_floor_, created_.size)};  // so is destroying older tvars
+  }
+  [[gnu::always_inline]] void close_scope(const scope_mark& m) noexcept {
+    allocs_.set_floor(m.alloc_floor);
+    created_floor_ = m.created_floor;
+    // An enclosing scope may still roll back: it keeps the undo entries.
+    if (--scope_depth_ == 0 && undo_.size != m.undo) [[unlikely]]
+      drop_undo(m);
+  }
   /// Undoes the scope: its writes, tvars made and destroyed in it, hooks (its abort hooks run), and
   /// its allocations — unless `keep_allocations` (an exception leaves the scope and may refer to
   /// memory allocated there: it stays, owned by the enclosing attempt).
@@ -326,7 +345,10 @@ class alignas(64) transaction {
   /// waits for its turn (parks until the head, goes on inevitable) and runs them here, so that their
   /// effects are visible after atomically returns and an exception from one propagates from it, as
   /// with one worker. Throws what a hook throws.
-  void segment_scope_committed(const scope_mark& m);
+  [[gnu::always_inline]] void segment_scope_committed(const scope_mark& m) {
+    if (scope_depth_ == 0 && commit_hooks_.size() > m.commit_hooks) [[unlikely]]
+      run_scope_commit_hooks(m);
+  }
   /// The memory the attempt allocated (still owned by it).
   alloc_log::ranges attempt_allocations() const noexcept { return allocs_.ranges_after(0); }
   /// Runs `drop`, which destroys objects the runtime kept from the current attempt (an exception
@@ -397,6 +419,8 @@ class alignas(64) transaction {
   void insert_index(std::uint32_t i) noexcept;
   void rebuild_index();
   void reindex();
+  void drop_undo(const scope_mark& m) noexcept;
+  void run_scope_commit_hooks(const scope_mark& m);
   void replace_write(write_entry& w, std::uint64_t b, const std::source_location& where);
   std::uint64_t read_slow(const tvar_base& v, const std::source_location& where);
   bool extend(std::uint64_t seen) noexcept;
