@@ -1,4 +1,5 @@
 // stm/: tvar, atomically, retry/or_else, hooks, inevitability, allocation, conflict records.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -1365,4 +1366,167 @@ TEST_CASE("objects holding tvars can be made and deleted inside transactions", "
     head.set(nullptr);
   });
   for (int i = 0; i < 50; ++i) detail::epoch_collect();
+}
+
+namespace {
+// Random transaction programs checked against a model (a plain copy of the values, updated as the
+// program runs). An op reads a tvar (it must hold what the model says: the program's own writes,
+// through the write log, its index and its filter), writes one, or opens a block: a nested
+// atomically that returns or throws, or_else whose first branch returns or retries, become_inevitable.
+// Blocks that throw or retry must leave no trace; the rest joins the transaction.
+struct program_op {
+  enum kind_t { get, set, nested, nested_throw, or_else_first, or_else_retry, inevitable } kind;
+  int var = 0;
+  long value = 0;
+  std::vector<program_op> a, b;
+};
+
+std::vector<program_op> random_program(std::mt19937_64& rng, int vars, int depth, int length) {
+  std::vector<program_op> ops;
+  for (int i = 0; i < length; ++i) {
+    program_op op{program_op::get};
+    const unsigned r = static_cast<unsigned>(rng() % 100);
+    op.var = static_cast<int>(rng() % static_cast<unsigned>(vars));
+    op.value = static_cast<long>(rng() % 1000);
+    if (r < 45) {
+      op.kind = program_op::get;
+    } else if (r < 85 || depth >= 3) {
+      op.kind = program_op::set;
+    } else if (r < 99) {
+      static constexpr program_op::kind_t blocks[] = {program_op::nested, program_op::nested_throw,
+                                                      program_op::or_else_first, program_op::or_else_retry};
+      op.kind = blocks[rng() % 4];
+      op.a = random_program(rng, vars, depth + 1, static_cast<int>(rng() % 24));
+      op.b = random_program(rng, vars, depth + 1, static_cast<int>(rng() % 24));
+    } else {
+      op.kind = program_op::inevitable;
+    }
+    ops.push_back(std::move(op));
+  }
+  return ops;
+}
+
+struct block_undone {};
+
+// Runs `ops` on `vars` (from `first`), keeping `model` in step; counts reads that disagree in `bad`.
+void run_program(const std::vector<program_op>& ops, std::vector<std::unique_ptr<tvar<long>>>& vars, int first,
+                 std::vector<long>& model, long& bad) {
+  for (const program_op& op : ops) {
+    tvar<long>& v = *vars[static_cast<std::size_t>(first + op.var)];
+    switch (op.kind) {
+      case program_op::get:
+        if (v.get() != model[static_cast<std::size_t>(op.var)]) ++bad;
+        break;
+      case program_op::set:
+        v.set(op.value);
+        model[static_cast<std::size_t>(op.var)] = op.value;
+        break;
+      case program_op::nested:
+        atomically([&] { run_program(op.a, vars, first, model, bad); });
+        break;
+      case program_op::nested_throw: {
+        const std::vector<long> before = model;  // restored by copying: no allocation in the block
+        try {
+          atomically([&] {
+            run_program(op.a, vars, first, model, bad);
+            throw block_undone{};
+          });
+        } catch (const block_undone&) {
+          std::copy(before.begin(), before.end(), model.begin());
+        }
+        break;
+      }
+      case program_op::or_else_first:
+        or_else([&] { run_program(op.a, vars, first, model, bad); }, [&] { ++bad; });
+        break;
+      case program_op::or_else_retry: {
+        const std::vector<long> before = model;
+        or_else([&] { run_program(op.a, vars, first, model, bad), retry(); },
+                [&] {
+                  std::copy(before.begin(), before.end(), model.begin());
+                  run_program(op.b, vars, first, model, bad);
+                });
+        break;
+      }
+      case program_op::inevitable:
+        become_inevitable("program");
+        break;
+    }
+  }
+}
+}  // namespace
+
+TEST_CASE("random transaction programs with nested blocks agree with a model", "[stress][stm]") {
+  // In main (with a second thread committing beside it for half the rounds: the multi-thread path,
+  // whose conflicts re-run the programs) and in tasklets that switch between transactions (in the
+  // mode matrix: segments, their rollbacks, injected aborts).
+  const std::uint64_t seed = weft::test::seed_from_env("stm programs");
+  constexpr int vars_each = 48;  // programs often write past the write log's linear part
+  SECTION("in main, alone and beside another thread") {
+    std::vector<std::unique_ptr<tvar<long>>> vars;
+    for (int i = 0; i < vars_each + 2; ++i) vars.push_back(std::make_unique<tvar<long>>(0));
+    std::vector<long> committed(vars_each, 0);
+    std::mt19937_64 rng(seed);
+    long bad = 0, torn = 0;
+    for (int half = 0; half < 2; ++half) {
+      std::atomic<bool> stop{false};
+      std::thread other;
+      if (half == 1)  // keeps the last two tvars equal, in transactions the programs' reads conflict with
+        other = std::thread([&] {
+          for (long n = 1; !stop.load(); ++n)
+            atomically([&] { vars[vars_each]->set(n), vars[vars_each + 1]->set(n); });
+        });
+      for (int round = 0; round < 400; ++round) {
+        const auto program = random_program(rng, vars_each, 0, static_cast<int>(rng() % 80));
+        // Allocated outside: memory an attempt allocates goes with it when it aborts.
+        std::vector<long> model = committed;
+        long attempt_bad = 0;
+        atomically([&] {
+          std::copy(committed.begin(), committed.end(), model.begin());
+          attempt_bad = 0;
+          run_program(program, vars, 0, model, attempt_bad);
+          if (half == 1 && vars[vars_each]->get() != vars[vars_each + 1]->get()) ++torn;
+        });
+        bad += attempt_bad;
+        committed = model;
+        for (int i = 0; i < vars_each; ++i)
+          if (vars[static_cast<std::size_t>(i)]->get() != committed[static_cast<std::size_t>(i)]) ++bad;
+      }
+      stop = true;
+      if (other.joinable()) other.join();
+    }
+    CHECK(bad == 0);
+    CHECK(torn == 0);
+  }
+  SECTION("in tasklets, each on its own tvars") {
+    constexpr int tasklets = 4;
+    std::vector<std::unique_ptr<tvar<long>>> vars;
+    for (int i = 0; i < tasklets * vars_each; ++i) vars.push_back(std::make_unique<tvar<long>>(0));
+    tvar<long> bad{0};
+    for (int t = 0; t < tasklets; ++t)
+      weft::spawn([&, t] {
+        // Its generator, model and programs live on its stack: a rolled-back segment restarts them.
+        std::mt19937_64 rng(seed + static_cast<std::uint64_t>(t) * 7919);
+        std::vector<long> committed(vars_each, 0);
+        for (int round = 0; round < 150; ++round) {
+          const auto program = random_program(rng, vars_each, 0, static_cast<int>(rng() % 80));
+          std::vector<long> model = committed;
+          long attempt_bad = 0;
+          atomically([&] {
+            std::copy(committed.begin(), committed.end(), model.begin());
+            attempt_bad = 0;
+            run_program(program, vars, t * vars_each, model, attempt_bad);
+          });
+          committed = model;
+          long wrong = attempt_bad;
+          for (int i = 0; i < vars_each; ++i)
+            if (vars[static_cast<std::size_t>(t * vars_each + i)]->get() != committed[static_cast<std::size_t>(i)])
+              ++wrong;
+          if (wrong) atomically([&] { bad.set(bad.get() + wrong); });
+          if (round % 3 == 0) weft::schedule();
+        }
+      });
+    weft::run();
+    CHECK(bad.get() == 0);
+  }
 }
