@@ -1,5 +1,6 @@
 // stm/: tvar, atomically, retry/or_else, hooks, inevitability, allocation, conflict records.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -1371,11 +1372,13 @@ TEST_CASE("objects holding tvars can be made and deleted inside transactions", "
 namespace {
 // Random transaction programs checked against a model (a plain copy of the values, updated as the
 // program runs). An op reads a tvar (it must hold what the model says: the program's own writes,
-// through the write log, its index and its filter), writes one, or opens a block: a nested
-// atomically that returns or throws, or_else whose first branch returns or retries, become_inevitable.
+// through the write log, its index and its filter), writes one (an inline value or a boxed string,
+// whose replaced boxes are freed), makes and drops a tvar of its own, calls become_inevitable, or
+// opens a block: a nested atomically that returns or throws, or_else whose first branch returns or
+// retries.
 // Blocks that throw or retry must leave no trace; the rest joins the transaction.
 struct program_op {
-  enum kind_t { get, set, nested, nested_throw, or_else_first, or_else_retry, inevitable } kind;
+  enum kind_t { get, set, get_boxed, set_boxed, local, nested, nested_throw, or_else_first, or_else_retry, inevitable } kind;
   int var = 0;
   long value = 0;
   std::vector<program_op> a, b;
@@ -1388,10 +1391,16 @@ std::vector<program_op> random_program(std::mt19937_64& rng, int vars, int depth
     const unsigned r = static_cast<unsigned>(rng() % 100);
     op.var = static_cast<int>(rng() % static_cast<unsigned>(vars));
     op.value = static_cast<long>(rng() % 1000);
-    if (r < 45) {
+    if (r < 30) {
       op.kind = program_op::get;
-    } else if (r < 85 || depth >= 3) {
+    } else if (r < 40) {
+      op.kind = program_op::get_boxed;
+    } else if (r < 65 || depth >= 3) {
       op.kind = program_op::set;
+    } else if (r < 80) {
+      op.kind = program_op::set_boxed;
+    } else if (r < 85) {
+      op.kind = program_op::local;
     } else if (r < 99) {
       static constexpr program_op::kind_t blocks[] = {program_op::nested, program_op::nested_throw,
                                                       program_op::or_else_first, program_op::or_else_retry};
@@ -1408,43 +1417,86 @@ std::vector<program_op> random_program(std::mt19937_64& rng, int vars, int depth
 
 struct block_undone {};
 
-// Runs `ops` on `vars` (from `first`), keeping `model` in step; counts reads that disagree in `bad`.
-void run_program(const std::vector<program_op>& ops, std::vector<std::unique_ptr<tvar<long>>>& vars, int first,
-                 std::vector<long>& model, long& bad) {
+constexpr int program_vars = 48;  // per program: programs often write past the write log's linear part
+
+// The tvars a program runs on (from `first`): inline values and boxed ones (std::string, short enough
+// for the small-string buffer), and the model of both. The model is held by value (arrays): on a
+// tasklet's stack it is restored with the stack when a segment rolls back, as heap memory written in
+// the segment would not be.
+struct program_state {
+  std::vector<std::unique_ptr<tvar<long>>>* vars;
+  std::vector<std::unique_ptr<tvar<std::string>>>* boxed;
+  int first;
+  std::array<long, program_vars> model{};
+  std::array<std::string, program_vars> boxed_model;
+  long bad = 0;
+  program_state(std::vector<std::unique_ptr<tvar<long>>>& v, std::vector<std::unique_ptr<tvar<std::string>>>& b,
+                int f)
+      : vars(&v), boxed(&b), first(f) {
+    boxed_model.fill("0");
+  }
+  void restart_from(const program_state& committed) {
+    model = committed.model;
+    boxed_model = committed.boxed_model;
+    bad = 0;
+  }
+};
+
+// Runs `ops`, keeping the model in step; counts reads that disagree in `st.bad`.
+void run_program(const std::vector<program_op>& ops, program_state& st) {
   for (const program_op& op : ops) {
-    tvar<long>& v = *vars[static_cast<std::size_t>(first + op.var)];
+    const auto at = static_cast<std::size_t>(op.var);
+    tvar<long>& v = *(*st.vars)[static_cast<std::size_t>(st.first) + at];
+    tvar<std::string>& sv = *(*st.boxed)[static_cast<std::size_t>(st.first) + at];
     switch (op.kind) {
       case program_op::get:
-        if (v.get() != model[static_cast<std::size_t>(op.var)]) ++bad;
+        if (v.get() != st.model[at]) ++st.bad;
         break;
       case program_op::set:
         v.set(op.value);
-        model[static_cast<std::size_t>(op.var)] = op.value;
+        st.model[at] = op.value;
         break;
+      case program_op::get_boxed:
+        if (sv.get() != st.boxed_model[at]) ++st.bad;
+        break;
+      case program_op::set_boxed:
+        sv.set(std::to_string(op.value));
+        st.boxed_model[at] = std::to_string(op.value);
+        break;
+      case program_op::local: {  // a tvar made and destroyed inside the transaction
+        tvar<std::string> made{std::to_string(op.value)};
+        made.set(made.get() + "+");
+        if (made.get() != std::to_string(op.value) + "+") ++st.bad;
+        break;
+      }
       case program_op::nested:
-        atomically([&] { run_program(op.a, vars, first, model, bad); });
+        atomically([&] { run_program(op.a, st); });
         break;
       case program_op::nested_throw: {
-        const std::vector<long> before = model;  // restored by copying: no allocation in the block
+        const program_state before = st;  // what the block must leave when it throws
         try {
           atomically([&] {
-            run_program(op.a, vars, first, model, bad);
+            run_program(op.a, st);
             throw block_undone{};
           });
         } catch (const block_undone&) {
-          std::copy(before.begin(), before.end(), model.begin());
+          const long bad = st.bad;
+          st.restart_from(before);
+          st.bad = bad;
         }
         break;
       }
       case program_op::or_else_first:
-        or_else([&] { run_program(op.a, vars, first, model, bad); }, [&] { ++bad; });
+        or_else([&] { run_program(op.a, st); }, [&] { ++st.bad; });
         break;
       case program_op::or_else_retry: {
-        const std::vector<long> before = model;
-        or_else([&] { run_program(op.a, vars, first, model, bad), retry(); },
+        const program_state before = st;
+        or_else([&] { run_program(op.a, st), retry(); },
                 [&] {
-                  std::copy(before.begin(), before.end(), model.begin());
-                  run_program(op.b, vars, first, model, bad);
+                  const long bad = st.bad;
+                  st.restart_from(before);
+                  st.bad = bad;
+                  run_program(op.b, st);
                 });
         break;
       }
@@ -1461,11 +1513,13 @@ TEST_CASE("random transaction programs with nested blocks agree with a model", "
   // whose conflicts re-run the programs) and in tasklets that switch between transactions (in the
   // mode matrix: segments, their rollbacks, injected aborts).
   const std::uint64_t seed = weft::test::seed_from_env("stm programs");
-  constexpr int vars_each = 48;  // programs often write past the write log's linear part
+  constexpr int vars_each = program_vars;
   SECTION("in main, alone and beside another thread") {
     std::vector<std::unique_ptr<tvar<long>>> vars;
+    std::vector<std::unique_ptr<tvar<std::string>>> boxed;
     for (int i = 0; i < vars_each + 2; ++i) vars.push_back(std::make_unique<tvar<long>>(0));
-    std::vector<long> committed(vars_each, 0);
+    for (int i = 0; i < vars_each; ++i) boxed.push_back(std::make_unique<tvar<std::string>>("0"));
+    program_state committed(vars, boxed, 0);
     std::mt19937_64 rng(seed);
     long bad = 0, torn = 0;
     for (int half = 0; half < 2; ++half) {
@@ -1478,19 +1532,17 @@ TEST_CASE("random transaction programs with nested blocks agree with a model", "
         });
       for (int round = 0; round < 400; ++round) {
         const auto program = random_program(rng, vars_each, 0, static_cast<int>(rng() % 80));
-        // Allocated outside: memory an attempt allocates goes with it when it aborts.
-        std::vector<long> model = committed;
-        long attempt_bad = 0;
+        // Copied outside: memory an attempt allocates goes with it when it aborts.
+        program_state st = committed;
         atomically([&] {
-          std::copy(committed.begin(), committed.end(), model.begin());
-          attempt_bad = 0;
-          run_program(program, vars, 0, model, attempt_bad);
+          st.restart_from(committed);
+          run_program(program, st);
           if (half == 1 && vars[vars_each]->get() != vars[vars_each + 1]->get()) ++torn;
         });
-        bad += attempt_bad;
-        committed = model;
-        for (int i = 0; i < vars_each; ++i)
-          if (vars[static_cast<std::size_t>(i)]->get() != committed[static_cast<std::size_t>(i)]) ++bad;
+        bad += st.bad;
+        committed.restart_from(st);
+        for (std::size_t i = 0; i < std::size_t{vars_each}; ++i)
+          if (vars[i]->get() != committed.model[i] || boxed[i]->get() != committed.boxed_model[i]) ++bad;
       }
       stop = true;
       if (other.joinable()) other.join();
@@ -1501,27 +1553,29 @@ TEST_CASE("random transaction programs with nested blocks agree with a model", "
   SECTION("in tasklets, each on its own tvars") {
     constexpr int tasklets = 4;
     std::vector<std::unique_ptr<tvar<long>>> vars;
+    std::vector<std::unique_ptr<tvar<std::string>>> boxed;
     for (int i = 0; i < tasklets * vars_each; ++i) vars.push_back(std::make_unique<tvar<long>>(0));
+    for (int i = 0; i < tasklets * vars_each; ++i) boxed.push_back(std::make_unique<tvar<std::string>>("0"));
     tvar<long> bad{0};
     for (int t = 0; t < tasklets; ++t)
       weft::spawn([&, t] {
-        // Its generator, model and programs live on its stack: a rolled-back segment restarts them.
+        // Its generator and model live on its stack: a rolled-back segment restarts them. (Its
+        // programs are on the heap, but made in the segment that uses them, and only read.)
         std::mt19937_64 rng(seed + static_cast<std::uint64_t>(t) * 7919);
-        std::vector<long> committed(vars_each, 0);
+        program_state committed(vars, boxed, t * vars_each);
         for (int round = 0; round < 150; ++round) {
           const auto program = random_program(rng, vars_each, 0, static_cast<int>(rng() % 80));
-          std::vector<long> model = committed;
-          long attempt_bad = 0;
+          program_state st = committed;
           atomically([&] {
-            std::copy(committed.begin(), committed.end(), model.begin());
-            attempt_bad = 0;
-            run_program(program, vars, t * vars_each, model, attempt_bad);
+            st.restart_from(committed);
+            run_program(program, st);
           });
-          committed = model;
-          long wrong = attempt_bad;
-          for (int i = 0; i < vars_each; ++i)
-            if (vars[static_cast<std::size_t>(t * vars_each + i)]->get() != committed[static_cast<std::size_t>(i)])
-              ++wrong;
+          committed.restart_from(st);
+          long wrong = st.bad;
+          for (std::size_t i = 0; i < std::size_t{vars_each}; ++i) {
+            const std::size_t at = static_cast<std::size_t>(t * vars_each) + i;
+            if (vars[at]->get() != committed.model[i] || boxed[at]->get() != committed.boxed_model[i]) ++wrong;
+          }
           if (wrong) atomically([&] { bad.set(bad.get() + wrong); });
           if (round % 3 == 0) weft::schedule();
         }
