@@ -1387,7 +1387,12 @@ void transaction::reindex() {
 
 void transaction::index_write(std::uint32_t i) {
   if (index_.size == 0 || writes_.size * 2 > index_.size) [[unlikely]] {
-    rebuild_index();
+    try {
+      rebuild_index();  // changes nothing before its allocation succeeds
+    } catch (...) {
+      --writes_.size;  // the write is not made (as when the log itself cannot grow): the index still covers the log
+      throw;
+    }
     return;
   }
   insert_index(i);

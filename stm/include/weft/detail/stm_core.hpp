@@ -400,8 +400,10 @@ class alignas(64) transaction {
     filter_[filter_word(h, 0)] |= filter_bit(h, 0);
     filter_[filter_word(h, 1)] |= filter_bit(h, 1);
   }
+  // Invariant: the index covers the whole log exactly when the log is longer than linear_limit (write()
+  // indexes past it; reindex() after entries leave).
   [[gnu::always_inline]] const write_entry* find_write(const tvar_base* v) const noexcept {
-    if (index_.size == 0) {
+    if (writes_.size <= linear_limit) {
       for (std::uint32_t i = 0; i < writes_.size; ++i)
         if (writes_.data[i].var == v) return &writes_.data[i];
       return nullptr;
