@@ -1378,7 +1378,10 @@ namespace {
 // retries.
 // Blocks that throw or retry must leave no trace; the rest joins the transaction.
 struct program_op {
-  enum kind_t { get, set, get_boxed, set_boxed, local, nested, nested_throw, or_else_first, or_else_retry, inevitable } kind;
+  enum kind_t {
+    get, set, get_boxed, set_boxed, local, commit_hook, abort_hook,
+    nested, nested_throw, or_else_first, or_else_retry, inevitable
+  } kind;
   int var = 0;
   long value = 0;
   std::vector<program_op> a, b;
@@ -1391,16 +1394,20 @@ std::vector<program_op> random_program(std::mt19937_64& rng, int vars, int depth
     const unsigned r = static_cast<unsigned>(rng() % 100);
     op.var = static_cast<int>(rng() % static_cast<unsigned>(vars));
     op.value = static_cast<long>(rng() % 1000);
-    if (r < 30) {
+    if (r < 28) {
       op.kind = program_op::get;
-    } else if (r < 40) {
+    } else if (r < 38) {
       op.kind = program_op::get_boxed;
-    } else if (r < 65 || depth >= 3) {
+    } else if (r < 62 || depth >= 3) {
       op.kind = program_op::set;
-    } else if (r < 80) {
+    } else if (r < 76) {
       op.kind = program_op::set_boxed;
-    } else if (r < 85) {
+    } else if (r < 80) {
       op.kind = program_op::local;
+    } else if (r < 83) {
+      op.kind = program_op::commit_hook;
+    } else if (r < 86) {
+      op.kind = program_op::abort_hook;
     } else if (r < 99) {
       static constexpr program_op::kind_t blocks[] = {program_op::nested, program_op::nested_throw,
                                                       program_op::or_else_first, program_op::or_else_retry};
@@ -1420,25 +1427,40 @@ struct block_undone {};
 constexpr int program_vars = 48;  // per program: programs often write past the write log's linear part
 
 // The tvars a program runs on (from `first`): inline values and boxed ones (std::string, short enough
-// for the small-string buffer), and the model of both. The model is held by value (arrays): on a
+// for the small-string buffer), and the model of both; the counters its on_commit and on_abort hooks
+// bump, and how many runs of each the model expects. The model is held by value (arrays): on a
 // tasklet's stack it is restored with the stack when a segment rolls back, as heap memory written in
 // the segment would not be.
 struct program_state {
   std::vector<std::unique_ptr<tvar<long>>>* vars;
   std::vector<std::unique_ptr<tvar<std::string>>>* boxed;
   int first;
+  long* commit_runs;
+  long* abort_runs;
   std::array<long, program_vars> model{};
   std::array<std::string, program_vars> boxed_model;
+  long commits_expected = 0;  // on_commit hooks registered in the blocks still standing
+  long aborts_pending = 0;    // on_abort hooks likewise: they run if their block rolls back
+  long aborts_expected = 0;   // on_abort runs so far (blocks rolled back in this attempt)
   long bad = 0;
   program_state(std::vector<std::unique_ptr<tvar<long>>>& v, std::vector<std::unique_ptr<tvar<std::string>>>& b,
-                int f)
-      : vars(&v), boxed(&b), first(f) {
+                int f, long* commits, long* aborts)
+      : vars(&v), boxed(&b), first(f), commit_runs(commits), abort_runs(aborts) {
     boxed_model.fill("0");
   }
+  /// A new attempt from the committed state (no hooks pending).
   void restart_from(const program_state& committed) {
     model = committed.model;
     boxed_model = committed.boxed_model;
-    bad = 0;
+    commits_expected = aborts_pending = aborts_expected = bad = 0;
+  }
+  /// A block rolled back to `before`: its writes and on_commit hooks go, its on_abort hooks ran.
+  void roll_back_to(const program_state& before) {
+    model = before.model;
+    boxed_model = before.boxed_model;
+    aborts_expected += aborts_pending - before.aborts_pending;
+    commits_expected = before.commits_expected;
+    aborts_pending = before.aborts_pending;
   }
 };
 
@@ -1463,6 +1485,14 @@ void run_program(const std::vector<program_op>& ops, program_state& st) {
         sv.set(std::to_string(op.value));
         st.boxed_model[at] = std::to_string(op.value);
         break;
+      case program_op::commit_hook:
+        on_commit([runs = st.commit_runs] { ++*runs; });
+        ++st.commits_expected;
+        break;
+      case program_op::abort_hook:
+        on_abort([runs = st.abort_runs] { ++*runs; });
+        ++st.aborts_pending;
+        break;
       case program_op::local: {  // a tvar made and destroyed inside the transaction
         tvar<std::string> made{std::to_string(op.value)};
         made.set(made.get() + "+");
@@ -1480,9 +1510,7 @@ void run_program(const std::vector<program_op>& ops, program_state& st) {
             throw block_undone{};
           });
         } catch (const block_undone&) {
-          const long bad = st.bad;
-          st.restart_from(before);
-          st.bad = bad;
+          st.roll_back_to(before);
         }
         break;
       }
@@ -1493,9 +1521,7 @@ void run_program(const std::vector<program_op>& ops, program_state& st) {
         const program_state before = st;
         or_else([&] { run_program(op.a, st), retry(); },
                 [&] {
-                  const long bad = st.bad;
-                  st.restart_from(before);
-                  st.bad = bad;
+                  st.roll_back_to(before);
                   run_program(op.b, st);
                 });
         break;
@@ -1511,7 +1537,9 @@ void run_program(const std::vector<program_op>& ops, program_state& st) {
 TEST_CASE("random transaction programs with nested blocks agree with a model", "[stress][stm]") {
   // In main (with a second thread committing beside it for half the rounds: the multi-thread path,
   // whose conflicts re-run the programs) and in tasklets that switch between transactions (in the
-  // mode matrix: segments, their rollbacks, injected aborts).
+  // mode matrix: segments, their rollbacks, injected aborts). After each transaction: every tvar as
+  // the model says, each on_commit hook of a block still standing run once, each on_abort hook of a
+  // block rolled back run once.
   const std::uint64_t seed = weft::test::seed_from_env("stm programs");
   constexpr int vars_each = program_vars;
   SECTION("in main, alone and beside another thread") {
@@ -1519,7 +1547,8 @@ TEST_CASE("random transaction programs with nested blocks agree with a model", "
     std::vector<std::unique_ptr<tvar<std::string>>> boxed;
     for (int i = 0; i < vars_each + 2; ++i) vars.push_back(std::make_unique<tvar<long>>(0));
     for (int i = 0; i < vars_each; ++i) boxed.push_back(std::make_unique<tvar<std::string>>("0"));
-    program_state committed(vars, boxed, 0);
+    long commit_runs = 0, abort_runs = 0, hooks_wrong = 0;
+    program_state committed(vars, boxed, 0, &commit_runs, &abort_runs);
     std::mt19937_64 rng(seed);
     long bad = 0, torn = 0;
     for (int half = 0; half < 2; ++half) {
@@ -1534,12 +1563,18 @@ TEST_CASE("random transaction programs with nested blocks agree with a model", "
         const auto program = random_program(rng, vars_each, 0, static_cast<int>(rng() % 80));
         // Copied outside: memory an attempt allocates goes with it when it aborts.
         program_state st = committed;
+        const long commits_before = commit_runs, aborts_before = abort_runs;
         atomically([&] {
           st.restart_from(committed);
           run_program(program, st);
           if (half == 1 && vars[vars_each]->get() != vars[vars_each + 1]->get()) ++torn;
         });
         bad += st.bad;
+        // Beside the other thread an attempt may also abort by a conflict: its on_abort hooks run too.
+        const long aborts_ran = abort_runs - aborts_before;
+        if (commit_runs - commits_before != st.commits_expected ||
+            (half == 0 ? aborts_ran != st.aborts_expected : aborts_ran < st.aborts_expected))
+          ++hooks_wrong;
         committed.restart_from(st);
         for (std::size_t i = 0; i < std::size_t{vars_each}; ++i)
           if (vars[i]->get() != committed.model[i] || boxed[i]->get() != committed.boxed_model[i]) ++bad;
@@ -1549,6 +1584,7 @@ TEST_CASE("random transaction programs with nested blocks agree with a model", "
     }
     CHECK(bad == 0);
     CHECK(torn == 0);
+    CHECK(hooks_wrong == 0);
   }
   SECTION("in tasklets, each on its own tvars") {
     constexpr int tasklets = 4;
@@ -1562,16 +1598,20 @@ TEST_CASE("random transaction programs with nested blocks agree with a model", "
         // Its generator and model live on its stack: a rolled-back segment restarts them. (Its
         // programs are on the heap, but made in the segment that uses them, and only read.)
         std::mt19937_64 rng(seed + static_cast<std::uint64_t>(t) * 7919);
-        program_state committed(vars, boxed, t * vars_each);
+        long commit_runs = 0, abort_runs = 0;  // (a segment's on_abort hooks run only when its block throws)
+        program_state committed(vars, boxed, t * vars_each, &commit_runs, &abort_runs);
         for (int round = 0; round < 150; ++round) {
           const auto program = random_program(rng, vars_each, 0, static_cast<int>(rng() % 80));
           program_state st = committed;
+          const long commits_before = commit_runs, aborts_before = abort_runs;
           atomically([&] {
             st.restart_from(committed);
             run_program(program, st);
           });
           committed.restart_from(st);
           long wrong = st.bad;
+          if (commit_runs - commits_before != st.commits_expected || abort_runs - aborts_before != st.aborts_expected)
+            ++wrong;
           for (std::size_t i = 0; i < std::size_t{vars_each}; ++i) {
             const std::size_t at = static_cast<std::size_t>(t * vars_each) + i;
             if (vars[at]->get() != committed.model[i] || boxed[at]->get() != committed.boxed_model[i]) ++wrong;
