@@ -1532,6 +1532,29 @@ void run_program(const std::vector<program_op>& ops, program_state& st) {
     }
   }
 }
+// Runs `program` as one transaction from the committed state `committed` (also_inside() runs in it
+// after the program); returns the state the committed attempt left. Copied outside the transaction:
+// memory an attempt allocates goes with it when it aborts.
+template <class F>
+program_state run_transaction(const std::vector<program_op>& program, const program_state& committed, F also_inside) {
+  program_state st = committed;
+  atomically([&] {
+    st.restart_from(committed);
+    run_program(program, st);
+    also_inside();
+  });
+  return st;
+}
+
+// How many of the state's tvars differ from its model.
+long tvars_disagreeing(const program_state& st) {
+  long wrong = 0;
+  for (std::size_t i = 0; i < std::size_t{program_vars}; ++i) {
+    const std::size_t at = static_cast<std::size_t>(st.first) + i;
+    if ((*st.vars)[at]->get() != st.model[i] || (*st.boxed)[at]->get() != st.boxed_model[i]) ++wrong;
+  }
+  return wrong;
+}
 }  // namespace
 
 TEST_CASE("random transaction programs with nested blocks agree with a model", "[stress][stm]") {
@@ -1561,12 +1584,8 @@ TEST_CASE("random transaction programs with nested blocks agree with a model", "
         });
       for (int round = 0; round < 400; ++round) {
         const auto program = random_program(rng, vars_each, 0, static_cast<int>(rng() % 80));
-        // Copied outside: memory an attempt allocates goes with it when it aborts.
-        program_state st = committed;
         const long commits_before = commit_runs, aborts_before = abort_runs;
-        atomically([&] {
-          st.restart_from(committed);
-          run_program(program, st);
+        const program_state st = run_transaction(program, committed, [&] {
           if (half == 1 && vars[vars_each]->get() != vars[vars_each + 1]->get()) ++torn;
         });
         bad += st.bad;
@@ -1576,8 +1595,7 @@ TEST_CASE("random transaction programs with nested blocks agree with a model", "
             (half == 0 ? aborts_ran != st.aborts_expected : aborts_ran < st.aborts_expected))
           ++hooks_wrong;
         committed.restart_from(st);
-        for (std::size_t i = 0; i < std::size_t{vars_each}; ++i)
-          if (vars[i]->get() != committed.model[i] || boxed[i]->get() != committed.boxed_model[i]) ++bad;
+        bad += tvars_disagreeing(committed);
       }
       stop = true;
       if (other.joinable()) other.join();
@@ -1602,20 +1620,12 @@ TEST_CASE("random transaction programs with nested blocks agree with a model", "
         program_state committed(vars, boxed, t * vars_each, &commit_runs, &abort_runs);
         for (int round = 0; round < 150; ++round) {
           const auto program = random_program(rng, vars_each, 0, static_cast<int>(rng() % 80));
-          program_state st = committed;
           const long commits_before = commit_runs, aborts_before = abort_runs;
-          atomically([&] {
-            st.restart_from(committed);
-            run_program(program, st);
-          });
+          const program_state st = run_transaction(program, committed, [] {});
           committed.restart_from(st);
-          long wrong = st.bad;
+          long wrong = st.bad + tvars_disagreeing(committed);
           if (commit_runs - commits_before != st.commits_expected || abort_runs - aborts_before != st.aborts_expected)
             ++wrong;
-          for (std::size_t i = 0; i < std::size_t{vars_each}; ++i) {
-            const std::size_t at = static_cast<std::size_t>(t * vars_each) + i;
-            if (vars[at]->get() != committed.model[i] || boxed[at]->get() != committed.boxed_model[i]) ++wrong;
-          }
           if (wrong) atomically([&] { bad.set(bad.get() + wrong); });
           if (round % 3 == 0) weft::schedule();
         }
