@@ -48,48 +48,6 @@ TEST_CASE_METHOD(fresh_runtime, "shutdown kills ring, then blocked (channel orde
   CHECK(log.str() == "ring-1 ring-2 c2-first c2-second c1-first paused");
 }
 
-
-TEST_CASE_METHOD(fresh_runtime, "a tasklet bound and never inserted counts as killed by the shutdown", "[unit][shutdown]") {
-  // Round 8: it kept alive() and paused() after shutdown, although the shutdown kills every other
-  // tasklet; a kill of a tasklet that never started makes it dead without running it (§3.3).
-  int captures_alive = 0;
-  struct counted {
-    int* n;
-    explicit counted(int* n) : n(n) { ++*n; }
-    counted(const counted& o) : n(o.n) { ++*n; }
-    ~counted() { --*n; }
-  };
-  event_log log;
-  {
-    tasklet never([&log, c = counted{&captures_alive}] { log("never ran"); });
-    CHECK(never.alive());
-    CHECK(never.paused());
-    weft::shutdown();
-    CHECK_FALSE(never.alive());
-    CHECK_FALSE(never.paused());
-    CHECK_FALSE(never.scheduled());
-    CHECK_FALSE(never.blocked());
-    never.kill();  // a kill of a dead tasklet does nothing
-    CHECK_THROWS_WITH(never.run(), "You cannot run an unbound(dead) tasklet");
-    CHECK_THROWS_WITH(never.insert(), "You cannot run an unbound(dead) tasklet");
-    CHECK_THROWS_WITH(never.raise_exception(std::make_exception_ptr(std::runtime_error("late"))),
-                      "You cannot throw to a dead tasklet");
-    CHECK(captures_alive == 1);  // its function goes with its last handle
-    run();
-  }
-  CHECK(captures_alive == 0);
-  CHECK(log.str().empty());
-  // One inserted before the shutdown is killed by it as before; a new one bound after it is alive.
-  tasklet inserted([&] { log("inserted ran"); });
-  inserted.insert();
-  weft::shutdown();
-  CHECK_FALSE(inserted.alive());
-  tasklet fresh([&] { log("fresh ran"); });
-  CHECK(fresh.alive());
-  fresh.insert();
-  run();
-  CHECK(log.str() == "fresh ran");
-}
 TEST_CASE_METHOD(fresh_runtime, "no live tasklets or stacks after shutdown, and control blocks are freed", "[unit][shutdown]") {
   {
     channel<int> ch;

@@ -53,23 +53,22 @@ void tasklet::raise_exception(std::exception_ptr e) const {
 bool tasklet::alive() const noexcept {
   if (!impl_) return false;
   detail::observe_scheduler();
-  return detail::seen_state(impl_) != tasklet_state::dead;
+  return impl_->state != tasklet_state::dead;
 }
 bool tasklet::blocked() const noexcept {
   if (!impl_) return false;
   detail::observe_scheduler();
-  return detail::seen_state(impl_) == tasklet_state::blocked;
+  return impl_->state == tasklet_state::blocked;
 }
 bool tasklet::scheduled() const noexcept {
   if (!impl_) return false;
   detail::observe_scheduler();
-  const tasklet_state s = detail::seen_state(impl_);
-  return s == tasklet_state::runnable || s == tasklet_state::blocked;
+  return impl_->state == tasklet_state::runnable || impl_->state == tasklet_state::blocked;
 }
 bool tasklet::paused() const noexcept {
   if (!impl_) return false;
   detail::observe_scheduler();
-  return detail::seen_state(impl_) == tasklet_state::paused;
+  return impl_->state == tasklet_state::paused;
 }
 bool tasklet::is_main() const noexcept { return impl_ && impl_->is_main; }
 bool tasklet::is_current() const noexcept {

@@ -184,7 +184,7 @@ void check_owner(runtime& r, const tasklet_impl* t) {
 }
 
 void check_runnable_target(runtime& r, const tasklet_impl* t) {
-  if (!t || seen_state(t) == tasklet_state::dead) misuse(msg::unbound);
+  if (!t || t->state == tasklet_state::dead) misuse(msg::unbound);
   check_owner(r, t);
   if (t->state == tasklet_state::blocked) misuse(msg::blocked);
 }
@@ -365,7 +365,7 @@ apply_result apply(runtime& r, intent& in) {
       return {t};
 
     case intent_kind::raise: {  // §3.1 - §3.4
-      if (!t || seen_state(t) == tasklet_state::dead) {
+      if (!t || t->state == tasklet_state::dead) {
         if (in.kill) return {self};
         misuse(msg::throw_dead);
       }

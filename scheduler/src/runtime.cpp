@@ -56,7 +56,6 @@ struct runtime_holder {
   }
   void detach() noexcept {
     runtime* r = std::exchange(rt, nullptr);
-    r->shut_down.store(true, std::memory_order_relaxed);
     if (r->ordered) ordered_stop(*r);
     runtime_stopped();
     runtime_ended(*r);

@@ -89,9 +89,6 @@ struct runtime {
 
   std::uint64_t next_id = 1;
   bool shutting_down = false;
-  /// Set once the runtime's shutdown is over (weft::shutdown(), or its thread ended). Read by
-  /// tasklet handles on any thread (seen_state).
-  std::atomic<bool> shut_down{false};
   options config;
 
   /// Ordered mode's workers, segments and commit lock (nullptr in serial mode).
@@ -133,17 +130,6 @@ apply_result apply_channel(runtime& r, intent& in);
 
 /// A dead tasklet nobody runs on any more: gives its stack back and drops the runtime's reference.
 void retire(runtime& r, tasklet_impl* t) noexcept;
-
-/// t's state as the program sees it. A tasklet bound and never inserted is not in the runtime's
-/// registry, so the shutdown cannot reach it; it counts as killed by it (it never ran: nothing to
-/// unwind, SEMANTICS.md §3.3's kill before start) once its runtime has shut down. Its function
-/// and captures go with its last handle.
-inline tasklet_state seen_state(const tasklet_impl* t) noexcept {
-  if (t->state == tasklet_state::paused && !t->started && !t->registered && !t->is_main && t->owner &&
-      t->owner->shut_down.load(std::memory_order_relaxed)) [[unlikely]]
-    return tasklet_state::dead;
-  return t->state;
-}
 
 void release_runtime(runtime* r) noexcept;
 /// Gives a freshly bound control block its owner and id (apply, intent_kind::bind).

@@ -131,9 +131,7 @@ struct run_statistics {
 run_statistics run_stats();
 
 /// Ends the calling thread's runtime: kills the remaining tasklets (ring order, then blocked ones in
-/// channel order, then paused ones) so that their stacks unwind, and frees the stacks; a tasklet
-/// bound and never inserted has no stack and is dead from then on too (its function and captures go
-/// with its last handle). Returns the
+/// channel order, then paused ones) so that their stacks unwind, and frees the stacks. Returns the
 /// counts measured after the kills (no live tasklets, no stacks in use, unless a tasklet refused to
 /// die). Called automatically when the thread exits; must be called from the main tasklet, outside
 /// any transaction (std::logic_error otherwise). weft may be used again afterwards (a fresh runtime
