@@ -1,4 +1,4 @@
-// A program linked by hand without weft's -Wl,--wrap=exit,--wrap=__cxa_guard_acquire (CTest
+// A program linked by hand without weft's -Wl,--wrap=... options (CTest
 // `unwrapped_link_*`, tests/CMakeLists.txt). It runs serially as usual; ordered mode refuses to start
 // with a message that names the options, instead of losing the output of a std::exit from a tasklet
 // or running a function-local static's initialiser twice.

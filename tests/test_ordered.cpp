@@ -785,6 +785,62 @@ TEST_CASE_METHOD(fresh_runtime, "an exception a rolled-back segment made for rai
   fresh_runtime::check_clean();
 }
 
+TEST_CASE_METHOD(fresh_runtime, "exception_ptrs kept across switch points are counted once, whatever is rolled back",
+                 "[unit][ordered]") {
+  // libstdc++ counts an exception object's references in its header, outside any transaction. A
+  // rolled-back attempt that dropped the last exception_ptr to an exception had freed it while the
+  // restored stack still pointed to it: the re-run freed it again (heap corruption, every run under
+  // injection); one that copied an exception_ptr or took std::current_exception() left the count
+  // one too high (never freed). Each such call now waits for the tasklet's turn (irrevocable.cpp).
+  event_log log;
+  channel<std::exception_ptr> errors;
+  const int live_before = counted_error::live.get();
+  for (int k = 0; k < 6; ++k)
+    spawn([&, k] {
+      std::exception_ptr mine;
+      try {
+        throw counted_error(k);
+      } catch (...) {
+        mine = std::current_exception();
+      }
+      schedule();
+      std::exception_ptr copy = mine;  // a second reference, made in a later segment
+      schedule();
+      mine = nullptr;  // dropped: `copy` keeps the object
+      schedule();
+      std::exception_ptr other;
+      other = copy;  // copy assignment
+      copy = nullptr;
+      schedule();
+      errors.send(other);  // a copy travels; `other` is dropped after the send, in the next segment
+      other = nullptr;
+      schedule();
+      log(fmt::format("t{}", k));
+    });
+  spawn([&] {
+    for (int i = 0; i < 6; ++i) {
+      std::exception_ptr e = errors.receive();
+      try {
+        std::rethrow_exception(e);  // by value: a copy
+      } catch (const counted_error& caught) {
+        const std::string what = caught.what();
+        log(what.substr(0, what.find(',')));
+      }
+      e = nullptr;  // the last reference: the object is destroyed here
+      schedule();
+    }
+  });
+  run();
+  for (int i = 0; i < 1000 && detail::epoch_pending() > 0; ++i) detail::epoch_collect();
+  CHECK(counted_error::live.get() == live_before);
+  const std::string got = log.str();
+  for (int i = 0; i < 6; ++i) {
+    CHECK(got.find(fmt::format("error {}", i)) != std::string::npos);
+    CHECK(got.find(fmt::format("t{}", i)) != std::string::npos);
+  }
+  fresh_runtime::check_clean();
+}
+
 TEST_CASE_METHOD(fresh_runtime, "commit_sink logs each line once, in serial order, whatever is rolled back",
                  "[unit][ordered]") {
   std::FILE* file = std::tmpfile();

@@ -14,14 +14,31 @@
 //                          initialised with a value computed from a stale state, holding memory the
 //                          rollback freed. (The compiler calls it only while the guard is not set
 //                          yet, so initialised statics cost nothing.)
+//   std::exception_ptr's   libstdc++ counts the references to an exception object in the object's
+//   reference count        header, outside any transaction: std::current_exception() and every copy
+//                          of an exception_ptr add one (exception_ptr::_M_addref), every destruction
+//                          of a non-null one drops one (_M_release), freeing the object at zero.
+//                          Rolled back, an attempt that copied one left the count one too high (the
+//                          object was never freed), and one that dropped the last reference had
+//                          freed the object the restored stack still pointed to: the re-run freed it
+//                          again (heap corruption, every run under abort injection). The inline
+//                          copy, assignment and destructor of exception_ptr call these two, so the
+//                          program's own code comes here. Moves change no count and stay
+//                          speculative; so do throw and catch without an exception_ptr.
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
 
 #include "ordered.hpp"
 #include "weft/detail/intent.hpp"
 
 extern "C" [[noreturn]] void __real_exit(int status);
 extern "C" int __real___cxa_guard_acquire(std::int64_t* guard);
+// The member functions take `this` as their first argument (Itanium C++ ABI): declared here as free
+// functions under the linker's names for them.
+void real_exception_ptr_addref(std::exception_ptr* self) noexcept __asm__("__real__ZNSt15__exception_ptr13exception_ptr9_M_addrefEv");
+void real_exception_ptr_release(std::exception_ptr* self) noexcept __asm__("__real__ZNSt15__exception_ptr13exception_ptr10_M_releaseEv");
+std::exception_ptr real_current_exception() noexcept __asm__("__real__ZSt17current_exceptionv");
 
 extern "C" [[noreturn]] void __wrap_exit(int status) {
   weft::detail::ordered_before_exit();
@@ -32,4 +49,22 @@ extern "C" int __wrap___cxa_guard_acquire(std::int64_t* guard) {
   // The first byte is set once the static is initialised (Itanium C++ ABI 3.3.2).
   if (*reinterpret_cast<volatile const char*>(guard) == 0) weft::detail::observe_scheduler();
   return __real___cxa_guard_acquire(guard);
+}
+
+void wrap_exception_ptr_addref(std::exception_ptr* self) noexcept __asm__("__wrap__ZNSt15__exception_ptr13exception_ptr9_M_addrefEv");
+void wrap_exception_ptr_addref(std::exception_ptr* self) noexcept {
+  weft::detail::observe_scheduler();
+  real_exception_ptr_addref(self);
+}
+
+void wrap_exception_ptr_release(std::exception_ptr* self) noexcept __asm__("__wrap__ZNSt15__exception_ptr13exception_ptr10_M_releaseEv");
+void wrap_exception_ptr_release(std::exception_ptr* self) noexcept {
+  weft::detail::observe_scheduler();
+  real_exception_ptr_release(self);
+}
+
+std::exception_ptr wrap_current_exception() noexcept __asm__("__wrap__ZSt17current_exceptionv");
+std::exception_ptr wrap_current_exception() noexcept {
+  weft::detail::observe_scheduler();
+  return real_current_exception();
 }

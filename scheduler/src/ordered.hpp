@@ -12,8 +12,9 @@
 
 namespace weft::detail {
 
-/// Whether the program was linked with weft's -Wl,--wrap=exit,--wrap=__cxa_guard_acquire (the
-/// weft::weft CMake target adds them; irrevocable.cpp). Ordered mode refuses to start without them.
+/// Whether the program was linked with weft's -Wl,--wrap=... options (WEFT_WRAP_OPTIONS: exit,
+/// __cxa_guard_acquire, std::current_exception and exception_ptr's reference count; the weft::weft
+/// CMake target adds them; irrevocable.cpp). Ordered mode refuses to start without them.
 bool program_linked_with_wraps() noexcept;
 /// Starts the worker threads of a runtime made in ordered mode (from the runtime's constructor).
 void ordered_start(runtime& r);

@@ -89,14 +89,19 @@ void rethrow_pending_exception(tasklet_impl* t) {
 // irrevocable.cpp out of the archive: without the options nothing does, and they are null (a
 // program linked by hand then still links, and its serial runs work). Loaded through volatile: the
 // compiler may not fold two functions' addresses to "different".
+// (The options come in one list, WEFT_WRAP_OPTIONS: exception_ptr's reference count functions,
+// private members, stand for themselves through std::current_exception.)
 extern "C" [[gnu::weak]] void __wrap_exit(int status);
 extern "C" [[gnu::weak]] int __wrap___cxa_guard_acquire(std::int64_t* guard);
 extern "C" int __cxa_guard_acquire(std::int64_t* guard);  // libsupc++ (Itanium C++ ABI 3.3.2)
+[[gnu::weak]] std::exception_ptr wrapped_current_exception() noexcept __asm__("__wrap__ZSt17current_exceptionv");
 
 bool program_linked_with_wraps() noexcept {
   void (*volatile exit_as_linked)(int) = &std::exit;
   int (*volatile guard_as_linked)(std::int64_t*) = &__cxa_guard_acquire;
-  return exit_as_linked == &__wrap_exit && guard_as_linked == &__wrap___cxa_guard_acquire;
+  std::exception_ptr (*volatile current_as_linked)() noexcept = &std::current_exception;
+  return exit_as_linked == &__wrap_exit && guard_as_linked == &__wrap___cxa_guard_acquire &&
+         current_as_linked == &wrapped_current_exception;
 }
 
 tasklet_impl* running_tasklet(runtime& r) noexcept { return r.is_parallel() ? ordered_running() : r.current; }
@@ -113,9 +118,10 @@ bool in_tasklet() noexcept {
 runtime::runtime() : config(effective_options()) {
   if (config.mode == mode::ordered && !program_linked_with_wraps())
     throw std::logic_error(
-        "weft: ordered mode needs the program linked with -Wl,--wrap=exit,--wrap=__cxa_guard_acquire "
-        "(linking with the weft::weft CMake target adds them): without them std::exit from a tasklet "
-        "and the first use of a function-local static in a tasklet may lose output or run twice");
+        "weft: ordered mode needs the program linked with " WEFT_WRAP_OPTIONS
+        " (linking with the weft::weft CMake target adds them): without them std::exit from a tasklet, "
+        "the first use of a function-local static and the copies of a std::exception_ptr in a tasklet "
+        "may lose output, run twice or free memory twice");
   install_terminate_handler();
   auto* m = new main_tasklet;
   m->is_main = true;
