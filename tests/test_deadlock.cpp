@@ -63,6 +63,71 @@ TEST_CASE_METHOD(fresh_runtime, "4.1 no error while main waits in run() or is pa
   check_clean();
 }
 
+TEST_CASE_METHOD(fresh_runtime, "4.1 no error while a tasklet waits in a nested run(): its run() returns",
+                 "[unit][deadlock]") {
+  // Observed on Stackless 3.7.5 (round 9): the last runnable tasklet blocking or calling
+  // schedule_remove() while another waits in its own run() (§1.6) makes that run() return, whether
+  // the one left is main or another tasklet, and whether main is blocked, paused or running.
+  event_log log;
+  channel<int> ch, other;
+  // Main blocked on ch; B blocks alone on `other`: R's run() returns, R feeds main.
+  spawn([&] {
+    log("R-run");
+    run();
+    log(fmt::format("R-returned-rc{}", getruncount()));
+    ch.send(1);
+  });
+  tasklet b = spawn([&] {
+    try {
+      other.receive();
+      log("B-got");
+    } catch (const deadlock_error&) {
+      log("B-deadlock");
+    }
+  });
+  CHECK(ch.receive() == 1);
+  CHECK(log.str() == "R-run R-returned-rc1");
+  CHECK(b.blocked());
+  CHECK(other.balance() == -1);
+  log.clear();
+
+  // B calls schedule_remove() alone while main is blocked: the same.
+  spawn([&] {
+    run();
+    log("R2-returned");
+    ch.send(2);
+  });
+  tasklet b2 = spawn([&] {
+    schedule_remove();
+    log("B2-back");
+  });
+  CHECK(ch.receive() == 2);
+  CHECK(log.str() == "R2-returned");
+  CHECK(b2.paused());
+  log.clear();
+
+  // Main alone (R waits in run(), X paused main and main came back): main's receive blocks and R's
+  // run() returns; then main alone in schedule_remove() with a runner waiting leaves the ring too.
+  spawn([&] {
+    run();
+    log(fmt::format("R3-returned-rc{}", getruncount()));
+    ch.send(3);
+    run();
+    log(fmt::format("R3-returned-again-main-paused-{}", getmain().paused()));
+    getmain().insert();
+  });
+  spawn([&] { getmain().switch_to(); });
+  schedule();  // R3 waits in run(); X switches back to main: main is the only runnable tasklet
+  CHECK(getruncount() == 1);
+  CHECK(ch.receive() == 3);
+  schedule();  // R3 runs to its second run()
+  schedule_remove();
+  CHECK(log.str() == "R3-returned-rc1 R3-returned-again-main-paused-true");
+  b.kill();
+  b2.kill();
+  check_clean();
+}
+
 TEST_CASE_METHOD(fresh_runtime, "4.2 main blocked and the ring empties because the others die or pause", "[unit][deadlock]") {
   channel<int> ch;
   spawn([] {});

@@ -257,8 +257,10 @@ apply_result apply_channel_op(runtime& r, intent& in) {
     throw channel_closed();
   }
   if (in.nonblocking) return {self, op_status::would_block};
-  if (r.ring_size == 1 && (self == r.main || r.main->state == tasklet_state::blocked) &&
-      !other_runtimes_alive())  // §4.1; with other threads alive, §5b: wait for them
+  // §4.1; with a tasklet waiting in a nested run() its run() returns instead (§1.6), and with other
+  // threads alive, §5b: wait for them.
+  if (r.ring_size == 1 && r.runners.empty() && (self == r.main || r.main->state == tasklet_state::blocked) &&
+      !other_runtimes_alive())
     throw deadlock_error(msg::deadlock);
   ring_unlink(r, self);
   queue_append(c, self, d);
@@ -326,8 +328,8 @@ apply_result apply(runtime& r, intent& in) {
       r.runners.push_back(self);
       return {r.head};
 
-    case intent_kind::remove_self:  // §1.5, §4.1, §4.3
-      if (r.ring_size == 1) {
+    case intent_kind::remove_self:  // §1.5, §4.1, §4.3; alone with a run() waiting, it returns (§1.6)
+      if (r.ring_size == 1 && r.runners.empty()) {
         if (self == r.main) return {self};
         if (r.main->state == tasklet_state::blocked && !other_runtimes_alive())  // else §5b: wait
           throw deadlock_error(msg::deadlock);
