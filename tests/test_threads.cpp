@@ -202,6 +202,41 @@ TEST_CASE_METHOD(fresh_runtime, "5b when every thread waits, the last to wait ge
   check_clean();
 }
 
+TEST_CASE_METHOD(fresh_runtime, "5b a blocked main gets the deadlock error when its ring empties by a death, other threads or not",
+                 "[unit][threads][deadlock]") {
+  // Observed on Stackless 3.7.5 (round 9): a thread's main that blocks with nothing else runnable
+  // waits for the other threads (above), but one that blocked while a tasklet of its own was still
+  // runnable is woken with §4.2's error as soon as that tasklet ends, although another thread could
+  // still receive; its next send, alone, waits for that thread as usual.
+  channel<std::string> back;
+  getruncount();
+  std::atomic<bool> first_failed{false};
+  std::string first, second;
+  std::thread t([&] {
+    spawn([] {
+      schedule();
+      schedule();
+    });
+    try {
+      back.send("hello");
+      first = "sent";
+    } catch (const deadlock_error& e) {
+      first = e.what();
+    }
+    first_failed = true;
+    back.send("again");  // nothing else here: waits for the main thread's receive
+    second = "sent";
+    weft::shutdown();
+  });
+  while (!first_failed) std::this_thread::yield();
+  CHECK(back.receive() == "again");
+  t.join();
+  CHECK(first == "the main tasklet is sending without a receiver available.");
+  CHECK(second == "sent");
+  CHECK(back.balance() == 0);
+  check_clean();
+}
+
 TEST_CASE_METHOD(fresh_runtime, "5b a tasklet whose thread has ended cannot be woken", "[unit][threads]") {
   channel<int> ch;
   std::thread t([&] {
@@ -257,6 +292,12 @@ TEST_CASE_METHOD(fresh_runtime, "5b stress: tasklets of four threads trade over 
     ready.arrive_and_wait();  // every thread uses weft before any may wait
     tvar<long> sum{0}, count{0}, disorder{0};
     channel<int> done;
+    // A tasklet's last act is done.send(1), then it ends. Preference 1 (the sender goes on) lets it
+    // end before main resumes, and main's receive of a waiting sender runs that sender to its end at
+    // once: main is never blocked on `done` when a tasklet ends with only tasklets waiting for other
+    // threads left in the ring — Stackless wakes main with §4.2's deadlock error there, other
+    // threads or not (observed on the interpreter; weft does the same).
+    done.preference(1);
     int started = 0;
     for (int s = me * senders; s < (me + 1) * senders; ++s, ++started)
       spawn([&, s] {

@@ -149,15 +149,20 @@ bool unblock(runtime& r, tasklet_impl* t) { return leave_channel(r, t, true) == 
 
 // Who runs when the ring may have become empty: the head; else the innermost run() returns (§1.6:
 // the calls nest, from any tasklet); else main resumes by itself (§1.5, §1.9) — or, if main is
-// blocked on a channel, with a deadlock error (§4.2).
-tasklet_impl* next_to_run_slow(runtime& r);
-inline tasklet_impl* next_to_run(runtime& r) {
+// blocked on a channel, with a deadlock error (§4.2). While another thread's runtime lives, a
+// blocked main first waits for it to wake one of ours (§5b) — except when the ring empties because
+// its last tasklet ended (`ended`): Stackless then wakes main with §4.2's error at once, other
+// threads or not (observed on 3.7.5: a thread's main sending on a channel the main thread receives
+// from later got "the main tasklet is sending without a receiver available." as soon as the thread's
+// other tasklet ended).
+tasklet_impl* next_to_run_slow(runtime& r, bool ended);
+inline tasklet_impl* next_to_run(runtime& r, bool ended = false) {
   if (r.head) [[likely]]
     return r.head;
-  return next_to_run_slow(r);
+  return next_to_run_slow(r, ended);
 }
 
-[[gnu::noinline]] tasklet_impl* next_to_run_slow(runtime& r) {
+[[gnu::noinline]] tasklet_impl* next_to_run_slow(runtime& r, bool ended) {
   if (!r.runners.empty()) {
     tasklet_impl* innermost = r.runners.back();
     ring_append(r, innermost);  // off the stack; its run() returns
@@ -165,8 +170,7 @@ inline tasklet_impl* next_to_run(runtime& r) {
   }
   tasklet_impl* m = r.main;
   if (m->state == tasklet_state::blocked) {
-    // §5b: while another thread's runtime lives, wait for it to wake one of ours.
-    if (wait_for_mail(r)) return r.head;
+    if (!ended && wait_for_mail(r)) return r.head;
     const int direction = m->direction;
     if (!unblock(r, m)) return r.head;  // woken after all
     m->pending = std::make_exception_ptr(deadlock_error(direction < 0 ? msg::main_receiving : msg::main_sending));
@@ -397,7 +401,7 @@ apply_result apply(runtime& r, intent& in) {
       ring_unlink(r, self);
       self->state = tasklet_state::dead;
       --r.alive;
-      if (!in.exception) return {next_to_run(r)};
+      if (!in.exception) return {next_to_run(r, true)};
       // An exception escaped: the innermost waiting run() gets it (§1.6), else main, where it waits;
       // it becomes current at once.
       tasklet_impl* m = r.runners.empty() ? r.main : r.runners.back();
