@@ -327,6 +327,60 @@ TEST_CASE_METHOD(fresh_runtime, "1.6 an exception escaping a tasklet goes to the
   check_clean();
 }
 
+TEST_CASE_METHOD(fresh_runtime, "1.6 a run() ended by someone else ends the run() calls nested in it", "[unit][ring]") {
+  // Observed on Stackless 3.7.5 (round 9): a tasklet waiting in run() that someone inserts or
+  // raises into returns from run() when it next runs, and then every run() called after its own
+  // that still waits ends too: those tasklets go back to the ring, innermost first, and their run()
+  // returns when they run. weft left them paused for ever.
+  event_log log;
+  auto runner = [&](std::string name) {
+    return [&log, name] {
+      log(name + "-run");
+      weft::run();
+      log(fmt::format("{}-returned-rc{}", name, getruncount()));
+    };
+  };
+  tasklet r1 = spawn(runner("R1"));
+  tasklet r2 = spawn(runner("R2"));
+  spawn([&] {
+    getmain().insert();  // main's run() ends: R1's and R2's, nested in it, end with it
+    log(fmt::format("I-end-rc{}", getruncount()));
+  });
+  run();
+  log(fmt::format("M-returned-rc{}", getruncount()));
+  CHECK(r1.scheduled());
+  CHECK(r2.scheduled());
+  run();
+  CHECK(log.str() == "R1-run R2-run I-end-rc2 M-returned-rc3 R2-returned-rc2 R1-returned-rc1");
+  CHECK_FALSE(r1.alive());
+  CHECK_FALSE(r2.alive());
+  log.clear();
+
+  // A tasklet inserts R1, whose run() has R2's nested in it.
+  r1 = spawn(runner("R1"));
+  r2 = spawn(runner("R2"));
+  spawn([&] {
+    r1.insert();
+    log(fmt::format("J-end-rc{}", getruncount()));
+  });
+  run();
+  CHECK(log.str() == "R1-run R2-run J-end-rc2 R1-returned-rc2 R2-returned-rc1");
+  log.clear();
+
+  // Main raised into while R waits in a run() nested in main's.
+  struct stop {};
+  tasklet r = spawn(runner("R"));
+  spawn([&] { getmain().raise_exception(std::make_exception_ptr(stop{})); });
+  try {
+    run();
+  } catch (const stop&) {
+    log(fmt::format("M-caught-rc{}-R-scheduled-{}", getruncount(), r.scheduled()));
+  }
+  run();
+  CHECK(log.str() == "R-run M-caught-rc3-R-scheduled-true R-returned-rc1");
+  check_clean();
+}
+
 TEST_CASE_METHOD(fresh_runtime, "1.6 a tasklet in run() while main never waits stays paused until someone runs it",
                  "[unit][ring]") {
   event_log log;

@@ -9,7 +9,9 @@
 // Ring vocabulary: the ring is circular with the running tasklet at `head`; "append" inserts just
 // before head, i.e. at the tail; "rotate to T" sets head = T without relinking, so the cyclic order
 // (and the caller's place in it) is unchanged.
+#include <algorithm>
 #include <stdexcept>
+#include <vector>
 
 #include "ordered.hpp"
 #include "runtime.hpp"
@@ -46,12 +48,13 @@ void unlink(tasklet_impl* t) noexcept {
   t->next = t->prev = nullptr;
 }
 
-// t no longer waits in run() (it runs again, or leaves for elsewhere): off the stack of runners.
+// t no longer waits in run() (it leaves the ring for elsewhere): off the stack of runners.
 void stop_waiting_in_run(runtime& r, tasklet_impl* t) noexcept {
   if (!t->in_run) return;
   t->in_run = false;
   std::erase(r.runners, t);
 }
+
 
 // Appends t at the tail of the ring (just before the head) and makes it runnable.
 inline __attribute__((always_inline)) void ring_append(runtime& r, tasklet_impl* t) noexcept {
@@ -63,7 +66,6 @@ inline __attribute__((always_inline)) void ring_append(runtime& r, tasklet_impl*
   }
   ++r.ring_size;
   t->state = tasklet_state::runnable;
-  stop_waiting_in_run(r, t);
   enlist(r, t);
 }
 
@@ -73,7 +75,6 @@ void ring_insert_after(runtime& r, tasklet_impl* pos, tasklet_impl* t) noexcept 
   link_before(pos->next, t);
   ++r.ring_size;
   t->state = tasklet_state::runnable;
-  stop_waiting_in_run(r, t);
   enlist(r, t);
 }
 
@@ -310,13 +311,45 @@ inline void take_mail_if_any(runtime& r) {
 }
 }  // namespace
 
+// t, which waits in run(), gets the processor (§1.6): its run() returns. A tasklet woken out of its
+// run() by someone else (inserted, raised into, run) stays on the stack of runners until it runs:
+// Stackless ends a run() when its caller resumes, and with it every run() called after it that is
+// still waiting, whose tasklets go back to the ring, innermost first (observed on 3.7.5: main's
+// run() ended by a tasklet's insert of main put R2 and R1, waiting in nested run() calls, back in
+// the ring, and their run() calls returned when they ran).
+[[gnu::noinline]] void resume_from_run(runtime& r, tasklet_impl* t) noexcept {
+  const auto at = std::find(r.runners.begin(), r.runners.end(), t);
+  std::vector<tasklet_impl*> inner(at + 1, r.runners.end());
+  r.runners.erase(at, r.runners.end());
+  t->in_run = false;
+  for (auto it = inner.rbegin(); it != inner.rend(); ++it) {
+    tasklet_impl* o = *it;
+    o->in_run = false;
+    if (o->state == tasklet_state::paused) ring_append(r, o);  // (one woken already is in the ring)
+  }
+}
+inline apply_result resumed(runtime& r, apply_result res) noexcept {
+  if (res.next && res.next->in_run) [[unlikely]]
+    resume_from_run(r, res.next);
+  return res;
+}
+
 apply_result apply_channel(runtime& r, intent& in) {
   take_mail_if_any(r);
-  return apply_channel_op(r, in);
+  return resumed(r, apply_channel_op(r, in));
 }
+
+namespace {
+apply_result apply_intent(runtime& r, intent& in);
+}  // namespace
 
 apply_result apply(runtime& r, intent& in) {
   take_mail_if_any(r);
+  return resumed(r, apply_intent(r, in));
+}
+
+namespace {
+apply_result apply_intent(runtime& r, intent& in) {
   tasklet_impl* self = r.current;
   tasklet_impl* t = in.target;
   switch (in.kind) {
@@ -447,5 +480,6 @@ apply_result apply(runtime& r, intent& in) {
   }
   return {self};
 }
+}  // namespace
 
 }  // namespace weft::detail
