@@ -237,6 +237,49 @@ TEST_CASE_METHOD(fresh_runtime, "5b a blocked main gets the deadlock error when 
   check_clean();
 }
 
+TEST_CASE_METHOD(fresh_runtime, "5b a tasklet killed by its thread's end still stands in its channel's queue",
+                 "[unit][threads]") {
+  // Round 9, against Stackless 3.7.5: a thread's tasklet blocked on a channel when the thread ends
+  // stays in the queue (balance -1) and a partner's operation throws "tasklet has no thread". weft
+  // kills it at the thread's end so that its stack unwinds (its destructors run, §6), which took it
+  // out of the queue: the balance went to 0 and main's send ended in a deadlock error (or waited
+  // for ever beside another live thread). A ghost now keeps its place.
+  channel<int> ch;
+  getruncount();
+  std::atomic<int> unwound{0};
+  std::thread t([&] {
+    spawn([&] {
+      struct on_unwind {
+        std::atomic<int>* n;
+        ~on_unwind() { ++*n; }
+      } u{&unwound};
+      ch.receive();
+    });
+    run();
+  });
+  t.join();
+  CHECK(unwound == 1);  // the thread's end unwound its stack
+  CHECK(ch.balance() == -1);
+  test::require_throws_message<std::runtime_error>([&] { ch.send(1); }, "tasklet has no thread");
+  int two = 2;
+  test::require_throws_message<std::runtime_error>([&] { ch.try_send(two); }, "tasklet has no thread");
+  CHECK(ch.balance() == -1);  // nothing changed
+
+  // A channel nobody else holds keeps no ghost; an explicit shutdown() leaves none either.
+  std::thread u([] {
+    channel<int> own;
+    spawn([own] { own.receive(); });
+    run();
+  });
+  u.join();
+  channel<int> local;
+  spawn([local] { local.receive(); });
+  run();
+  weft::shutdown();
+  CHECK(local.balance() == 0);
+  check_clean();
+}
+
 TEST_CASE_METHOD(fresh_runtime, "5b a tasklet whose thread has ended cannot be woken", "[unit][threads]") {
   channel<int> ch;
   std::thread t([&] {

@@ -10,7 +10,9 @@
 // before head, i.e. at the tail; "rotate to T" sets head = T without relinking, so the cyclic order
 // (and the caller's place in it) is unchanged.
 #include <algorithm>
+#include <mutex>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "ordered.hpp"
@@ -133,6 +135,25 @@ void queue_unlink(tasklet_impl* t) noexcept {
   c->balance -= t->direction;
 }
 
+// Puts g in t's place in its channel's queue (under the channel's guard): same position, direction
+// and balance; g takes over t's reference to the channel.
+void queue_replace(tasklet_impl* t, tasklet_impl* g) noexcept {
+  channel_core* c = t->channel;
+  g->direction = t->direction;
+  g->channel = c;
+  g->state = tasklet_state::blocked;
+  if (t->next == t) {
+    g->next = g->prev = g;
+  } else {
+    g->next = t->next;
+    g->prev = t->prev;
+    t->prev->next = g;
+    t->next->prev = g;
+  }
+  if (c->head == t) c->head = g;
+  t->next = t->prev = nullptr;
+}
+
 // Takes the blocked tasklet t out of its channel's queue (under the channel's guard); t becomes
 // paused. Returns the channel, whose reference the caller drops once the guard is released.
 [[nodiscard]] channel_core* queue_remove(tasklet_impl* t) noexcept {
@@ -147,6 +168,31 @@ void queue_unlink(tasklet_impl* t) noexcept {
 // Takes t (of r, blocked) out of its channel for a kill, a raise or a deadlock error; false if a
 // tasklet of another runtime had matched it meanwhile (it is then runnable, its wake-up taken).
 bool unblock(runtime& r, tasklet_impl* t) { return leave_channel(r, t, true) == channel_exit::unlinked; }
+
+// A channel's stand-in for a tasklet killed by its thread's end (SEMANTICS.md §5b).
+class ghost_tasklet final : public tasklet_impl {
+ public:
+  void invoke() override {}
+  void drop_function() noexcept override {}
+};
+
+// The end of a thread kills its blocked tasklets so that their stacks unwind (§6), but in Stackless
+// such a tasklet stays in its channel's queue for good, and an operation of another thread that
+// would match it throws "tasklet has no thread" (§5b; observed: the channel's balance stays -1).
+// So a ghost takes its place there; settle_ghosts() drops the ones nobody can meet.
+void unblock_leaving_ghost(runtime& r, tasklet_impl* t) {
+  auto* g = new ghost_tasklet;
+  g->ghost = true;
+  g->owner = &r;
+  g->owner_thread = t->owner_thread;
+  g->id = t->id;
+  if (leave_channel(r, t, true, g) != channel_exit::unlinked) {
+    delete g;  // another thread matched t first: no place to keep
+    return;
+  }
+  retain(t);
+  r.ghosts.emplace_back(g, t);
+}
 
 // Who runs when the ring may have become empty: the head; else the innermost run() returns (§1.6:
 // the calls nest, from any tasklet); else main resumes by itself (§1.5, §1.9) — or, if main is
@@ -222,7 +268,7 @@ apply_result apply_channel_op(runtime& r, intent& in) {
   const bool partner_waiting = d > 0 ? c->balance < 0 : c->balance > 0;
   if (partner_waiting) {  // §2.2: the value passes at once
     tasklet_impl* p = c->head;
-    if (p->owner != &r) {
+    if (p->owner != &r || p->ghost) [[unlikely]] {
       // §5b: a tasklet of another thread is woken in its own thread; the caller goes on as if it
       // had been appended to the ring.
       check_partner_has_thread(p);
@@ -278,7 +324,7 @@ apply_result apply_channel_op(runtime& r, intent& in) {
 
 }  // namespace
 
-channel_exit leave_channel(runtime& r, tasklet_impl* t, bool unlink) {
+channel_exit leave_channel(runtime& r, tasklet_impl* t, bool unlink, tasklet_impl* ghost) {
   channel_core* c = t->channel;
   bool woken;
   {
@@ -288,6 +334,8 @@ channel_exit leave_channel(runtime& r, tasklet_impl* t, bool unlink) {
     woken = t->remote_woken;
     if (woken)
       t->remote_woken = false;  // the matcher already unlinked it; its mail entry finds nothing to do
+    else if (unlink && ghost)
+      queue_replace(t, ghost);  // the ghost takes t's place, its balance and its reference to c
     else if (unlink)
       queue_unlink(t);
     else
@@ -297,10 +345,38 @@ channel_exit leave_channel(runtime& r, tasklet_impl* t, bool unlink) {
   t->slot = nullptr;
   t->send_exception = nullptr;
   t->state = tasklet_state::paused;
-  channel_release_now(c);
+  if (!ghost || woken) channel_release_now(c);
   if (!woken) return channel_exit::unlinked;
   ring_append(r, t);
   return channel_exit::woken;
+}
+
+namespace {
+std::mutex kept_ghosts_lock;
+auto* const kept_ghosts = new std::vector<tasklet_impl*>;  // never destroyed: reachable for leak checkers
+}  // namespace
+
+void settle_ghosts(runtime& r) noexcept {
+  for (auto [g, t] : std::exchange(r.ghosts, {})) {
+    channel_core* c = g->channel;
+    bool keep;
+    {
+      channel_guard guard(r, c);
+      // Met by nobody: no handle or waiter of another thread holds the channel (the ghost holds one
+      // reference). A tasklet that refused to die waits there itself.
+      keep = t->state == tasklet_state::dead && c->refs.load(std::memory_order_acquire) > 1;
+      if (!keep) queue_unlink(g);
+    }
+    release(t);
+    if (keep) {
+      r.refs.fetch_add(1, std::memory_order_relaxed);  // the ghost's owner stays readable for good
+      std::lock_guard lk(kept_ghosts_lock);
+      kept_ghosts->push_back(g);
+    } else {
+      channel_release_now(c);
+      delete g;
+    }
+  }
 }
 
 namespace {
@@ -422,7 +498,12 @@ apply_result apply_intent(runtime& r, intent& in) {
         }
         return {self};
       }
-      if (t->state == tasklet_state::blocked) unblock(r, t);
+      if (t->state == tasklet_state::blocked) {
+        if (in.shutdown && r.thread_ending) [[unlikely]]
+          unblock_leaving_ghost(r, t);
+        else
+          unblock(r, t);
+      }
       if (in.shutdown && t->state == tasklet_state::runnable) leave_ring_paused(r, t);
       if (t->state == tasklet_state::paused) ring_append(r, t);
       t->pending = std::move(in.exception);

@@ -42,6 +42,7 @@ struct runtime_holder {
   ~runtime_holder() {
     if (!rt) return;
     if (running_tasklet(*rt) == rt->main && !current_transaction()) {
+      rt->thread_ending = true;
       try {
         weft::shutdown();
       } catch (...) {
@@ -322,7 +323,7 @@ resource_counts shutdown() {
       if (!seen.insert(c).second) continue;
       channel_guard g(*r, c);
       if (tasklet_impl* q = c->head) do {
-        if (q->owner == r) {
+        if (q->owner == r && !q->ghost) {
           victims.push_back(tasklet::from_impl(q));
           queued.insert(q);
         }
@@ -348,6 +349,7 @@ resource_counts shutdown() {
       }
     }
   }
+  settle_ghosts(*r);
   // Old tvar values retired to the epoch GC may hold the last handles of tasklets and channels: free
   // them now, so that the counts are those of a quiescent program whatever the mode (one worker
   // collects rarely, ordered mode at every segment: a newcomer's program got 6 control blocks at

@@ -89,6 +89,10 @@ struct runtime {
 
   std::uint64_t next_id = 1;
   bool shutting_down = false;
+  bool thread_ending = false;  // the shutdown is the thread's end: blocked tasklets leave ghosts
+  /// Ghosts left in channels by this shutdown's kills, with the tasklet each stands for (holding a
+  /// reference): settle_ghosts() keeps those someone else may still meet.
+  std::vector<std::pair<tasklet_impl*, tasklet_impl*>> ghosts;
   options config;
 
   /// Ordered mode's workers, segments and commit lock (nullptr in serial mode).
@@ -209,7 +213,11 @@ enum class channel_exit { woken, unlinked, stayed };
 /// that wake-up — t becomes paused and is appended to r's ring — and returns `woken`. Otherwise, if
 /// `unlink`, takes t out of the queue (t becomes paused, not appended; the caller decides what it
 /// runs next) and returns `unlinked`; else changes nothing and returns `stayed`.
-channel_exit leave_channel(runtime& r, tasklet_impl* t, bool unlink);
+channel_exit leave_channel(runtime& r, tasklet_impl* t, bool unlink, tasklet_impl* ghost = nullptr);
+/// After a thread's shutdown killed its blocked tasklets: removes the ghosts nobody can meet (their
+/// channel has no other reference, or the tasklet refused to die and still waits itself) and keeps
+/// the others for good (SEMANTICS.md §5b: "tasklet has no thread").
+void settle_ghosts(runtime& r) noexcept;
 
 /// Destroys a channel whose last reference went (channel_release_now).
 void channel_destroy(channel_core* c) noexcept;

@@ -180,7 +180,7 @@ namespace {
 
 void check_partner_has_thread(const tasklet_impl* p) {
   std::lock_guard lk(registry().lock);
-  if (p->owner->ended) throw std::runtime_error("tasklet has no thread");
+  if (p->ghost || p->owner->ended) throw std::runtime_error("tasklet has no thread");
 }
 
 void post_wake(tasklet_impl* p) {

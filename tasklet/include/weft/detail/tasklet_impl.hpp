@@ -72,6 +72,10 @@ class tasklet_impl {
   /// A tasklet of another runtime matched it: out of the channel's queue, in its runtime's mail, still
   /// `blocked` until its runtime takes the mail. Under the channel's lock (scheduler/src/threads.cpp).
   bool remote_woken = false;
+  /// Stands in a channel's queue for a tasklet that its thread's end killed (scheduler/src/apply.cpp,
+  /// SEMANTICS.md §5b): never runs; a partner's operation finds "tasklet has no thread". (In the
+  /// padding of the first line: the hand-off reads it beside `owner`.)
+  bool ghost = false;
 
   // Links: the runnable ring or a channel's wait queue (never both).
   tasklet_impl* next = nullptr;
