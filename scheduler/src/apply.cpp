@@ -260,6 +260,29 @@ inline __attribute__((always_inline)) void transfer(channel_core* c, intent& in,
   }
 }
 
+// t, which waits in run(), gets the processor (§1.6): its run() returns. A tasklet woken out of its
+// run() by someone else (inserted, raised into, run) stays on the stack of runners until it runs:
+// Stackless ends a run() when its caller resumes, and with it every run() called after it that is
+// still waiting, whose tasklets go back to the ring, innermost first (observed on 3.7.5: main's
+// run() ended by a tasklet's insert of main put R2 and R1, waiting in nested run() calls, back in
+// the ring, and their run() calls returned when they ran).
+[[gnu::noinline]] void resume_from_run(runtime& r, tasklet_impl* t) noexcept {
+  const auto at = std::find(r.runners.begin(), r.runners.end(), t);
+  std::vector<tasklet_impl*> inner(at + 1, r.runners.end());
+  r.runners.erase(at, r.runners.end());
+  t->in_run = false;
+  for (auto it = inner.rbegin(); it != inner.rend(); ++it) {
+    tasklet_impl* o = *it;
+    o->in_run = false;
+    if (o->state == tasklet_state::paused) ring_append(r, o);  // (one woken already is in the ring)
+  }
+}
+inline apply_result resumed(runtime& r, apply_result res) noexcept {
+  if (res.next && res.next->in_run) [[unlikely]]
+    resume_from_run(r, res.next);
+  return res;
+}
+
 apply_result apply_channel_op(runtime& r, intent& in) {
   channel_core* c = in.channel;
   tasklet_impl* self = r.current;
@@ -300,7 +323,7 @@ apply_result apply_channel_op(runtime& r, intent& in) {
     } else {                        // P to the tail, the caller continues: C O1 O2 P
       ring_append(r, p);
     }
-    return {r.head};
+    return resumed(r, {r.head});  // (the head may be a tasklet waiting in run(), §1.6)
   }
   // No partner: the caller would block.
   if (c->closing) {  // §2.6: fails and changes nothing
@@ -319,7 +342,7 @@ apply_result apply_channel_op(runtime& r, intent& in) {
   if (in.exception) [[unlikely]]  // (a tasklet that is not blocked has none)
     self->send_exception = std::move(in.exception);
   guard.unlock();
-  return {next_to_run(r)};
+  return resumed(r, {next_to_run(r)});
 }
 
 }  // namespace
@@ -387,32 +410,10 @@ inline void take_mail_if_any(runtime& r) {
 }
 }  // namespace
 
-// t, which waits in run(), gets the processor (§1.6): its run() returns. A tasklet woken out of its
-// run() by someone else (inserted, raised into, run) stays on the stack of runners until it runs:
-// Stackless ends a run() when its caller resumes, and with it every run() called after it that is
-// still waiting, whose tasklets go back to the ring, innermost first (observed on 3.7.5: main's
-// run() ended by a tasklet's insert of main put R2 and R1, waiting in nested run() calls, back in
-// the ring, and their run() calls returned when they ran).
-[[gnu::noinline]] void resume_from_run(runtime& r, tasklet_impl* t) noexcept {
-  const auto at = std::find(r.runners.begin(), r.runners.end(), t);
-  std::vector<tasklet_impl*> inner(at + 1, r.runners.end());
-  r.runners.erase(at, r.runners.end());
-  t->in_run = false;
-  for (auto it = inner.rbegin(); it != inner.rend(); ++it) {
-    tasklet_impl* o = *it;
-    o->in_run = false;
-    if (o->state == tasklet_state::paused) ring_append(r, o);  // (one woken already is in the ring)
-  }
-}
-inline apply_result resumed(runtime& r, apply_result res) noexcept {
-  if (res.next && res.next->in_run) [[unlikely]]
-    resume_from_run(r, res.next);
-  return res;
-}
 
 apply_result apply_channel(runtime& r, intent& in) {
   take_mail_if_any(r);
-  return resumed(r, apply_channel_op(r, in));
+  return apply_channel_op(r, in);  // (it calls resumed() where it switches)
 }
 
 namespace {
