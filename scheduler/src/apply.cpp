@@ -57,7 +57,6 @@ void stop_waiting_in_run(runtime& r, tasklet_impl* t) noexcept {
   std::erase(r.runners, t);
 }
 
-
 // Appends t at the tail of the ring (just before the head) and makes it runnable.
 inline __attribute__((always_inline)) void ring_append(runtime& r, tasklet_impl* t) noexcept {
   if (r.head) {
