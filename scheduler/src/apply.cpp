@@ -183,8 +183,6 @@ void unblock_leaving_ghost(runtime& r, tasklet_impl* t) {
   auto* g = new ghost_tasklet;
   g->ghost = true;
   g->owner = &r;
-  g->owner_thread = t->owner_thread;
-  g->id = t->id;
   if (leave_channel(r, t, true, g) != channel_exit::unlinked) {
     delete g;  // another thread matched t first: no place to keep
     return;
@@ -267,14 +265,13 @@ inline __attribute__((always_inline)) void transfer(channel_core* c, intent& in,
 // the ring, and their run() calls returned when they ran).
 [[gnu::noinline]] void resume_from_run(runtime& r, tasklet_impl* t) noexcept {
   const auto at = std::find(r.runners.begin(), r.runners.end(), t);
-  std::vector<tasklet_impl*> inner(at + 1, r.runners.end());
-  r.runners.erase(at, r.runners.end());
   t->in_run = false;
-  for (auto it = inner.rbegin(); it != inner.rend(); ++it) {
+  for (auto it = r.runners.end(); --it != at;) {  // ring_append leaves the stack as it is
     tasklet_impl* o = *it;
     o->in_run = false;
     if (o->state == tasklet_state::paused) ring_append(r, o);  // (one woken already is in the ring)
   }
+  r.runners.erase(at, r.runners.end());
 }
 inline apply_result resumed(runtime& r, apply_result res) noexcept {
   if (res.next && res.next->in_run) [[unlikely]]
