@@ -1050,6 +1050,83 @@ TEST_CASE("in fenced mode (ordered runs) a collection frees retired memory witho
   CHECK_FALSE(detail::epoch_collect_is_cheap());
 }
 
+TEST_CASE("a thread alone in the GC frees what it replaces at once; beside another, in batches", "[unit][stm]") {
+  // epoch.cpp, alone_after_fence: with no other participant a collection needs no membarrier(), so it
+  // runs at every retire and a serial program's replaced values go straight back to malloc.
+  for (int i = 0; i < 1000 && detail::epoch_pending() > 0; ++i) detail::epoch_collect();
+  REQUIRE(detail::epoch_pending() == 0);
+  tvar<std::string> s{"start"};
+  s.set("first");
+  REQUIRE(detail::epoch_participants_in_use() == 1);  // this thread (each test runs in its own process)
+  std::size_t most = 0;
+  for (int i = 0; i < 1000; ++i) {
+    s.set(std::string(64, static_cast<char>('a' + i % 26)));
+    atomically([&] { s.set(s.get() + "!"); });
+    most = std::max(most, detail::epoch_pending());
+  }
+  CHECK(most <= 3);
+  // Another thread taking part (registered, outside any critical section): collections go back to
+  // one per epoch_collect_every retires, each with a membarrier().
+  std::atomic<bool> registered{false}, leave{false};
+  std::thread other([&] {
+    (void)detail::epoch_self();
+    registered = true;
+    while (!leave) std::this_thread::yield();
+  });
+  while (!registered) std::this_thread::yield();
+  CHECK(detail::epoch_participants_in_use() == 2);
+  most = 0;
+  for (int i = 0; i < 1000; ++i) {
+    s.set(std::string(64, static_cast<char>('a' + i % 26)));
+    most = std::max(most, detail::epoch_pending());
+  }
+  leave = true;
+  other.join();
+  CHECK(most > 3);
+  CHECK(most <= 3 * detail::epoch_collect_every);
+  CHECK(detail::epoch_participants_in_use() == 1);
+}
+
+TEST_CASE("threads that join the GC while it collects alone never read a freed value", "[unit][stm]") {
+  // A thread that takes a record fences before it enters (take_participant): either the collector's
+  // scan sees it, or it reads the value that replaced the retired one. Under ASan a value freed
+  // early is a use-after-free; here every read also checks the value's contents. This thread stays
+  // out of the GC, so that the writer is alone whenever no reader is running.
+  std::atomic<tvar<std::string>*> shared{nullptr};
+  std::atomic<bool> stop{false};
+  std::atomic<long> bad{0}, reads{0}, alone_writes{0};
+  std::thread writer([&] {
+    tvar<std::string> s{std::string(200, 'a')};
+    shared = &s;
+    for (long i = 0; !stop; ++i) {
+      s.set(std::string(200, static_cast<char>('a' + i % 26)));
+      if (detail::epoch_participants_in_use() == 1) ++alone_writes;
+    }
+    while (shared.load() != nullptr) std::this_thread::yield();  // until no reader can reach s
+  });
+  while (!shared.load()) std::this_thread::yield();
+  tvar<std::string>& s = *shared.load();
+  for (int round = 0; round < 200; ++round) {
+    std::thread reader([&] {
+      for (int i = 0; i < 20; ++i) {
+        const std::string v = atomically([&] { return s.get(); });
+        if (v.size() != 200 || v.find_first_not_of(v[0]) != std::string::npos) ++bad;
+        s.view([&](const std::string& w) {
+          if (w.size() != 200 || w.find_first_not_of(w[0]) != std::string::npos) ++bad;
+        });
+        ++reads;
+      }
+    });
+    reader.join();
+  }
+  stop = true;
+  shared = nullptr;
+  writer.join();
+  CHECK(reads.load() == 200 * 20);
+  CHECK(bad.load() == 0);
+  CHECK(alone_writes.load() > 0);  // the path under test ran
+}
+
 TEST_CASE("in fenced mode a thread collects once per eighth of the participants' count of retires", "[unit][stm]") {
   // epoch_fenced_batch: a collection scans every participant, so with many (ordered mode's segment
   // records, ~5 per worker) a thread collects less often and the scan per retire stays bounded.

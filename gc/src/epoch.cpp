@@ -85,6 +85,7 @@ __attribute__((tls_model("initial-exec"))) constinit thread_local bool epoch_rec
 namespace {
 std::atomic<epoch_participant*> participants{nullptr};
 std::atomic<unsigned> participants_made{0};  // the length of that list (records are reused, never unlinked)
+std::atomic<unsigned> participants_in_use{0};  // records owned by a thread or a segment (a hint: see collect_every)
 std::atomic<std::size_t> pending_count{0};
 
 std::mutex orphans_lock;  // protects orphans; deleters (plain frees) may run under it
@@ -123,6 +124,7 @@ void release_participant(void* value) noexcept {
   p->entered.store(quiescent, std::memory_order_release);
   epoch_self_slot = nullptr;
   p->in_use.store(false, std::memory_order_release);  // pairs with the acquire exchange in epoch_self
+  participants_in_use.fetch_sub(1, std::memory_order_relaxed);
 }
 
 thread_exit_slot& participant_slot() {
@@ -139,14 +141,26 @@ thread_exit_slot& participant_slot() {
 std::atomic<unsigned> fenced_ready{0};
 std::atomic<std::uint64_t> fenced_ends{0};
 
+// Whether the calling thread's record is the only one in use. Called after a seq_cst fence: a thread
+// that takes a record (take_participant) fences after marking it, before it enters; so either our
+// fence comes first in the single total order and that thread, once in, reads every store we made
+// before it (the replaced pointer, not the retired one), or its mark is visible to this scan.
+bool alone_after_fence() noexcept {
+  const epoch_slot* self = epoch_self_slot;
+  for (epoch_participant* p = participants.load(std::memory_order_seq_cst); p; p = p->next)
+    if (p != self && p->in_use.load(std::memory_order_seq_cst)) return false;
+  return true;
+}
+
 bool try_advance() noexcept {
   std::uint64_t e = epoch_global.load(std::memory_order_acquire);
   const std::uint64_t ends = fenced_ends.load(std::memory_order_seq_cst);
   const bool fenced = fenced_ready.load(std::memory_order_seq_cst) != 0;
-  if (fenced)
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-  else
-    asymmetric_fence_heavy();
+  // The heavy fence orders the stores of threads that entered light (membarrier(), ~40 us on a VM and
+  // an interrupt of every running thread); a thread alone in the GC - a serial program - has nobody
+  // to order, and a seq_cst fence is all it needs (alone_after_fence).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (!fenced && !alone_after_fence()) asymmetric_fence_heavy();
   for (epoch_participant* p = participants.load(std::memory_order_acquire); p; p = p->next) {
     std::uint64_t x = p->entered.load(std::memory_order_acquire);
     if (x != quiescent && x != e) return false;
@@ -172,7 +186,9 @@ epoch_participant* take_participant() noexcept {
   for (epoch_participant* p = participants.load(std::memory_order_acquire); p; p = p->next) {
     bool free = false;
     if (!p->in_use.load(std::memory_order_relaxed) &&
-        p->in_use.compare_exchange_strong(free, true, std::memory_order_acquire)) {
+        p->in_use.compare_exchange_strong(free, true, std::memory_order_seq_cst)) {
+      participants_in_use.fetch_add(1, std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_seq_cst);  // before any enter: see alone_after_fence
       return p;
     }
   }
@@ -183,7 +199,9 @@ epoch_participant* take_participant() noexcept {
   epoch_participant* head = participants.load(std::memory_order_relaxed);
   do {
     p->next = head;
-  } while (!participants.compare_exchange_weak(head, p, std::memory_order_release, std::memory_order_relaxed));
+  } while (!participants.compare_exchange_weak(head, p, std::memory_order_seq_cst, std::memory_order_relaxed));
+  participants_in_use.fetch_add(1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // before any enter: see alone_after_fence
   return p;
 }
 }  // namespace
@@ -197,6 +215,7 @@ void epoch_slot_release(epoch_slot& slot) noexcept {
   p.entered.store(quiescent, std::memory_order_release);
   p.depth = 0;
   p.in_use.store(false, std::memory_order_release);
+  participants_in_use.fetch_sub(1, std::memory_order_relaxed);
 }
 
 std::atomic<unsigned> epoch_fenced_users{0};
@@ -228,7 +247,15 @@ void epoch_retire(void* ptr, void (*deleter)(void*), bool may_collect) noexcept 
 }
 
 void epoch_collect_if_due(unsigned retired_since) noexcept {
+  // Not from a deleter of a collection (one that destroys tvars retires their boxes): at every
+  // retire, a chain of them would nest a collection per link.
+  if (epoch_reclaiming) return;
   auto& p = static_cast<epoch_participant&>(epoch_self());
+  // Alone, a collection is a fence, a scan of the list and a CAS (try_advance): it runs at every
+  // retire, so that what a serial program replaces goes back to malloc while still in the cache and
+  // is handed out again (agents, one worker: each tick's 64 KiB generations came from memory freed
+  // one to three ticks before instead of the one just replaced).
+  if (retired_since == 0) retired_since = participants_in_use.load(std::memory_order_relaxed) <= 1 ? 1 : epoch_collect_every;
   if (p.since_collect >= retired_since) {
     p.since_collect = 0;
     epoch_collect();
@@ -260,6 +287,8 @@ void epoch_collect() noexcept {
 }
 
 std::size_t epoch_pending() noexcept { return pending_count.load(std::memory_order_relaxed); }
+
+unsigned epoch_participants_in_use() noexcept { return participants_in_use.load(std::memory_order_relaxed); }
 
 std::atomic<void (*)(std::size_t)> epoch_freed_hook{nullptr};
 

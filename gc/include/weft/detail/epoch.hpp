@@ -125,16 +125,21 @@ bool epoch_collect_is_cheap() noexcept;
 /// one per 1/8 of them keeps the scan at ~8 lines per retire whatever the thread count. 1 up to 15
 /// participants (two workers: a collection before each segment that retired something).
 unsigned epoch_fenced_batch() noexcept;
-/// How many retires a thread makes between two collections by default.
+/// How many retires a thread makes between two collections by default while other threads take part.
 constexpr unsigned epoch_collect_every = 64;
 /// Collects if this thread retired at least `retired_since` objects since its last collection. A
 /// collection costs a membarrier() (tens of us on a VM) and the deleters: a thread with idle moments
-/// collects there at the default and elsewhere only past a larger backlog (ordered mode).
-void epoch_collect_if_due(unsigned retired_since = epoch_collect_every) noexcept;
+/// collects there at the default and elsewhere only past a larger backlog (ordered mode). 0, the
+/// default: every epoch_collect_every retires, or at every retire while the thread is the only one
+/// taking part (a collection then needs no membarrier()).
+void epoch_collect_if_due(unsigned retired_since = 0) noexcept;
 /// Tries to advance the epoch and frees what is safe to free (called by retire every so often).
 void epoch_collect() noexcept;
 /// For tests: objects retired and not yet freed, in the whole process.
 std::size_t epoch_pending() noexcept;
+/// For tests: participant records in use (threads that took part and are still running, segment
+/// records held).
+unsigned epoch_participants_in_use() noexcept;
 /// Called (when set) after a collection freed something, with the count; stm/ routes it to the
 /// observer hook as event_kind::gc (gc/ sits below the module that owns the hook).
 extern std::atomic<void (*)(std::size_t freed)> epoch_freed_hook;
