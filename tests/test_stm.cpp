@@ -1050,7 +1050,7 @@ TEST_CASE("in fenced mode (ordered runs) a collection frees retired memory witho
   CHECK_FALSE(detail::epoch_collect_is_cheap());
 }
 
-TEST_CASE("a thread alone in the GC frees what it replaces at once; beside another, in batches", "[unit][stm]") {
+TEST_CASE("a thread alone in the GC frees what it replaces at once and beside another thread in batches", "[unit][stm]") {
   // epoch.cpp, alone_after_fence: with no other participant a collection needs no membarrier(), so it
   // runs at every retire and a serial program's replaced values go straight back to malloc.
   for (int i = 0; i < 1000 && detail::epoch_pending() > 0; ++i) detail::epoch_collect();

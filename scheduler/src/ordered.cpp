@@ -50,6 +50,7 @@
 
 #include "weft/detail/diagnostics.hpp"
 #include "weft/detail/stm_core.hpp"
+#include "weft/shared.hpp"
 #include "weft/stm.hpp"
 
 namespace weft::detail {
@@ -446,6 +447,8 @@ void undo_handle_increments(const handle_log& log, const alloc_log::ranges& own)
     if (e.k == handle_log::tasklet_inc)
       static_cast<tasklet_impl*>(e.object)->refs.fetch_sub(1, std::memory_order_relaxed);
     if (e.k == handle_log::channel_inc) channel_release_not_last(static_cast<channel_core*>(e.object));
+    if (e.k == handle_log::shared_inc)
+      static_cast<shared_block*>(e.object)->refs.fetch_sub(1, std::memory_order_relaxed);
   }
 }
 
@@ -521,6 +524,7 @@ void release_logged_handles(segment* s) noexcept {
     const handle_log::entry e = s->handles.items[i];
     if (e.k == handle_log::tasklet_dec) release_now(static_cast<tasklet_impl*>(e.object));
     if (e.k == handle_log::channel_dec) channel_release_now(static_cast<channel_core*>(e.object));
+    if (e.k == handle_log::shared_dec) shared_release_now(static_cast<shared_block*>(e.object));
   }
   s->handles.size = 0;
 }

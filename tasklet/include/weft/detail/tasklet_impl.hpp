@@ -153,12 +153,12 @@ void adopt(tasklet_impl* t);
 /// Called when the last reference goes.
 void destroy(tasklet_impl* t) noexcept;
 
-/// Reference changes of tasklet and channel handles made by a speculative segment (DESIGN.md §4.7.5):
+/// Reference changes of tasklet, channel and weft::shared handles made by a speculative segment (DESIGN.md §4.7.5):
 /// increments apply at once and are undone if the segment aborts; decrements (which may destroy)
 /// wait for its commit. Installed on the thread while the segment runs (scheduler/src/ordered.cpp).
 class handle_log {
  public:
-  enum kind : std::uint8_t { tasklet_inc, tasklet_dec, channel_inc, channel_dec };
+  enum kind : std::uint8_t { tasklet_inc, tasklet_dec, channel_inc, channel_dec, shared_inc, shared_dec };
   void record(void* object, kind k);  // out of line (scheduler/src/ordered.cpp)
   struct entry {
     void* object;
