@@ -1052,7 +1052,8 @@ TEST_CASE("in fenced mode (ordered runs) a collection frees retired memory witho
 
 TEST_CASE("a thread alone in the GC frees what it replaces at once and beside another thread in batches", "[unit][stm]") {
   // epoch.cpp, alone_after_fence: with no other participant a collection needs no membarrier(), so it
-  // runs at every retire and a serial program's replaced values go straight back to malloc.
+  // runs every few retires and a serial program's replaced values go back to malloc soon. A retire
+  // waits for two advances of the epoch, one per collection: at most twice the batch is pending.
   for (int i = 0; i < 1000 && detail::epoch_pending() > 0; ++i) detail::epoch_collect();
   REQUIRE(detail::epoch_pending() == 0);
   tvar<std::string> s{"start"};
@@ -1064,7 +1065,7 @@ TEST_CASE("a thread alone in the GC frees what it replaces at once and beside an
     atomically([&] { s.set(s.get() + "!"); });
     most = std::max(most, detail::epoch_pending());
   }
-  CHECK(most <= 3);
+  CHECK(most <= 2 * detail::epoch_collect_alone_every);
   // Another thread taking part (registered, outside any critical section): collections go back to
   // one per epoch_collect_every retires, each with a membarrier().
   std::atomic<bool> registered{false}, leave{false};
@@ -1082,7 +1083,7 @@ TEST_CASE("a thread alone in the GC frees what it replaces at once and beside an
   }
   leave = true;
   other.join();
-  CHECK(most > 3);
+  CHECK(most > 2 * detail::epoch_collect_alone_every);
   CHECK(most <= 3 * detail::epoch_collect_every);
   CHECK(detail::epoch_participants_in_use() == 1);
 }
@@ -1092,6 +1093,7 @@ TEST_CASE("threads that join the GC while it collects alone never read a freed v
   // scan sees it, or it reads the value that replaced the retired one. Under ASan a value freed
   // early is a use-after-free; here every read also checks the value's contents. This thread stays
   // out of the GC, so that the writer is alone whenever no reader is running.
+  const bool nobody_else = detail::epoch_participants_in_use() == 0;  // (run alone, as CTest runs it)
   std::atomic<tvar<std::string>*> shared{nullptr};
   std::atomic<bool> stop{false};
   std::atomic<long> bad{0}, reads{0}, alone_writes{0};
@@ -1124,7 +1126,7 @@ TEST_CASE("threads that join the GC while it collects alone never read a freed v
   writer.join();
   CHECK(reads.load() == 200 * 20);
   CHECK(bad.load() == 0);
-  CHECK(alone_writes.load() > 0);  // the path under test ran
+  if (nobody_else) CHECK(alone_writes.load() > 0);  // the path under test ran
 }
 
 TEST_CASE("in fenced mode a thread collects once per eighth of the participants' count of retires", "[unit][stm]") {
@@ -1467,7 +1469,7 @@ struct program_op {
 std::vector<program_op> random_program(std::mt19937_64& rng, int vars, int depth, int length) {
   std::vector<program_op> ops;
   for (int i = 0; i < length; ++i) {
-    program_op op{program_op::get};
+    program_op op{program_op::get, 0, 0, {}, {}};
     const unsigned r = static_cast<unsigned>(rng() % 100);
     op.var = static_cast<int>(rng() % static_cast<unsigned>(vars));
     op.value = static_cast<long>(rng() % 1000);

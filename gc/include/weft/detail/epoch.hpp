@@ -127,11 +127,13 @@ bool epoch_collect_is_cheap() noexcept;
 unsigned epoch_fenced_batch() noexcept;
 /// How many retires a thread makes between two collections by default while other threads take part.
 constexpr unsigned epoch_collect_every = 64;
+/// ... and while it is the only one (a collection then needs no membarrier()).
+constexpr unsigned epoch_collect_alone_every = 4;
 /// Collects if this thread retired at least `retired_since` objects since its last collection. A
 /// collection costs a membarrier() (tens of us on a VM) and the deleters: a thread with idle moments
 /// collects there at the default and elsewhere only past a larger backlog (ordered mode). 0, the
-/// default: every epoch_collect_every retires, or at every retire while the thread is the only one
-/// taking part (a collection then needs no membarrier()).
+/// default: every epoch_collect_every retires, or every epoch_collect_alone_every while the thread is
+/// the only one taking part.
 void epoch_collect_if_due(unsigned retired_since = 0) noexcept;
 /// Tries to advance the epoch and frees what is safe to free (called by retire every so often).
 void epoch_collect() noexcept;
