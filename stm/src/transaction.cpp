@@ -361,7 +361,7 @@ void tvar_base::write_direct(std::uint64_t b, void (*drop)(void*), const std::so
   }
   std::atomic_thread_fence(std::memory_order_release);  // pairs with the readers' acquire fence
   std::uint64_t old = bits.load(std::memory_order_relaxed);
-  bits.store(b, std::memory_order_relaxed);
+  bits.store(b, std::memory_order_release);  // release as well as the fence: TSan does not see fences
   if (observing()) [[unlikely]]
     note_write(this, location_bits(where));
   const std::uint64_t wv = clock.value.load(std::memory_order_seq_cst) + 1;  // after the lock (seq_cst CAS)
