@@ -1189,3 +1189,62 @@ TEST_CASE_METHOD(fresh_runtime, "retry() in main that only main's own tasklets c
   CHECK(seen == 2);
   fresh_runtime::check_clean();
 }
+
+TEST_CASE_METHOD(fresh_runtime, "a tasklet at the head goes on through switch points that do not switch, as with one worker",
+                 "[unit][ordered]") {
+  // A barrier's coordinator: it receives from 16 blocked senders (the receiver goes on: preference
+  // -1), with a tvar update, a try_receive on an empty channel and an exception sent by one sender
+  // in between, then sends with preference 0 to 16 waiting receivers (the sender goes on). In
+  // ordered mode the segments that start at the head commit in place and go on inevitable
+  // (commit_in_place) instead of each going back to the thread's loop and being dispatched again.
+  constexpr int n = 16;
+  event_log log;
+  tvar<int> total{0};
+  channel<int> in, go, empty;
+  go.preference(0);
+  for (int i = 0; i < n; ++i)
+    spawn([&, i] {
+      if (i == 5)
+        in.send_exception(std::runtime_error("bad-5"));
+      else
+        in.send(i);
+      log(fmt::format("sent{}", i));
+    });
+  for (int i = 0; i < n; ++i)
+    spawn([&, i] {
+      const int v = go.receive();
+      log(fmt::format("got{}:{}", i, v));
+    });
+  spawn([&] {
+    for (int i = 0; i < n; ++i) {
+      try {
+        const int v = in.receive();
+        atomically([&] { total.set(total.get() + v); });
+        log(fmt::format("r{}", v));
+      } catch (const std::runtime_error& e) {
+        log(fmt::format("caught-{}", e.what()));
+      }
+      int none = 0;
+      if (empty.try_receive(none) != channel<int>::status::would_block) log("try_receive did not report would_block");
+    }
+    for (int i = 0; i < n; ++i) {
+      go.send(100 + i);
+      log(fmt::format("s{}", i));
+    }
+  });
+  run();
+  std::string expected;
+  auto add = [&](const std::string& e) { expected += (expected.empty() ? "" : " ") + e; };
+  for (int i = 0; i < n; ++i) add(i == 5 ? "caught-bad-5" : fmt::format("r{}", i));
+  for (int i = 0; i < n; ++i) add(fmt::format("s{}", i));
+  for (int i = 0; i < n; ++i) add(fmt::format("sent{}", i));
+  for (int i = 0; i < n; ++i) add(fmt::format("got{}:{}", i, 100 + i));
+  CHECK(log.str() == expected);
+  CHECK(atomically([&] { return total.get(); }) == n * (n - 1) / 2 - 5);
+  const run_statistics st = run_stats();
+  if (configuration().mode == mode::ordered && configuration().abort_inject == 0 && !st.fell_back_to_serial)
+    // Each receive and send that lets the coordinator go on ends a segment committed in place, which
+    // goes on inevitable (without it: no inevitable segment at all in this program).
+    CHECK(st.inevitable >= n);
+  fresh_runtime::check_clean();
+}

@@ -111,9 +111,13 @@ struct worker {
   runtime* rt = nullptr;
   tasklet_impl* home = nullptr;       // the context of this thread's own stack
   tasklet_impl* running = nullptr;    // whose code runs on this thread now
-  enum class end : std::uint8_t { none, finished, parked, aborted } ended = end::none;
+  // How the segment running on this thread ended: at a switch point with its record waiting for the
+  // commit (finished), waiting for the head (parked), rolled back (aborted), or at a switch point
+  // where it committed in place (committed: commit_in_place).
+  enum class end : std::uint8_t { none, finished, parked, aborted, committed } ended = end::none;
   bool main_thread = false;
   bool in_segment = false;  // running a segment now (under the commit lock)
+  bool lock_handed = false;  // the segment committed in place and came back holding the commit lock
   std::uint32_t index = 0;  // in ordered_state::workers
   std::unique_ptr<home_context> own_home;  // worker threads; the main thread uses main itself
   std::thread thread;
@@ -529,33 +533,44 @@ void release_logged_handles(segment* s) noexcept {
   s->handles.size = 0;
 }
 
-void commit_segment(runtime& r, worker* self, tasklet_impl* h, segment* s) {
+// After commit_transaction: the rest of the segment's record (output, hooks, its intent through
+// apply, handle releases) and the numbers. Returns who runs next by the serial rule (apply's
+// answer; h itself when apply throws an error into it). h keeps its record.
+[[gnu::always_inline]] inline tasklet_impl* apply_record(runtime& r, worker* self, tasklet_impl* h, segment* s) {
   ordered_state& o = state_of(r);
   std::vector<std::function<void()>> hooks = s->tx.segment_finish_commit();
   if (!s->out.empty() || !s->other.empty()) flush_output(s);
-  for (auto& h : hooks) h();  // none: a tasklet's hooks ran when its atomically ended
+  for (auto& f : hooks) f();  // none: a tasklet's hooks ran when its atomically ended
   r.current = h;
   h->started = true;
   intent in = std::move(s->ending);
+  tasklet_impl* next = h;
   try {
-    h->last_status = static_cast<std::uint8_t>(apply(r, in).status);
+    const apply_result res = apply(r, in);
+    h->last_status = static_cast<std::uint8_t>(res.status);
+    next = res.next;
   } catch (...) {
     // A Stackless error (deadlock, misuse, a raise to itself): thrown where the tasklet resumes.
     h->pending = std::current_exception();
     h->last_status = static_cast<std::uint8_t>(op_status::ok);
   }
   release_logged_handles(s);
-  h->segment = nullptr;
   h->head_aborts = h->attempts = 0;
   ++h->segments;
   ++o.commits, ++o.window_commits;
   if (s->inevitable) ++o.inevitable;
   if (self) ++self->commits;
-  give_segment(o, s);
+  return next;
+}
+
+void commit_segment(runtime& r, worker* self, tasklet_impl* h, segment* s) {
+  apply_record(r, self, h, s);
+  h->segment = nullptr;
+  give_segment(state_of(r), s);
   if (h->state == tasklet_state::dead) retire(r, h);  // nobody will run on its stack again
 }
 
-bool injected(const ordered_state& o, const tasklet_impl* t) noexcept {
+[[gnu::always_inline]] inline bool injected(const ordered_state& o, const tasklet_impl* t) noexcept {
   if (o.inject <= 0) return false;
   const std::uint64_t x = mix(o.seed ^ mix(t->id ^ mix(t->segments ^ mix(t->attempts))));
   return static_cast<double>(x >> 11) * 0x1.0p-53 < o.inject;
@@ -577,7 +592,7 @@ void drain_step(runtime& r) {
   wake_all(o);
 }
 
-void check_guard(runtime& r) {
+[[gnu::always_inline]] inline void check_guard(runtime& r) {
   ordered_state& o = state_of(r);
   if (!o.guard || o.draining || o.window_commits < o.next_check) return;
   const std::uint64_t mean = o.window_ns / o.window_commits;
@@ -673,6 +688,20 @@ void main_write_end(void* p) {
   token.lk.unlock();
 }
 
+// Commits the transaction of s, the head's segment; false: a conflict (the caller aborts it). A
+// commit that writes tvars on other tasklets' stacks keeps their snapshots current (see
+// stack_tvar_writes).
+bool commit_transaction(runtime& r, tasklet_impl* h, segment* s) {
+  ordered_state& o = state_of(r);
+  stack_tvar_writes(r, h, s->tx, o.stack_tvars);
+  if (!o.stack_tvars.empty()) [[unlikely]]
+    wait_for_snapshots(o, o.stack_tvars);
+  if (!s->tx.segment_commit()) return false;
+  if (!o.stack_tvars.empty()) [[unlikely]]
+    refresh_stack_tvars(o, o.stack_tvars);
+  return true;
+}
+
 // Commits the head while its segment has finished, then the next head, and so on; returns how many
 // heads it committed or aborted (0: nothing changed). Wakes whoever must run next.
 // Locality: a finished head that another thread ran is left to that thread while it is in a
@@ -694,15 +723,10 @@ std::size_t commit_chain(runtime& r, bool any_thread = false) {
       abort_segment(r, h, s, abort_kind::injected);
       break;
     }
-    stack_tvar_writes(r, h, s->tx, o.stack_tvars);
-    if (!o.stack_tvars.empty()) [[unlikely]]
-      wait_for_snapshots(o, o.stack_tvars);
-    if (!s->tx.segment_commit()) {
+    if (!commit_transaction(r, h, s)) {
       abort_segment(r, h, s, abort_kind::conflict);
       break;
     }
-    if (!o.stack_tvars.empty()) [[unlikely]]
-      refresh_stack_tvars(o, o.stack_tvars);
     commit_segment(r, self, h, s);
     check_guard(r);
   }
@@ -738,9 +762,27 @@ void segment_ended(runtime& r, worker& w, tasklet_impl* t, segment* s) {
     case worker::end::none:
       abort_segment(r, t, s, abort_kind::conflict);
       break;
+    case worker::end::committed:
+      // Its record goes back now that the tasklet's context is saved (until then nobody could pick
+      // it). A commit since (`doomed`) changed what the tasklet's next segment starts from, nothing
+      // of this one.
+      t->segment = nullptr;
+      give_segment(state_of(r), s);
+      break;
   }
   // Whatever ended, finished heads this thread ran may be waiting for it (commit_chain's locality).
   commit_chain(r);
+}
+
+// Takes the commit lock back after a segment's jump: a segment that committed in place comes back
+// holding it (commit_in_place), one lock round trip less per segment.
+void relock(worker& w, std::unique_lock<std::mutex>& lk) {
+  if (w.lock_handed) {
+    w.lock_handed = false;
+    lk = std::unique_lock(*lk.mutex(), std::adopt_lock);
+    return;
+  }
+  lock_commit(lk);
 }
 
 // Jumps into t for one segment (s already set up; lk released on entry, held on return); keeps the
@@ -754,7 +796,8 @@ void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_l
     w.sampler = x;
     if (x % sample_every != 0) {
       enter(w, t, s);
-      lock_commit(lk);
+      relock(w, lk);
+      w.in_segment = false;
       ++o.segments, ++w.segments;
       return;
     }
@@ -763,7 +806,8 @@ void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_l
   enter(w, t, s);
   w.last_timed_ns = now_ns() - start;
   const std::uint64_t ns = w.last_timed_ns * (every ? 1 : sample_every);
-  lock_commit(lk);
+  relock(w, lk);
+  w.in_segment = false;
   ++o.segments, ++w.segments;
   o.segment_ns += ns, o.window_ns += ns, w.busy_ns += ns;
 }
@@ -1273,6 +1317,102 @@ bool continues_caller(intent_kind k) noexcept {
 }
 }  // namespace
 
+namespace {
+// Intents after which the caller may go on running (apply says, at the commit).
+bool may_go_on(intent_kind k) noexcept {
+  return k == intent_kind::channel_op || k == intent_kind::raise || continues_caller(k);
+}
+
+// A segment that started at the head (or runs inevitable: at the head) reaches a switch point.
+// Nothing can commit before it: its tasklet is the head until it commits. So it commits here, on its own stack, without the jump to
+// its thread's loop and back, and if the tasklet goes on running (a receive from a waiting sender,
+// a send with preference 0 to a waiting receiver, an insert or a bind: apply says so), it goes on
+// at once in a new segment, inevitable and without a snapshot: it is the head. A barrier's
+// coordinator receiving from 16 blocked tiles and sending 16 `go`s was a chain of 32 dependent
+// segments, each committed at home and dispatched again at the head (1.26 us each at 2 workers);
+// now it is one or two.
+// Not when: the commit injects an abort (the segment goes the usual way and is rolled back) or the
+// tasklet's next segment would be injected (it goes the usual way, speculative, so that injection
+// tests what it would have tested); WEFT_CHECK=replay (it runs head segments twice from their
+// snapshot); the run drains or exits. Returns `declined` (nothing done; the usual way), `aborted`
+// (the commit found a conflict: the caller leaves with end::aborted and is rolled back),
+// `committed` (the caller leaves with end::committed; its thread gives the record back) or
+// `continued` (the caller returns into user code). Thread: the one running the segment; the
+// tasklet's fields it reads first (in_place_skip) are only touched by the thread running its segment.
+enum class in_place : std::uint8_t { declined, aborted, committed, continued };
+
+// Whether commit_in_place may be worth a try (inline: most switch points stop here).
+bool try_in_place(const runtime& r, tasklet_impl* self, const segment* s) noexcept {
+  if (!may_go_on(s->ending.kind) || (!s->at_head && !s->inevitable) || r.ordered->replay_every) return false;
+  if (self->in_place_skip > 0) {
+    --self->in_place_skip;
+    return false;
+  }
+  return true;
+}
+
+// Not inlined: its frame would sit below every switch point of ordered_perform's caller and
+// lengthen every stack snapshot (+24 memcpy instructions a segment, hackysack).
+[[gnu::noinline]] in_place commit_in_place(runtime& r, worker& w, tasklet_impl* self) {
+  segment* s = seg(self);
+  ordered_state& o = state_of(r);
+  if (o.inject > 0 && !s->inevitable && injected(o, self)) return in_place::declined;
+  // What follows runs as a commit at the thread's loop does: no transaction, allocation log or
+  // handle log installed, no running tasklet (the fault handler and the exception_ptr hooks look).
+  segment_handles = nullptr;
+  s->tx.segment_detach();
+  w.running = nullptr;
+  auto back_in = [&] {
+    w.running = self;
+    s->tx.segment_attach();
+    segment_handles = &s->handles;
+  };
+  std::unique_lock lk(o.mu, std::defer_lock);
+  lock_commit(lk);
+  if (o.draining || o.exiting || r.head != self) {
+    lk.unlock();
+    back_in();
+    return in_place::declined;
+  }
+  if (!commit_transaction(r, self, s)) {
+    lk.unlock();
+    return in_place::aborted;
+  }
+  tasklet_impl* const next = apply_record(r, &w, self, s);
+  check_guard(r);
+  // Its next segment would be speculative (not needing the head) and injected: it goes the usual way.
+  const bool next_injected = o.inject > 0 && !needs_head(o, self) && injected(o, self);
+  const bool goes_on = next == self && r.head == self && self->state == tasklet_state::runnable &&
+                       !o.draining && !next_injected;
+  wake(o);
+  if (!goes_on) {
+    // A tasklet whose switch points do not let it go on (a hackysack player: its send switches to
+    // the receiver, its receive blocks) gains nothing here and pays for the detour (~180
+    // instructions): it tries again after 1, 3, 7, then every 16 switch points, back to every one
+    // once it goes on (a coordinator whose first receive of a tick blocks loses one try).
+    self->in_place_backoff = static_cast<std::uint8_t>(std::min(2 * self->in_place_backoff + 1, 15));
+    self->in_place_skip = self->in_place_backoff;
+    lk.release();  // held through the jump to the thread's loop (relock)
+    w.lock_handed = true;
+    return in_place::committed;
+  }
+  ++o.segments, ++w.segments;  // run_timed counts the last segment of the jump, not this one
+  self->in_place_backoff = 0;
+  s->ending = intent{.kind = intent_kind::yield};
+  s->out.clear();
+  s->other.clear();
+  s->has_snapshot = s->doomed = false;
+  s->inevitable = true;
+  s->channels_made = self->channels_made;
+  self->want_head = false;  // it is the head
+  lk.unlock();
+  collect_retired(4 * epoch_collect_every);  // as run_new: outside the lock and any transaction
+  s->tx.segment_begin(*s->epoch, true);
+  back_in();
+  return in_place::continued;
+}
+}  // namespace
+
 op_status ordered_perform(runtime& r, intent& in) {
   worker* w = this_worker();
   tasklet_impl* self = w->running;
@@ -1292,7 +1432,18 @@ op_status ordered_perform(runtime& r, intent& in) {
     if (in.exception || continues_caller(in.kind)) [[unlikely]]
       self->want_head = true;  // see continues_caller
     seg(self)->ending = std::move(in);
-    tasklet_impl* prev = leave(self, worker::end::finished);
+    worker::end how = worker::end::finished;
+    // this_worker() again: park_for_head above may have resumed us on another thread.
+    switch (try_in_place(r, self, seg(self)) ? commit_in_place(r, *this_worker(), self) : in_place::declined) {
+      case in_place::declined: break;
+      case in_place::aborted: how = worker::end::aborted; break;
+      case in_place::committed: how = worker::end::committed; break;
+      case in_place::continued:
+        if (self->pending) [[unlikely]]
+          rethrow_pending_exception(self);
+        return static_cast<op_status>(self->last_status);
+    }
+    tasklet_impl* prev = leave(self, how);
     // A new segment starts here, on whatever thread: the result of the switch point is committed.
     if (!self->owner->is_parallel()) [[unlikely]] {
       // The run was drained meanwhile, and a serial switch resumed us (DESIGN.md §4.7.11).

@@ -104,6 +104,8 @@ class tasklet_impl {
   // Ordered mode (scheduler/src/ordered.cpp), under the runtime's commit lock.
   std::uint8_t last_status = 0;      ///< what the last committed switch point returns (op_status)
   bool want_head = false;            ///< its next segment runs at the head, inevitable
+  std::uint8_t in_place_skip = 0;    ///< switch points left before its segment tries to commit in place again
+  std::uint8_t in_place_backoff = 0; ///< the last in_place_skip set (doubles at each try that did not go on)
   std::uint32_t head_aborts = 0;     ///< consecutive aborts of segments that started at the head
   std::uint64_t channels_made = 0;   ///< channels this tasklet made (their identity, channel_create)
   std::uint32_t last_worker = 0;     ///< ordered mode: index + 1 of the thread that ran its last segment (0: none)
