@@ -1050,7 +1050,7 @@ TEST_CASE("in fenced mode (ordered runs) a collection frees retired memory witho
   CHECK_FALSE(detail::epoch_collect_is_cheap());
 }
 
-TEST_CASE("a thread alone in the GC frees what it replaces at once and beside another thread in batches", "[unit][stm]") {
+TEST_CASE("a thread alone in the GC frees what it replaces within a few retires and beside another thread in batches", "[unit][stm]") {
   // epoch.cpp, alone_after_fence: with no other participant a collection needs no membarrier(), so it
   // runs every few retires and a serial program's replaced values go back to malloc soon. A retire
   // waits for two advances of the epoch, one per collection: at most twice the batch is pending.

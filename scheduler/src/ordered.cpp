@@ -117,7 +117,6 @@ struct worker {
   enum class end : std::uint8_t { none, finished, parked, aborted, committed } ended = end::none;
   bool main_thread = false;
   bool in_segment = false;  // running a segment now (under the commit lock)
-  bool lock_handed = false;  // the segment committed in place and came back holding the commit lock
   std::uint32_t index = 0;  // in ordered_state::workers
   std::unique_ptr<home_context> own_home;  // worker threads; the main thread uses main itself
   std::thread thread;
@@ -480,7 +479,12 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   // So are the exceptions of catch blocks the attempt ended inside (it started outside any: else it
   // would run inevitable, never rolled back): the rollback makes those catches never have happened.
   if (t->eh_globals[0]) s->tx.release_attempt_objects([&] { context_discard_catches(t); });
-  std::vector<std::function<void()>> hooks = s->tx.segment_abort();
+  // The on_abort hooks of the attempt's nested atomically blocks are dropped, not run: each of those
+  // blocks ended (committed, from the tasklet's point of view) and will run again with the segment;
+  // with one worker none of them is ever rolled back. Run here they printed or acted once per
+  // rolled-back attempt (a newcomer's program printed "on_abort" lines one worker never does).
+  // segment_abort drops them before it frees the attempt's memory, their releases in `dropped`.
+  s->tx.segment_abort();
   segment_handles = outer_log;
   undo_handle_increments(dropped, own);  // a copy made while dropping (none expected) is not kept either
   std::free(dropped.items);
@@ -510,14 +514,6 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   if (t->state == tasklet_state::dead) {  // killed before its first commit while this ran (apply.cpp)
     t->drop_function();
     retire(r, t);
-  }
-  // The on_abort hooks of the attempt's nested atomically blocks are dropped, not run: each of those
-  // blocks ended (committed, from the tasklet's point of view) and will run again with the segment;
-  // with one worker none of them is ever rolled back. Run here they printed or acted once per
-  // rolled-back attempt (a newcomer's program printed "on_abort" lines one worker never does).
-  {
-    alloc_log_pause pause;  // made outside the attempt's log (add_abort_hook)
-    hooks.clear();
   }
 }
 
@@ -774,17 +770,6 @@ void segment_ended(runtime& r, worker& w, tasklet_impl* t, segment* s) {
   commit_chain(r);
 }
 
-// Takes the commit lock back after a segment's jump: a segment that committed in place comes back
-// holding it (commit_in_place), one lock round trip less per segment.
-void relock(worker& w, std::unique_lock<std::mutex>& lk) {
-  if (w.lock_handed) {
-    w.lock_handed = false;
-    lk = std::unique_lock(*lk.mutex(), std::adopt_lock);
-    return;
-  }
-  lock_commit(lk);
-}
-
 // Jumps into t for one segment (s already set up; lk released on entry, held on return); keeps the
 // numbers.
 void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_lock<std::mutex>& lk) {
@@ -796,7 +781,7 @@ void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_l
     w.sampler = x;
     if (x % sample_every != 0) {
       enter(w, t, s);
-      relock(w, lk);
+      lock_commit(lk);
       w.in_segment = false;
       ++o.segments, ++w.segments;
       return;
@@ -806,7 +791,7 @@ void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_l
   enter(w, t, s);
   w.last_timed_ns = now_ns() - start;
   const std::uint64_t ns = w.last_timed_ns * (every ? 1 : sample_every);
-  relock(w, lk);
+  lock_commit(lk);
   w.in_segment = false;
   ++o.segments, ++w.segments;
   o.segment_ns += ns, o.window_ns += ns, w.busy_ns += ns;
@@ -1392,8 +1377,10 @@ bool try_in_place(const runtime& r, tasklet_impl* self, const segment* s) noexce
     // once it goes on (a coordinator whose first receive of a tick blocks loses one try).
     self->in_place_backoff = static_cast<std::uint8_t>(std::min(2 * self->in_place_backoff + 1, 15));
     self->in_place_skip = self->in_place_backoff;
-    lk.release();  // held through the jump to the thread's loop (relock)
-    w.lock_handed = true;
+    // Let go before the jump (held through it, the lock would be unlocked by another context of
+    // this thread, which ThreadSanitizer's fiber model reports): nobody picks the tasklet meanwhile,
+    // its record is still in flight until its thread's loop gives it back.
+    lk.unlock();
     return in_place::committed;
   }
   ++o.segments, ++w.segments;  // run_timed counts the last segment of the jump, not this one

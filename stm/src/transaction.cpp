@@ -359,9 +359,8 @@ void tvar_base::write_direct(std::uint64_t b, void (*drop)(void*), const std::so
     }
     relax(spins, 64);
   }
-  std::atomic_thread_fence(std::memory_order_release);  // pairs with the readers' acquire fence
   std::uint64_t old = bits.load(std::memory_order_relaxed);
-  bits.store(b, std::memory_order_release);  // release as well as the fence: TSan does not see fences
+  bits.store(b, std::memory_order_release);  // pairs with the readers' acquire (a load or a fence)
   if (observing()) [[unlikely]]
     note_write(this, location_bits(where));
   const std::uint64_t wv = clock.value.load(std::memory_order_seq_cst) + 1;  // after the lock (seq_cst CAS)
@@ -1294,19 +1293,24 @@ std::vector<std::function<void()>> transaction::segment_finish_commit() noexcept
   return hooks;
 }
 
-std::vector<std::function<void()>> transaction::segment_abort() noexcept {
+void transaction::segment_abort() noexcept {
   // Installed while the attempt's boxes are dropped: memory their values allocated in the attempt
   // is then recognised by `delete` (freed once, not again by the log's rollback).
   alloc_log* const outer = set_active_alloc_log(&allocs_);
   drop_created_on_stack();
   std::vector<std::function<void()>> aborts = discard_attempt(true);
   set_active_alloc_log(outer);
+  // The on_abort hooks of the attempt's ended atomically blocks are dropped, not run (the caller's
+  // rule), and before the rollback frees the attempt's memory: what they hold may live there (a
+  // weft::shared made in the block, whose release wrote into its freed block: heap corruption at 2
+  // workers, a newcomer's program). They were made outside the log, so they are destroyed outside
+  // it; a handle they release is counted in the caller's log (see ordered.cpp, abort_segment).
+  aborts.clear();
   counters::bump(stats.allocations_undone, allocs_.abort());
   if (holds_token_) release_token();
   inevitable_ = want_inevitable_ = false;
   clear_attempt();
   epoch_exit(*epoch_);
-  return aborts;
 }
 
 bool transaction::segment_make_inevitable() noexcept {

@@ -22,7 +22,6 @@
 
 #include <atomic>
 #include <cstddef>
-#include <cstdint>
 #include <type_traits>
 #include <utility>
 

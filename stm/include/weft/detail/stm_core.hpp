@@ -326,9 +326,11 @@ class alignas(64) transaction {
   /// After segment_commit(): allocations kept, deferred frees and destroyed tvars handed to the
   /// epoch GC, epoch left. Returns the on_commit hooks, for the caller to run.
   std::vector<std::function<void()>> segment_finish_commit() noexcept;
-  /// Drops the attempt: writes, allocations (freed), tvars made in it, reservations and token; leaves
-  /// the epoch. Returns the on_abort hooks, for the caller to run.
-  std::vector<std::function<void()>> segment_abort() noexcept;
+  /// Drops the attempt: writes, on_abort hooks (destroyed, not run: a rolled-back segment's blocks
+  /// ended, from its tasklet's point of view), allocations (freed), tvars made in it, reservations and
+  /// token; leaves the epoch. Call it with a scratch handle log installed (segment_handles): the
+  /// hooks' handle releases belong to the attempt.
+  void segment_abort() noexcept;
   /// At the head: takes the token and reserves every tvar read or written, so that nothing can
   /// invalidate the attempt any more. False if something read has changed since (call segment_abort).
   bool segment_make_inevitable() noexcept;
