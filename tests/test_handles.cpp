@@ -2,6 +2,7 @@
 // channel inside the message it answers, operations through const handles, handles as map keys with
 // an identity that follows serial order, empty handles, moves.
 #include <atomic>
+#include <deque>
 #include <map>
 #include <set>
 #include <string>
@@ -314,5 +315,28 @@ TEST_CASE_METHOD(fresh_runtime, "an on_abort hook holding a weft::shared made in
   // One object per committed block, destroyed once (its last handle, the hook's, goes at the commit:
   // a committed block's on_abort hooks are dropped); those of rolled-back attempts never existed.
   CHECK(counted_message::destroyed == tasklets * rounds);
+  CHECK(counted_message::destroyed_twice == 0);
+}
+
+TEST_CASE_METHOD(fresh_runtime, "weft::shared objects in tvar values a run replaced are all destroyed by shutdown",
+                 "[unit][handles]") {
+  // The old values a worker thread retired and could not free yet go to the GC's orphan list when
+  // the thread ends, inside shutdown(): they are collected after it (a newcomer's program lost
+  // 1-7 of 2400 destructions at 2 workers).
+  counted_message::destroyed = 0;
+  counted_message::destroyed_twice = 0;
+  constexpr int tasklets = 8, sets = 300;
+  std::deque<tvar<shared<counted_message>>> last(tasklets);
+  for (int t = 0; t < tasklets; ++t)
+    spawn([&, t] {
+      for (int i = 0; i < sets; ++i) {
+        last[static_cast<std::size_t>(t)].set(shared<counted_message>::make(i));
+        if (i % 7 == 0) schedule();
+      }
+    });
+  run();
+  for (auto& l : last) l.set(nullptr);
+  weft::shutdown();
+  CHECK(counted_message::destroyed == tasklets * sets);
   CHECK(counted_message::destroyed_twice == 0);
 }

@@ -1405,8 +1405,9 @@ op_status ordered_perform(runtime& r, intent& in) {
   tasklet_impl* self = w->running;
   if (transaction* tx = current_transaction(); tx && (!tx->is_segment() || tx->in_scope())) [[unlikely]]
     throw std::logic_error(
-        "a switch point (channel operation, schedule, run, kill, ...) inside weft::atomically: "
-        "a transaction cannot give up the processor; move it out of the transaction");
+        "a tasklet or channel operation (send, receive, try_send/try_receive, schedule, spawn, insert, run, "
+        "kill, close, preference, set_name, ...) inside weft::atomically: these act on the scheduler, "
+        "which a transaction cannot roll back; move it out of the transaction");
   if (self != r.main) {
     // A switch point reached while an exception thrown in this attempt propagates (a destructor
     // sends on a channel): the exception object is untracked memory of the attempt, referenced
