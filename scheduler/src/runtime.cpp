@@ -392,7 +392,11 @@ void emit(std::FILE* stream, std::string_view text) noexcept {
 
 namespace {
 std::mutex escaped_lock;
-std::exception_ptr* escaped_exception = new std::exception_ptr;  // never destroyed (terminate may run at exit)
+// The object of the last exception that escaped a tasklet, by address: a std::exception_ptr here
+// kept it alive after main caught it, through shutdown() and exit, until the next one escaped
+// (newcomer round 10: its destructor never ran). Another exception made later at the same address
+// could only mislabel the terminate message's tasklet.
+const void* escaped_object = nullptr;
 std::string* escaped_from = new std::string;
 std::terminate_handler previous_terminate = nullptr;
 
@@ -449,7 +453,7 @@ std::string describe(const std::exception_ptr& e) {
     std::string from;
     {
       std::lock_guard lock(escaped_lock);
-      if (*escaped_exception == e) from = *escaped_from;
+      if (escaped_object == exception_object_of(e)) from = *escaped_from;
     }
     if (!from.empty()) {
       std::string what;
@@ -472,7 +476,7 @@ std::string describe(const std::exception_ptr& e) {
 void note_escaped(const std::exception_ptr& e, const tasklet_impl* t) {
   std::string from = tasklet_label(t);
   std::lock_guard lock(escaped_lock);
-  *escaped_exception = e;
+  escaped_object = exception_object_of(e);
   *escaped_from = std::move(from);
 }
 
