@@ -80,7 +80,10 @@ struct segment {
   tasklet_impl* owner = nullptr;    // whose segment it is, while in flight
   std::uint64_t channels_made = 0;  // its tasklet's count when it started (given back at abort)
 
-  segment() : epoch(&epoch_slot_acquire()) { segment_register(&tx); }
+  segment() : epoch(&epoch_slot_acquire()) {
+    segment_register(&tx);
+    handles.out = &out;
+  }
   ~segment() {
     segment_unregister(&tx);
     epoch_slot_release(*epoch);
@@ -342,6 +345,7 @@ void give_segment(ordered_state& o, segment* s) {
   s->out.clear();
   s->other.clear();
   s->handles.size = 0;
+  s->handles.releases_now = false;
   s->has_snapshot = s->inevitable = s->doomed = s->at_head = false;
   s->owner = nullptr;
   s->ran_by->free_segments.push_back(s);
@@ -378,6 +382,25 @@ void flush_output(segment* s) {
   for (const auto& [stream, text] : s->other) emit(stream, text);
   s->out.clear();
   s->other.clear();
+}
+
+// flush_output, with the weft::shared objects whose last handle the segment dropped destroyed in
+// their place in its output (handle_log::entry::out_at), as one worker destroys them where the
+// handle goes: a destructor that prints came after the segment's later lines (newcomer round 10).
+// The other reference changes wait for release_logged_handles, after the intent is applied.
+void flush_output_and_releases(segment* s) {
+  std::size_t done = 0;
+  for (std::uint32_t i = 0; i < s->handles.size; ++i) {
+    handle_log::entry& e = s->handles.items[i];
+    if (e.k != handle_log::shared_dec || !e.object) continue;
+    if (e.out_at > done) {
+      write_stdout(std::string_view(s->out).substr(done, e.out_at - done));
+      done = e.out_at;
+    }
+    shared_release_now(static_cast<shared_block*>(std::exchange(e.object, nullptr)));
+  }
+  if (done) s->out.erase(0, done);
+  if (!s->out.empty() || !s->other.empty()) flush_output(s);
 }
 
 // --- dispatch ---------------------------------------------------------------------------------------
@@ -535,7 +558,7 @@ void release_logged_handles(segment* s) noexcept {
 [[gnu::always_inline]] inline tasklet_impl* apply_record(runtime& r, worker* self, tasklet_impl* h, segment* s) {
   ordered_state& o = state_of(r);
   std::vector<std::function<void()>> hooks = s->tx.segment_finish_commit();
-  if (!s->out.empty() || !s->other.empty()) flush_output(s);
+  flush_output_and_releases(s);
   for (auto& f : hooks) f();  // none: a tasklet's hooks ran when its atomically ended
   r.current = h;
   h->started = true;
@@ -810,6 +833,7 @@ segment* run_new(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
   s->ran_by = &w;
   w.in_segment = true;
   s->inevitable = s->at_head && needs_head(o, t);
+  s->handles.releases_now = s->inevitable;
   t->want_head = false;
   if (!t->has_context) context_prepare(t, r.stacks().allocate());
   // The snapshot is copied after the commit lock is let go: it was a third of the lock's hold per
@@ -974,7 +998,10 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
       return;
     }
     s->inevitable = true;
-    flush_output(s);  // at the head everything before it is out: print directly from now on
+    // At the head everything before it is out: print directly from now on, and drop weft::shared
+    // handles at once (those dropped so far go now, in their place in its output).
+    flush_output_and_releases(s);
+    s->handles.releases_now = true;
     s->ran_by = &w;
     w.in_segment = true;
     lk.unlock();
@@ -1117,7 +1144,7 @@ void handle_log::record(void* object, kind k) {
     items = n;
     cap = c;
   }
-  items[size++] = {object, k};
+  items[size++] = {object, k, out ? static_cast<std::uint32_t>(out->size()) : 0};
 }
 
 void observe_scheduler() noexcept { park_for_head(); }
@@ -1389,7 +1416,7 @@ bool try_in_place(const runtime& r, tasklet_impl* self, const segment* s) noexce
   s->out.clear();
   s->other.clear();
   s->has_snapshot = s->doomed = false;
-  s->inevitable = true;
+  s->inevitable = s->handles.releases_now = true;
   s->channels_made = self->channels_made;
   self->want_head = false;  // it is the head
   lk.unlock();

@@ -8,7 +8,10 @@
 // re-run counts a second time and the object is destroyed while still held — a crash. A
 // weft::shared copy made in a segment is undone if the segment is rolled back, and a drop waits for
 // its commit: the object's destructor runs once, when the segment that dropped its last handle
-// commits, in serial order (as channel and tasklet handles do, DESIGN.md §4.7.5). A handle held by a
+// commits, in serial order (as channel and tasklet handles do, DESIGN.md §4.7.5). What it prints with
+// weft::print comes where one worker prints it, between the segment's lines from before and after
+// the drop; its other effects (tvar writes) follow the segment's own. In a segment that runs
+// inevitable (become_inevitable, or at the head) a drop is final at once. A handle held by a
 // tvar's value is dropped when the epoch GC frees that version after it was replaced (on the thread
 // that committed the replacement, once no reader can hold the old version).
 //
@@ -50,7 +53,7 @@ inline void shared_release_now(shared_block* b) noexcept {
 }
 inline void shared_release(shared_block* b) noexcept {
   if (!b) return;
-  if (handle_log* log = segment_handles) [[unlikely]] {
+  if (handle_log* log = segment_handles; log && !log->releases_now) [[unlikely]] {
     log->record(b, handle_log::shared_dec);  // at the segment's commit
     return;
   }

@@ -165,9 +165,15 @@ class handle_log {
   struct entry {
     void* object;
     kind k;
+    std::uint32_t out_at = 0;  ///< how much of the segment's deferred output came before it
   };
   entry* items = nullptr;
   std::uint32_t size = 0, cap = 0;
+  /// The segment's deferred standard output: a weft::shared object whose last handle the segment
+  /// drops is destroyed at the commit between the output written before and after the drop.
+  const std::string* out = nullptr;
+  /// The segment runs inevitable: weft::shared releases happen at once, as with one worker.
+  bool releases_now = false;
 };
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local handle_log* segment_handles;
 
