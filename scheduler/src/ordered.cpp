@@ -1412,9 +1412,7 @@ bool try_in_place(const runtime& r, tasklet_impl* self, const segment* s) noexce
   }
   ++o.segments, ++w.segments;  // run_timed counts the last segment of the jump, not this one
   self->in_place_backoff = 0;
-  s->ending = intent{.kind = intent_kind::yield};
-  s->out.clear();
-  s->other.clear();
+  s->ending = intent{.kind = intent_kind::yield};  // its output and handle log went with the commit
   s->has_snapshot = s->doomed = false;
   s->inevitable = s->handles.releases_now = true;
   s->channels_made = self->channels_made;
@@ -1431,10 +1429,7 @@ op_status ordered_perform(runtime& r, intent& in) {
   worker* w = this_worker();
   tasklet_impl* self = w->running;
   if (transaction* tx = current_transaction(); tx && (!tx->is_segment() || tx->in_scope())) [[unlikely]]
-    throw std::logic_error(
-        "a tasklet or channel operation (send, receive, try_send/try_receive, schedule, spawn, insert, run, "
-        "kill, close, preference, set_name, ...) inside weft::atomically: these act on the scheduler, "
-        "which a transaction cannot roll back; move it out of the transaction");
+    throw std::logic_error(scheduler_op_in_transaction);
   if (self != r.main) {
     // A switch point reached while an exception thrown in this attempt propagates (a destructor
     // sends on a channel): the exception object is untracked memory of the attempt, referenced

@@ -228,10 +228,7 @@ op_status perform(intent& in) {
   runtime& r = *rp;
   if (r.is_parallel()) return ordered_perform(r, in);
   if (current_transaction()) [[unlikely]]
-    throw std::logic_error(
-        "a tasklet or channel operation (send, receive, try_send/try_receive, schedule, spawn, insert, run, "
-        "kill, close, preference, set_name, ...) inside weft::atomically: these act on the scheduler, "
-        "which a transaction cannot roll back; move it out of the transaction");
+    throw std::logic_error(scheduler_op_in_transaction);
   tasklet_impl* self = r.current;
   apply_result res = in.kind == intent_kind::channel_op ? apply_channel(r, in) : apply(r, in);
   if (res.next != self)
@@ -299,6 +296,15 @@ run_statistics run_stats() {
   return {};
 }
 
+namespace {
+// Frees what the epoch GC holds, as far as other threads allow: an object retired at epoch e goes once
+// the epoch is past e + 1 (a collection advances it by one); a plain thread still in a transaction may
+// hold some back.
+void collect_retired_values() noexcept {
+  for (int i = 0; i < 3 && detail::epoch_pending() != 0; ++i) detail::epoch_collect();
+}
+}  // namespace
+
 resource_counts shutdown() {
   // A tasklet running on a worker thread (ordered mode) finds its runtime there: it must get the
   // error too, not an empty count (the thread owns no runtime of its own).
@@ -354,9 +360,8 @@ resource_counts shutdown() {
   // Old tvar values retired to the epoch GC may hold the last handles of tasklets and channels: free
   // them now, so that the counts are those of a quiescent program whatever the mode (one worker
   // collects rarely, ordered mode at every segment: a newcomer's program got 6 control blocks at
-  // one worker and 1 at two). An object retired at epoch e is freed once the epoch is past e + 1;
-  // a plain thread still in a transaction may hold some back.
-  for (int i = 0; i < 3 && detail::epoch_pending() != 0; ++i) detail::epoch_collect();
+  // one worker and 1 at two).
+  collect_retired_values();
   resource_counts counts = resources();
   if (counts.live_tasklets != 0)
     detail::diagnostics().warn("weft: {} tasklets refused to die at shutdown; their stacks are leaked", counts.live_tasklets);
@@ -366,7 +371,7 @@ resource_counts shutdown() {
   // free yet went to the GC's orphan list when they ended, after the collections above (values a run
   // replaced at 2 workers, weft::shared objects among them, were never destroyed: 2393-2399 of 2400
   // in a newcomer's program).
-  for (int i = 0; i < 3 && detail::epoch_pending() != 0; ++i) detail::epoch_collect();
+  collect_retired_values();
   return counts;
 }
 

@@ -123,6 +123,12 @@ struct runtime {
 /// another thread, and the compiler must not reuse a thread-local address computed before a switch.
 runtime& this_runtime();
 
+/// The error for a tasklet or channel operation inside weft::atomically (perform, ordered_perform).
+inline constexpr const char* scheduler_op_in_transaction =
+    "a tasklet or channel operation (send, receive, try_send/try_receive, schedule, spawn, insert, run, "
+    "kill, close, preference, set_name, ...) inside weft::atomically: these act on the scheduler, "
+    "which a transaction cannot roll back; move it out of the transaction";
+
 struct apply_result {
   tasklet_impl* next;  // who runs now (may be the caller)
   op_status status = op_status::ok;
