@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include <weft/detail/epoch.hpp>
 #include <weft/stm.hpp>
 #include <weft/weft.hpp>
@@ -22,6 +23,7 @@
 
 using namespace weft;
 using weft::test::my_counters;
+using weft::test::fresh_runtime;
 using weft::test::solo_on;
 
 namespace {
@@ -244,6 +246,82 @@ TEST_CASE("on_abort runs for each conflicting attempt, on_commit once", "[unit][
   CHECK(aborts == 1);
   CHECK(commits == 1);
   CHECK(y.get() == 101);
+}
+
+TEST_CASE("an on_abort hook may use what its attempt allocated", "[unit][stm]") {
+  // The hook runs, and is destroyed, before the rolled-back attempt's allocations are freed: a hook
+  // holding a std::shared_ptr made in its attempt read the freed object and released into it (ASan:
+  // heap use after free in rollback_after_conflict).
+  tvar<int> x{0}, y{0};
+  helper_thread writer([&] { x.set(x.get() + 1); });
+  int attempts = 0;
+  std::string seen;
+  atomically([&] {
+    ++attempts;
+    auto note = std::make_shared<std::string>(fmt::format("attempt {} of a block that rolled back", attempts));
+    on_abort([note, &seen] { seen += *note; });
+    int v = x.get();
+    if (attempts == 1) writer.run_and_wait();  // x changes under us: this attempt must fail
+    y.set(v + 1);
+  });
+  CHECK(attempts == 2);
+  CHECK(seen == "attempt 1 of a block that rolled back");
+  CHECK(y.get() == 2);
+}
+
+TEST_CASE_METHOD(fresh_runtime, "on_abort hooks of an undone nested block may use what the block allocated",
+                 "[unit][stm]") {
+  // An or_else branch that retries and a nested atomically that an exception leaves: their hooks run
+  // before the block's memory is freed (run after, a hook holding a std::shared_ptr made in the
+  // block read the freed object and released into it), inside the enclosing transaction (their tvar
+  // writes are its). In main's transactions and in tasklets' segments (rolled back and run again in
+  // the ordered modes of the matrix).
+  tvar<long> hooked{0}, blocks{0};
+  auto block = [&](long round) {
+    atomically([&] {
+      blocks.set(blocks.get() + 1);
+      // Never runs (main's transactions do not conflict; a tasklet's block that ends is never undone
+      // by its segment's rollback): dropped with the attempt, before its memory is freed.
+      auto kept = std::make_shared<std::string>(fmt::format("block of round {}", round));
+      on_abort([kept, &hooked] { hooked.set(hooked.get() + 1000000 + static_cast<long>(kept->size())); });
+      or_else(
+          [&] {
+            auto note = std::make_shared<std::string>(fmt::format("or_else branch of round {} undone", round));
+            on_abort([note, &hooked] { hooked.set(hooked.get() + static_cast<long>(note->size())); });
+            retry();
+          },
+          [] {});
+      try {
+        atomically([&] {
+          auto note = std::make_shared<std::string>(fmt::format("nested block of round {} undone", round));
+          on_abort([note, &hooked] { hooked.set(hooked.get() + static_cast<long>(note->size())); });
+          throw std::runtime_error("undo");
+        });
+      } catch (const std::runtime_error&) {
+      }
+    });
+  };
+  auto expected = [](long round) {
+    return static_cast<long>(fmt::format("or_else branch of round {} undone", round).size() +
+                             fmt::format("nested block of round {} undone", round).size());
+  };
+  block(0);
+  CHECK(hooked.get() == expected(0));
+  long want = expected(0);
+  constexpr int tasklets = 4, rounds = 50;
+  for (int t = 0; t < tasklets; ++t)
+    spawn([&, t] {
+      for (int r = 1; r <= rounds; ++r) {
+        block(t * 1000 + r);
+        if (r % 3 == 0) schedule();
+      }
+    });
+  for (int t = 0; t < tasklets; ++t)
+    for (int r = 1; r <= rounds; ++r) want += expected(t * 1000 + r);
+  run();
+  CHECK(blocks.get() == 1 + tasklets * rounds);
+  CHECK(hooked.get() == want);
+  fresh_runtime::check_clean();
 }
 
 TEST_CASE("retry blocks until something read changes", "[unit][stm]") {

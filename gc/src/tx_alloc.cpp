@@ -100,7 +100,9 @@ bool alloc_log::forget_alloc(void* p) noexcept {
   if (!index_contains(p)) return false;
   for (std::size_t i = alloc_count_; i-- > 0;) {  // usually the most recent allocation
     if (allocs_[i] != p) continue;
-    if (i < floor_) return false;  // an enclosing scope's: deferred (the scope may roll back)
+    // An enclosing scope's: deferred (the scope may roll back), unless code outside the attempt
+    // deletes it (releasing): that delete is not undone by any rollback.
+    if (i < floor_ && !releasing_) return false;
     allocs_[i] = nullptr;
     index_erase(p);
     return true;
@@ -161,6 +163,29 @@ std::size_t alloc_log::rollback_to(mark m) noexcept {
   return freed;
 }
 
+std::size_t alloc_log::rollback_between(mark m, mark end) noexcept {
+  std::size_t freed = 0;
+  for (std::size_t i = m.allocs; i < end.allocs; ++i) {
+    if (allocs_[i]) {
+      index_erase(allocs_[i]);
+      std::free(allocs_[i]);
+      ++freed;
+    }
+  }
+  if (alloc_count_ > end.allocs)
+    std::memmove(allocs_ + m.allocs, allocs_ + end.allocs, (alloc_count_ - end.allocs) * sizeof(void*));
+  alloc_count_ -= end.allocs - m.allocs;
+  drop_frees_between(m, end);
+  if (floor_ > alloc_count_) floor_ = alloc_count_;
+  return freed;
+}
+
+void alloc_log::drop_frees_between(mark m, mark end) noexcept {
+  if (free_count_ > end.frees)
+    std::memmove(frees_ + m.frees, frees_ + end.frees, (free_count_ - end.frees) * sizeof(void*));
+  free_count_ -= end.frees - m.frees;
+}
+
 std::size_t alloc_log::commit() noexcept {
   const std::size_t deferred = free_count_;
   // The committing transaction is still installed: no collection (deleters) from here.
@@ -190,7 +215,7 @@ inline void* allocate(std::size_t n) {
   if (!p) [[unlikely]]
     throw std::bad_alloc();
   if (alloc_log* log = active_log) [[unlikely]]
-    log->record_alloc(p);
+    if (!log->releasing()) log->record_alloc(p);
   return p;
 }
 inline void* allocate_aligned(std::size_t n, std::size_t align) {
@@ -198,7 +223,7 @@ inline void* allocate_aligned(std::size_t n, std::size_t align) {
   if (!p) [[unlikely]]
     throw std::bad_alloc();
   if (alloc_log* log = active_log) [[unlikely]]
-    log->record_alloc(p);
+    if (!log->releasing()) log->record_alloc(p);
   return p;
 }
 inline void deallocate(void* p) noexcept {

@@ -1095,12 +1095,28 @@ std::vector<std::function<void()>> transaction::discard_attempt(bool free_create
 
 void transaction::rollback_after_conflict() {
   std::vector<std::function<void()>> aborts = discard_attempt(true);
-  counters::bump(stats.allocations_undone, allocs_.abort());
   const bool keep_token = holds_token_ && want_inevitable_;
   if (holds_token_ && !keep_token) release_token();
   reset_attempt();
-  for (auto& h : aborts) h();
-  aborts.clear();
+  // The on_abort hooks run, and are destroyed, before the attempt's memory is freed: they may hold
+  // or read what the attempt made (a std::shared_ptr made in the block: run after the rollback, a
+  // hook read the freed object and released into it). What they allocate is theirs, not the
+  // attempt's, and what they delete of the attempt's is freed once. The memory is freed also when a
+  // hook throws (the exception leaves atomically).
+  struct free_attempt_memory {
+    transaction& tx;
+    ~free_attempt_memory() { counters::bump(tx.stats.allocations_undone, tx.allocs_.abort()); }
+  } free_after{*this};
+  {
+    alloc_log_release_scope release(allocs_);
+    try {
+      for (auto& h : aborts) h();
+    } catch (...) {
+      aborts.clear();  // before free_after frees what they hold
+      throw;
+    }
+    aborts.clear();
+  }
   if (++consecutive_aborts_ >= inevitable_after.load(std::memory_order_relaxed) && !want_inevitable_) {
     want_inevitable_ = true;
     inevitable_reason_ = "too many aborts in a row (stm_options::inevitable_after)";
@@ -1304,8 +1320,15 @@ void transaction::segment_abort() noexcept {
   // rule), and before the rollback frees the attempt's memory: what they hold may live there (a
   // weft::shared made in the block, whose release wrote into its freed block: heap corruption at 2
   // workers, a newcomer's program). They were made outside the log, so they are destroyed outside
-  // it; a handle they release is counted in the caller's log (see ordered.cpp, abort_segment).
-  aborts.clear();
+  // it, and what they hold of the attempt's memory is freed once (a std::shared_ptr made in the
+  // block was freed as plain memory and again by the rollback); a handle they release is counted in
+  // the caller's log (see ordered.cpp, abort_segment). So are the hooks of an undone block that were
+  // running when the segment was doomed.
+  {
+    alloc_log_release_scope release(allocs_);
+    aborts.clear();
+  }
+  drop_running_abort_hooks();
   counters::bump(stats.allocations_undone, allocs_.abort());
   if (holds_token_) release_token();
   inevitable_ = want_inevitable_ = false;
@@ -1415,17 +1438,6 @@ void transaction::replace_write(write_entry& w, std::uint64_t b, const std::sour
 
 // --- or_else scopes ------------------------------------------------------------------------------
 
-namespace {
-// Destroys abort hooks (copies made outside the attempt's log) outside it too, also when one throws.
-struct hooks_freed_outside_log {
-  std::vector<std::function<void()>>& hooks;
-  ~hooks_freed_outside_log() {
-    alloc_log_pause pause;
-    std::vector<std::function<void()>>().swap(hooks);
-  }
-};
-}  // namespace
-
 // The outermost scope closed: the values its replaced writes held (boxes) are nobody's now.
 void transaction::drop_undo(const scope_mark& m) noexcept {
   for (std::uint32_t i = m.undo; i < undo_.size; ++i) {
@@ -1435,7 +1447,7 @@ void transaction::drop_undo(const scope_mark& m) noexcept {
   undo_.size = m.undo;
 }
 
-void transaction::rollback_scope(const scope_mark& m, bool keep_allocations) noexcept {
+void transaction::rollback_scope(const scope_mark& m, bool keep_allocations) {
   // In a segment the outermost block stands for the transaction one worker would run: rolled back
   // (an exception leaves it), a retry signal user code caught inside it ends with it, as that
   // transaction's abort clears it. Left pending, the segment could never commit.
@@ -1458,30 +1470,59 @@ void transaction::rollback_scope(const scope_mark& m, bool keep_allocations) noe
   writes_.size = m.writes;
   if (index_.size) reindex();
   commit_hooks_.resize(m.commit_hooks);
-  std::vector<std::function<void()>> aborts;
   {
     // The abort hooks are copies made outside the attempt's log (add_abort_hook) and are freed
     // outside it: a free inside it waits for the segment's commit, and a later rollback of the
     // segment lost it (a leak found by LSan in a newcomer's program, on_abort in a nested block).
-    // (Commit hooks are moved in: their memory may be the attempt's, recognised by its log.)
+    // (Commit hooks are moved in: their memory may be the attempt's, recognised by its log.) They
+    // are kept in the transaction while they run: a hook's read that dooms a segment leaves it by a
+    // jump, without unwinding, and segment_abort drops them (a local list leaked).
     alloc_log_pause pause;
-    aborts.assign(std::make_move_iterator(abort_hooks_.begin() + m.abort_hooks),
-                  std::make_move_iterator(abort_hooks_.end()));
+    running_abort_hooks_.emplace_back(std::make_move_iterator(abort_hooks_.begin() + m.abort_hooks),
+                                      std::make_move_iterator(abort_hooks_.end()));
     abort_hooks_.resize(m.abort_hooks);
   }
   destroyed_.size = m.destroyed;
-  if (keep_allocations) {
-    // The memory stays (the exception may refer to it), and so do the tvars made in it, with the
-    // values they were made with; deletes in the scope did not happen.
-    allocs_.drop_frees_after(m.allocs);
-  } else {
-    drop_created_from(m.created, m.allocs.allocs);
-    counters::bump(stats.allocations_undone, allocs_.rollback_to(m.allocs));
-  }
-  allocs_.set_floor(m.alloc_floor);
-  created_floor_ = m.created_floor;
-  const hooks_freed_outside_log drop{aborts};
-  for (auto& h : aborts) h();
+  if (!keep_allocations) drop_created_from(m.created, m.allocs.allocs);
+  // The hooks run, and are destroyed, before the scope's memory is freed: they may hold or read what
+  // it made (a std::shared_ptr made in the block: run after the rollback, a hook read the freed
+  // object and released into it). They run in the enclosing attempt: what they allocate and delete
+  // is logged after the scope's entries, and stays when those are undone. A delete of the scope's
+  // memory frees it at once (the scope's floor still stands). The scope is undone also when a hook
+  // throws (a conflict its read found, or its own exception: it propagates from the block).
+  struct finish {
+    transaction& tx;
+    const scope_mark& m;
+    bool keep_allocations;
+    alloc_log::mark end;
+    ~finish() {
+      {
+        alloc_log_release_scope release(tx.allocs_);  // see drop_running_abort_hooks
+        tx.running_abort_hooks_.pop_back();
+      }
+      if (keep_allocations) {
+        // The memory stays (the exception may refer to it), and so do the tvars made in it, with
+        // the values they were made with; deletes in the scope did not happen.
+        tx.allocs_.drop_frees_between(m.allocs, end);
+      } else {
+        counters::bump(tx.stats.allocations_undone, tx.allocs_.rollback_between(m.allocs, end));
+      }
+      tx.allocs_.set_floor(m.alloc_floor);
+      tx.created_floor_ = m.created_floor;
+    }
+  } const done{*this, m, keep_allocations, allocs_.position()};
+  // By index: a hook's own nested blocks may push lists of their own (the vector of lists may move,
+  // the hooks in a list do not).
+  const std::size_t level = running_abort_hooks_.size() - 1;
+  for (std::size_t i = 0; i < running_abort_hooks_[level].size(); ++i) running_abort_hooks_[level][i]();
+}
+
+void transaction::drop_running_abort_hooks() noexcept {
+  // Destroyed outside the log: they were made outside it, while what they hold of the attempt's
+  // memory is freed once now and forgotten by the log (a std::shared_ptr made in the attempt: freed
+  // as plain memory, the rollback freed it a second time).
+  alloc_log_release_scope release(allocs_);
+  running_abort_hooks_.clear();
 }
 
 void transaction::run_scope_commit_hooks(const scope_mark& m) {

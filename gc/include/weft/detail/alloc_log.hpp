@@ -25,8 +25,8 @@ class alloc_log {
   alloc_log& operator=(const alloc_log&) = delete;
 
   void record_alloc(void* p) noexcept;
-  /// True if p was allocated in this attempt, inside the innermost open scope (it is now forgotten:
-  /// the caller frees it).
+  /// True if p was allocated in this attempt, inside the innermost open scope (in any scope while
+  /// releasing) (it is now forgotten: the caller frees it).
   bool forget_alloc(void* p) noexcept;
   void defer_free(void* p) noexcept;
 
@@ -66,8 +66,14 @@ class alloc_log {
     std::size_t count_ = 0;
   };
   ranges ranges_after(std::size_t first) const noexcept;
-  /// Drops the frees deferred after `m` (those deletes did not happen); allocations stay.
-  void drop_frees_after(mark m) noexcept { free_count_ = m.frees; }
+  /// Like rollback_to(m) for what was logged between `m` and `end` only: frees those allocations and
+  /// drops those deferred frees; what was logged after `end` stays (moved down to `m`). For code that
+  /// runs after a scope ended and before its rollback (on_abort hooks): its allocations and deletes
+  /// belong to the enclosing attempt. Returns the number of allocations freed.
+  std::size_t rollback_between(mark m, mark end) noexcept;
+  /// Drops the frees deferred between `m` and `end` (those deletes did not happen); allocations stay,
+  /// and so do the frees deferred after `end` (see rollback_between).
+  void drop_frees_between(mark m, mark end) noexcept;
   /// Attempt committed: allocations stay, deferred frees go to the epoch GC; returns their number.
   std::size_t commit() noexcept;
   /// Attempt ended by an exception: allocations stay (the exception may use them), frees are dropped.
@@ -76,7 +82,8 @@ class alloc_log {
   std::size_t abort() noexcept { return rollback_to({0, 0}); }
   bool empty() const noexcept { return alloc_count_ == 0 && free_count_ == 0; }
   /// While true (alloc_log_release_scope), a delete of memory the log did not allocate is a plain
-  /// delete, not deferred: the runtime is dropping objects an attempt left behind, outside it.
+  /// delete, not deferred, and `new` is not recorded: code outside the attempt is running (dropping
+  /// objects an attempt left behind, on_abort hooks) before the attempt's memory is freed.
   bool releasing() const noexcept { return releasing_; }
 
  private:
@@ -114,10 +121,12 @@ inline alloc_log* set_active_alloc_log(alloc_log* log) noexcept {
   return old;
 }
 
-/// Installs `log` for the scope so that objects the runtime kept from an attempt that is about to
-/// be rolled back (an exception escaping a tasklet's aborted segment) can be destroyed first: memory
-/// the attempt allocated is freed once, now, and forgotten by the log (its rollback would free it a
-/// second time); older memory is freed as by a delete outside any transaction.
+/// Installs `log` for the scope so that code outside the attempt can run before the attempt's memory
+/// is freed — objects the runtime kept from an attempt that is about to be rolled back (an exception
+/// escaping a tasklet's aborted segment) destroyed, on_abort hooks run: memory the attempt allocated
+/// is freed once, now, and forgotten by the log (its rollback would free it a second time); older
+/// memory is freed as by a delete outside any transaction; what is allocated is not recorded (it
+/// belongs to the code that runs, not to the attempt).
 class alloc_log_release_scope {
  public:
   explicit alloc_log_release_scope(alloc_log& log) noexcept : log_(log), saved_(set_active_alloc_log(&log)) {

@@ -279,10 +279,11 @@ class alignas(64) transaction {
     if (--scope_depth_ == 0 && undo_.size != m.undo) [[unlikely]]
       drop_undo(m);
   }
-  /// Undoes the scope: its writes, tvars made and destroyed in it, hooks (its abort hooks run), and
-  /// its allocations — unless `keep_allocations` (an exception leaves the scope and may refer to
-  /// memory allocated there: it stays, owned by the enclosing attempt).
-  void rollback_scope(const scope_mark& m, bool keep_allocations = false) noexcept;
+  /// Undoes the scope: its writes, tvars made and destroyed in it, hooks (its abort hooks run, before
+  /// its memory is freed), and its allocations — unless `keep_allocations` (an exception leaves the
+  /// scope and may refer to memory allocated there: it stays, owned by the enclosing attempt).
+  /// Throws what an abort hook throws (weft's conflict signal among them), the scope undone.
+  void rollback_scope(const scope_mark& m, bool keep_allocations = false);
 
   /// The control-flow signals (conflict, retry). Recorded before they are thrown, so that an attempt
   /// whose signal was caught by user code (`catch (...)` that does not rethrow) cannot commit.
@@ -509,6 +510,9 @@ class alignas(64) transaction {
   /// we began). Otherwise a read of a tvar we hold locked is valid without looking up its entry.
   bool stale_write_locked_ = false;
   std::vector<std::function<void()>> commit_hooks_, abort_hooks_;
+  /// The abort hooks of undone scopes while they run (rollback_scope), innermost last.
+  std::vector<std::vector<std::function<void()>>> running_abort_hooks_;
+  void drop_running_abort_hooks() noexcept;
   alloc_log allocs_;
   alloc_log* saved_log_ = nullptr;
   epoch_slot* epoch_ = nullptr;
