@@ -24,6 +24,7 @@
 using namespace weft;
 using weft::test::my_counters;
 using weft::test::fresh_runtime;
+using weft::test::require_throws_message;
 using weft::test::solo_on;
 
 namespace {
@@ -322,6 +323,53 @@ TEST_CASE_METHOD(fresh_runtime, "on_abort hooks of an undone nested block may us
   CHECK(blocks.get() == 1 + tasklets * rounds);
   CHECK(hooked.get() == want);
   fresh_runtime::check_clean();
+}
+
+TEST_CASE("an exception from an on_abort hook leaves atomically, the attempt undone", "[unit][stm]") {
+  // From the hooks of an or_else branch that retried, of a nested block an exception left, and of a
+  // rolled-back attempt: the exception propagates from atomically, nothing the attempt did stays
+  // (LSan: what the attempt and the hooks allocated is freed).
+  tvar<int> x{0};
+  for (const int where : {0, 1}) {
+    INFO((where == 0 ? "or_else branch" : "nested block"));
+    require_throws_message<std::runtime_error>(
+        [&] {
+          atomically([&] {
+            x.set(1);
+            auto undo = [&] {
+              auto note = std::make_shared<std::string>("the hook of an undone block throws");
+              on_abort([note] { throw std::runtime_error(*note); });
+            };
+            if (where == 0) {
+              or_else([&] { undo(), retry(); }, [] {});
+            } else {
+              try {
+                atomically([&] { undo(), throw std::logic_error("undo"); });
+              } catch (const std::logic_error&) {
+              }
+            }
+            x.set(2);
+          });
+        },
+        "the hook of an undone block throws");
+    CHECK(x.get() == 0);
+  }
+  helper_thread writer([&] { x.set(x.get() + 1); });
+  int attempts = 0;
+  require_throws_message<std::runtime_error>(
+      [&] {
+        atomically([&] {
+          ++attempts;
+          auto note = std::make_shared<std::string>("the hook of a rolled-back attempt throws");
+          on_abort([note] { throw std::runtime_error(*note); });
+          const int v = x.get();
+          if (attempts == 1) writer.run_and_wait();  // x changes under us: this attempt fails
+          x.set(v + 10);
+        });
+      },
+      "the hook of a rolled-back attempt throws");
+  CHECK(attempts == 1);
+  CHECK(x.get() == 1);
 }
 
 TEST_CASE("retry blocks until something read changes", "[unit][stm]") {
