@@ -273,7 +273,11 @@ void on_commit(std::function<void()> fn);
 /// Runs fn each time the enclosing transaction's attempt is rolled back (ignored outside one). In a
 /// tasklet in ordered mode: when the atomically block itself is abandoned (an exception escapes it);
 /// never when the segment around a finished block is rolled back and run again (with one worker that
-/// never happens).
+/// never happens). A rolled-back block's hooks run (an or_else branch that retried, a nested block
+/// an exception left: inside the enclosing transaction, whose tvars they may write) and are
+/// destroyed before the memory the block allocated is freed: fn may hold and read what the block
+/// made (a std::shared_ptr, a string). An exception fn throws propagates from atomically (from the
+/// nested block or or_else), the attempt undone.
 void on_abort(std::function<void()> fn);
 /// Makes the enclosing transaction inevitable: it cannot abort any more (at most one at a time;
 /// others go on committing unless they conflict with it). For irreversible work. No-op outside.
