@@ -12,6 +12,8 @@
 #                                 segment speculative) vs serial: targets <= 1.1 mandelbrot, <= 1.4 hackysack
 #   scaling                       ordered at 2 workers vs serial: mandelbrot >= 1.9, agents >= 1.7, bank (1M
 #                                 accounts) >= 1.5; hackysack and sieve >= 0.9 through the one-way guard
+#   ceiling                       weft_ceiling: the same work on plain std::threads, 2 vs 1 (what the
+#                                 machine gives mandelbrot and agents without any runtime)
 #   segment sweep                 weft_segment_sweep at 2 workers (guard off) vs 1, per segment length,
 #                                 beside the prototype's fit 2s / (s + 0.57 us)
 # Each ordered run also reports (WEFT_STATS=1) aborts per commit and the mean segment length.
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/.."
 baseline="${1:-}"
 reps="${2:-5}"
 b=build
-for t in weft_workloads weft_segment_sweep; do [ -x "$b/bench/$t" ] || { echo "build $b first (Release)" >&2; exit 2; }; done
+for t in weft_workloads weft_segment_sweep weft_ceiling; do [ -x "$b/bench/$t" ] || { echo "build $b first (Release)" >&2; exit 2; }; done
 grep -q 'CMAKE_BUILD_TYPE:STRING=Release' "$b/CMakeCache.txt" || { echo "$b is not a Release build" >&2; exit 2; }
 for v in $(env | grep -o '^WEFT_[A-Z_]*' || true); do unset "$v"; done
 
@@ -88,6 +90,10 @@ for ((i = 0; i < reps; ++i)); do
     [ -f "$tmp/serial-$s" ] && [ "$(wc -l < "$tmp/serial-$s")" -gt "$i" ] || time_of "serial-$s" ${cmd[$s]}
     time_of "ordered2-$s" env WEFT_WORKERS=2 WEFT_STATS=1 ${cmd[$s]}
   done
+  for s in mandelbrot agents; do
+    time_of "plain1-$s" $b/bench/weft_ceiling $s 1
+    time_of "plain2-$s" $b/bench/weft_ceiling $s 2
+  done
   for us in "${sweep_us[@]}"; do
     steps=$(awk -v u="$us" -v r="$steps_per_us" 'BEGIN {printf "%d", u * r + 0.5}')
     segs=$(awk -v u="$us" 'BEGIN {n = int(20000 / u); if (n < 20) n = 20; if (n > 2000) n = 2000; print n}')
@@ -113,6 +119,10 @@ for s in mandelbrot agents bank hackysack sieve; do
   case $s in mandelbrot) t=">= 1.9" ;; agents) t=">= 1.7" ;; bank) t=">= 1.5" ;; *) t=">= 0.9 (guard)" ;; esac
   fb=$(grep -q 'fell back' "$tmp/ordered2-$s.stats" && echo "fell back to serial; " || true)
   row "speedup 2 workers vs serial: $s" "$(ratio serial-$s ordered2-$s)" "$t; $fb$(notes ordered2-$s)"
+done
+for s in mandelbrot agents; do
+  same_sum "serial-$s" "plain2-$s"
+  row "ceiling, plain threads 2 vs 1: $s" "$(ratio plain1-$s plain2-$s)" "same work, no runtime (bench/ceiling.cpp)"
 done
 for us in "${sweep_us[@]}"; do
   same_sum "sweep1-$us" "sweep2-$us"
