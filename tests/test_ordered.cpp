@@ -449,6 +449,37 @@ TEST_CASE_METHOD(fresh_runtime, "run_stats counts every thread's segments, commi
   }
 }
 
+TEST_CASE_METHOD(fresh_runtime, "after the fallback to serial a worker thread's wait counts as idle time", "[unit][ordered]") {
+  // Ping-pong: segments far too short for parallelism, so at two workers (guard on) the run drains
+  // to serial state and the worker thread sleeps for the rest of it. That sleep was counted as
+  // committing and dispatching (WEFT_STATS showed 200 ms of it for a sieve run with 0.1 ms of
+  // segments).
+  channel<int> ping, pong;
+  tvar<int> result{0};
+  constexpr int rounds = 100000;
+  spawn([&] {
+    for (int i = 0; i < rounds; ++i) pong.send(ping.receive() + 1);
+  });
+  spawn([&] {
+    int v = 0;
+    for (int i = 0; i < rounds; ++i) {
+      ping.send(v);
+      v = pong.receive();
+    }
+    result.set(v);
+  });
+  run();
+  CHECK(result.get() == rounds);
+  const run_statistics st = run_stats();
+  if (!ordered_two_or_more() || !st.fell_back_to_serial) return;
+  REQUIRE(st.per_thread.size() >= 2);
+  for (std::size_t i = 1; i < st.per_thread.size(); ++i) {
+    INFO("worker thread " << i << ": " << st.per_thread[i].commit_ms << " ms committing and dispatching, "
+                          << st.per_thread[i].idle_ms << " ms idle");
+    CHECK(st.per_thread[i].idle_ms > st.per_thread[i].commit_ms);
+  }
+}
+
 TEST_CASE_METHOD(fresh_runtime, "channel handles stored in tvars survive the rollback of the segments that stored them",
                  "[unit][ordered]") {
   // README's porting pattern: a registry of channels in a tvar, written by tasklets that also make
