@@ -36,6 +36,13 @@ extern const bool epoch_cheap_enter;  ///< reclaimers use membarrier(): entering
 /// released at thread exit (gc/src/epoch.cpp).
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local epoch_slot* epoch_self_slot;
 epoch_slot& epoch_self_slow();
+/// Gives the calling thread's record back before the thread exits, for a thread that will not use
+/// the GC for a long while (an ordered run's worker thread once the run fell back to serial): what it
+/// retired and could not free yet goes to the orphans (freed by the next collections of any thread),
+/// and it no longer counts as a participant, so that a thread left alone collects as a serial
+/// program does (a fence, no membarrier(), every few retires). A later use takes a record again.
+/// No-op inside a critical section or without a record.
+void epoch_release_self() noexcept;
 /// The calling thread's participant record (made on first use, released when the thread exits —
 /// after its thread_local destructors, which may still use it — and then recycled).
 inline epoch_slot& epoch_self() {
