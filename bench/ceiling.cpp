@@ -1,17 +1,23 @@
 // bench/ceiling.cpp — what plain threads get from the machine on the parallel samples' work: the
 // ceiling against which bench/ordered.sh reads weft's 2-worker speedups.
 //
-// Usage: weft_ceiling agents|mandelbrot THREADS
+// Usage: weft_ceiling agents|mandelbrot|bank THREADS
 //
 // The same computation, sizes and allocations as the samples at their defaults (samples/agents.cpp:
 // game of life on a 1024 x 1024 torus, 16 tiles of 64 rows, 100 ticks, seed 1, each tick's
 // generation a new vector, the old one freed; samples/mandelbrot.cpp: 1024 x 1024, 64 bands of 16
-// rows, 255 iterations at most), with no runtime: THREADS std::threads share the work the best way
-// plain threads can — agents: tile k on thread k % THREADS, a spinning barrier between ticks (no
-// futex wake-up, which takes 50-150 us on a VM); mandelbrot: bands handed out by an atomic counter.
+// rows, 255 iterations at most; samples/bank.cpp: 1,000,000 accounts, 8 streams of 100,000 transfers
+// drawn as the sample draws them, 2 auditors x 4 audits), with no runtime: THREADS std::threads share
+// the work the best way plain threads can — agents: tile k on thread k % THREADS, a spinning barrier
+// between ticks (no futex wake-up, which takes 50-150 us on a VM); mandelbrot: bands handed out by an
+// atomic counter; bank: stream w on thread w % THREADS, each transfer locking its two accounts
+// (a lock bit in a 16-byte account, as a tvar's lock word beside its value), the audits at four
+// spinning barriers, each scan split between the threads.
 // The kernels are copied from the samples (which stay single-file programs for readers): the
 // checksums printed here are the samples' (agents `checksum:`, mandelbrot `checksum:` of the weighted
-// sum), so a drift between the copies shows.
+// sum), so a drift between the copies shows. Bank's final balances depend on the order of the
+// transfers, which plain threads do not fix: it prints the total (1,000,000,000, conserved) instead,
+// and exits 1 if an audit or the total differs.
 //
 // Output: `checksum: N` on stdout, `time: X ms` (the parallel part only, as the samples time theirs)
 // on stderr.
@@ -21,6 +27,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <algorithm>
 #include <thread>
 #include <vector>
 
@@ -174,17 +182,115 @@ double mandelbrot(int threads, std::uint64_t& checksum) {
   return std::chrono::duration<double, std::milli>(stop - start).count();
 }
 
+
+// samples/bank.cpp's transfers and audits. An account is 16 bytes like a weft::tvar<std::int64_t>
+// (a lock word and the balance), in a std::deque as the sample's.
+struct account {
+  std::atomic<std::uint64_t> meta{0};  // bit 0: locked; the rest counts the writes
+  std::atomic<std::int64_t> balance{1000};
+};
+
+void lock(account& a) {
+  for (;;) {
+    std::uint64_t m = a.meta.load(std::memory_order_relaxed);
+    if (!(m & 1) && a.meta.compare_exchange_weak(m, m | 1, std::memory_order_acquire)) return;
+    while (a.meta.load(std::memory_order_relaxed) & 1) {
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+    }
+  }
+}
+void unlock(account& a) { a.meta.store((a.meta.load(std::memory_order_relaxed) | 1) + 3, std::memory_order_release); }
+
+double bank(int threads, std::uint64_t& checksum) {
+  static volatile long sizes[5] = {1000000, 100000, 8, 2, 1};  // accounts, transfers, streams, auditors, seed
+  const long accounts = sizes[0], transfers = sizes[1], streams = sizes[2], auditors = sizes[3];
+  const auto seed = static_cast<std::uint64_t>(sizes[4]);
+  constexpr long audits_each = 4, batch = 100;
+  std::deque<account> balance(static_cast<std::size_t>(accounts));
+  const std::int64_t expected = accounts * 1000;
+  std::atomic<long> arrived{0};
+  std::vector<std::int64_t> part(static_cast<std::size_t>(threads));
+  std::atomic<bool> failed{false};
+  // A spinning barrier: the k-th call of every thread returns once all threads made it.
+  auto barrier = [&](long& calls) {
+    arrived.fetch_add(1);
+    ++calls;
+    while (arrived.load() < calls * threads) std::this_thread::yield();
+  };
+  auto work = [&](int id) {
+    std::vector<splitmix64> rng;
+    for (long w = id; w < streams; w += threads) rng.push_back({seed ^ (static_cast<std::uint64_t>(w + 1) * 0xD1B54A32D192ED03ULL)});
+    const auto n = static_cast<std::uint64_t>(accounts);
+    const long batches = (transfers + batch - 1) / batch;
+    const long gap = std::max(1L, batches / audits_each);  // the sample's auditors wait this many batches
+    long calls = 0, audits = 0;
+    for (long b = 0; b < batches; ++b) {
+      for (splitmix64& r : rng)
+        for (long t = b * batch; t < std::min((b + 1) * batch, transfers); ++t) {
+          const auto from = static_cast<std::size_t>(r.next() % n);
+          auto to = static_cast<std::size_t>(r.next() % n);
+          if (to == from) to = (to + 1) % static_cast<std::size_t>(n);
+          const auto amount = static_cast<std::int64_t>(r.next() % 100 + 1);
+          account& first = balance[std::min(from, to)];
+          account& second = balance[std::max(from, to)];
+          lock(first);
+          lock(second);
+          const std::int64_t available = balance[from].balance.load(std::memory_order_relaxed);
+          const std::int64_t moved = std::min(amount, available);
+          balance[from].balance.store(available - moved, std::memory_order_relaxed);
+          balance[to].balance.store(balance[to].balance.load(std::memory_order_relaxed) + moved, std::memory_order_relaxed);
+          unlock(second);
+          unlock(first);
+        }
+      if ((b + 1) % gap != 0 || audits == audits_each) continue;
+      ++audits;
+      for (long a = 0; a < auditors; ++a) {  // each auditor's audit: a scan split between the threads
+        barrier(calls);
+        std::int64_t sum = 0;
+        const auto size = static_cast<std::size_t>(accounts), k = static_cast<std::size_t>(id),
+                   all = static_cast<std::size_t>(threads);
+        for (std::size_t i = k * size / all; i < (k + 1) * size / all; ++i)
+          sum += balance[i].balance.load(std::memory_order_relaxed);
+        part[static_cast<std::size_t>(id)] = sum;
+        barrier(calls);
+        if (id == 0) {
+          std::int64_t total = 0;
+          for (std::int64_t p : part) total += p;
+          if (total != expected) failed = true;
+        }
+      }
+    }
+  };
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> helpers;
+  for (int i = 1; i < threads; ++i) helpers.emplace_back(work, i);
+  work(0);
+  for (auto& h : helpers) h.join();
+  const auto stop = std::chrono::steady_clock::now();
+  std::int64_t total = 0;
+  for (const account& a : balance) total += a.balance.load(std::memory_order_relaxed);
+  if (total != expected) failed = true;
+  checksum = static_cast<std::uint64_t>(total);
+  if (failed) std::fprintf(stderr, "bank: money was not conserved\n");
+  return failed ? -1 : std::chrono::duration<double, std::milli>(stop - start).count();
+}
 }  // namespace
 
 int main(int argc, char** argv) {
   const int threads = argc == 3 ? std::atoi(argv[2]) : 0;
   if (argc != 3 || threads < 1 || threads > 1024 ||
-      (std::strcmp(argv[1], "agents") != 0 && std::strcmp(argv[1], "mandelbrot") != 0)) {
-    std::fprintf(stderr, "usage: %s agents|mandelbrot THREADS\n", argv[0]);
+      (std::strcmp(argv[1], "agents") != 0 && std::strcmp(argv[1], "mandelbrot") != 0 &&
+       std::strcmp(argv[1], "bank") != 0)) {
+    std::fprintf(stderr, "usage: %s agents|mandelbrot|bank THREADS\n", argv[0]);
     return 2;
   }
   std::uint64_t checksum = 0;
-  const double ms = std::strcmp(argv[1], "agents") == 0 ? agents(threads, checksum) : mandelbrot(threads, checksum);
+  const double ms = std::strcmp(argv[1], "agents") == 0   ? agents(threads, checksum)
+                    : std::strcmp(argv[1], "bank") == 0 ? bank(threads, checksum)
+                                                        : mandelbrot(threads, checksum);
+  if (ms < 0) return 1;
   std::printf("checksum: %llu\n", static_cast<unsigned long long>(checksum));
   std::fprintf(stderr, "time: %.1f ms\n", ms);
   return 0;
