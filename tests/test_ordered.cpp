@@ -1288,7 +1288,7 @@ TEST_CASE_METHOD(fresh_runtime, "memory freed by committed segments is reused wi
   // in a tvar; a coordinator is the barrier. Committed old values are freed a little later, in
   // batches (the epoch GC): glibc's heap then ends in a free stretch above its 128 KiB trim
   // threshold and handed it back to the system, and the next ticks faulted the pages in again —
-  // 16 faults per vector, 20% of the 2-worker run (weft_sample_agents: 1,530 page faults against
+  // 16 faults per vector (weft_sample_agents at 2 workers: 1,530 page faults against
   // 787 serially). Measured over a second run, after a first one has grown the heap.
   static constexpr int tiles = 16;
   static constexpr std::size_t bytes = 64 * 1024;

@@ -1103,19 +1103,22 @@ void transaction::rollback_after_conflict() {
   // hook read the freed object and released into it). What they allocate is theirs, not the
   // attempt's, and what they delete of the attempt's is freed once. The memory is freed also when a
   // hook throws (the exception leaves atomically).
-  struct free_attempt_memory {
+  // (The same shape as rollback_scope's: the hooks go, then the memory, in a destructor.)
+  struct finish {
     transaction& tx;
-    ~free_attempt_memory() { counters::bump(tx.stats.allocations_undone, tx.allocs_.abort()); }
-  } free_after{*this};
-  {
-    alloc_log_release_scope release(allocs_);
-    try {
-      for (auto& h : aborts) h();
-    } catch (...) {
-      aborts.clear();  // before free_after frees what they hold
-      throw;
+    std::vector<std::function<void()>>& hooks;
+    ~finish() {
+      {
+        alloc_log_release_scope release(tx.allocs_);
+        hooks.clear();
+      }
+      counters::bump(tx.stats.allocations_undone, tx.allocs_.abort());
     }
-    aborts.clear();
+  };
+  {
+    const finish done{*this, aborts};
+    alloc_log_release_scope release(allocs_);
+    for (auto& h : aborts) h();
   }
   if (++consecutive_aborts_ >= inevitable_after.load(std::memory_order_relaxed) && !want_inevitable_) {
     want_inevitable_ = true;
