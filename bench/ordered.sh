@@ -14,7 +14,8 @@
 #                                 accounts) >= 1.5; hackysack and sieve >= 0.9 through the one-way guard
 #   ceiling                       weft_ceiling: the same work on plain std::threads, 2 vs 1 (what the
 #                                 machine gives mandelbrot, agents and bank without any runtime; on
-#                                 this VM bank's went from 0.5 to 1.6 within an hour)
+#                                 this VM random transfers on plain threads went from 0.9 to 1.6-2.2
+#                                 within an hour, 2026-12-03)
 #   segment sweep                 weft_segment_sweep at 2 workers (guard off) vs 1, per segment length,
 #                                 beside the prototype's fit 2s / (s + 0.57 us)
 # Each ordered run also reports (WEFT_STATS=1) aborts per commit and the mean segment length.
