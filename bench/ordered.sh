@@ -57,6 +57,8 @@ ratio() {
 notes() {
   local f="$tmp/$1.stats"
   [ -s "$f" ] || return 0
+  # The first run's block only (the sieve sample runs weft::run() twice; its second run is empty).
+  awk '/run stats: ordered/ && n++ {exit} {print}' "$f" > "$f.first" && f="$f.first"
   grep -o '([0-9.]* per commit)\|mean segment [0-9.]* us' "$f" | tr '\n' ' '
   awk '/committing/ {for (i = 1; i <= NF; ++i) if ($(i+1) == "ms" && $(i+2) == "committing") c += $i}
        END {printf "%.1f ms committing+dispatching", c}' "$f"
