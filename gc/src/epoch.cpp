@@ -84,6 +84,7 @@ struct epoch_participant : epoch_slot {
 std::atomic<std::uint64_t> epoch_global{1};
 __attribute__((tls_model("initial-exec"))) constinit thread_local epoch_slot* epoch_self_slot = nullptr;
 __attribute__((tls_model("initial-exec"))) constinit thread_local bool epoch_reclaiming = false;
+__attribute__((tls_model("initial-exec"))) constinit thread_local std::size_t epoch_large_allocated = 0;
 
 namespace {
 std::atomic<epoch_participant*> participants{nullptr};
@@ -298,7 +299,7 @@ void epoch_collect_if_due(unsigned retired_since) noexcept {
   if (retired_since == 0)
     retired_since =
         participants_in_use.load(std::memory_order_relaxed) <= 1 ? epoch_collect_alone_every : epoch_collect_every;
-  if (p.since_collect >= retired_since) {
+  if (p.since_collect >= retired_since || (p.since_collect != 0 && epoch_large_allocated >= epoch_large_budget)) {
     p.since_collect = 0;
     epoch_collect();
   }
@@ -306,6 +307,7 @@ void epoch_collect_if_due(unsigned retired_since) noexcept {
 
 void epoch_collect() noexcept {
   auto& p = static_cast<epoch_participant&>(epoch_self());
+  epoch_large_allocated = 0;
   try_advance();
   std::uint64_t e = epoch_global.load(std::memory_order_acquire);
   if (e < 2) return;

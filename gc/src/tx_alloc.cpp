@@ -214,6 +214,8 @@ inline void* allocate(std::size_t n) {
   void* p = std::malloc(n ? n : 1);
   if (!p) [[unlikely]]
     throw std::bad_alloc();
+  if (n >= epoch_large_block) [[unlikely]]
+    epoch_large_allocated += n;  // see epoch_collect_if_due
   if (alloc_log* log = active_log) [[unlikely]]
     if (!log->releasing()) log->record_alloc(p);
   return p;
@@ -222,6 +224,8 @@ inline void* allocate_aligned(std::size_t n, std::size_t align) {
   void* p = std::aligned_alloc(align, (n + align - 1) / align * align);
   if (!p) [[unlikely]]
     throw std::bad_alloc();
+  if (n >= epoch_large_block) [[unlikely]]
+    epoch_large_allocated += n;
   if (alloc_log* log = active_log) [[unlikely]]
     if (!log->releasing()) log->record_alloc(p);
   return p;

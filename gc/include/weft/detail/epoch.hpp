@@ -136,11 +136,21 @@ unsigned epoch_fenced_batch() noexcept;
 constexpr unsigned epoch_collect_every = 64;
 /// ... and while it is the only one (a collection then needs no membarrier()).
 constexpr unsigned epoch_collect_alone_every = 4;
-/// Collects if this thread retired at least `retired_since` objects since its last collection. A
-/// collection costs a membarrier() (tens of us on a VM) and the deleters: a thread with idle moments
-/// collects there at the default and elsewhere only past a larger backlog (ordered mode). 0, the
-/// default: every epoch_collect_every retires, or every epoch_collect_alone_every while the thread is
-/// the only one taking part.
+/// Bytes of large blocks (epoch_large_block or more) the calling thread has allocated since its last
+/// collection, counted by weft's operator new. Counts of retires say nothing of what the retired
+/// versions hold: two threads replacing a 4 MiB tvar value kept ~300 versions (1 GB) alive between
+/// collections every 64 retires. Once a thread has allocated epoch_large_budget in large blocks, a
+/// collection is due at its next retire whatever the count: a membarrier() (~40 us) is cheap beside
+/// filling that much memory.
+__attribute__((tls_model("initial-exec"))) extern constinit thread_local std::size_t epoch_large_allocated;
+constexpr std::size_t epoch_large_block = 64 * 1024;
+constexpr std::size_t epoch_large_budget = 4 * 1024 * 1024;
+/// Collects if this thread retired at least `retired_since` objects since its last collection, or
+/// retired any and allocated epoch_large_budget in large blocks. A collection costs a membarrier()
+/// (tens of us on a VM) and the deleters: a thread with idle moments collects there at the default
+/// and elsewhere only past a larger backlog (ordered mode). 0, the default: every
+/// epoch_collect_every retires, or every epoch_collect_alone_every while the thread is the only one
+/// taking part.
 void epoch_collect_if_due(unsigned retired_since = 0) noexcept;
 /// Tries to advance the epoch and frees what is safe to free (called by retire every so often).
 void epoch_collect() noexcept;
