@@ -117,3 +117,61 @@ TEST_CASE_METHOD(fresh_runtime, "shutdown must be called from main", "[unit][err
   check_clean();
 }
 
+
+TEST_CASE_METHOD(fresh_runtime, "a bad value in a WEFT_ variable is an error that names the variable",
+                 "[unit][errors]") {
+  // Round 11: WEFT_WORKERS=1K ran 1024 workers, WEFT_WORKERS=2.5 was "not a size", WEFT_STACK_SIZE=2G
+  // "not a size" and =1K an error naming weft::options::stack_size, WEFT_MODE=serial WEFT_WORKERS=2
+  // named neither variable, and WEFT_GUARD=maybe, WEFT_STACK_GUARD=2 or WEFT_STATS=yes passed in
+  // silence. The variables are the operator's (the test matrix sets some): saved and put back.
+  weft::shutdown();
+  const char* names[] = {"WEFT_WORKERS", "WEFT_MODE", "WEFT_SEED", "WEFT_STACK_SIZE", "WEFT_STACK_GUARD",
+                         "WEFT_GUARD", "WEFT_STATS", "WEFT_CHECK", "WEFT_ABORT_INJECT"};
+  std::vector<std::optional<std::string>> saved;
+  for (const char* n : names) {
+    const char* v = std::getenv(n);
+    saved.push_back(v ? std::optional<std::string>(v) : std::nullopt);
+    unsetenv(n);
+  }
+  struct case_ {
+    const char* name;
+    const char* value;
+    const char* message;
+  };
+  const case_ cases[] = {
+      {"WEFT_WORKERS", "1K", "WEFT_WORKERS: not a whole number: 1K"},
+      {"WEFT_WORKERS", "2.5", "WEFT_WORKERS: not a whole number: 2.5"},
+      {"WEFT_WORKERS", "2000", "WEFT_WORKERS: not between 1 and 1024: 2000"},
+      {"WEFT_SEED", "-1", "WEFT_SEED: not a whole number: -1"},
+      {"WEFT_STACK_SIZE", "1K", "WEFT_STACK_SIZE: not between 16K and 1G: 1K"},
+      {"WEFT_STACK_SIZE", "2G", "WEFT_STACK_SIZE: not between 16K and 1G: 2G"},
+      {"WEFT_STACK_SIZE", "100000000000G", "WEFT_STACK_SIZE: not between 16K and 1G"},
+      {"WEFT_STACK_SIZE", "64KB", "WEFT_STACK_SIZE: not a size"},
+      {"WEFT_STACK_GUARD", "2", "WEFT_STACK_GUARD: 0 (off) or 1 (on), not 2"},
+      {"WEFT_GUARD", "maybe", "WEFT_GUARD: 0 (off) or 1 (on), not maybe"},
+      {"WEFT_STATS", "yes", "WEFT_STATS: 0 (off) or 1 (on), not yes"},
+      {"WEFT_CHECK", "replay:x", "WEFT_CHECK: not a whole number: x"},
+  };
+  for (const case_& c : cases) {
+    INFO(c.name << "=" << c.value);
+    setenv(c.name, c.value, 1);
+    CHECK_THROWS_WITH(configuration(), Catch::Contains(c.message));
+    CHECK_THROWS_AS(configure({}), std::invalid_argument);
+    unsetenv(c.name);
+  }
+  setenv("WEFT_MODE", "serial", 1);
+  setenv("WEFT_WORKERS", "2", 1);
+  CHECK_THROWS_WITH(configuration(), Catch::Contains("WEFT_MODE=serial") && Catch::Contains("WEFT_WORKERS=2") &&
+                                         Catch::Contains("WEFT_MODE=ordered"));
+  unsetenv("WEFT_WORKERS");
+  unsetenv("WEFT_MODE");
+  setenv("WEFT_STACK_SIZE", "256K", 1);
+  CHECK(configuration().stack_size == 256 * 1024);
+  setenv("WEFT_STACK_SIZE", "1G", 1);
+  CHECK(configuration().stack_size == std::size_t{1} << 30);
+  unsetenv("WEFT_STACK_SIZE");
+  for (std::size_t i = 0; i < std::size(names); ++i)
+    if (saved[i]) setenv(names[i], saved[i]->c_str(), 1);
+  configure({});
+  check_clean();
+}

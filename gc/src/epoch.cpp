@@ -210,17 +210,18 @@ epoch_participant* take_participant() noexcept {
 }
 }  // namespace
 
-namespace {
 // Memory retired here goes back to malloc a few retires later and in batches, not where the program
 // dropped it. With glibc's defaults (trim threshold 128 KiB, raised only when a block above the mmap
 // threshold is freed) such a batch leaves a free stretch at the top of a heap that is handed back to
 // the system (brk, or madvise in a thread's arena), and the next allocations fault the pages in again:
 // 16 faults per 64 KiB vector that a tvar replaces, in serial programs and more with several workers
 // (weft_sample_agents at two workers: 1,530 page faults against 787; 0.93-0.95 of the time without them,
-// medians of 11 and 21 interleaved pairs). So once, before
-// the first retire, the thresholds are set where glibc's own adjustment stops (mmap 32 MiB, trim
-// twice that): the state a program reaches once it frees a block of 32 MiB. Not if GLIBC_TUNABLES
-// sets any malloc tunable: the user chose.
+// medians of 11 and 21 interleaved pairs). So once, before the first retire (and when a thread's
+// runtime is made), the thresholds are set where glibc's own adjustment stops (mmap 32 MiB, trim
+// twice that): the state a program reaches once it frees a block of 32 MiB. Both: M_TRIM_THRESHOLD
+// alone turns the dynamic mmap threshold off, and every block over 128 KiB would be mapped and
+// unmapped each time (a newcomer's 64 KiB-4 MiB buffers: 4-40x slower). Not if GLIBC_TUNABLES sets
+// any malloc tunable: the user chose.
 void keep_freed_heap_mapped() noexcept {
 #if defined(__GLIBC__)
   static const bool done = [] {
@@ -233,7 +234,6 @@ void keep_freed_heap_mapped() noexcept {
   (void)done;
 #endif
 }
-}  // namespace
 
 epoch_slot& epoch_self_slow() {
   keep_freed_heap_mapped();

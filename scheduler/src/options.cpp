@@ -35,19 +35,40 @@ void validate(const options& o) {
     throw std::invalid_argument("weft::options::stack_size must be between 16 KiB and 1 GiB");
 }
 
+// A whole number, no suffix: counts and seeds (WEFT_WORKERS=1K or 2.5 is a mistake, not 1024 or 2).
+unsigned long long parse_number(const char* name, const char* text) {
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long v = *text == '-' ? 0 : std::strtoull(text, &end, 10);
+  if (*text == '-' || end == text || *end || errno == ERANGE)
+    throw std::invalid_argument(std::string(name) + ": not a whole number: " + text);
+  return v;
+}
+// Bytes, with an optional K, M or G suffix (powers of 1024).
 std::size_t parse_size(const char* name, const char* text) {
   char* end = nullptr;
-  if (*text == '-') throw std::invalid_argument(std::string(name) + ": not a number: " + text);
   errno = 0;
-  unsigned long long v = std::strtoull(text, &end, 10);
-  if (end == text || errno == ERANGE) throw std::invalid_argument(std::string(name) + ": not a number: " + text);
+  unsigned long long v = *text == '-' ? 0 : std::strtoull(text, &end, 10);
+  if (*text == '-' || end == text || errno == ERANGE)
+    throw std::invalid_argument(std::string(name) + ": not a size (bytes, or a number with K, M or G): " + text);
+  unsigned shift = 0;
   switch (*end) {
-    case 'k': case 'K': v <<= 10; ++end; break;
-    case 'm': case 'M': v <<= 20; ++end; break;
+    case 'k': case 'K': shift = 10; ++end; break;
+    case 'm': case 'M': shift = 20; ++end; break;
+    case 'g': case 'G': shift = 30; ++end; break;
     default: break;
   }
-  if (*end) throw std::invalid_argument(std::string(name) + ": not a size: " + text);
+  if (*end) throw std::invalid_argument(std::string(name) + ": not a size (bytes, or a number with K, M or G): " + text);
+  if (shift && v > (~0ULL >> shift)) v = ~0ULL;  // too large: the range check names it
+  else v <<= shift;
   return static_cast<std::size_t>(v);
+}
+// 0 or 1: a switch (anything else was taken as one of the two without a word).
+bool parse_flag(const char* name, const char* text) {
+  const std::string t(text);
+  if (t == "0") return false;
+  if (t == "1") return true;
+  throw std::invalid_argument(std::string(name) + ": 0 (off) or 1 (on), not " + text);
 }
 double parse_probability(const char* name, const char* text) {
   char* end = nullptr;
@@ -93,12 +114,18 @@ options configuration() {
     o = configured;
   }
   if (const char* w = std::getenv("WEFT_WORKERS"); w && *w) {
-    const std::size_t n = parse_size("WEFT_WORKERS", w);
+    const unsigned long long n = parse_number("WEFT_WORKERS", w);
     if (n == 0 || n > 1024) throw std::invalid_argument(std::string("WEFT_WORKERS: not between 1 and 1024: ") + w);
     o.workers = static_cast<unsigned>(n);
   }
   const char* m = std::getenv("WEFT_MODE");
   if (m && *m) o.mode = parse_mode("WEFT_MODE", m);
+  // Both from the environment (or WEFT_MODE=serial with a program that asked for workers): name them.
+  if (m && *m && o.mode == mode::serial && o.workers > 1)
+    throw std::invalid_argument(std::string("WEFT_MODE=serial: serial mode runs on one worker, and ") +
+                                (std::getenv("WEFT_WORKERS") ? std::string("WEFT_WORKERS=") + std::getenv("WEFT_WORKERS")
+                                                             : "the program's options") +
+                                " ask for " + std::to_string(o.workers) + "; use WEFT_MODE=ordered");
   // The program asked for serial mode (configure) and WEFT_WORKERS for more workers: name the
   // variable (round 8: the message spoke of "workers = 2", which the program never set).
   if (o.mode == mode::serial && o.workers > 1 && !(m && *m) && std::getenv("WEFT_WORKERS"))
@@ -107,13 +134,13 @@ options configuration() {
                                 "WEFT_MODE=ordered as well, or leave WEFT_WORKERS unset");
   if (const char* p = std::getenv("WEFT_ABORT_INJECT"); p && *p)
     o.abort_inject = parse_probability("WEFT_ABORT_INJECT", p);
-  if (const char* sd = std::getenv("WEFT_SEED"); sd && *sd) o.seed = parse_size("WEFT_SEED", sd);
+  if (const char* sd = std::getenv("WEFT_SEED"); sd && *sd) o.seed = parse_number("WEFT_SEED", sd);
   if (const char* c = std::getenv("WEFT_CHECK"); c && *c) {
     const std::string v(c);
     if (v == "replay") {
       o.replay_every = 1;
     } else if (v.rfind("replay:", 0) == 0 && v.size() > 7) {
-      const std::size_t n = parse_size("WEFT_CHECK", v.c_str() + 7);
+      const unsigned long long n = parse_number("WEFT_CHECK", v.c_str() + 7);
       if (n == 0 || n > 1'000'000'000) throw std::invalid_argument("WEFT_CHECK: replay:N needs 1 <= N: " + v);
       o.replay_every = static_cast<unsigned>(n);
     } else {
@@ -121,8 +148,15 @@ options configuration() {
     }
   }
   if (!o.mode) o.mode = o.workers > 1 || o.replay_every ? mode::ordered : mode::serial;
-  if (const char* s = std::getenv("WEFT_STACK_SIZE"); s && *s) o.stack_size = parse_size("WEFT_STACK_SIZE", s);
-  if (const char* g = std::getenv("WEFT_STACK_GUARD"); g && *g) o.stack_guard = std::string(g) != "0";
+  if (const char* s = std::getenv("WEFT_STACK_SIZE"); s && *s) {
+    o.stack_size = parse_size("WEFT_STACK_SIZE", s);
+    if (o.stack_size < 16 * 1024 || o.stack_size > (std::size_t{1} << 30))
+      throw std::invalid_argument(std::string("WEFT_STACK_SIZE: not between 16K and 1G: ") + s);
+  }
+  if (const char* g = std::getenv("WEFT_STACK_GUARD"); g && *g) o.stack_guard = parse_flag("WEFT_STACK_GUARD", g);
+  // Read by ordered mode and at a runtime's end; checked here, in every mode, with the rest.
+  for (const char* name : {"WEFT_GUARD", "WEFT_STATS"})
+    if (const char* v = std::getenv(name); v && *v) (void)parse_flag(name, v);
   // Guard pages in every build (a Release overflow was a bare segfault, or silent corruption of the
   // neighbouring stack): as many as vm.max_map_count allows with room to spare; beyond that, and
   // with WEFT_STACK_GUARD=0, the stack-pointer check at switch points (gc/src/stack_pool.cpp).

@@ -40,7 +40,10 @@ enum class mode {
 
 /// Process-wide settings. Set them with configure() before weft is first used; the environment
 /// (WEFT_WORKERS, WEFT_MODE, WEFT_ABORT_INJECT, WEFT_SEED, WEFT_STACK_SIZE, WEFT_STACK_GUARD)
-/// overrides them, for experiments. A bad value in a variable throws std::invalid_argument naming it.
+/// overrides them, for experiments. A bad value in a variable throws std::invalid_argument naming it
+/// (from configure(), configuration() and weft's first use): counts and seeds are whole numbers,
+/// WEFT_STACK_SIZE bytes with an optional K, M or G, switches (WEFT_STACK_GUARD, WEFT_GUARD,
+/// WEFT_STATS) 0 or 1.
 struct options {
   /// Threads that run segments: the main thread plus workers - 1 worker threads (DESIGN.md §4.1).
   unsigned workers = 1;

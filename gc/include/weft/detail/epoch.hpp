@@ -36,6 +36,11 @@ extern const bool epoch_cheap_enter;  ///< reclaimers use membarrier(): entering
 /// released at thread exit (gc/src/epoch.cpp).
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local epoch_slot* epoch_self_slot;
 epoch_slot& epoch_self_slow();
+/// Sets glibc's mmap and trim thresholds once per process, where glibc's own adjustment stops (32 MiB
+/// and 64 MiB), so that memory freed late or in batches (the GC's, a tasklet's) stays mapped for
+/// reuse instead of being trimmed and faulted in again; not if GLIBC_TUNABLES sets a malloc tunable.
+/// Called at the first use of the GC and when a runtime is made. Thread-safe.
+void keep_freed_heap_mapped() noexcept;
 /// Gives the calling thread's record back before the thread exits, for a thread that will not use
 /// the GC for a long while (an ordered run's worker thread once the run fell back to serial): what it
 /// retired and could not free yet goes to the orphans (freed by the next collections of any thread),
