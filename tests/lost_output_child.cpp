@@ -11,6 +11,10 @@
 //                                     killed once by main, the tasklet is left waiting in that
 //                                     destructor; main returns and the shutdown kills it again: the
 //                                     message says the second kill was the shutdown's (round 8)
+//   weft_lost_output_child killed_in_destructor
+//                                     killed while a destructor (no unwinding: the scope ended)
+//                                     waits at a switch point: C++ ends the program; the message
+//                                     says why and names the tasklet (round 11: a bare terminate)
 //   weft_lost_output_child second_kill_caught
 //                                     the same, with destructors that catch the second kill: once
 //                                     during the run, then at exit (the shutdown's kills), where
@@ -57,6 +61,20 @@ int main(int argc, char** argv) {
     first.kill();      // thrown into the destructor and caught there
     weft::print("main returns, first alive {}\n", first.alive());
     return 0;  // the shutdown at exit does the same to the other two
+  }
+  if (argc > 1 && std::strcmp(argv[1], "killed_in_destructor") == 0) {
+    weft::tasklet t = weft::spawn([] {
+      {
+        notifier n;
+      }  // the destructor blocks in send
+      weft::print("not reached\n");
+    });
+    t.set_name("holder");
+    weft::schedule();
+    weft::print("killing it\n");
+    t.kill();  // thrown out of the destructor
+    weft::print("not reached\n");
+    return 0;
   }
   const bool by_shutdown = argc > 1 && std::strcmp(argv[1], "killed_by_shutdown") == 0;
   if (by_shutdown || (argc > 1 && std::strcmp(argv[1], "killed_in_unwinding") == 0)) {

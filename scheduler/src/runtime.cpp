@@ -3,6 +3,7 @@
 //
 // perform() is the only place that switches context after applying an intent; tasklet_entry's exit
 // path is the only place a tasklet leaves for good. Both run on the owning thread.
+#include <typeinfo>
 #include <unordered_set>
 #include <mutex>
 #include <cstdio>
@@ -79,8 +80,7 @@ constinit thread_local std::uint64_t channels_before_runtime = 0;  // see channe
 void rethrow_pending_exception(tasklet_impl* t) {
   std::exception_ptr e = std::move(t->pending);
   t->pending = nullptr;
-  if (std::uncaught_exceptions() > 0) [[unlikely]]
-    note_thrown_while_unwinding(e, t);
+  note_delivered(e, t);  // for the terminate handler's message, should the throw end the program
   std::rethrow_exception(std::move(e));
 }
 
@@ -410,22 +410,31 @@ const void* escaped_object = nullptr;
 std::string* escaped_from = new std::string;
 std::terminate_handler previous_terminate = nullptr;
 
-// A kill or raise_exception that reaches a tasklet while a destructor run by an unwinding waits at a
-// switch point (Stackless' "finally: notify" pattern, killed twice) is thrown out of that destructor:
-// C++ ends the program there (std::terminate, "terminate called without an active exception": the
-// exception is not caught yet). Stackless would unwind on with the new exception; C++ cannot. What
-// was thrown, into which tasklet, and the unwinding depth then (the count is one higher while the
-// throw is on its way out); per thread. Trivially destructible (fixed buffers, the exception object's
-// address, no reference): a thread's runtime is shut down by its thread-local destructor, which
+// A kill or raise_exception that reaches a tasklet while a destructor waits at a switch point is
+// thrown out of that destructor: C++ ends the program there (std::terminate, "terminate called
+// without an active exception": the exception is not caught yet). During an unwinding (Stackless'
+// "finally: notify" pattern, killed twice) Stackless would unwind on with the new exception, C++
+// cannot; outside one a destructor may not throw either (noexcept). What was thrown, into which
+// tasklet, and the unwinding depth then (the count is one higher while the throw is on its way out);
+// per thread; the handler believes it only while that tasklet still runs on the thread (a delivery
+// caught and handled must not name a later terminate of another tasklet). Cheap to note: every kill at a
+// shutdown passes here (describing the exception rethrows it, ~9,000 instructions: hackysack's
+// teardown +16%), so only during an unwinding are the texts made at once (the shutdown's kill is
+// named there); otherwise the handler makes them from the tasklet, which is still alive (its
+// frames are what throws), and from the exception's type. Trivially destructible (fixed buffers,
+// addresses, no reference): a thread's runtime is shut down by its thread-local destructor, which
 // kills tasklets — after this record's own destructor had run, when the record was first used
 // later than the runtime was made (round 6's p5: its strings freed twice at exit).
-struct thrown_while_unwinding {
-  char from[160];
-  char what[256];
+struct thrown_into_tasklet {
+  bool set;
+  char from[160];      // during an unwinding only (else made by the handler)
+  char what[256];      // likewise
   int depth;
   const void* thrown;  // identity only: never dereferenced
+  const tasklet_impl* target;
+  const std::type_info* type;
 };
-constinit thread_local thrown_while_unwinding last_thrown_while_unwinding{};
+constinit thread_local thrown_into_tasklet last_delivered{};
 
 // How the terminate handler's messages name a tasklet.
 std::string tasklet_label(const tasklet_impl* t) {
@@ -449,14 +458,31 @@ std::string describe(const std::exception_ptr& e) {
   // GCC's -O2 code calls std::terminate before the exception is caught (no current exception, the
   // uncaught count one higher); its -O1 code (the sanitizer builds) catches it first.
   const std::exception_ptr current = std::current_exception();
-  if (const auto& u = last_thrown_while_unwinding;
-      u.from[0] && (current ? exception_object_of(current) == u.thrown : std::uncaught_exceptions() == u.depth + 1)) {
-    std::fprintf(stderr,
-                 "weft: %s was %s while a destructor run by an exception's unwinding waited at a switch point; "
-                 "C++ cannot let an exception leave a destructor during unwinding, so the program ends "
-                 "(std::terminate). Catch it in that destructor, or do not kill or raise into a tasklet that is "
-                 "unwinding.\n",
-                 u.from, u.what);
+  bool escaped_tasklet = false;
+  {
+    std::lock_guard lock(escaped_lock);
+    escaped_tasklet = last_delivered.set && escaped_object == last_delivered.thrown;
+  }
+  runtime* here = thread_runtime();
+  if (const auto& u = last_delivered;
+      u.set && !escaped_tasklet && here && running_tasklet(*here) == u.target &&
+      (current ? exception_object_of(current) == u.thrown : std::uncaught_exceptions() == u.depth + 1)) {
+    if (u.depth > 0)
+      std::fprintf(stderr,
+                   "weft: %s was %s while a destructor run by an exception's unwinding waited at a switch point; "
+                   "C++ cannot let an exception leave a destructor during unwinding, so the program ends "
+                   "(std::terminate). Catch it in that destructor, or do not kill or raise into a tasklet that is "
+                   "unwinding.\n",
+                   u.from, u.what);
+    else
+      std::fprintf(stderr,
+                   "weft: %s was %s at a switch point that an exception may not leave (in a destructor, or "
+                   "another function that may not throw), so the program ends (std::terminate). Catch it "
+                   "around that switch point, or do not kill or raise into a tasklet waiting there.\n",
+                   tasklet_label(u.target).c_str(),
+                   current ? describe(current).c_str()
+                   : u.type && *u.type == typeid(tasklet_exit) ? "killed (weft::tasklet_exit)"
+                                                               : "raised into");
     std::fflush(stderr);
   }
   if (const std::exception_ptr e = current) {
@@ -490,18 +516,26 @@ void note_escaped(const std::exception_ptr& e, const tasklet_impl* t) {
   *escaped_from = std::move(from);
 }
 
-void note_thrown_while_unwinding(const std::exception_ptr& e, const tasklet_impl* t) {
-  auto& u = last_thrown_while_unwinding;
-  std::snprintf(u.from, sizeof u.from, "%s", tasklet_label(t).c_str());
-  // The shutdown's own kill (main returned, the thread ended, weft::shutdown()): the program made
-  // no second kill itself, so say where it came from (round 8).
-  const bool by_shutdown = t->owner && t->owner->shutting_down;
-  std::snprintf(u.what, sizeof u.what, "%s%s", describe(e).c_str(),
-                by_shutdown ? " by the shutdown of its thread's tasklets (main returned, the thread ended, or "
-                              "weft::shutdown() was called)"
-                            : "");
+void note_delivered(const std::exception_ptr& e, const tasklet_impl* t) noexcept {
+  auto& u = last_delivered;
+  u.set = true;
   u.depth = std::uncaught_exceptions();
   u.thrown = exception_object_of(e);
+  u.target = t;
+  u.type = e.__cxa_exception_type();
+  if (u.depth == 0) return;  // the texts are made by the handler, if it runs
+  try {
+    std::snprintf(u.from, sizeof u.from, "%s", tasklet_label(t).c_str());
+    // The shutdown's own kill (main returned, the thread ended, weft::shutdown()): the program made
+    // no second kill itself, so say where it came from (round 8).
+    const bool by_shutdown = t->owner && t->owner->shutting_down;
+    std::snprintf(u.what, sizeof u.what, "%s%s", describe(e).c_str(),
+                  by_shutdown ? " by the shutdown of its thread's tasklets (main returned, the thread ended, or "
+                                "weft::shutdown() was called)"
+                              : "");
+  } catch (...) {
+    u.set = false;  // out of memory for the texts: no message rather than a wrong one
+  }
 }
 
 void install_terminate_handler() {

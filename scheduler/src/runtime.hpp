@@ -260,9 +260,9 @@ inline void serial_transfer(runtime& r, tasklet_impl* from, tasklet_impl* to) {
 void emit(std::FILE* stream, std::string_view text) noexcept;
 /// Remembers that `e` escaped tasklet t (for the message of the terminate handler).
 void note_escaped(const std::exception_ptr& e, const tasklet_impl* t);
-/// Records that e is about to be thrown into t while t unwinds (a switch point in a destructor run by
-/// an exception): if it leaves that destructor, the terminate handler says what happened.
-void note_thrown_while_unwinding(const std::exception_ptr& e, const tasklet_impl* t);
+/// Records that e (a kill or raise) is about to be thrown into t at a switch point: if it leaves a
+/// destructor there (during an unwinding or not), the terminate handler says what happened.
+void note_delivered(const std::exception_ptr& e, const tasklet_impl* t) noexcept;
 /// Installs (once) the std::terminate handler that flushes output and names the tasklet an uncaught
 /// exception came from.
 void install_terminate_handler();
