@@ -13,7 +13,10 @@
 // the drop; its other effects (tvar writes) follow the segment's own. In a segment that runs
 // inevitable (become_inevitable, or at the head) a drop is final at once. A handle held by a
 // tvar's value is dropped when the epoch GC frees that version after it was replaced (on the thread
-// that committed the replacement, once no reader can hold the old version).
+// that committed the replacement, once no reader can hold the old version): a few commits later, at
+// a point that differs between worker counts and runs, so the destructor of an object reached only
+// through tvar values must have no visible effect (no weft::print, no tvar write; round 11 found
+// the output order differing between one and two workers).
 //
 // Thread-safety: as std::shared_ptr — the count is atomic (copies and drops of handles to one
 // object from several threads are safe); one handle object must not be changed by two threads at
