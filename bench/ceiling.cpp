@@ -46,6 +46,18 @@ struct splitmix64 {
   }
 };
 
+// Runs work(0) on this thread and work(1) .. work(threads - 1) on new ones; returns the wall time in
+// milliseconds (the parallel part only, as the samples time theirs).
+template <class Work>
+double timed_on_threads(int threads, Work& work) {
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> helpers;
+  for (int i = 1; i < threads; ++i) helpers.emplace_back([&work, i] { work(i); });
+  work(0);
+  for (auto& h : helpers) h.join();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
 // samples/agents.cpp's step on plain pointers. Its live count is used (the sample sends it to its
 // coordinator): unused, the compiler dropped its loop and the run took 2/3 of the sample's time.
 [[gnu::noinline]] long next_generation(const std::uint8_t* above, const std::uint8_t* mine, const std::uint8_t* below,
@@ -116,12 +128,7 @@ double agents(int threads, std::uint64_t& checksum) {
       while (arrived.load() < target) std::this_thread::yield();
     }
   };
-  const auto start = std::chrono::steady_clock::now();
-  std::vector<std::thread> helpers;
-  for (int i = 1; i < threads; ++i) helpers.emplace_back(work, i);
-  work(0);
-  for (auto& h : helpers) h.join();
-  const auto stop = std::chrono::steady_clock::now();
+  const double ms = timed_on_threads(threads, work);
   long total = 0;
   for (long n : alive) total += n;
   if (total < 0) std::abort();  // the counts are used
@@ -130,7 +137,7 @@ double agents(int threads, std::uint64_t& checksum) {
     for (std::uint8_t b : *t.rows[ticks % 2]) checksum = (checksum ^ b) * 0x100000001B3ULL;
     for (int p = 0; p < 2; ++p) delete t.rows[p], delete t.top[p], delete t.bottom[p];
   }
-  return std::chrono::duration<double, std::milli>(stop - start).count();
+  return ms;
 }
 
 // samples/mandelbrot.cpp's count_at and compute_band (without --ppm).
@@ -171,15 +178,11 @@ double mandelbrot(int threads, std::uint64_t& checksum) {
       weighted[static_cast<std::size_t>(band)] = sum;
     }
   };
-  const auto start = std::chrono::steady_clock::now();
-  std::vector<std::thread> helpers;
-  for (int i = 1; i < threads; ++i) helpers.emplace_back(work);
-  work();
-  for (auto& h : helpers) h.join();
-  const auto stop = std::chrono::steady_clock::now();
+  auto each = [&](int) { work(); };
+  const double ms = timed_on_threads(threads, each);
   checksum = 0;
   for (std::uint64_t w : weighted) checksum += w;
-  return std::chrono::duration<double, std::milli>(stop - start).count();
+  return ms;
 }
 
 
@@ -263,18 +266,13 @@ double bank(int threads, std::uint64_t& checksum) {
       }
     }
   };
-  const auto start = std::chrono::steady_clock::now();
-  std::vector<std::thread> helpers;
-  for (int i = 1; i < threads; ++i) helpers.emplace_back(work, i);
-  work(0);
-  for (auto& h : helpers) h.join();
-  const auto stop = std::chrono::steady_clock::now();
+  const double ms = timed_on_threads(threads, work);
   std::int64_t total = 0;
   for (const account& a : balance) total += a.balance.load(std::memory_order_relaxed);
   if (total != expected) failed = true;
   checksum = static_cast<std::uint64_t>(total);
   if (failed) std::fprintf(stderr, "bank: money was not conserved\n");
-  return failed ? -1 : std::chrono::duration<double, std::milli>(stop - start).count();
+  return failed ? -1 : ms;
 }
 }  // namespace
 
