@@ -1337,10 +1337,11 @@ TEST_CASE_METHOD(fresh_runtime, "memory freed by committed segments is reused wi
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   (void)faults;  // the sanitizers' allocators, not glibc's, own the heap
 #else
-  // A worker thread made for the run faults its stack and the records' pages in (~100); a fault
-  // per vector would be 1,600, the regression 16 per vector.
+  // A worker thread made for the run faults its stack and the records' pages in, and injected
+  // aborts and the GC's timing move where vectors land: 0-560 here at 2 workers (400 once in CI,
+  // under load). The regression was 2,000-7,500 (16 faults per trimmed vector).
   INFO(faults << " page faults in " << ticks * tiles << " segments that each built a 64 KiB vector");
-  CHECK(faults < ticks * tiles / 4);
+  CHECK(faults < ticks * tiles * 3 / 4);
 #endif
 }
 
