@@ -1,10 +1,15 @@
 // gc/: the stack pool.
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <set>
 #include <string>
 
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <weft/gc.hpp>
 
@@ -142,6 +147,87 @@ TEST_CASE("a never-used stack comes with its top page already in memory and noth
     CHECK(resident(stacks.back().top() - 1));
     for (auto& s : stacks) pool.release(s);
   }
+}
+
+namespace {
+// Whether this kernel populates pages of the calling process through process_madvise (Linux 6.13).
+bool batch_populate_supported() {
+  const std::size_t page = weft::detail::page_size();
+  void* probe = ::mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(probe != MAP_FAILED);
+  bool ok = false;
+  if (const long fd = ::syscall(SYS_pidfd_open, ::getpid(), 0); fd >= 0) {
+    iovec v[2] = {{probe, page}, {static_cast<char*>(probe) + page, page}};
+    ok = ::syscall(SYS_process_madvise, fd, v, 2, MADV_POPULATE_WRITE, 0u) >= 0;
+    ::close(static_cast<int>(fd));
+  }
+  ::munmap(probe, 2 * page);
+  return ok;
+}
+
+bool page_resident(const char* p) {
+  const std::size_t page = weft::detail::page_size();
+  unsigned char v = 0;
+  auto* start = reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(p) / page * page);
+  REQUIRE(::mincore(start, page, &v) == 0);
+  return (v & 1) != 0;
+}
+}  // namespace
+
+TEST_CASE("fresh stacks are populated a batch at a time, and no further ahead", "[unit][gc]") {
+  // One process_madvise call for populate_batch top pages instead of one madvise each: 100,000
+  // stacks, 0.23 s of calls -> 0.07 s on this project's VM (hackysack K=100,000 starts 100,000).
+  if (!batch_populate_supported()) {
+    WARN("this kernel does not populate through process_madvise (Linux < 6.13): one call per stack; not checked");
+    return;
+  }
+  constexpr std::size_t batch = stack_pool::populate_batch;
+  for (bool guard : {false, true}) {
+    stack_pool pool(64 * 1024, guard);
+    std::vector<weft::detail::stack_extent> stacks;
+    stacks.push_back(pool.allocate());
+    stacks.push_back(pool.allocate());
+    // Slots are `stride` apart; a top sits in its slot's last page (colours move it within the page).
+    const std::size_t stride = static_cast<std::size_t>(stacks[1].base - stacks[0].base);
+    REQUIRE(stride >= 64 * 1024);
+    const char* first_top = stacks[0].top();
+    // Handed out in address order: the stacks of the first batch were populated with the first.
+    for (std::size_t k = 2; k < batch; ++k) CHECK(page_resident(first_top - 1 + k * stride));
+    // Nothing past the batch (the first slab holds 64 stacks): memory no tasklet asked for.
+    for (std::size_t k = batch; k < 2 * batch; ++k) CHECK_FALSE(page_resident(first_top - 1 + k * stride));
+    // The next batch comes with the first stack past the first one.
+    while (stacks.size() <= batch) stacks.push_back(pool.allocate());
+    CHECK(reinterpret_cast<std::uintptr_t>(stacks.back().base) ==
+          reinterpret_cast<std::uintptr_t>(stacks[0].base + batch * stride));
+    for (std::size_t k = batch; k < 2 * batch; ++k) CHECK(page_resident(first_top - 1 + k * stride));
+    for (auto& s : stacks) pool.release(s);
+  }
+}
+
+TEST_CASE("a child process made by fork populates its own stacks, not its parent's", "[unit][gc]") {
+  // The pool populates through a pidfd of the process, opened once; a child inherits the parent's.
+  if (!batch_populate_supported()) {
+    WARN("this kernel does not populate through process_madvise (Linux < 6.13); not checked");
+    return;
+  }
+  {
+    stack_pool warm(64 * 1024, false);  // the parent opens its pidfd
+    warm.release(warm.allocate());
+  }
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    stack_pool pool(64 * 1024, false);
+    auto a = pool.allocate();
+    auto b = pool.allocate();
+    const bool ok = page_resident(a.top() - 1) && page_resident(b.top() - 1) &&
+                    page_resident(a.top() - 1 + 2 * (b.base - a.base));  // the batch's third
+    std::_Exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
 }
 
 TEST_CASE("a control block keeps what a channel hand-off touches in its first 128 bytes", "[unit][gc]") {

@@ -49,6 +49,11 @@ class stack_pool {
   stack_pool(const stack_pool&) = delete;
   stack_pool& operator=(const stack_pool&) = delete;
 
+  /// Never-used stacks have their top page populated (filled by the kernel before the first touch,
+  /// Linux 5.14 and later) this many at a time, with one system call where the kernel allows it
+  /// (Linux 6.13); so at most populate_batch - 1 populated top pages wait unused in the pool.
+  static constexpr std::size_t populate_batch = 32;
+
   /// Throws std::bad_alloc when the address space cannot be reserved.
   stack_extent allocate();
   void release(stack_extent s) noexcept;
@@ -82,6 +87,7 @@ class stack_pool {
   std::vector<slab> slabs_;
   std::vector<char*> free_;     // LIFO: the most recently used (hot) stack first
   char* fresh_ = nullptr;       // the next never-used stack of the newest slab (allocate() populates it)
+  char* populated_ = nullptr;   // fresh stacks below this one have their top page populated already
   std::size_t total_stacks_ = 0;
   std::size_t in_use_ = 0;
   std::size_t reserved_ = 0;
