@@ -15,11 +15,20 @@
 //                                     killed while a destructor (no unwinding: the scope ended)
 //                                     waits at a switch point: C++ ends the program; the message
 //                                     says why and names the tasklet (round 11: a bare terminate)
+//   weft_lost_output_child main_deadlock / main_sent / main_raised
+//                                     main does not catch what reaches it at a switch point: its
+//                                     deadlock error, a send_exception, a raise_exception: the
+//                                     message names main and the exception, not a destructor
+//                                     (round 12: it blamed a destructor that was not there)
+//   weft_lost_output_child main_raised_in_destructor
+//                                     main raised into while its destructor waits at a switch point:
+//                                     that message, for main
 //   weft_lost_output_child second_kill_caught
 //                                     the same, with destructors that catch the second kill: once
 //                                     during the run, then at exit (the shutdown's kills), where
 //                                     weft's note of the throw was freed twice (round 6, p5)
 #include <cstring>
+#include <string_view>
 #include <stdexcept>
 
 #include <weft/weft.hpp>
@@ -47,6 +56,35 @@ struct farewell {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const std::string_view what = argc > 1 ? argv[1] : "";
+  if (what == "main_deadlock") {
+    weft::channel<int> c;
+    weft::spawn([] { weft::print("tasklet ends\n"); });
+    c.receive();  // the tasklet ends, nobody else can send: the deadlock error, not caught
+    weft::print("not reached\n");
+    return 0;
+  }
+  if (what == "main_sent" || what == "main_raised") {
+    weft::channel<int> c;
+    if (what == "main_sent")
+      weft::spawn([&] { c.send_exception(std::runtime_error("sent to main")); });
+    else
+      weft::spawn([] { weft::getmain().raise_exception(std::make_exception_ptr(std::runtime_error("raised into main"))); });
+    c.receive();
+    weft::print("not reached\n");
+    return 0;
+  }
+  if (what == "main_raised_in_destructor") {
+    weft::spawn([] {
+      weft::print("raising into main\n");
+      weft::getmain().raise_exception(std::make_exception_ptr(std::runtime_error("raised into main")));
+    });
+    {
+      notifier n;  // blocks in send; the tasklet raises into main there
+    }
+    weft::print("not reached\n");
+    return 0;
+  }
   if (argc > 1 && std::strcmp(argv[1], "second_kill_caught") == 0) {
     weft::tasklet first;
     for (int i = 0; i < 3; ++i) {

@@ -4,6 +4,8 @@
 // perform() is the only place that switches context after applying an intent; tasklet_entry's exit
 // path is the only place a tasklet leaves for good. Both run on the owning thread.
 #include <typeinfo>
+#include <cxxabi.h>
+#include <unwind.h>
 #include <unordered_set>
 #include <mutex>
 #include <cstdio>
@@ -438,7 +440,20 @@ constinit thread_local thrown_into_tasklet last_delivered{};
 
 // How the terminate handler's messages name a tasklet.
 std::string tasklet_label(const tasklet_impl* t) {
+  if (t->is_main) return "the main tasklet";
   return t->name.empty() ? fmt::format("tasklet-{}", t->id) : fmt::format("tasklet '{}' (tasklet-{})", t->name, t->id);
+}
+
+std::string what_of(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const tasklet_exit&) {
+    return "weft::tasklet_exit";
+  } catch (const std::exception& x) {
+    return x.what();
+  } catch (...) {
+    return "(not a std::exception)";
+  }
 }
 
 std::string describe(const std::exception_ptr& e) {
@@ -451,6 +466,55 @@ std::string describe(const std::exception_ptr& e) {
   } catch (...) {
     return "raised into";
   }
+}
+
+}  // namespace
+}  // namespace detail
+}  // namespace weft
+
+// libstdc++'s personality routine (exported, not declared in a header).
+extern "C" _Unwind_Reason_Code __gxx_personality_v0(int, _Unwind_Action, _Unwind_Exception_Class, _Unwind_Exception*,
+                                                    _Unwind_Context*);
+
+namespace weft {
+namespace detail {
+namespace {
+
+// Whether std::terminate was called by a throw that found no handler at all — the exception would
+// have left the thread's first function (main(), say): nothing was unwound, the throw itself gives
+// up (__cxa_throw, __cxa_rethrow or std::rethrow_exception called std::terminate) — rather than by
+// an unwinding that reached a function that may not throw (a destructor, noexcept): the personality
+// routine's call from inside the unwinder, or a landing pad's own call in the function (the throw's
+// frames are gone then). Read from the stack: the first of those functions met above the handler.
+// Nothing met counts as "may not throw", the message of old.
+bool terminate_from_unhandled_throw() noexcept {
+  struct walk {
+    int verdict = 0;  // 1: a throw function first, -1: the unwinder first
+    int frames = 0;
+  } w;
+  _Unwind_Backtrace(
+      [](_Unwind_Context* ctx, void* arg) -> _Unwind_Reason_Code {
+        auto& w = *static_cast<walk*>(arg);
+        int before = 0;  // a signal frame's IP is the faulting instruction, others a return address
+        const _Unwind_Ptr ip = _Unwind_GetIPInfo(ctx, &before);
+        if (ip == 0) return _URC_END_OF_STACK;
+        const void* f = _Unwind_FindEnclosingFunction(reinterpret_cast<void*>(ip - (before ? 0 : 1)));
+        using rethrow_fn = void (*)(std::exception_ptr);
+        const void* const throwing[] = {reinterpret_cast<const void*>(&__cxxabiv1::__cxa_throw),
+                                        reinterpret_cast<const void*>(&__cxxabiv1::__cxa_rethrow),
+                                        reinterpret_cast<const void*>(static_cast<rethrow_fn>(&std::rethrow_exception))};
+        const void* const unwinding[] = {reinterpret_cast<const void*>(&__gxx_personality_v0),
+                                         reinterpret_cast<const void*>(&_Unwind_RaiseException),
+                                         reinterpret_cast<const void*>(&_Unwind_Resume),
+                                         reinterpret_cast<const void*>(&_Unwind_Resume_or_Rethrow)};
+        for (const void* g : throwing)
+          if (f == g) w.verdict = 1;
+        for (const void* g : unwinding)
+          if (f == g) w.verdict = -1;
+        return w.verdict != 0 || ++w.frames > 64 ? _URC_END_OF_STACK : _URC_NO_REASON;
+      },
+      &w);
+  return w.verdict == 1;
 }
 
 [[noreturn]] void on_terminate() noexcept {
@@ -467,7 +531,15 @@ std::string describe(const std::exception_ptr& e) {
   if (const auto& u = last_delivered;
       u.set && !escaped_tasklet && here && running_tasklet(*here) == u.target &&
       (current ? exception_object_of(current) == u.thrown : std::uncaught_exceptions() == u.depth + 1)) {
-    if (u.depth > 0)
+    if (terminate_from_unhandled_throw())
+      // Not a destructor's switch point: the exception was not caught anywhere (the main tasklet's
+      // deadlock error, a send_exception or raise_exception into main; round 12).
+      std::fprintf(stderr, "weft: an exception reached %s at a switch point and nobody caught it: %s\n",
+                   tasklet_label(u.target).c_str(),
+                   current ? what_of(current).c_str()
+                   : u.type && *u.type == typeid(tasklet_exit) ? "weft::tasklet_exit"
+                                                               : "(the exception is gone)");
+    else if (u.depth > 0)
       std::fprintf(stderr,
                    "weft: %s was %s while a destructor run by an exception's unwinding waited at a switch point; "
                    "C++ cannot let an exception leave a destructor during unwinding, so the program ends "
@@ -492,15 +564,7 @@ std::string describe(const std::exception_ptr& e) {
       if (escaped_object == exception_object_of(e)) from = *escaped_from;
     }
     if (!from.empty()) {
-      std::string what;
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& x) {
-        what = x.what();
-      } catch (...) {
-        what = "(not a std::exception)";
-      }
-      std::fprintf(stderr, "weft: an exception escaped %s and nobody caught it: %s\n", from.c_str(), what.c_str());
+      std::fprintf(stderr, "weft: an exception escaped %s and nobody caught it: %s\n", from.c_str(), what_of(e).c_str());
       std::fflush(stderr);
     }
   }
