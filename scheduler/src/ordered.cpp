@@ -530,7 +530,8 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
     case abort_kind::drained:
     case abort_kind::replayed: break;
   }
-  if (worker* w = this_worker()) ++w->aborts;
+  // Counted for the thread that ran it (whoever aborts it), as its segment and its commit are.
+  if (worker* w = s->ran_by ? s->ran_by : this_worker()) ++w->aborts;
   ++t->attempts;
   t->segment = nullptr;
   r.dispatch_hint = nullptr;  // t may start again, and it may lie before the hint
@@ -579,7 +580,7 @@ void release_logged_handles(segment* s) noexcept {
   ++h->segments;
   ++o.commits, ++o.window_commits;
   if (s->inevitable) ++o.inevitable;
-  if (self) ++self->commits;
+  if (worker* by = s->ran_by ? s->ran_by : self) ++by->commits;  // (see abort_segment)
   return next;
 }
 
@@ -1009,6 +1010,9 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     // handles at once (those dropped so far go now, in their place in its output).
     flush_output_and_releases(s);
     s->handles.releases_now = true;
+    // One segment, run in two parts: run_timed counts it again for this thread, so the first
+    // part's count goes (its time stays with the thread that spent it).
+    --o.segments, --s->ran_by->segments;
     s->ran_by = &w;
     w.in_segment = true;
     lk.unlock();
@@ -1253,9 +1257,9 @@ run_statistics stats_locked(runtime& r) {
 }
 
 void log_stats(const run_statistics& st) {
-  detail::diagnostics().info("weft run stats: ordered, {} workers: {} segments, {} commits, aborts {} conflict / {} injected / {} "
+  detail::diagnostics().info("weft run stats: ordered, {} worker{}: {} segments, {} commits, aborts {} conflict / {} injected / {} "
                "changed ({:.3f} per commit), {} inevitable, mean segment {:.2f} us{}{}",
-               st.workers, st.segments, st.commits, st.aborts_conflict, st.aborts_injected, st.aborts_changed,
+               st.workers, st.workers == 1 ? "" : "s", st.segments, st.commits, st.aborts_conflict, st.aborts_injected, st.aborts_changed,
                st.aborts_per_commit, st.inevitable, st.mean_segment_us,
                st.fell_back_to_serial ? "; fell back to serial: " : "", st.fallback_reason);
   for (std::size_t i = 0; i < st.per_thread.size(); ++i) {

@@ -108,7 +108,7 @@ int getruncount();
 struct run_statistics {
   weft::mode mode = weft::mode::serial;
   unsigned workers = 1;
-  std::uint64_t segments = 0;         ///< segment attempts run, committed or not
+  std::uint64_t segments = 0;         ///< segment attempts run, committed or not (one parked for the head and resumed there counts once; WEFT_CHECK=replay's first runs and a drain's dropped segments count, and are no abort of the kinds below)
   std::uint64_t commits = 0;          ///< segments committed
   std::uint64_t aborts_conflict = 0;  ///< read a tvar that a predecessor in commit order changed
   std::uint64_t aborts_injected = 0;  ///< abort injection (options::abort_inject)
@@ -122,6 +122,8 @@ struct run_statistics {
   bool fell_back_to_serial = false;
   std::string fallback_reason;
   struct thread_counts {
+    /// Segments this thread ran (one parked and resumed by another thread counts for that one),
+    /// and how many of them committed and aborted, whichever thread did the commit or the abort.
     std::uint64_t segments = 0, commits = 0, aborts = 0;
     double busy_ms = 0;    ///< inside segments (estimated like mean_segment_us)
     double commit_ms = 0;  ///< between segments: committing (validation, write-back, intents, hooks), dispatch, snapshots
