@@ -161,10 +161,20 @@ TEST_CASE_METHOD(fresh_runtime, "a bad value in a WEFT_ variable is an error tha
   }
   setenv("WEFT_MODE", "serial", 1);
   setenv("WEFT_WORKERS", "2", 1);
-  CHECK_THROWS_WITH(configuration(), Catch::Contains("WEFT_MODE=serial") && Catch::Contains("WEFT_WORKERS=2") &&
+  CHECK_THROWS_WITH(configuration(), Catch::Contains("WEFT_MODE=serial") && Catch::Contains("WEFT_WORKERS=2 asks for 2") &&
                                          Catch::Contains("WEFT_MODE=ordered"));
   unsetenv("WEFT_WORKERS");
   unsetenv("WEFT_MODE");
+  // Round 12: WEFT_ABORT_INJECT alone ran serial and injected nothing, silently. Now it brings
+  // ordered mode (one speculative worker); with serial mode asked for, it is an error.
+  setenv("WEFT_ABORT_INJECT", "0.3", 1);
+  CHECK(configuration().mode == mode::ordered);
+  CHECK(configuration().workers == 1);
+  setenv("WEFT_MODE", "serial", 1);
+  CHECK_THROWS_WITH(configuration(), Catch::Contains("WEFT_ABORT_INJECT=0.3") && Catch::Contains("serial mode"));
+  unsetenv("WEFT_MODE");
+  unsetenv("WEFT_ABORT_INJECT");
+  CHECK_THROWS_WITH(configure({.mode = mode::serial, .abort_inject = 0.3}), Catch::Contains("abort_inject"));
   setenv("WEFT_STACK_SIZE", "256K", 1);
   CHECK(configuration().stack_size == 256 * 1024);
   setenv("WEFT_STACK_SIZE", "1G", 1);

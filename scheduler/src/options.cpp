@@ -31,6 +31,9 @@ void validate(const options& o) {
                                 "(WEFT_MODE=ordered, or more than one worker)");
   if (!(o.abort_inject >= 0.0 && o.abort_inject <= 1.0))
     throw std::invalid_argument("weft::options::abort_inject must be a probability between 0 and 1");
+  if (o.mode == mode::serial && o.abort_inject > 0)
+    throw std::invalid_argument("weft::options::abort_inject rolls back speculative segments: it needs ordered mode "
+                                "(mode::ordered, or more than one worker)");
   if (o.stack_size < 16 * 1024 || o.stack_size > (std::size_t{1} << 30))
     throw std::invalid_argument("weft::options::stack_size must be between 16 KiB and 1 GiB");
 }
@@ -125,7 +128,8 @@ options configuration() {
     throw std::invalid_argument(std::string("WEFT_MODE=serial: serial mode runs on one worker, and ") +
                                 (std::getenv("WEFT_WORKERS") ? std::string("WEFT_WORKERS=") + std::getenv("WEFT_WORKERS")
                                                              : "the program's options") +
-                                " ask for " + std::to_string(o.workers) + "; use WEFT_MODE=ordered");
+                                (std::getenv("WEFT_WORKERS") ? " asks for " : " ask for ") + std::to_string(o.workers) +
+                                "; use WEFT_MODE=ordered");
   // The program asked for serial mode (configure) and WEFT_WORKERS for more workers: name the
   // variable (round 8: the message spoke of "workers = 2", which the program never set).
   if (o.mode == mode::serial && o.workers > 1 && !(m && *m) && std::getenv("WEFT_WORKERS"))
@@ -147,7 +151,13 @@ options configuration() {
       throw std::invalid_argument("WEFT_CHECK: not a check (replay or replay:N): " + v);
     }
   }
-  if (!o.mode) o.mode = o.workers > 1 || o.replay_every ? mode::ordered : mode::serial;
+  // Injection and replay act on speculative segments: asked for without a mode, they bring ordered
+  // mode with them (round 12: WEFT_ABORT_INJECT=0.3 alone ran serial, injecting nothing, silently).
+  if (!o.mode) o.mode = o.workers > 1 || o.replay_every || o.abort_inject > 0 ? mode::ordered : mode::serial;
+  if (o.mode == mode::serial && o.abort_inject > 0 && std::getenv("WEFT_ABORT_INJECT"))
+    throw std::invalid_argument(std::string("WEFT_ABORT_INJECT=") + std::getenv("WEFT_ABORT_INJECT") +
+                                ": abort injection rolls back speculative segments, which serial mode does not "
+                                "run; set WEFT_MODE=ordered (or WEFT_WORKERS=2), or leave the mode unset");
   if (const char* s = std::getenv("WEFT_STACK_SIZE"); s && *s) {
     o.stack_size = parse_size("WEFT_STACK_SIZE", s);
     if (o.stack_size < 16 * 1024 || o.stack_size > (std::size_t{1} << 30))

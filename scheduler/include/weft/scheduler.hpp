@@ -47,7 +47,8 @@ enum class mode {
 struct options {
   /// Threads that run segments: the main thread plus workers - 1 worker threads (DESIGN.md §4.1).
   unsigned workers = 1;
-  /// Default (nullopt): serial with one worker, ordered with more.
+  /// Default (nullopt): serial with one worker, ordered with more, or with abort_inject or
+  /// replay_every set (they act on speculative segments; with serial mode they are an error).
   std::optional<weft::mode> mode = std::nullopt;
   /// Ordered mode: the probability (0..1) that a finished segment is aborted and run again although
   /// nothing conflicted. Output must not change: this is how a breach of the memory contract
@@ -58,9 +59,12 @@ struct options {
   std::uint64_t seed = 0;
   /// WEFT_CHECK=replay[:N] (ordered mode; N defaults to 1): every Nth segment that starts at the head
   /// of the ring runs twice from its snapshot, and the two records (ending operation, tvar writes,
-  /// output, handle copies) must agree; a difference is reported with the tasklet and source lines
-  /// and the program aborts. It finds code that reads plain state it also writes, which injection
-  /// misses when the effect never reaches the output (DESIGN.md §4.7.9). 0: off.
+  /// output, handle copies) must agree; a difference is reported with the tasklet (and, for a tvar
+  /// write, the source line of the write) and the program aborts. It finds code whose two runs from
+  /// the same state do different things — it read plain state that the first run (or another
+  /// thread) changed — which injection misses when the effect never reaches the output (DESIGN.md
+  /// §4.7.9). A breach whose two runs happen to do the same (a plain counter incremented and not
+  /// read back in the segment) is not reported: its results then differ from a plain run's. 0: off.
   unsigned replay_every = 0;
   /// Usable bytes of each tasklet stack, rounded up to whole pages. Stacks are reserved, not
   /// committed: a tasklet costs only the pages it touches. Deep recursion or large locals inside a
