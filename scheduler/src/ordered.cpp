@@ -984,8 +984,9 @@ std::string difference(const record_digest& a, const record_digest& b) {
   std::fflush(stdout);  // what was printed before goes out first
   fmt::print(stderr,
              "weft: WEFT_CHECK=replay: {} ran one segment twice from the same state and got different results: "
-             "{}. It touches something outside the memory contract (DESIGN.md §5): plain memory that it or another "
-             "tasklet writes, a shared RNG, I/O. Keep such state in tvars or in the tasklet's own locals.\n",
+             "{}. It touches something outside the memory contract (the README's \"What code in a tasklet may "
+             "touch\"): plain memory that it or another tasklet writes, a shared RNG, I/O. Keep such state in "
+             "tvars or in the tasklet's own locals.\n",
              name, what);
   std::fflush(stderr);
   std::abort();

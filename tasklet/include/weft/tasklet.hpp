@@ -72,6 +72,9 @@ class tasklet {
     raise_exception(std::make_exception_ptr(std::move(e)));
   }
 
+  /// Stackless' flags (SEMANTICS.md §1, §2.1): alive until its function returned or threw; blocked while it
+  /// waits in a channel; scheduled while in the runnable ring *or* blocked (so remove() of a scheduled
+  /// tasklet may still throw "You cannot remove a blocked tasklet."); paused while alive in neither.
   bool alive() const noexcept;
   bool blocked() const noexcept;
   bool scheduled() const noexcept;
