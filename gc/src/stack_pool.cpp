@@ -248,13 +248,13 @@ namespace {
 // (MADV_POPULATE_WRITE, Linux 5.14) saves the trap: measured on 100,000 pages 72 KiB apart (a
 // stack's stride), touching them costs 1.65 s as faults, 0.23 s of madvise calls + 0.87-0.95 s of
 // first touches when populated one call per page, 0.07-0.08 s + 0.83-0.85 s when populated with
-// process_madvise(2), one call for up to `populate_batch` pages (Linux 6.13 accepts every advice
-// for the calling process; older kernels refuse with EINVAL, and the pool then populates one page
-// per call). So fresh stacks are populated `populate_batch` at a time, in the order allocate() hands
-// them out: at most populate_batch - 1 pages (124 KiB) of a slab are populated and not yet used.
+// process_madvise(2), one call for up to `stack_pool::populate_batch` pages (Linux 6.13 accepts
+// every advice for the calling process; older kernels refuse with EINVAL, and the pool then
+// populates one page per call). So fresh stacks are populated a batch at a time, in the order
+// allocate() hands them out: at most populate_batch - 1 pages (124 KiB) of a slab are populated
+// and not yet used.
 // Only never-used stacks are populated, each once: a stack that comes back through the free list is
 // still mapped. On a kernel without MADV_POPULATE_WRITE the pages are faulted in as before.
-constexpr std::size_t populate_batch = stack_pool::populate_batch;
 
 #ifdef MADV_POPULATE_WRITE
 std::atomic<bool> populate_unsupported{false};
@@ -282,33 +282,35 @@ long madvise_self(iovec* v, std::size_t n, int advice) noexcept {
 }
 
 // One page per call (the fallback).
-void populate_pages(char* const* pages, std::size_t n) noexcept {
+void populate_pages(char* first, std::size_t stride, std::size_t n) noexcept {
   const std::size_t page = page_size();
   for (std::size_t i = 0; i < n && !populate_unsupported.load(std::memory_order_relaxed); ++i)
-    if (::madvise(pages[i], page, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
+    if (::madvise(first + i * stride, page, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
       populate_unsupported.store(true, std::memory_order_relaxed);
 }
 #endif
 
-// Populates the pages at pages[0..n) (page-aligned, n <= populate_batch). Best effort: a page left
-// out is faulted in at its first touch. Keeps errno (the caller's is a spawn in user code).
-void populate(char* const* pages, std::size_t n) noexcept {
+// Populates n pages, the first at `first` and each `stride` bytes above the last (page-aligned,
+// n <= stack_pool::populate_batch). Best effort: a page left out is faulted in at its first touch.
+// Keeps errno (the caller's is a spawn in user code).
+void populate(char* first, std::size_t stride, std::size_t n) noexcept {
 #ifdef MADV_POPULATE_WRITE
   if (populate_unsupported.load(std::memory_order_relaxed)) return;
   const int saved_errno = errno;
   bool done = false;
   if (n > 1 && !batch_unsupported.load(std::memory_order_relaxed)) {
-    iovec v[populate_batch];
-    for (std::size_t i = 0; i < n; ++i) v[i] = {pages[i], page_size()};
+    iovec v[stack_pool::populate_batch];
+    for (std::size_t i = 0; i < n; ++i) v[i] = {first + i * stride, page_size()};
     // Before Linux 6.13 the advice is refused (EINVAL); before 5.10 the call or pidfd_open is
     // missing (ENOSYS); a seccomp filter may refuse either (EPERM). Then one page per call.
     done = madvise_self(v, n, MADV_POPULATE_WRITE) >= 0 || (errno != EINVAL && errno != ENOSYS && errno != EPERM);
     if (!done) batch_unsupported.store(true, std::memory_order_relaxed);
   }
-  if (!done) populate_pages(pages, n);
+  if (!done) populate_pages(first, stride, n);
   errno = saved_errno;
 #else
-  (void)pages;
+  (void)first;
+  (void)stride;
   (void)n;
 #endif
 }
@@ -380,10 +382,8 @@ stack_extent stack_pool::allocate() {
       const slab& s = slabs_.back();
       // Stacks left in the slab from base on (base is a guard page above its slot's start).
       const std::size_t left = (static_cast<std::size_t>(s.begin + s.bytes - base) + stride_ - 1) / stride_;
-      char* pages[populate_batch];
       const std::size_t n = std::min(left, populate_batch);
-      for (std::size_t i = 0; i < n; ++i) pages[i] = base + i * stride_ + stack_size_ + colour_span - page_size();
-      populate(pages, n);
+      populate(base + stack_size_ + colour_span - page_size(), stride_, n);
       populated_ = base + n * stride_;
     }
   }
