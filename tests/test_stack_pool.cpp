@@ -93,7 +93,7 @@ TEST_CASE("guarded stacks have an inaccessible page below them", "[unit][gc]") {
   pool.release(b);
 }
 
-TEST_CASE("stack tops are coloured: 32 stacks use 32 different cache-line offsets in the upper half of a page", "[unit][gc]") {
+TEST_CASE("stack tops are coloured: 24 stacks use 24 different cache-line offsets in the upper 1.5 KiB of a page", "[unit][gc]") {
   // Issue 11 §6: 64 KiB-aligned tops put the hot frames of every tasklet in the same cache sets; tops
   // low in their page made the first frames spill onto a second page (one more page fault each).
   for (bool guard : {false, true}) {
@@ -106,10 +106,10 @@ TEST_CASE("stack tops are coloured: 32 stacks use 32 different cache-line offset
       const auto top = reinterpret_cast<std::uintptr_t>(stacks.back().top());
       CHECK(top % 64 == 0);
       const std::uintptr_t below_top = (top - 1) % 4096 + 1;  // bytes of the top's page below it
-      CHECK(below_top >= 2048);
+      CHECK(below_top >= 2624);  // room for a blocked tasklet's frames and the unwinder that kills it
       offsets.insert(below_top);
     }
-    CHECK(offsets.size() == 32);
+    CHECK(offsets.size() == 24);
     for (auto& s : stacks) pool.release(s);
   }
 }

@@ -44,16 +44,23 @@ constexpr std::size_t max_slab_stacks = 4096;
 // KiB with a guard page: still the same L1 sets), so the hot top frames of thousands of tasklets
 // competed for the same cache sets (issue 11 §6). The usable size stays what was asked for.
 //
-// Only the upper half of the last page is used for colours: every top leaves at least 2 KiB of its
-// page below it, so the frames of a tasklet blocked in a channel operation (~0.6 KiB) and those of
-// the unwinder that kills it (~2 KiB) stay in the one page the tasklet's first run touched. With 64
+// Only the upper 1.5 KiB of the last page is used for colours: every top leaves at least 2,624
+// bytes of its page below it, so the frames of a tasklet blocked in a channel operation at its top
+// level and those of the unwinder that kills it stay in the one page the tasklet's first run
+// touched. Measured with gcc 12 at -O2 (stack painted below a blocked tasklet): the entry frames
+// down to the tasklet's function ~360 bytes, a block and resume 280 bytes below that, a kill 1,935
+// (libgcc's unwinder; 5 KiB for the process's first throw, which sets up its tables). With 64
 // colours (the whole page) 12% of new tasklets touched a second page when they first blocked and
 // most touched one more when killed: `perf stat -e page-faults weft_workloads hackysack 2 100000`
-// 168,128 faults with 64 colours, 121,251 with 32 (115,000 with none). A fresh page costs 8-20 us on
-// this project's VM, more than a thousand switches.
+// 168,128 faults with 64 colours, 121,251 with 32 (115,000 with none). With 32 (the upper half)
+// 7.5% of kills still touched a second page, ~1 s of the 6.5 s teardown of a million blocked
+// tasklets; the same command, top pages now populated by the pool: 20,672 faults with 32 colours,
+// 14,421 with 24. A fresh page costs 8-20 us on this project's VM, more than a thousand switches.
+// 24 colours spread the tops as well as 32 did: cachegrind of the sieve (2,000 tasklets, this
+// machine's 48 KiB L1 and 1 MiB L2) counts the same misses within 1.2%.
 constexpr std::size_t colour_span = 4096;
 constexpr std::size_t colour_step = 64;
-constexpr std::size_t colours = 32;
+constexpr std::size_t colours = 24;
 
 // Guard pages and vm.max_map_count: each guard page splits its slab's mapping, and once the process
 // reaches the limit every mmap fails — malloc's, a new thread's stack, our next slab. So guards stop
