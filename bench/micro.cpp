@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <optional>
 #include <thread>
+#include <vector>
 
 #include <weft/weft.hpp>
 
@@ -91,6 +92,29 @@ void BM_spawn_blocking(benchmark::State& state) {
   weft::shutdown();
 }
 BENCHMARK(BM_spawn_blocking)->Arg(1 << 14);  // stays well below vm.max_map_count with guard pages
+
+// kill() of a tasklet blocked in receive(): the switch into it, the unwinding of its frames up to
+// the tasklet's entry (weft::tasklet_exit, SEMANTICS.md §3), the switch back. Tasklets are made in
+// untimed batches of state.range(0).
+void BM_kill_blocked(benchmark::State& state) {
+  const std::size_t batch = static_cast<std::size_t>(state.range(0));
+  weft::channel<int> never;
+  std::vector<weft::tasklet> blocked;
+  blocked.reserve(batch);
+  for (auto _ : state) {
+    if (blocked.empty()) {
+      state.PauseTiming();
+      for (std::size_t i = 0; i < batch; ++i) blocked.push_back(weft::spawn([ch = never]() mutable { ch.receive(); }));
+      weft::run();
+      state.ResumeTiming();
+    }
+    blocked.back().kill();
+    blocked.pop_back();
+  }
+  blocked.clear();
+  weft::shutdown();
+}
+BENCHMARK(BM_kill_blocked)->Arg(1024);
 
 void BM_try_receive_empty(benchmark::State& state) {
   weft::channel<int> ch;

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <vector>
+#include <typeinfo>
 
 #include "weft/detail/context.hpp"
 #include "weft/detail/epoch.hpp"
@@ -263,6 +264,8 @@ void note_escaped(const std::exception_ptr& e, const tasklet_impl* t);
 /// Records that e (a kill or raise) is about to be thrown into t at a switch point: if it leaves a
 /// destructor there (during an unwinding or not), the terminate handler says what happened.
 void note_delivered(const std::exception_ptr& e, const tasklet_impl* t) noexcept;
+/// The same for a kill thrown as the new tasklet_exit `object` (rethrow_pending_exception).
+void note_delivered(const void* object, const std::type_info& type, const tasklet_impl* t) noexcept;
 /// Installs (once) the std::terminate handler that flushes output and names the tasklet an uncaught
 /// exception came from.
 void install_terminate_handler();
