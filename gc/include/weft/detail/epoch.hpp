@@ -161,6 +161,10 @@ void epoch_collect_if_due(unsigned retired_since = 0) noexcept;
 void epoch_collect() noexcept;
 /// For tests: objects retired and not yet freed, in the whole process.
 std::size_t epoch_pending() noexcept;
+/// For tests: retired entries the collections of the calling thread have looked at so far (its own
+/// list and the orphans'). While a reader holds the epoch, collections find nothing new and skip
+/// the scan: this stays linear in the retires, not quadratic.
+std::uint64_t epoch_scanned() noexcept;
 /// For tests: participant records in use (threads that took part and are still running, segment
 /// records held).
 unsigned epoch_participants_in_use() noexcept;
