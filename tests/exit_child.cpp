@@ -13,6 +13,11 @@
 //                             waits on a channel: nothing can switch to it, so it is left as it is,
 //                             quietly (round 8: four "switch point inside atomically" warnings and
 //                             "refused to die")
+//   weft_exit_child main_returns
+//                             main returns after its last receive while the senders are runnable:
+//                             serial order never runs what follows their sends (the shutdown kills
+//                             them), a loop that never ends; a speculative run of it must stop when
+//                             the kill dooms it (round 13: the shutdown waited for it forever)
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -38,11 +43,35 @@ weft::tvar<std::uint64_t> total{0};
 
 }  // namespace
 
+bool forever = true;  // never written
+
+// A new string each call (not elided: std::string's allocator calls operator new).
+__attribute__((noinline)) std::size_t make_some(std::size_t n) {
+  std::string s(n, 'x');
+  return s.size();
+}
+
 struct unwound_line {
   ~unwound_line() { weft::print("tasklet unwound\n"); }
 };
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "main_returns") == 0) {
+    weft::channel<int> results;
+    for (int i = 0; i < 4; ++i)
+      weft::spawn([results, i]() mutable {
+        results.send(i);
+        std::size_t made = 0;
+        while (forever) made += make_some(100);
+        weft::print("never printed {}\n", made);
+      });
+    int sum = 0;
+    for (int i = 0; i < 4; ++i) sum += results.receive();
+    std::uint64_t x = 0;
+    for (int k = 0; k < 40; ++k) x ^= spin(k);  // ~10 ms: the other thread runs what follows the sends
+    weft::print("main returns, sum {}, {}\n", sum, x & 1);
+    return 0;
+  }
   if (argc > 1 && std::strcmp(argv[1], "main_in_block") == 0) {
     weft::channel<int> never;
     weft::spawn([never]() mutable {

@@ -17,6 +17,7 @@
 namespace weft::detail {
 
 __attribute__((tls_model("initial-exec"))) constinit thread_local alloc_log* active_log = nullptr;
+void (*alloc_log_stop_hook)() noexcept = nullptr;
 constinit std::atomic<bool> defer_plain_frees{false};
 
 namespace {
@@ -210,7 +211,14 @@ void alloc_log::keep_allocations() noexcept {
 }
 
 namespace {
+// Before anything is allocated or freed: the attempt may leave from here and be rolled back.
+inline void stop_if_requested(alloc_log* log) noexcept {
+  if (log->stop_requested()) [[unlikely]]
+    if (auto hook = alloc_log_stop_hook) hook();
+}
 inline void* allocate(std::size_t n) {
+  if (alloc_log* log = active_log) [[unlikely]]
+    stop_if_requested(log);
   void* p = std::malloc(n ? n : 1);
   if (!p) [[unlikely]]
     throw std::bad_alloc();
@@ -221,6 +229,8 @@ inline void* allocate(std::size_t n) {
   return p;
 }
 inline void* allocate_aligned(std::size_t n, std::size_t align) {
+  if (alloc_log* log = active_log) [[unlikely]]
+    stop_if_requested(log);
   void* p = std::aligned_alloc(align, (n + align - 1) / align * align);
   if (!p) [[unlikely]]
     throw std::bad_alloc();
@@ -233,6 +243,7 @@ inline void* allocate_aligned(std::size_t n, std::size_t align) {
 inline void deallocate(void* p) noexcept {
   if (!p) return;
   if (alloc_log* log = active_log) [[unlikely]] {
+    stop_if_requested(log);
     if (log->forget_alloc(p)) {
       std::free(p);
       return;

@@ -74,7 +74,9 @@ struct segment {
   handle_log handles;
   state st = state::running;
   bool inevitable = false;  // cannot abort; at the head
-  bool doomed = false;      // a commit changed its tasklet while it ran: abort when it ends
+  // A commit changed its tasklet while it ran: abort when it ends, or at its next new or delete
+  // (stop_doomed_segment). Set under the commit lock, read by the thread running it.
+  std::atomic<bool> doomed{false};
   bool at_head = false;     // its tasklet was the head when it started
   struct worker* ran_by = nullptr;  // the thread that ran it (commits it, while that thread is busy)
   tasklet_impl* owner = nullptr;    // whose segment it is, while in flight
@@ -82,6 +84,7 @@ struct segment {
 
   segment() : epoch(&epoch_slot_acquire()) {
     segment_register(&tx);
+    tx.segment_watch_stop(&doomed);
     handles.out = &out;
   }
   ~segment() {
@@ -787,7 +790,7 @@ void segment_ended(runtime& r, worker& w, tasklet_impl* t, segment* s) {
       break;
     case worker::end::aborted:
     case worker::end::none:
-      abort_segment(r, t, s, abort_kind::conflict);
+      abort_segment(r, t, s, s->doomed ? abort_kind::changed : abort_kind::conflict);
       break;
     case worker::end::committed:
       // Its record goes back now that the tasklet's context is saved (until then nobody could pick
@@ -1143,6 +1146,19 @@ void segment_fault(int sig) noexcept {
   abort_jump();
 }
 
+// alloc_log_stop_hook: a doomed speculative segment (a commit changed its tasklet: killed, raised
+// into, removed) stops at its next new or delete instead of running to its next switch point. At
+// shutdown that is what ends a segment that ran ahead of main's last one and went on reading what
+// main's frame held after main returned (newcomer round 13: a loop bounded by main's locals grew a
+// string until memory ran out, and the shutdown waited for it forever).
+void stop_doomed_segment() noexcept {
+  worker* w = this_thread_worker;
+  if (!w || !w->rt || !w->rt->is_parallel() || !w->running || w->running->is_main) return;
+  segment* s = seg(w->running);
+  if (!s || s->inevitable || !s->doomed.load(std::memory_order_relaxed)) return;
+  abort_jump();
+}
+
 void park_for_head() {
   worker* w = this_worker();
   if (!w || !w->rt->is_parallel() || !w->running || w->running->is_main) return;
@@ -1176,6 +1192,7 @@ void ordered_start(runtime& r) {
   weft::atomically([] {});
   diagnostics();
   install_fault_handlers(&segment_fault);
+  alloc_log_stop_hook = &stop_doomed_segment;
   auto o = std::make_unique<ordered_state>();
   o->window = std::max(4u * r.config.workers, 4u);
   // Spinners take the commit lock when a commit bumps `wakes`: a few, not workers / 2 as Go (whose

@@ -85,8 +85,16 @@ class alloc_log {
   /// delete, not deferred, and `new` is not recorded: code outside the attempt is running (dropping
   /// objects an attempt left behind, on_abort hooks) before the attempt's memory is freed.
   bool releasing() const noexcept { return releasing_; }
+  /// The attempt's owner may ask it to stop (scheduler/: a speculative segment doomed by a commit,
+  /// which would otherwise run on until its next switch point, or forever on what main's frame held
+  /// once main returned): operator new and delete then call alloc_log_stop_hook first.
+  void watch_stop(const std::atomic<bool>* stop) noexcept { stop_ = stop; }
+  bool stop_requested() const noexcept {
+    return stop_ && stop_->load(std::memory_order_relaxed) && !releasing_;
+  }
 
  private:
+  const std::atomic<bool>* stop_ = nullptr;
   // Allocations in order (for rollback) plus an open-addressing index (for forget_alloc).
   void** allocs_ = nullptr;
   std::size_t alloc_count_ = 0, alloc_cap_ = 0;
@@ -111,6 +119,9 @@ __attribute__((tls_model("initial-exec"))) extern constinit thread_local alloc_l
 /// transaction that will abort may still be reading it (the object was unlinked by a transaction
 /// that committed just before the delete). Set by stm/ under its registry lock.
 extern std::atomic<bool> defer_plain_frees;
+/// Called by operator new and delete when the active log's stop_requested() (set by scheduler/ at
+/// its start; null: nobody asks). May not return: it rolls the attempt back (DESIGN.md §4.3).
+extern void (*alloc_log_stop_hook)() noexcept;
 
 /// The log of the transaction active on this thread, or nullptr.
 inline alloc_log* active_alloc_log() noexcept { return active_log; }

@@ -319,6 +319,8 @@ class alignas(64) transaction {
   void segment_begin(epoch_slot& slot, bool inevitable);
   /// Installs (removes) the attempt as the calling thread's transaction and allocation log.
   void segment_attach() noexcept;
+  /// Operator new and delete in the segment's attempts stop it (alloc_log_stop_hook) once *stop is true.
+  void segment_watch_stop(const std::atomic<bool>* stop) noexcept { allocs_.watch_stop(stop); }
   void segment_detach() noexcept;
   /// The commit proper: locks, validation of every read (read-only attempts too: a predecessor in
   /// commit order may have written what this one read), write-back. False: nothing was published;
