@@ -52,63 +52,82 @@ alloc_log::~alloc_log() {
 }
 
 void alloc_log::index_rebuild(std::size_t cap) noexcept {
-  auto* n = static_cast<std::uintptr_t*>(std::calloc(cap, sizeof(std::uintptr_t)));
+  auto* n = static_cast<slot*>(std::calloc(cap, sizeof(slot)));
   if (!n) return;
   std::free(index_);
   index_ = n;
   index_cap_ = cap;
   index_used_ = 0;
-  for (std::size_t i = 0; i < alloc_count_; ++i)
-    if (allocs_[i]) index_insert(allocs_[i]);
+  for (std::size_t i = 0; i < indexed_; ++i)
+    if (allocs_[i]) index_insert(allocs_[i], i);
 }
 
-void alloc_log::index_insert(void* p) noexcept {
+// Empties the index (all of allocs_ unindexed). A big one is given back rather than wiped at the
+// end of every later attempt that uses this log (segment records are reused).
+void alloc_log::index_clear() noexcept {
+  if (index_cap_ > (std::size_t{1} << 16)) {
+    std::free(index_);
+    index_ = nullptr;
+    index_cap_ = 0;
+  } else if (index_used_) {
+    std::memset(static_cast<void*>(index_), 0, index_cap_ * sizeof(slot));
+  }
+  index_used_ = 0;
+  indexed_ = 0;
+}
+
+bool alloc_log::index_insert(void* p, std::size_t pos) noexcept {
   if ((index_used_ + 1) * 2 > index_cap_) {
     index_rebuild(index_cap_ ? index_cap_ * 2 : 64);
-    if ((index_used_ + 1) * 2 > index_cap_) return;  // out of memory: forget_alloc falls back to a scan
+    if ((index_used_ + 1) * 2 > index_cap_) return false;  // out of memory: the tail stays unindexed
   }
   std::size_t i = slot_of(p, index_cap_);
-  while (index_[i] > 1) i = (i + 1) & (index_cap_ - 1);
-  if (index_[i] == 0) ++index_used_;
-  index_[i] = reinterpret_cast<std::uintptr_t>(p);
+  while (index_[i].key > 1) i = (i + 1) & (index_cap_ - 1);
+  if (index_[i].key == 0) ++index_used_;
+  index_[i] = {reinterpret_cast<std::uintptr_t>(p), pos};
+  return true;
+}
+
+void alloc_log::index_catch_up() noexcept {
+  for (; indexed_ < alloc_count_; ++indexed_)
+    if (allocs_[indexed_] && !index_insert(allocs_[indexed_], indexed_)) return;
 }
 
 // The slot holding p, or index_cap_ when p is not in the index.
 std::size_t alloc_log::index_find(const void* p) const noexcept {
   if (!index_cap_) return 0;
   for (std::size_t i = slot_of(p, index_cap_);; i = (i + 1) & (index_cap_ - 1)) {
-    if (index_[i] == 0) return index_cap_;
-    if (index_[i] == reinterpret_cast<std::uintptr_t>(p)) return i;
+    if (index_[i].key == 0) return index_cap_;
+    if (index_[i].key == reinterpret_cast<std::uintptr_t>(p)) return i;
   }
 }
 
-bool alloc_log::index_erase(void* p) noexcept {
-  const std::size_t i = index_find(p);
-  if (i == index_cap_) return false;
-  index_[i] = 1;  // tombstone
-  return true;
+void alloc_log::index_erase(void* p) noexcept {
+  if (const std::size_t i = index_find(p); i != index_cap_) index_[i].key = 1;  // tombstone
 }
 
-bool alloc_log::index_contains(const void* p) const noexcept { return index_find(p) != index_cap_; }
+std::size_t alloc_log::find_alloc(const void* p) noexcept {
+  if (alloc_count_ - indexed_ > unindexed_scan) index_catch_up();
+  for (std::size_t i = alloc_count_; i-- > indexed_;)  // the unindexed tail: the most recent ones
+    if (allocs_[i] == p) return i;
+  const std::size_t s = index_find(p);
+  return s == index_cap_ ? alloc_count_ : index_[s].pos;
+}
 
 void alloc_log::record_alloc(void* p) noexcept {
   if (!grow(allocs_, alloc_cap_, alloc_count_ + 1)) return;  // cannot track: it will simply survive an abort
   allocs_[alloc_count_++] = p;
-  index_insert(p);
 }
 
 bool alloc_log::forget_alloc(void* p) noexcept {
-  if (!index_contains(p)) return false;
-  for (std::size_t i = alloc_count_; i-- > 0;) {  // usually the most recent allocation
-    if (allocs_[i] != p) continue;
-    // An enclosing scope's: deferred (the scope may roll back), unless code outside the attempt
-    // deletes it (releasing): that delete is not undone by any rollback.
-    if (i < floor_ && !releasing_) return false;
-    allocs_[i] = nullptr;
-    index_erase(p);
-    return true;
-  }
-  return false;
+  const std::size_t i = find_alloc(p);
+  if (i == alloc_count_) return false;
+  // An enclosing scope's: deferred (the scope may roll back), unless code outside the attempt
+  // deletes it (releasing): that delete is not undone by any rollback.
+  if (i < floor_ && !releasing_) return false;
+  allocs_[i] = nullptr;
+  if (i < indexed_) index_erase(p);
+  return true;
 }
 
 void alloc_log::defer_free(void* p) noexcept {
@@ -152,15 +171,16 @@ std::size_t alloc_log::rollback_to(mark m) noexcept {
   std::size_t freed = 0;
   for (std::size_t i = alloc_count_; i-- > m.allocs;) {
     if (allocs_[i]) {
-      index_erase(allocs_[i]);
+      if (i < indexed_) index_erase(allocs_[i]);
       std::free(allocs_[i]);
       ++freed;
     }
   }
   alloc_count_ = m.allocs;
   free_count_ = m.frees;
+  if (indexed_ > alloc_count_) indexed_ = alloc_count_;
   if (floor_ > alloc_count_) floor_ = alloc_count_;
-  if (alloc_count_ == 0 && index_used_) index_rebuild(index_cap_);  // drop tombstones
+  if (alloc_count_ == 0) index_clear();  // and its tombstones
   return freed;
 }
 
@@ -168,7 +188,6 @@ std::size_t alloc_log::rollback_between(mark m, mark end) noexcept {
   std::size_t freed = 0;
   for (std::size_t i = m.allocs; i < end.allocs; ++i) {
     if (allocs_[i]) {
-      index_erase(allocs_[i]);
       std::free(allocs_[i]);
       ++freed;
     }
@@ -176,6 +195,7 @@ std::size_t alloc_log::rollback_between(mark m, mark end) noexcept {
   if (alloc_count_ > end.allocs)
     std::memmove(allocs_ + m.allocs, allocs_ + end.allocs, (alloc_count_ - end.allocs) * sizeof(void*));
   alloc_count_ -= end.allocs - m.allocs;
+  index_clear();  // the positions after `end` moved: indexed again when a delete needs it
   drop_frees_between(m, end);
   if (floor_ > alloc_count_) floor_ = alloc_count_;
   return freed;
@@ -194,20 +214,18 @@ std::size_t alloc_log::commit() noexcept {
   free_count_ = 0;
   alloc_count_ = 0;
   floor_ = 0;
-  if (index_used_) std::memset(index_, 0, index_cap_ * sizeof(std::uintptr_t));
-  index_used_ = 0;
+  index_clear();
   return deferred;
 }
 
 void alloc_log::keep_allocations() noexcept {
   // The attempt's allocations stay alive, except those it deleted (inside an or_else scope).
   for (std::size_t i = 0; i < free_count_; ++i)
-    if (index_contains(frees_[i])) std::free(frees_[i]);
+    if (find_alloc(frees_[i]) != alloc_count_) std::free(frees_[i]);
   free_count_ = 0;
   alloc_count_ = 0;
   floor_ = 0;
-  if (index_used_) std::memset(index_, 0, index_cap_ * sizeof(std::uintptr_t));
-  index_used_ = 0;
+  index_clear();
 }
 
 namespace {
