@@ -77,6 +77,10 @@ struct segment {
   // A commit changed its tasklet while it ran: abort when it ends, or at its next new or delete
   // (stop_doomed_segment). Set under the commit lock, read by the thread running it.
   std::atomic<bool> doomed{false};
+  // Main became runnable while this segment ran on the main thread (whose stack is main's): since
+  // when, in now_ns(); 0 if not. Past main_wait_grace_ns it stops at its next new or delete.
+  std::atomic<std::uint64_t> main_waits_since{0};
+  std::atomic<bool> stop{false};  // doomed or main_waits_since set: what operator new and delete watch
   bool at_head = false;     // its tasklet was the head when it started
   struct worker* ran_by = nullptr;  // the thread that ran it (commits it, while that thread is busy)
   tasklet_impl* owner = nullptr;    // whose segment it is, while in flight
@@ -84,7 +88,7 @@ struct segment {
 
   segment() : epoch(&epoch_slot_acquire()) {
     segment_register(&tx);
-    tx.segment_watch_stop(&doomed);
+    tx.segment_watch_stop(&stop);
     handles.out = &out;
   }
   ~segment() {
@@ -123,6 +127,7 @@ struct worker {
   enum class end : std::uint8_t { none, finished, parked, aborted, committed } ended = end::none;
   bool main_thread = false;
   bool in_segment = false;  // running a segment now (under the commit lock)
+  struct segment* current = nullptr;  // the one it runs now (under the commit lock)
   std::uint32_t index = 0;  // in ordered_state::workers
   std::unique_ptr<home_context> own_home;  // worker threads; the main thread uses main itself
   std::thread thread;
@@ -351,6 +356,8 @@ void give_segment(ordered_state& o, segment* s) {
   s->handles.size = 0;
   s->handles.releases_now = false;
   s->has_snapshot = s->inevitable = s->doomed = s->at_head = false;
+  s->main_waits_since.store(0, std::memory_order_relaxed);
+  s->stop.store(false, std::memory_order_relaxed);
   s->owner = nullptr;
   s->ran_by->free_segments.push_back(s);
   --o.in_flight;
@@ -435,6 +442,11 @@ tasklet_impl* pick(runtime& r, const worker& w) {
       return h;
     }
   }
+  // Once the shutdown has begun every tasklet's next segment is its kill, taken at the head: what
+  // would run ahead could only be rolled back, and one that loops on what main's frame held (main
+  // returned) would keep this thread from the kills for ever (round 13: the main thread, waiting
+  // in the shutdown for a kill, picked one up).
+  if (r.shutting_down.load(std::memory_order_relaxed)) return nullptr;
   if (o.in_flight >= o.window) return nullptr;
   const bool before_main_only = w.main_thread && r.main->state == tasklet_state::runnable;
   if (before_main_only && h == r.main) return nullptr;
@@ -738,6 +750,8 @@ bool commit_transaction(runtime& r, tasklet_impl* h, segment* s) {
 // segment: it commits it when that segment ends (segment_ended), with the written tvars still in its
 // core's cache. Committing it here cost a cross-core miss per written tvar (bank: 200 per commit,
 // 20 us instead of 2). A thread that has nothing to run commits any finished head (`any_thread`).
+void note_main_waiting(runtime& r, ordered_state& o) noexcept;
+
 std::size_t commit_chain(runtime& r, bool any_thread = false) {
   ordered_state& o = state_of(r);
   worker* self = this_worker();
@@ -761,6 +775,7 @@ std::size_t commit_chain(runtime& r, bool any_thread = false) {
     check_guard(r);
   }
   if (o.draining) drain_step(r);
+  if (committed) note_main_waiting(r, o);
   wake(o);
   return committed;
 }
@@ -779,6 +794,7 @@ void enter(worker& w, tasklet_impl* t, segment* s) {
 }
 
 void segment_ended(runtime& r, worker& w, tasklet_impl* t, segment* s) {
+  w.current = nullptr;
   switch (w.ended) {
     case worker::end::finished:
       s->st = segment::state::finished;
@@ -843,6 +859,7 @@ segment* run_new(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
   t->last_worker = w.index + 1;
   s->ran_by = &w;
   w.in_segment = true;
+  w.current = s;
   s->inevitable = s->at_head && needs_head(o, t);
   s->handles.releases_now = s->inevitable;
   t->want_head = false;
@@ -1019,6 +1036,7 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     --o.segments, --s->ran_by->segments;
     s->ran_by = &w;
     w.in_segment = true;
+    w.current = s;
     lk.unlock();
     run_timed(r, w, t, s, lk);
     segment_ended(r, w, t, s);
@@ -1151,12 +1169,32 @@ void segment_fault(int sig) noexcept {
 // shutdown that is what ends a segment that ran ahead of main's last one and went on reading what
 // main's frame held after main returned (newcomer round 13: a loop bounded by main's locals grew a
 // string until memory ran out, and the shutdown waited for it forever).
+//
+// Also a segment that keeps main waiting: main runs only on the main thread, and while main waits
+// (a receive, run()) that thread runs other tasklets' segments; one of those may be long, or, if
+// serial order would never run it (main ends the program first), endless — round 13's tasklets that
+// loop after their last send. Once main has been runnable for main_wait_grace_ns, such a segment
+// stops at its next new or delete and runs again later.
+constexpr std::uint64_t main_wait_grace_ns = 1'000'000;
+
 void stop_doomed_segment() noexcept {
   worker* w = this_thread_worker;
   if (!w || !w->rt || !w->rt->is_parallel() || !w->running || w->running->is_main) return;
   segment* s = seg(w->running);
-  if (!s || s->inevitable || !s->doomed.load(std::memory_order_relaxed)) return;
-  abort_jump();
+  if (!s || s->inevitable) return;
+  if (s->doomed.load(std::memory_order_relaxed)) abort_jump();
+  const std::uint64_t since = s->main_waits_since.load(std::memory_order_relaxed);
+  if (since != 0 && now_ns() - since > main_wait_grace_ns) abort_jump();
+}
+
+// Under the commit lock, after commits: starts main's grace (above) if main can run and the main
+// thread is busy with another tasklet's segment.
+void note_main_waiting(runtime& r, ordered_state& o) noexcept {
+  segment* s = o.workers.empty() ? nullptr : o.workers[0]->current;
+  if (!s || s->inevitable || s->owner == r.main || r.main->state != tasklet_state::runnable) return;
+  if (s->main_waits_since.load(std::memory_order_relaxed) != 0) return;
+  s->main_waits_since.store(now_ns(), std::memory_order_relaxed);
+  s->stop.store(true, std::memory_order_relaxed);
 }
 
 void park_for_head() {
@@ -1451,6 +1489,8 @@ bool try_in_place(const runtime& r, tasklet_impl* self, const segment* s) noexce
   self->in_place_backoff = 0;
   s->ending = intent{.kind = intent_kind::yield};  // its output and handle log went with the commit
   s->has_snapshot = s->doomed = false;
+  s->main_waits_since.store(0, std::memory_order_relaxed);
+  s->stop.store(false, std::memory_order_relaxed);
   s->inevitable = s->handles.releases_now = true;
   s->channels_made = self->channels_made;
   self->want_head = false;  // it is the head
@@ -1603,6 +1643,7 @@ bool ordered_abort_in_flight(runtime& r, tasklet_impl* t) noexcept {
   if (!s) return false;
   if (s->st == segment::state::running) {
     s->doomed = true;
+    s->stop.store(true, std::memory_order_relaxed);
     return true;
   }
   abort_segment(r, t, s, abort_kind::changed);

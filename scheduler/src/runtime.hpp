@@ -89,7 +89,7 @@ struct runtime {
   std::size_t alive = 0;  // tasklets bound here and not dead (main excluded)
 
   std::uint64_t next_id = 1;
-  bool shutting_down = false;
+  std::atomic<bool> shutting_down{false};  // read by worker threads (ordered.cpp, pick)
   bool thread_ending = false;  // the shutdown is the thread's end: blocked tasklets leave ghosts
   /// Ghosts left in channels by this shutdown's kills, with the tasklet each stands for (holding a
   /// reference): settle_ghosts() keeps those someone else may still meet.
