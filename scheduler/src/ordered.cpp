@@ -221,6 +221,7 @@ struct ordered_state {
   // std::exit from code of the run (ordered_before_exit): the other threads stay out of user code
   // from their next switch point on, until the process ends (or ordered_stop).
   bool exiting = false;
+  bool stats_logged = false;  // WEFT_STATS=1 printed them (at a std::exit, before ordered_stop)
   std::size_t quiescent = 0;     // threads waiting in work() because of `exiting`
 
   // WEFT_CHECK=replay[:N]: every Nth segment that starts at the head runs twice (0: off).
@@ -1343,7 +1344,7 @@ void ordered_stop(runtime& r) noexcept {
   ordered_state& o = state_of(r);
   try {
     run_statistics st = ordered_stats(r);
-    if (const char* e = std::getenv("WEFT_STATS"); e && std::string(e) == "1") log_stats(st);
+    if (const char* e = std::getenv("WEFT_STATS"); e && std::string(e) == "1" && !o.stats_logged) log_stats(st);
     std::lock_guard lk(last_stats_lock);
     *last_stats = std::move(st);
   } catch (...) {
@@ -1604,10 +1605,26 @@ void ordered_before_exit() noexcept {
     release_logged_handles(s);
   }
   o.exiting = true;
+  // What the other threads run never commits now: it stops at its next new or delete too, so that
+  // one serial order would never have run (endless, say) does not keep the exit waiting.
+  for (auto& other : o.workers)
+    if (segment* x = other->current; x && other.get() != w && !x->inevitable) {
+      x->doomed = true;
+      x->stop.store(true, std::memory_order_relaxed);
+    }
   wake_all(o);
   // Static destructors must not run while another thread is inside user code: wait until every
   // other thread has reached a switch point (what they ran after the head never commits or prints).
   wait_until(o, *w, lk, [&] { return o.quiescent + 1 >= o.workers.size(); });
+  // The runtime's own end (ordered_stop) may never come: the exit of a worker thread runs that
+  // thread's thread_local destructors, not main's (round 13: WEFT_STATS=1 printed nothing).
+  if (const char* e = std::getenv("WEFT_STATS"); e && std::string(e) == "1" && !o.stats_logged) {
+    o.stats_logged = true;
+    try {
+      log_stats(stats_locked(r));
+    } catch (...) {
+    }
+  }
   if (w->running == r.main) {
     // Main exits: drop the speculative segments and go on in serial state, so that the shutdown at
     // the end of the main thread (killing the remaining tasklets) runs as with one worker.
