@@ -330,7 +330,7 @@ apply_result apply_channel_op(runtime& r, intent& in) {
   // §4.1; with a tasklet waiting in a nested run() its run() returns instead (§1.6), and with other
   // threads alive, §5b: wait for them.
   if (r.ring_size == 1 && r.runners.empty() && (self == r.main || r.main->state == tasklet_state::blocked) &&
-      !other_runtimes_alive())
+      !may_be_woken(r))
     throw deadlock_error(msg::deadlock);
   ring_unlink(r, self);
   queue_append(c, self, d);
@@ -441,7 +441,7 @@ apply_result apply_intent(runtime& r, intent& in) {
     case intent_kind::remove_self:  // §1.5, §4.1, §4.3; alone with a run() waiting, it returns (§1.6)
       if (r.ring_size == 1 && r.runners.empty()) {
         if (self == r.main) return {self};
-        if (r.main->state == tasklet_state::blocked && !other_runtimes_alive())  // else §5b: wait
+        if (r.main->state == tasklet_state::blocked && !may_be_woken(r))  // else §5b: wait
           throw deadlock_error(msg::deadlock);
       }
       leave_ring_paused(r, self);

@@ -204,6 +204,10 @@ runtime* thread_runtime() noexcept;
 /// Another thread's runtime is alive, or a thread the program made (not the caller) has not used weft
 /// yet (SEMANTICS.md §5b: a main with nothing to run then waits; retry() with neither is an error).
 bool other_runtimes_alive() noexcept;
+/// Under the registry lock: r (this thread's runtime) has mail, or other_runtimes_alive(). The test
+/// before a §4.1 deadlock error while other threads exist: mail posted since the caller last took
+/// its mail wakes one of r's tasklets even when its sender's thread has ended since.
+bool may_be_woken(const runtime& r) noexcept;
 /// Under c's guard, by the runtime of the partner's partner: p (blocked in c, of another runtime) has
 /// been matched and taken out of c's queue; sends it to its runtime, which makes it runnable when it
 /// next applies an intent. Throws std::runtime_error("tasklet has no thread") if p's thread has ended.

@@ -174,6 +174,15 @@ bool other_runtimes_alive() noexcept {
   return registry().live > own_runtime || registry().unstarted > own_unstarted;
 }
 
+bool may_be_woken(const runtime& r) noexcept {
+  // Mail counts: a thread that woke one of ours and then ended leaves nobody alive, yet the woken
+  // tasklet will run (the caller's take_mail_if_any looked before the mail arrived).
+  std::lock_guard lk(registry().lock);
+  const std::size_t own_runtime = r.ended ? 0 : 1;  // (r may apply on an ordered-mode worker thread)
+  const std::size_t own_unstarted = this_thread_unstarted.counted ? 1 : 0;
+  return !r.mail.empty() || registry().live > own_runtime || registry().unstarted > own_unstarted;
+}
+
 namespace {
 [[maybe_unused]] const bool retry_hook_set = (another_thread_may_commit = &other_runtimes_alive, true);
 }  // namespace
