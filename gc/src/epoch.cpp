@@ -81,6 +81,7 @@ struct epoch_participant : epoch_slot {
   // collection found it unchanged (see epoch_collect).
   std::uint64_t scanned_at = 0;
   std::uint64_t orphans_seen = 0;
+  bool orphans_skipped = false;  // the last scan found the orphan list locked and did not look at it
   unsigned stuck = 0;
   retired_list limbo;
   epoch_participant* next = nullptr;  // list of all participants (append-only)
@@ -330,7 +331,7 @@ void epoch_collect() noexcept {
   // held the epoch made every collection walk all that piled up behind it: main deleting a map of
   // 400,000 strings after a parallel run took 3 s instead of 7.5 ms (newcomer round 13).
   const std::uint64_t orphans_seen = orphans_added.load(std::memory_order_relaxed);
-  if (e == p.scanned_at && orphans_seen == p.orphans_seen) {
+  if (e == p.scanned_at && orphans_seen == p.orphans_seen && !p.orphans_skipped) {
     ++p.stuck;
     return;
   }
@@ -346,7 +347,7 @@ void epoch_collect() noexcept {
       scanned_here += orphans.size;
       orphans.take_upto(e - 2, doomed);
     }
-    else if (!lock.owns_lock()) p.orphans_seen = orphans_seen - 1;  // not looked at: look next time
+    p.orphans_skipped = !lock.owns_lock();  // not looked at: look next time
   }
   // Outside the lock and with the lists whole: deleters may retire more and collect again. What they
   // free goes straight back to malloc (epoch_reclaiming): a second trip through the GC held every

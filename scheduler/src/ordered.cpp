@@ -77,10 +77,18 @@ struct segment {
   // A commit changed its tasklet while it ran: abort when it ends, or at its next new or delete
   // (stop_doomed_segment). Set under the commit lock, read by the thread running it.
   std::atomic<bool> doomed{false};
-  // Main became runnable while this segment ran on the main thread (whose stack is main's): since
-  // when, in now_ns(); 0 if not. Past main_wait_grace_ns it stops at its next new or delete.
-  std::atomic<std::uint64_t> main_waits_since{0};
-  std::atomic<bool> stop{false};  // doomed or main_waits_since set: what operator new and delete watch
+  // What the head needs waits for the thread this speculative segment holds: main, runnable, for
+  // the main thread (main runs only on its own stack), or a finished head this thread ran, for its
+  // commit (commit_chain's locality). Since when, in now_ns(); 0 if not; waited_on_from_next_check
+  // if the thread running it reads the clock at its next new or delete. Past waited_on_grace_ns the
+  // segment stops at its next new or delete (stop_doomed_segment).
+  std::atomic<std::uint64_t> waited_on_since{0};
+  std::atomic<bool> stop{false};  // doomed or waited_on_since set: what operator new and delete watch
+  void clear_stop() noexcept {  // (a new segment in the record)
+    doomed.store(false, std::memory_order_relaxed);
+    waited_on_since.store(0, std::memory_order_relaxed);
+    stop.store(false, std::memory_order_relaxed);
+  }
   bool at_head = false;     // its tasklet was the head when it started
   struct worker* ran_by = nullptr;  // the thread that ran it (commits it, while that thread is busy)
   tasklet_impl* owner = nullptr;    // whose segment it is, while in flight
@@ -356,9 +364,8 @@ void give_segment(ordered_state& o, segment* s) {
   s->other.clear();
   s->handles.size = 0;
   s->handles.releases_now = false;
-  s->has_snapshot = s->inevitable = s->doomed = s->at_head = false;
-  s->main_waits_since.store(0, std::memory_order_relaxed);
-  s->stop.store(false, std::memory_order_relaxed);
+  s->has_snapshot = s->inevitable = s->at_head = false;
+  s->clear_stop();
   s->owner = nullptr;
   s->ran_by->free_segments.push_back(s);
   --o.in_flight;
@@ -752,6 +759,8 @@ bool commit_transaction(runtime& r, tasklet_impl* h, segment* s) {
 // core's cache. Committing it here cost a cross-core miss per written tvar (bank: 200 per commit,
 // 20 us instead of 2). A thread that has nothing to run commits any finished head (`any_thread`).
 void note_main_waiting(runtime& r, ordered_state& o) noexcept;
+void note_waited_on(segment* s, std::uint64_t since) noexcept;
+constexpr std::uint64_t waited_on_from_next_check = 1;
 
 std::size_t commit_chain(runtime& r, bool any_thread = false) {
   ordered_state& o = state_of(r);
@@ -762,7 +771,13 @@ std::size_t commit_chain(runtime& r, bool any_thread = false) {
     if (!h || h == r.main) break;
     segment* s = seg(h);
     if (!s || s->st != segment::state::finished) break;  // dispatch, or its thread, goes on from here
-    if (!any_thread && s->ran_by != self && s->ran_by && s->ran_by->in_segment) break;
+    if (!any_thread && s->ran_by != self && s->ran_by && s->ran_by->in_segment) {
+      // Left to that thread's next segment end: bounded, in case that segment is long or never ends
+      // (one run ahead of main's last one: the other threads then wait behind the head for ever).
+      // No clock read here (a commit in bank passes here most times): its thread reads it.
+      note_waited_on(s->ran_by->current, waited_on_from_next_check);
+      break;
+    }
     ++committed;
     if (!s->inevitable && injected(o, h)) {
       abort_segment(r, h, s, abort_kind::injected);
@@ -1171,14 +1186,19 @@ void segment_fault(int sig) noexcept {
 // main's frame held after main returned (newcomer round 13: a loop bounded by main's locals grew a
 // string until memory ran out, and the shutdown waited for it forever).
 //
-// Also a segment that keeps main waiting: main runs only on the main thread, and while main waits
-// (a receive, run()) that thread runs other tasklets' segments; one of those may be long, or, if
-// serial order would never run it (main ends the program first), endless — round 13's tasklets that
-// loop after their last send. Once main has been runnable for main_wait_grace_ns, such a segment
-// stops at its next new or delete and runs again later. Not sooner: a long segment that would end
-// is worth finishing (a grace of 1 ms rolled back 3-10 of mandelbrot's 64 bands of ~1.2 ms at
-// 2 workers, 0.09-0.10 s against 0.07-0.08).
-constexpr std::uint64_t main_wait_grace_ns = 50'000'000;
+// Also a speculative segment that holds a thread the head waits for (waited_on_since):
+// * main runs only on the main thread, and while main waits (a receive, run()) that thread runs
+//   other tasklets' segments; one of those may be long, or, if serial order would never run it
+//   (main ends the program first), endless — round 13's tasklets that loop after their last send;
+// * a finished head is committed by the thread that ran it when that thread's current segment ends
+//   (commit_chain's locality), and that segment may be such an endless one too: with several of
+//   those tasklets, each thread ran one while the head waited for the other (1-4 hangs in 30-40
+//   runs of round 13's end of main with four senders).
+// Once waited on for waited_on_grace_ns, such a segment stops at its next new or delete and runs
+// again later. Not sooner: a long segment that would end is worth finishing (a grace of 1 ms rolled
+// back 3-10 of mandelbrot's 64 bands of ~1.2 ms at 2 workers, 0.09-0.10 s against 0.07-0.08). A
+// segment that loops without allocating cannot be stopped this way.
+constexpr std::uint64_t waited_on_grace_ns = 50'000'000;
 
 void stop_doomed_segment() noexcept {
   worker* w = this_thread_worker;
@@ -1186,18 +1206,37 @@ void stop_doomed_segment() noexcept {
   segment* s = seg(w->running);
   if (!s || s->inevitable) return;
   if (s->doomed.load(std::memory_order_relaxed)) abort_jump();
-  const std::uint64_t since = s->main_waits_since.load(std::memory_order_relaxed);
-  if (since != 0 && now_ns() - since > main_wait_grace_ns) abort_jump();
+  std::uint64_t since = s->waited_on_since.load(std::memory_order_relaxed);
+  if (since == 0) return;
+  const std::uint64_t now = now_ns();
+  if (since == waited_on_from_next_check)  // (only this thread changes it once it is set)
+    s->waited_on_since.store(now, std::memory_order_relaxed);
+  else if (now - since > waited_on_grace_ns)
+    abort_jump();
 }
 
-// Under the commit lock, after commits: starts main's grace (above) if main can run and the main
-// thread is busy with another tasklet's segment.
+// Under the commit lock: what s's attempt does can no longer commit; it rolls back when it ends, or
+// at its next new or delete.
+void doom(segment* s) noexcept {
+  s->doomed = true;
+  s->stop.store(true, std::memory_order_relaxed);
+}
+
+// Under the commit lock: the head waits for the thread that runs s (see above); `since` is now_ns()
+// or waited_on_from_next_check.
+void note_waited_on(segment* s, std::uint64_t since) noexcept {
+  if (!s || s->inevitable || s->waited_on_since.load(std::memory_order_relaxed) != 0) return;
+  s->waited_on_since.store(since, std::memory_order_relaxed);
+  s->stop.store(true, std::memory_order_relaxed);
+}
+
+// Under the commit lock, after commits: main can run and the main thread is busy with another
+// tasklet's segment.
 void note_main_waiting(runtime& r, ordered_state& o) noexcept {
   segment* s = o.workers.empty() ? nullptr : o.workers[0]->current;
-  if (!s || s->inevitable || s->owner == r.main || r.main->state != tasklet_state::runnable) return;
-  if (s->main_waits_since.load(std::memory_order_relaxed) != 0) return;
-  s->main_waits_since.store(now_ns(), std::memory_order_relaxed);
-  s->stop.store(true, std::memory_order_relaxed);
+  if (!s || s->owner == r.main || r.main->state != tasklet_state::runnable) return;
+  if (s->waited_on_since.load(std::memory_order_relaxed) != 0) return;
+  note_waited_on(s, now_ns());
 }
 
 void park_for_head() {
@@ -1470,6 +1509,7 @@ bool try_in_place(const runtime& r, tasklet_impl* self, const segment* s) noexce
   }
   tasklet_impl* const next = apply_record(r, &w, self, s);
   check_guard(r);
+  note_main_waiting(r, o);  // (as commit_chain: this commit may have made main runnable)
   // Its next segment would be speculative (not needing the head) and injected: it goes the usual way.
   const bool next_injected = o.inject > 0 && !needs_head(o, self) && injected(o, self);
   const bool goes_on = next == self && r.head == self && self->state == tasklet_state::runnable &&
@@ -1491,9 +1531,8 @@ bool try_in_place(const runtime& r, tasklet_impl* self, const segment* s) noexce
   ++o.segments, ++w.segments;  // run_timed counts the last segment of the jump, not this one
   self->in_place_backoff = 0;
   s->ending = intent{.kind = intent_kind::yield};  // its output and handle log went with the commit
-  s->has_snapshot = s->doomed = false;
-  s->main_waits_since.store(0, std::memory_order_relaxed);
-  s->stop.store(false, std::memory_order_relaxed);
+  s->has_snapshot = false;
+  s->clear_stop();
   s->inevitable = s->handles.releases_now = true;
   s->channels_made = self->channels_made;
   self->want_head = false;  // it is the head
@@ -1608,10 +1647,7 @@ void ordered_before_exit() noexcept {
   // What the other threads run never commits now: it stops at its next new or delete too, so that
   // one serial order would never have run (endless, say) does not keep the exit waiting.
   for (auto& other : o.workers)
-    if (segment* x = other->current; x && other.get() != w && !x->inevitable) {
-      x->doomed = true;
-      x->stop.store(true, std::memory_order_relaxed);
-    }
+    if (segment* x = other->current; x && other.get() != w && !x->inevitable) doom(x);
   wake_all(o);
   // Static destructors must not run while another thread is inside user code: wait until every
   // other thread has reached a switch point (what they ran after the head never commits or prints).
@@ -1661,8 +1697,7 @@ bool ordered_abort_in_flight(runtime& r, tasklet_impl* t) noexcept {
   segment* s = seg(t);
   if (!s) return false;
   if (s->st == segment::state::running) {
-    s->doomed = true;
-    s->stop.store(true, std::memory_order_relaxed);
+    doom(s);
     return true;
   }
   abort_segment(r, t, s, abort_kind::changed);
