@@ -9,8 +9,16 @@
 //                         the segment after them: an insert() that throws its misuse error (caught),
 //                         a kill() and a raise_exception() of runnable tasklets. The check must find no
 //                         difference (it reported one: the replay ran inevitable, printing directly).
+//   replay_child plain_map
+//                         a broker that keeps its subscriptions in a plain std::map across switch
+//                         points (newcomer round 13): a segment's first run adds a node, the rollback
+//                         frees it, the map still points there, and the second run or main's delete
+//                         freed it again (glibc: "double free"; the segments print nothing, so their
+//                         records were equal). The check must name the breach.
+#include <map>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <weft/weft.hpp>
 
@@ -57,6 +65,22 @@ int nodes() {
   weft::print("{} nodes, sum {}\n", count, sum);
   return 0;
 }
+int plain_map() {
+  std::map<std::string, std::vector<int>> subscribers;  // plain state the broker writes: outside the contract
+  weft::channel<std::pair<std::string, int>> subscribe;
+  weft::tasklet broker = weft::spawn([&] {
+    for (int i = 0; i < 6; ++i) {
+      auto [topic, id] = subscribe.receive();
+      subscribers[topic].push_back(id);
+    }
+  });
+  broker.set_name("broker");
+  for (int i = 0; i < 6; ++i) subscribe.send({i % 2 ? "news" : "sport", i});
+  weft::run();
+  for (const auto& [topic, ids] : subscribers) weft::print("{}: {} subscribers\n", topic, ids.size());
+  return 0;
+}
+
 int intents() {
   weft::tasklet dead = weft::spawn([] {});
   weft::run();
@@ -99,5 +123,6 @@ int intents() {
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "nodes") return nodes();
   if (argc > 1 && std::string(argv[1]) == "intents") return intents();
+  if (argc > 1 && std::string(argv[1]) == "plain_map") return plain_map();
   return plain_global();
 }

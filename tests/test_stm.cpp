@@ -20,6 +20,8 @@
 #include <weft/stm.hpp>
 #include <weft/weft.hpp>
 
+#include <malloc.h>
+
 #include "support.hpp"
 
 using namespace weft;
@@ -1175,6 +1177,51 @@ TEST_CASE("an attempt's allocation log finds its own allocations in any order, s
   }
   CHECK(log.abort() == 0);  // nothing of the attempt is left to free
   std::free(older);
+}
+
+namespace {
+std::vector<std::pair<void*, std::uint64_t>> stale_deletes;  // static: the quarantine stays on in this process
+void note_stale_delete(void* block, std::uint64_t tag) noexcept { stale_deletes.emplace_back(block, tag); }
+}  // namespace
+
+TEST_CASE("the replay check's quarantine keeps a rolled-back run's memory, reports its deletes and forgets what it evicts",
+          "[unit][stm]") {
+  // WEFT_CHECK=replay: a broker kept a plain map across switch points; the rollback of a segment's
+  // first run freed a node the map still held, and a later delete freed it again (round 13: glibc's
+  // "double free", or silently wrong output). Quarantined, the node stays allocated and its delete is
+  // reported. Past the limit the oldest blocks go back to malloc and are forgotten: their addresses
+  // are reused by later allocations, whose deletes must not be taken for stale ones.
+  stale_deletes.reserve(4096);
+  constexpr std::size_t limit = 64 * 1024;
+  detail::alloc_quarantine_start(&note_stale_delete, limit);
+  detail::alloc_log log;
+  constexpr int n = 2000;
+  std::vector<void*> p(n);
+  for (auto& q : p) {
+    q = std::malloc(200);
+    log.record_alloc(q);
+  }
+  // Oldest first out: what stays is the longest run of the newest that fits.
+  int first_kept = n;
+  for (std::size_t bytes = 0; first_kept > 0 && bytes + malloc_usable_size(p[first_kept - 1]) <= limit;)
+    bytes += malloc_usable_size(p[--first_kept]);
+  REQUIRE(first_kept > 0);  // (some were evicted)
+  CHECK(log.abort_to_quarantine(7) == n);
+  CHECK(log.empty());
+  std::vector<char*> fresh(n);  // at the evicted blocks' addresses, many of them
+  for (auto& f : fresh) f = new char[200];
+  const std::size_t reused =
+      std::count_if(fresh.begin(), fresh.end(), [&](char* f) { return std::find(p.begin(), p.end(), f) != p.end(); });
+  INFO("fresh blocks at evicted addresses: " << reused);
+  for (char* f : fresh) delete[] f;
+  CHECK(stale_deletes.empty());
+  for (int i = first_kept; i < n; ++i) ::operator delete(p[i]);  // reported, and still held
+  REQUIRE(stale_deletes.size() == static_cast<std::size_t>(n - first_kept));
+  for (int i = first_kept; i < n; ++i) {
+    CHECK(stale_deletes[i - first_kept].first == p[i]);
+    CHECK(stale_deletes[i - first_kept].second == 7);
+  }
+  stale_deletes.clear();
 }
 
 TEST_CASE("collections while a reader holds the epoch do not rescan what piled up behind it", "[unit][stm]") {

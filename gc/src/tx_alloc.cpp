@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
 
 #include <malloc.h>
@@ -229,6 +230,113 @@ void alloc_log::keep_allocations() noexcept {
 }
 
 namespace {
+// The quarantine (alloc_quarantine_start): an open-addressing table from block to tag (linear
+// probing, deletion by backward shift) and the blocks in arrival order (a ring) for eviction. All in
+// malloc'd memory: it is used inside operator new and delete, where an allocation of its own would go
+// into the attempt's log.
+class quarantine {
+ public:
+  std::size_t max_bytes = 0;
+
+  void add(void* p, std::uint64_t tag) noexcept {
+    if (!make_room()) {
+      std::free(p);  // out of memory for the bookkeeping: unchecked, as before the check existed
+      return;
+    }
+    std::size_t i = slot_of(p, cap_);
+    while (slots_[i].block) i = (i + 1) & (cap_ - 1);
+    slots_[i] = {p, tag};
+    ++used_;
+    ring_[(ring_first_ + ring_count_++) & (ring_cap_ - 1)] = p;
+    bytes_ += ::malloc_usable_size(p);
+    while (bytes_ > max_bytes && ring_count_ > 1) evict_oldest();
+  }
+  // The tag of p if it is held (then it stays held: memory is never reused), else nothing.
+  bool find(const void* p, std::uint64_t& tag) const noexcept {
+    if (!used_) return false;
+    for (std::size_t i = slot_of(p, cap_); slots_[i].block; i = (i + 1) & (cap_ - 1))
+      if (slots_[i].block == p) {
+        tag = slots_[i].tag;
+        return true;
+      }
+    return false;
+  }
+
+ private:
+  struct slot {
+    void* block;
+    std::uint64_t tag;
+  };
+  slot* slots_ = nullptr;
+  std::size_t cap_ = 0, used_ = 0;  // cap_: a power of two, at most half used
+  void** ring_ = nullptr;
+  std::size_t ring_cap_ = 0, ring_first_ = 0, ring_count_ = 0;  // ring_cap_: a power of two
+  std::size_t bytes_ = 0;
+
+  bool make_room() noexcept {
+    if (2 * (used_ + 1) > cap_) {
+      const std::size_t c = cap_ ? 2 * cap_ : 1024;
+      auto* n = static_cast<slot*>(std::calloc(c, sizeof(slot)));
+      if (!n) return false;
+      for (std::size_t i = 0; i < cap_; ++i)
+        if (void* b = slots_[i].block) {
+          std::size_t j = slot_of(b, c);
+          while (n[j].block) j = (j + 1) & (c - 1);
+          n[j] = slots_[i];
+        }
+      std::free(slots_);
+      slots_ = n;
+      cap_ = c;
+    }
+    if (ring_count_ == ring_cap_) {
+      const std::size_t c = ring_cap_ ? 2 * ring_cap_ : 1024;
+      auto* n = static_cast<void**>(std::malloc(c * sizeof(void*)));
+      if (!n) return false;
+      for (std::size_t i = 0; i < ring_count_; ++i) n[i] = ring_[(ring_first_ + i) & (ring_cap_ - 1)];
+      std::free(ring_);
+      ring_ = n;
+      ring_cap_ = c;
+      ring_first_ = 0;
+    }
+    return true;
+  }
+  void evict_oldest() noexcept {
+    void* p = ring_[ring_first_];
+    ring_first_ = (ring_first_ + 1) & (ring_cap_ - 1);
+    --ring_count_;
+    std::size_t i = slot_of(p, cap_);
+    while (slots_[i].block != p) i = (i + 1) & (cap_ - 1);
+    // Backward shift: later entries of the probe run move into the hole if their home allows.
+    for (std::size_t j = (i + 1) & (cap_ - 1); slots_[j].block; j = (j + 1) & (cap_ - 1)) {
+      const std::size_t home = slot_of(slots_[j].block, cap_);
+      if (((j - home) & (cap_ - 1)) >= ((j - i) & (cap_ - 1))) {
+        slots_[i] = slots_[j];
+        i = j;
+      }
+    }
+    slots_[i] = {nullptr, 0};
+    --used_;
+    bytes_ -= ::malloc_usable_size(p);
+    std::free(p);
+  }
+};
+
+std::mutex quarantine_lock;
+quarantine* quarantined = nullptr;  // set once, under the lock (never destroyed: deletes at exit look)
+std::atomic<bool> quarantine_on{false};
+void (*quarantine_hit)(void*, std::uint64_t) noexcept = nullptr;
+
+// A delete of a quarantined block: reported (the handler does not return), never freed.
+[[gnu::noinline]] bool stale_delete(void* p) noexcept {
+  std::uint64_t tag = 0;
+  {
+    std::lock_guard lk(quarantine_lock);
+    if (!quarantined->find(p, tag)) return false;
+  }
+  quarantine_hit(p, tag);
+  return true;
+}
+
 // Before anything is allocated or freed: the attempt may leave from here and be rolled back.
 inline void stop_if_requested(alloc_log* log) noexcept {
   if (log->stop_requested()) [[unlikely]]
@@ -260,6 +368,8 @@ inline void* allocate_aligned(std::size_t n, std::size_t align) {
 }
 inline void deallocate(void* p) noexcept {
   if (!p) return;
+  if (quarantine_on.load(std::memory_order_relaxed)) [[unlikely]]
+    if (stale_delete(p)) return;
   if (alloc_log* log = active_log) [[unlikely]] {
     stop_if_requested(log);
     if (log->forget_alloc(p)) {
@@ -279,6 +389,35 @@ inline void deallocate(void* p) noexcept {
   std::free(p);
 }
 }  // namespace
+
+std::size_t alloc_log::abort_to_quarantine(std::uint64_t tag) noexcept {
+  std::size_t kept = 0;
+  {
+    std::lock_guard lk(quarantine_lock);
+    for (std::size_t i = 0; i < alloc_count_; ++i)
+      if (allocs_[i]) {
+        if (quarantined)
+          quarantined->add(allocs_[i], tag);
+        else
+          std::free(allocs_[i]);
+        ++kept;
+      }
+  }
+  alloc_count_ = free_count_ = 0;
+  indexed_ = floor_ = 0;
+  index_clear();
+  return kept;
+}
+
+void alloc_quarantine_start(void (*on_stale_delete)(void*, std::uint64_t) noexcept, std::size_t max_bytes) noexcept {
+  std::lock_guard lk(quarantine_lock);
+  if (!quarantined)
+    if (void* m = std::malloc(sizeof(quarantine))) quarantined = new (m) quarantine();
+  if (!quarantined) return;  // (a checking mode: without memory for it, no check)
+  quarantine_hit = on_stale_delete;
+  quarantined->max_bytes = max_bytes;
+  quarantine_on.store(true, std::memory_order_release);
+}
 
 // Referenced by stm/ so that this object file (and so the replacement operators) is always linked
 // from the static library.

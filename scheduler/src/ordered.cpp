@@ -39,6 +39,7 @@
 #include <memory>
 #include <source_location>
 #include <mutex>
+#include <unordered_map>
 #include <thread>
 #include <vector>
 
@@ -531,7 +532,9 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   // with one worker none of them is ever rolled back. Run here they printed or acted once per
   // rolled-back attempt (a newcomer's program printed "on_abort" lines one worker never does).
   // segment_abort drops them before it frees the attempt's memory, their releases in `dropped`.
-  s->tx.segment_abort();
+  // A replayed first run's memory is kept (alloc_quarantine_start, in ordered_start): a pointer to it
+  // that outlived the rollback is a breach of the memory contract, reported at its delete.
+  s->tx.segment_abort(kind == abort_kind::replayed, t->id);
   segment_handles = outer_log;
   undo_handle_increments(dropped, own);  // a copy made while dropping (none expected) is not kept either
   std::free(dropped.items);
@@ -1028,6 +1031,39 @@ std::string difference(const record_digest& a, const record_digest& b) {
   std::abort();
 }
 
+// The names of tasklets whose first runs were rolled back by the check (stale_delete_found's report
+// names the tasklet by the quarantine's tag, its id; the tasklet may be gone by then).
+std::mutex replayed_names_lock;
+std::unordered_map<std::uint64_t, std::string>& replayed_names() {
+  static auto* const names = new std::unordered_map<std::uint64_t, std::string>;  // (deletes at exit look)
+  return *names;
+}
+
+// alloc_quarantine_start's handler: a delete of memory a replayed first run allocated.
+[[noreturn]] void stale_delete_found(void* block, std::uint64_t tag) noexcept {
+  const worker* w = this_thread_worker;
+  const tasklet_impl* by = w && w->running ? w->running : nullptr;
+  const std::string who = !by ? "main (or a thread's code outside its tasklets)"
+                          : !by->name.empty() ? by->name
+                                              : fmt::format("tasklet-{}", by->id);
+  std::string owner = fmt::format("tasklet-{}", tag);
+  {
+    std::lock_guard lk(replayed_names_lock);
+    if (auto it = replayed_names().find(tag); it != replayed_names().end()) owner = it->second;
+  }
+  std::fflush(stdout);
+  fmt::print(stderr,
+             "weft: WEFT_CHECK=replay: {} deleted memory ({}) that {} allocated in a run of one of its "
+             "segments that was rolled back (the check runs each segment twice): a pointer to it outlived the "
+             "rollback in memory outside the contract (the README's \"What code in a tasklet may touch\"): a "
+             "plain container or variable that segments write and keep across switch points. Rolled back by a "
+             "conflict, this would free the memory twice or use it after its free. Keep such state in tvars or in "
+             "the tasklet's own locals.\n",
+             who, block, owner);
+  std::fflush(stderr);
+  std::abort();
+}
+
 void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::mutex>& lk) {
   ordered_state& o = state_of(r);
   segment* s = seg(t);
@@ -1062,6 +1098,10 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
   if (o.replay_every && s->at_head && s->has_snapshot && w.ended == worker::end::finished && !s->doomed &&
       ++o.replay_count % o.replay_every == 0) {
     const record_digest first = digest(*s);
+    if (!t->name.empty()) {
+      std::lock_guard names(replayed_names_lock);
+      replayed_names()[t->id] = t->name;
+    }
     abort_segment(r, t, s, abort_kind::replayed);
     // The second run starts from the state the first did: run_new cleared want_head, and what the
     // first run set for the segment after it (an intent that continues the caller or carries an
@@ -1281,6 +1321,7 @@ void ordered_start(runtime& r) {
   o->inject = r.config.abort_inject;
   o->seed = r.config.seed;
   o->replay_every = r.config.replay_every;
+  if (o->replay_every) alloc_quarantine_start(&stale_delete_found);
   if (const char* g = std::getenv("WEFT_GUARD"); g && *g) {
     if (std::string(g) == "0")
       o->guard = false;

@@ -1312,7 +1312,7 @@ std::vector<std::function<void()>> transaction::segment_finish_commit() noexcept
   return hooks;
 }
 
-void transaction::segment_abort() noexcept {
+void transaction::segment_abort(bool quarantine, std::uint64_t tag) noexcept {
   // Installed while the attempt's boxes are dropped: memory their values allocated in the attempt
   // is then recognised by `delete` (freed once, not again by the log's rollback).
   alloc_log* const outer = set_active_alloc_log(&allocs_);
@@ -1332,7 +1332,7 @@ void transaction::segment_abort() noexcept {
     aborts.clear();
   }
   drop_running_abort_hooks();
-  counters::bump(stats.allocations_undone, allocs_.abort());
+  counters::bump(stats.allocations_undone, quarantine ? allocs_.abort_to_quarantine(tag) : allocs_.abort());
   if (holds_token_) release_token();
   inevitable_ = want_inevitable_ = false;
   clear_attempt();

@@ -80,6 +80,9 @@ class alloc_log {
   void keep_allocations() noexcept;
   /// Attempt aborted: allocations are freed, deferred frees are dropped; returns the number freed.
   std::size_t abort() noexcept { return rollback_to({0, 0}); }
+  /// As abort(), but the allocations go to the quarantine (alloc_quarantine_start) with `tag` instead
+  /// of back to malloc; returns their number.
+  std::size_t abort_to_quarantine(std::uint64_t tag) noexcept;
   bool empty() const noexcept { return alloc_count_ == 0 && free_count_ == 0; }
   /// While true (alloc_log_release_scope), a delete of memory the log did not allocate is a plain
   /// delete, not deferred, and `new` is not recorded: code outside the attempt is running (dropping
@@ -133,6 +136,18 @@ extern std::atomic<bool> defer_plain_frees;
 /// Called by operator new and delete when the active log's stop_requested() (set by scheduler/ at
 /// its start; null: nobody asks). May not return: it rolls the attempt back (DESIGN.md §4.3).
 extern void (*alloc_log_stop_hook)() noexcept;
+
+/// WEFT_CHECK=replay (scheduler/): memory that rolled-back runs allocated (abort_to_quarantine) is
+/// kept allocated, never reused, and a `delete` of it, anywhere, calls `on_stale_delete` with the
+/// block and its tag instead of freeing it. Nothing that keeps to the memory contract can still point
+/// there (the rollback restored the stack and dropped the attempt's tvar writes and handles): a
+/// plain variable shared between segments did, and without the check the rollback's free and that
+/// delete would have been a double free. The quarantine holds up to `max_bytes` (oldest freed first:
+/// a later delete of those is no longer seen). Call before the run (a second call changes the
+/// handler and the limit); thread-safe afterwards. Every delete then takes the quarantine's lock (a
+/// checking mode). A handler that returns leaves the block held.
+void alloc_quarantine_start(void (*on_stale_delete)(void* block, std::uint64_t tag) noexcept,
+                            std::size_t max_bytes = std::size_t{256} << 20) noexcept;
 
 /// The log of the transaction active on this thread, or nullptr.
 inline alloc_log* active_alloc_log() noexcept { return active_log; }

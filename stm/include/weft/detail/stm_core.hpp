@@ -332,8 +332,9 @@ class alignas(64) transaction {
   /// Drops the attempt: writes, on_abort hooks (destroyed, not run: a rolled-back segment's blocks
   /// ended, from its tasklet's point of view), allocations (freed), tvars made in it, reservations and
   /// token; leaves the epoch. Call it with a scratch handle log installed (segment_handles): the
-  /// hooks' handle releases belong to the attempt.
-  void segment_abort() noexcept;
+  /// hooks' handle releases belong to the attempt. With `quarantine`, the allocations go to the
+  /// allocation quarantine tagged `tag` instead of being freed (WEFT_CHECK=replay's first runs).
+  void segment_abort(bool quarantine = false, std::uint64_t tag = 0) noexcept;
   /// At the head: takes the token and reserves every tvar read or written, so that nothing can
   /// invalidate the attempt any more. False if something read has changed since (call segment_abort).
   bool segment_make_inevitable() noexcept;
