@@ -9,6 +9,8 @@
 //                         the segment after them: an insert() that throws its misuse error (caught),
 //                         a kill() and a raise_exception() of runnable tasklets. The check must find no
 //                         difference (it reported one: the replay ran inevitable, printing directly).
+//   replay_child branch   a tasklet whose next switch point depends on a plain global it increments:
+//                         the check must name the two operations (it printed "intent 1 then 9").
 //   replay_child plain_map
 //                         a broker that keeps its subscriptions in a plain std::map across switch
 //                         points (newcomer round 13): a segment's first run adds a node, the rollback
@@ -65,6 +67,25 @@ int nodes() {
   weft::print("{} nodes, sum {}\n", count, sum);
   return 0;
 }
+int branch() {
+  weft::channel<int> ch;
+  weft::tasklet t = weft::spawn([&] {
+    for (int i = 0; i < 3; ++i) {
+      if (++counter % 2)
+        weft::schedule();
+      else
+        ch.send(i);
+    }
+  });
+  t.set_name("branching");
+  weft::spawn([&] {
+    for (int i = 0; i < 1; ++i) ch.receive();
+  });
+  weft::run();
+  weft::print("done\n");
+  return 0;
+}
+
 int plain_map() {
   std::map<std::string, std::vector<int>> subscribers;  // plain state the broker writes: outside the contract
   weft::channel<std::pair<std::string, int>> subscribe;
@@ -77,7 +98,8 @@ int plain_map() {
   broker.set_name("broker");
   for (int i = 0; i < 6; ++i) subscribe.send({i % 2 ? "news" : "sport", i});
   weft::run();
-  for (const auto& [topic, ids] : subscribers) weft::print("{}: {} subscribers\n", topic, ids.size());
+  const std::string line = "{}: {} subscribers\n";  // (a format known at run time: fmt::runtime)
+  for (const auto& [topic, ids] : subscribers) weft::print(fmt::runtime(line), topic, ids.size());
   return 0;
 }
 
@@ -124,5 +146,6 @@ int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "nodes") return nodes();
   if (argc > 1 && std::string(argv[1]) == "intents") return intents();
   if (argc > 1 && std::string(argv[1]) == "plain_map") return plain_map();
+  if (argc > 1 && std::string(argv[1]) == "branch") return branch();
   return plain_global();
 }

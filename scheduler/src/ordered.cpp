@@ -71,6 +71,8 @@ struct segment {
   std::atomic<bool> copying{false};
   intent ending{.kind = intent_kind::yield};
   std::string out;  // deferred output to stdout
+  // With WEFT_CHECK=replay: where each weft::print's text in `out` begins, and the call.
+  std::vector<std::pair<std::size_t, std::source_location>> out_where;
   std::vector<std::pair<std::FILE*, std::string>> other;  // to other streams (weft::commit_sink)
   handle_log handles;
   state st = state::running;
@@ -362,6 +364,7 @@ segment* take_segment(ordered_state& o, worker& w) {
 void give_segment(ordered_state& o, segment* s) {
   s->ending = intent{.kind = intent_kind::yield};
   s->out.clear();
+  s->out_where.clear();
   s->other.clear();
   s->handles.size = 0;
   s->handles.releases_now = false;
@@ -401,6 +404,7 @@ void flush_output(segment* s) {
   write_stdout(s->out);
   for (const auto& [stream, text] : s->other) emit(stream, text);
   s->out.clear();
+  s->out_where.clear();
   s->other.clear();
 }
 
@@ -419,7 +423,7 @@ void flush_output_and_releases(segment* s) {
     }
     shared_release_now(static_cast<shared_block*>(std::exchange(e.object, nullptr)));
   }
-  if (done) s->out.erase(0, done);
+  if (done) s->out.erase(0, done), s->out_where.clear();
   if (!s->out.empty() || !s->other.empty()) flush_output(s);
 }
 
@@ -540,6 +544,7 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   std::free(dropped.items);
   s->ending = intent{.kind = intent_kind::yield};
   s->out.clear();
+  s->out_where.clear();
   s->other.clear();
   if (s->has_snapshot) {
     restore_stack(*t, s->stack);
@@ -927,6 +932,7 @@ struct record_digest {
   bool has_exception = false;
   std::string text;  // set_name's new name
   std::string out;
+  std::vector<std::pair<std::size_t, std::source_location>> out_where;  // (segment::out_where)
   struct write {
     const void* var;
     std::uint64_t bits;
@@ -956,6 +962,7 @@ record_digest digest(const segment& s) {
   if (s.ending.text) d.text = *s.ending.text;
   d.has_exception = s.ending.exception != nullptr;
   d.out = s.out;
+  d.out_where = s.out_where;
   const alloc_log::ranges own = s.tx.attempt_allocations();
   d.target_fresh = d.ending.target && !settled(own, d.ending.target);
   d.channel_fresh = d.ending.channel && !settled(own, d.ending.channel);
@@ -987,17 +994,65 @@ std::string quoted(const std::string& text) {
   return q + "\"";
 }
 
+// The weft::print call that wrote byte `at` of a run's output (or its last one, past the end).
+std::string print_at(const record_digest& d, std::size_t at) {
+  const std::source_location* found = nullptr;
+  for (const auto& [offset, loc] : d.out_where)
+    if (offset <= at || !found) found = &loc;
+  return found ? where(*found) : std::string();
+}
+
+// What a segment ended with, in the API's words.
+std::string operation(const intent& in, bool has_exception) {
+  switch (in.kind) {
+    case intent_kind::run_main: return "weft::run()";
+    case intent_kind::yield: return "weft::schedule()";
+    case intent_kind::remove_self: return "weft::schedule_remove()";
+    case intent_kind::insert: return "tasklet::insert()";
+    case intent_kind::remove: return "tasklet::remove()";
+    case intent_kind::run: return "tasklet::run()";
+    case intent_kind::switch_to: return "tasklet::switch_to()";
+    case intent_kind::raise: return in.kill ? "tasklet::kill()" : "tasklet::raise_exception()";
+    case intent_kind::exit: return has_exception ? "the end of its function, by an exception" : "the end of its function";
+    case intent_kind::channel_op:
+      if (has_exception) return "channel::send_exception()";
+      return in.value > 0 ? (in.nonblocking ? "channel::try_send()" : "channel::send()")
+                          : (in.nonblocking ? "channel::try_receive()" : "channel::receive()");
+    case intent_kind::channel_close: return "channel::close()";
+    case intent_kind::channel_open: return "channel::open()";
+    case intent_kind::channel_preference: return "channel::set_preference()";
+    case intent_kind::channel_schedule_all: return "channel::set_schedule_all()";
+    case intent_kind::bind: return "weft::spawn()";
+    case intent_kind::set_name: return "tasklet::set_name()";
+  }
+  return "an operation";
+}
+
 // Empty if the two runs agree; else what differs, with source lines.
 std::string difference(const record_digest& a, const record_digest& b) {
-  if (a.out != b.out) return fmt::format("its output differs: first {}, then {}", quoted(a.out), quoted(b.out));
+  if (a.out != b.out) {
+    const std::size_t at =
+        static_cast<std::size_t>(std::mismatch(a.out.begin(), a.out.begin() + std::min(a.out.size(), b.out.size()),
+                                               b.out.begin()).first - a.out.begin());
+    const std::string first = print_at(a, at), second = print_at(b, at);
+    const std::string from = first.empty() && second.empty() ? std::string()
+                             : first == second || second.empty() ? fmt::format(" from the weft::print at {}", first)
+                             : first.empty()                     ? fmt::format(" from the weft::print at {}", second)
+                                             : fmt::format(" from the weft::print at {}, then at {}", first, second);
+    return fmt::format("its output differs{}: first {}, then {}", from, quoted(a.out), quoted(b.out));
+  }
   const intent& x = a.ending;
   const intent& y = b.ending;
   if (x.kind != y.kind || x.target != y.target || x.channel != y.channel || x.value != y.value ||
       x.nonblocking != y.nonblocking || x.kill != y.kill || x.stop_if_closed != y.stop_if_closed ||
       a.text != b.text || a.has_exception != b.has_exception || a.target_fresh != b.target_fresh ||
-      a.channel_fresh != b.channel_fresh)
-    return fmt::format("it ended at a different switch point or with a different operation (intent {} then {})",
-                       int(x.kind), int(y.kind));
+      a.channel_fresh != b.channel_fresh) {
+    const std::string p = operation(x, a.has_exception), q = operation(y, b.has_exception);
+    if (p != q) return fmt::format("it ended at a different switch point: {} the first time, {} the second", p, q);
+    return fmt::format("it ended at {} both times, with different arguments (another {}, a different value, or "
+                       "another tasklet's or channel's handle)",
+                       p, x.channel || y.channel ? "channel" : "tasklet");
+  }
   for (std::size_t i = 0; i < std::max(a.writes.size(), b.writes.size()); ++i) {
     if (i >= a.writes.size() || i >= b.writes.size())
       return fmt::format("it wrote {} tvars the first time, {} the second (first extra write at {})", a.writes.size(),
@@ -1718,7 +1773,7 @@ void ordered_exit(tasklet_impl* self, std::exception_ptr escaped) {
   __builtin_unreachable();
 }
 
-void ordered_output(std::FILE* stream, std::string_view text) {
+void ordered_output(std::FILE* stream, std::string_view text, const std::source_location* where) {
   worker* w = this_worker();
   tasklet_impl* t = w ? w->running : nullptr;
   segment* s = t && !t->is_main ? seg(t) : nullptr;
@@ -1728,6 +1783,7 @@ void ordered_output(std::FILE* stream, std::string_view text) {
   }
   alloc_log_pause pause;  // the buffers belong to the record, not to the attempt
   if (stream == stdout) {
+    if (where && state_of(*t->owner).replay_every) s->out_where.push_back({s->out.size(), *where});
     s->out.append(text);
   } else {
     s->other.push_back({stream, std::string(text)});

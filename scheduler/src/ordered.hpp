@@ -6,6 +6,7 @@
 #include <exception>
 #include <mutex>
 #include <optional>
+#include <source_location>
 #include <string_view>
 
 #include "runtime.hpp"
@@ -30,7 +31,8 @@ bool ordered_takes_pending(tasklet_impl* self) noexcept;
 /// The tasklet whose code the calling thread runs (main on the main thread while main runs).
 tasklet_impl* ordered_running() noexcept;
 /// weft::print and commit_sink in ordered mode: buffered in a speculative segment, direct at the head.
-void ordered_output(std::FILE* stream, std::string_view text);
+/// `where`: the weft::print call, if it is one (kept for WEFT_CHECK=replay's report).
+void ordered_output(std::FILE* stream, std::string_view text, const std::source_location* where = nullptr);
 /// apply() is about to change `t`, which is not the committing tasklet (kill, raise, remove): its
 /// segment in flight, if any, is aborted. Returns true if that segment is running right now on some
 /// thread (it is then doomed: aborted when it ends), false if t has nothing in flight any more.

@@ -402,6 +402,14 @@ resource_counts shutdown() {
 
 void detail::write_output(std::string_view text) { write_output_to(stdout, text); }
 
+void detail::write_output(std::string_view text, const std::source_location& where) {
+  if (this_runtime().is_parallel()) {
+    ordered_output(stdout, text, &where);
+    return;
+  }
+  emit(stdout, text);
+}
+
 void detail::write_output_to(std::FILE* stream, std::string_view text) {
   if (this_runtime().is_parallel()) {
     ordered_output(stream, text);

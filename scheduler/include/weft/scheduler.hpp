@@ -11,9 +11,11 @@
 #include <cstdio>
 #include <cstdint>
 #include <optional>
+#include <source_location>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 #include <utility>
 
@@ -159,6 +161,23 @@ resource_counts resources();
 
 namespace detail {
 void write_output(std::string_view text);
+/// write_output from weft::print at `where` (WEFT_CHECK=replay names the print whose text differs).
+void write_output(std::string_view text, const std::source_location& where);
+
+/// weft::print's format string: fmt's (checked against the arguments at compile time; fmt::runtime(s)
+/// for one known only at run time), and where the call is.
+template <class... Args>
+struct located_format_string {
+  fmt::format_string<Args...> format;
+  std::source_location where;
+  template <class S>
+    requires std::is_convertible_v<const S&, fmt::string_view>
+  consteval located_format_string(const S& s, std::source_location w = std::source_location::current())
+      : format(s), where(w) {}
+  located_format_string(decltype(fmt::runtime(fmt::string_view())) s,
+                        std::source_location w = std::source_location::current())
+      : format(s), where(w) {}
+};
 /// Like write_output, to `stream` (weft::commit_sink).
 void write_output_to(std::FILE* stream, std::string_view text);
 }
@@ -171,8 +190,8 @@ void write_output_to(std::FILE* stream, std::string_view text);
 /// signal) loses it. That costs ~2 us per call on a VM against ~0.2 us buffered: a loop that prints
 /// thousands of lines should format them into one call (a committed segment's output is one write).
 template <class... Args>
-void print(fmt::format_string<Args...> format, Args&&... args) {
-  detail::write_output(fmt::format(format, std::forward<Args>(args)...));
+void print(detail::located_format_string<std::type_identity_t<Args>...> format, Args&&... args) {
+  detail::write_output(fmt::format(format.format, std::forward<Args>(args)...), format.where);
 }
 
 }  // namespace weft
