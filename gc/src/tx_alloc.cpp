@@ -18,7 +18,7 @@
 namespace weft::detail {
 
 __attribute__((tls_model("initial-exec"))) constinit thread_local alloc_log* active_log = nullptr;
-void (*alloc_log_stop_hook)() noexcept = nullptr;
+constinit std::atomic<void (*)() noexcept> alloc_log_stop_hook{nullptr};
 constinit std::atomic<bool> defer_plain_frees{false};
 
 namespace {
@@ -340,7 +340,7 @@ void (*quarantine_hit)(void*, std::uint64_t) noexcept = nullptr;
 // Before anything is allocated or freed: the attempt may leave from here and be rolled back.
 inline void stop_if_requested(alloc_log* log) noexcept {
   if (log->stop_requested()) [[unlikely]]
-    if (auto hook = alloc_log_stop_hook) hook();
+    if (auto hook = alloc_log_stop_hook.load(std::memory_order_relaxed)) hook();
 }
 inline void* allocate(std::size_t n) {
   if (alloc_log* log = active_log) [[unlikely]]

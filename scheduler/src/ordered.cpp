@@ -1367,7 +1367,7 @@ void ordered_start(runtime& r) {
   weft::atomically([] {});
   diagnostics();
   install_fault_handlers(&segment_fault);
-  alloc_log_stop_hook = &stop_doomed_segment;
+  alloc_log_stop_hook.store(&stop_doomed_segment, std::memory_order_relaxed);
   auto o = std::make_unique<ordered_state>();
   o->window = std::max(4u * r.config.workers, 4u);
   // Spinners take the commit lock when a commit bumps `wakes`: a few, not workers / 2 as Go (whose

@@ -135,7 +135,8 @@ __attribute__((tls_model("initial-exec"))) extern constinit thread_local alloc_l
 extern std::atomic<bool> defer_plain_frees;
 /// Called by operator new and delete when the active log's stop_requested() (set by scheduler/ at
 /// its start; null: nobody asks). May not return: it rolls the attempt back (DESIGN.md §4.3).
-extern void (*alloc_log_stop_hook)() noexcept;
+/// Atomic: every ordered-mode runtime sets it as it starts, on its own thread.
+extern std::atomic<void (*)() noexcept> alloc_log_stop_hook;
 
 /// WEFT_CHECK=replay (scheduler/): memory that rolled-back runs allocated (abort_to_quarantine) is
 /// kept allocated, never reused, and a `delete` of it, anywhere, calls `on_stale_delete` with the
