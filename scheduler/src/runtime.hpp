@@ -155,7 +155,9 @@ class channel_guard {
   /// twice per round trip); threads.cpp has the rest.
   channel_guard(runtime& r, channel_core* c) : r_(&r), c_(c) {
     if (c->owner.load(std::memory_order_relaxed) == &r) [[likely]] {  // only r itself stores &r there
-      r.busy_channel.store(c, std::memory_order_relaxed);
+      // Release, not relaxed: a sharer waiting for this runtime to leave another channel may read
+      // this store, not the release of nullptr that ended that operation (make_shared).
+      r.busy_channel.store(c, std::memory_order_release);
       asymmetric_fence_light();  // pairs with make_shared's asymmetric_fence_heavy
       if (!c->shared.load(std::memory_order_relaxed)) [[likely]] {
         how_ = how::busy;
