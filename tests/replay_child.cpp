@@ -20,6 +20,7 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <weft/weft.hpp>
@@ -86,6 +87,12 @@ int branch() {
   return 0;
 }
 
+// A program's own printing helper that forwards its format string to weft::print.
+template <class... A>
+void say(fmt::format_string<A...> format, A&&... args) {
+  weft::print(format, std::forward<A>(args)...);
+}
+
 int plain_map() {
   std::map<std::string, std::vector<int>> subscribers;  // plain state the broker writes: outside the contract
   weft::channel<std::pair<std::string, int>> subscribe;
@@ -100,6 +107,7 @@ int plain_map() {
   weft::run();
   const std::string line = "{}: {} subscribers\n";  // (a format known at run time: fmt::runtime)
   for (const auto& [topic, ids] : subscribers) weft::print(fmt::runtime(line), topic, ids.size());
+  say("{} topics\n", subscribers.size());
   return 0;
 }
 

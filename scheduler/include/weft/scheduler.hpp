@@ -174,6 +174,9 @@ struct located_format_string {
     requires std::is_convertible_v<const S&, fmt::string_view>
   consteval located_format_string(const S& s, std::source_location w = std::source_location::current())
       : format(s), where(w) {}
+  /// One checked already (a function of the program's own that forwards its format string).
+  located_format_string(fmt::format_string<Args...> s, std::source_location w = std::source_location::current())
+      : format(s), where(w) {}
   located_format_string(decltype(fmt::runtime(fmt::string_view())) s,
                         std::source_location w = std::source_location::current())
       : format(s), where(w) {}
