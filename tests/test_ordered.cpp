@@ -481,10 +481,14 @@ TEST_CASE_METHOD(fresh_runtime, "after the fallback to serial a worker thread's 
   CHECK(result.get() == rounds);
   const run_statistics st = run_stats();
   if (!ordered_two_or_more() || !st.fell_back_to_serial) return;
+  // The comparison means something only if the fallback came early (~1,000 of the run's ~400,000
+  // segments): under TSan on a loaded machine the guard once decided after most of the run, and the
+  // work before it outweighed the wait after (CI: 6.3 s against 2.9 s).
+  if (st.commits > 4 * rounds / 10) return;
   REQUIRE(st.per_thread.size() >= 2);
   for (std::size_t i = 1; i < st.per_thread.size(); ++i) {
     INFO("worker thread " << i << ": " << st.per_thread[i].commit_ms << " ms committing and dispatching, "
-                          << st.per_thread[i].idle_ms << " ms idle");
+                          << st.per_thread[i].idle_ms << " ms idle; " << st.commits << " commits before the fallback");
     CHECK(st.per_thread[i].idle_ms > st.per_thread[i].commit_ms);
   }
 }
