@@ -81,8 +81,7 @@ bool tasklet::is_current() const noexcept {
 std::string tasklet::name() const {
   if (!impl_) return {};
   detail::observe_scheduler();
-  if (!impl_->name.empty()) return impl_->name;
-  return impl_->is_main ? std::string("main") : fmt::format("tasklet-{}", impl_->id);
+  return detail::display_name(*impl_);
 }
 
 std::uint64_t tasklet::id() const {

@@ -1074,7 +1074,7 @@ std::string difference(const record_digest& a, const record_digest& b) {
 }
 
 [[noreturn]] void replay_mismatch(const tasklet_impl* t, const std::string& what) {
-  const std::string name = !t->name.empty() ? t->name : fmt::format("tasklet-{}", t->id);
+  const std::string name = display_name(*t);
   std::fflush(stdout);  // what was printed before goes out first
   fmt::print(stderr,
              "weft: WEFT_CHECK=replay: {} ran one segment twice from the same state and got different results: "
@@ -1098,9 +1098,7 @@ std::unordered_map<std::uint64_t, std::string>& replayed_names() {
 [[noreturn]] void stale_delete_found(void* block, std::uint64_t tag) noexcept {
   const worker* w = this_thread_worker;
   const tasklet_impl* by = w && w->running ? w->running : nullptr;
-  const std::string who = !by ? "main (or a thread's code outside its tasklets)"
-                          : !by->name.empty() ? by->name
-                                              : fmt::format("tasklet-{}", by->id);
+  const std::string who = by ? display_name(*by) : "main (or a thread's code outside its tasklets)";
   std::string owner = fmt::format("tasklet-{}", tag);
   {
     std::lock_guard lk(replayed_names_lock);
@@ -1330,7 +1328,7 @@ void note_waited_on(segment* s, std::uint64_t since) noexcept {
 void note_main_waiting(runtime& r, ordered_state& o) noexcept {
   segment* s = o.workers.empty() ? nullptr : o.workers[0]->current;
   if (!s || s->owner == r.main || r.main->state != tasklet_state::runnable) return;
-  if (s->waited_on_since.load(std::memory_order_relaxed) != 0) return;
+  if (s->waited_on_since.load(std::memory_order_relaxed) != 0) return;  // (spares the clock read)
   note_waited_on(s, now_ns());
 }
 

@@ -292,6 +292,11 @@ op_status perform(intent& in) {
   context_exit(self, next);
 }
 
+std::string display_name(const tasklet_impl& t) {
+  if (!t.name.empty()) return t.name;
+  return t.is_main ? std::string("main") : fmt::format("tasklet-{}", t.id);
+}
+
 }  // namespace weft::detail
 
 namespace weft {

@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <mutex>
 #include <exception>
+#include <string>
 #include <string_view>
 #include <cstdint>
 #include <memory>
@@ -265,6 +266,9 @@ inline void serial_transfer(runtime& r, tasklet_impl* from, tasklet_impl* to) {
 /// Program output (weft::print, commit_sink, a committed segment's buffer): written and flushed at
 /// once, so that it reaches a file or pipe while the program runs and no exit path loses it.
 void emit(std::FILE* stream, std::string_view text) noexcept;
+/// How a tasklet is named in output and reports: its name, else "main" for the main tasklet, else
+/// "tasklet-<id>" (the answer of tasklet::name()).
+std::string display_name(const tasklet_impl& t);
 /// Remembers that `e` escaped tasklet t (for the message of the terminate handler).
 void note_escaped(const std::exception_ptr& e, const tasklet_impl* t);
 /// Records that e (a kill or raise) is about to be thrown into t at a switch point: if it leaves a
