@@ -11,6 +11,8 @@
 //                         difference (it reported one: the replay ran inevitable, printing directly).
 //   replay_child branch   a tasklet whose next switch point depends on a plain global it increments:
 //                         the check must name the two operations (it printed "intent 1 then 9").
+//   replay_child lines    the same, choosing between two weft::schedule() calls on different lines: the
+//                         check must see the difference (the intents alone are equal) and name both lines.
 //   replay_child plain_map
 //                         a broker that keeps its subscriptions in a plain std::map across switch
 //                         points (newcomer round 13): a segment's first run adds a node, the rollback
@@ -87,6 +89,21 @@ int branch() {
   return 0;
 }
 
+int lines() {
+  weft::tasklet t = weft::spawn([&] {
+    for (int i = 0; i < 3; ++i) {
+      if (++counter % 2)
+        weft::schedule();  // LINE-A
+      else
+        weft::schedule();  // LINE-B
+    }
+  });
+  t.set_name("two_lines");
+  weft::run();
+  weft::print("done\n");
+  return 0;
+}
+
 // A program's own printing helper that forwards its format string to weft::print.
 template <class... A>
 void say(fmt::format_string<A...> format, A&&... args) {
@@ -155,5 +172,6 @@ int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "intents") return intents();
   if (argc > 1 && std::string(argv[1]) == "plain_map") return plain_map();
   if (argc > 1 && std::string(argv[1]) == "branch") return branch();
+  if (argc > 1 && std::string(argv[1]) == "lines") return lines();
   return plain_global();
 }

@@ -23,28 +23,28 @@ const tasklet& tasklet::remove() const {
   return *this;
 }
 
-void tasklet::run() const {
-  intent in{.kind = intent_kind::run, .target = impl_};
+void tasklet::run(std::source_location where) const {
+  intent in{.kind = intent_kind::run, .target = impl_, .where = where};
   perform(in);
 }
 
-void tasklet::switch_to() const {
-  intent in{.kind = intent_kind::switch_to, .target = impl_};
+void tasklet::switch_to(std::source_location where) const {
+  intent in{.kind = intent_kind::switch_to, .target = impl_, .where = where};
   perform(in);
 }
 
-void tasklet::kill() const {
+void tasklet::kill(std::source_location where) const {
   if (!impl_) return;  // a dead target is a no-op too (§3.3), decided where the kill is applied
   tasklet keep(*this);  // the target must outlive its own unwinding even if our caller drops us
   intent in{.kind = intent_kind::raise, .target = impl_, .kill = true,
-            .exception = std::make_exception_ptr(tasklet_exit{})};
+            .exception = std::make_exception_ptr(tasklet_exit{}), .where = where};
   perform(in);
 }
 
-void tasklet::raise_exception(std::exception_ptr e) const {
+void tasklet::raise_exception(std::exception_ptr e, std::source_location where) const {
   if (!e) throw std::invalid_argument("raise_exception needs an exception");
   tasklet keep(*this);
-  intent in{.kind = intent_kind::raise, .target = impl_, .exception = std::move(e)};
+  intent in{.kind = intent_kind::raise, .target = impl_, .exception = std::move(e), .where = where};
   perform(in);
 }
 
@@ -95,18 +95,18 @@ void tasklet::set_name(std::string name) const {
   perform(in);
 }
 
-void run() {
-  intent in{.kind = intent_kind::run_main};
+void run(std::source_location where) {
+  intent in{.kind = intent_kind::run_main, .where = where};
   perform(in);
 }
 
-void schedule() {
-  intent in{.kind = intent_kind::yield};
+void schedule(std::source_location where) {
+  intent in{.kind = intent_kind::yield, .where = where};
   perform(in);
 }
 
-void schedule_remove() {
-  intent in{.kind = intent_kind::remove_self};
+void schedule_remove(std::source_location where) {
+  intent in{.kind = intent_kind::remove_self, .where = where};
   perform(in);
 }
 

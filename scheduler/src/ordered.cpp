@@ -959,6 +959,7 @@ record_digest digest(const segment& s) {
   d.ending.nonblocking = s.ending.nonblocking;
   d.ending.kill = s.ending.kill;
   d.ending.stop_if_closed = s.ending.stop_if_closed;
+  d.ending.where = s.ending.where;
   if (s.ending.text) d.text = *s.ending.text;
   d.has_exception = s.ending.exception != nullptr;
   d.out = s.out;
@@ -1000,6 +1001,17 @@ std::string print_at(const record_digest& d, std::size_t at) {
   for (const auto& [offset, loc] : d.out_where)
     if (offset <= at || !found) found = &loc;
   return found ? where(*found) : std::string();
+}
+
+bool same_place(const std::source_location& a, const std::source_location& b) {
+  return a.line() == b.line() && a.column() == b.column() && std::strcmp(a.file_name(), b.file_name()) == 0;
+}
+
+// " at file:line" of the call that made a segment's ending intent, if it was the user's call (the end
+// of a tasklet's function, and weft's own intents, have no location).
+std::string called_at(const intent& in) {
+  if (in.where.line() == 0) return {};
+  return " at " + where(in.where);
 }
 
 // What a segment ended with, in the API's words.
@@ -1046,8 +1058,9 @@ std::string difference(const record_digest& a, const record_digest& b) {
   if (x.kind != y.kind || x.target != y.target || x.channel != y.channel || x.value != y.value ||
       x.nonblocking != y.nonblocking || x.kill != y.kill || x.stop_if_closed != y.stop_if_closed ||
       a.text != b.text || a.has_exception != b.has_exception || a.target_fresh != b.target_fresh ||
-      a.channel_fresh != b.channel_fresh) {
-    const std::string p = operation(x, a.has_exception), q = operation(y, b.has_exception);
+      a.channel_fresh != b.channel_fresh || !same_place(x.where, y.where)) {
+    const std::string p = operation(x, a.has_exception) + called_at(x),
+                      q = operation(y, b.has_exception) + called_at(y);
     if (p != q) return fmt::format("it ended at a different switch point: {} the first time, {} the second", p, q);
     return fmt::format("it ended at {} both times, with different arguments (another {}, a different value, or "
                        "another tasklet's or channel's handle)",

@@ -42,21 +42,25 @@ namespace weft {
 
 namespace detail {
 /// Validates and applies a preference change (throws std::invalid_argument outside -1..1).
-void channel_set(channel_core* c, intent_kind kind, int value);
-op_status channel_transfer(channel_core* c, int direction, void* slot, std::exception_ptr e, bool nonblocking);
+void channel_set(channel_core* c, intent_kind kind, int value, const std::source_location& where);
+op_status channel_transfer(channel_core* c, int direction, void* slot, std::exception_ptr e, bool nonblocking,
+                           const std::source_location& where);
 /// The same for a value (no exception: send/receive, try_send/try_receive), without an
 /// exception_ptr to build, move and destroy on every operation. Inline, so that the intent lives in
 /// the caller's frame: a blocked tasklet's stack holds one frame fewer between its code and the
 /// switch, one return and one cache line fewer to bring back when it resumes (with thousands of
 /// tasklets their stacks are cold: sieve of 2,000 primes ran ~12% faster in a build where the
 /// compiler inlined it).
-inline op_status channel_transfer_value(channel_core* c, int direction, void* slot, bool nonblocking) {
-  intent in{.kind = intent_kind::channel_op, .channel = c, .value = direction, .nonblocking = nonblocking, .slot = slot};
+inline op_status channel_transfer_value(channel_core* c, int direction, void* slot, bool nonblocking,
+                                        const std::source_location& where) {
+  intent in{.kind = intent_kind::channel_op, .channel = c, .value = direction, .nonblocking = nonblocking, .slot = slot,
+            .where = where};
   return perform(in);
 }
 /// receive() into `slot` (a std::optional<T>), or `closed` if the channel is closing and no sender waits.
-inline op_status channel_receive_or_stop(channel_core* c, void* slot) {
-  intent in{.kind = intent_kind::channel_op, .channel = c, .value = -1, .stop_if_closed = true, .slot = slot};
+inline op_status channel_receive_or_stop(channel_core* c, void* slot, const std::source_location& where) {
+  intent in{.kind = intent_kind::channel_op, .channel = c, .value = -1, .stop_if_closed = true, .slot = slot,
+            .where = where};
   return perform(in);
 }
 }  // namespace detail
@@ -104,39 +108,43 @@ class channel {
 
   /// Sends v; blocks until a receiver takes it (see preference()). Throws deadlock_error (§4),
   /// channel_closed (§2.6), std::runtime_error("tasklet has no thread") (§5b).
-  void send(T v) const { transfer(+1, &v, false); }
+  //
+  // Every operation that is a switch point takes the caller's std::source_location as a defaulted last
+  // argument (never pass it yourself): WEFT_CHECK=replay names the line where two runs of a segment
+  // ended at different switch points.
+  void send(T v, std::source_location where = std::source_location::current()) const { transfer(+1, &v, false, where); }
   /// Receives a value; blocks until a sender provides one. Throws what send_exception sent.
-  T receive() const {
+  T receive(std::source_location where = std::source_location::current()) const {
     std::optional<T> slot;
-    transfer(-1, &slot, false);
+    transfer(-1, &slot, false, where);
     return std::move(*slot);
   }
   /// Like send, but the receiver's receive() throws e.
-  void send_exception(std::exception_ptr e) const {
+  void send_exception(std::exception_ptr e, std::source_location where = std::source_location::current()) const {
     if (!e) throw std::invalid_argument("send_exception needs an exception");
-    transfer(+1, nullptr, std::move(e), false);
+    transfer(+1, nullptr, std::move(e), false, where);
   }
   template <class E>
-  void send_exception(E e) const {
-    send_exception(std::make_exception_ptr(std::move(e)));
+  void send_exception(E e, std::source_location where = std::source_location::current()) const {
+    send_exception(std::make_exception_ptr(std::move(e)), where);
   }
   /// Sends every element of r, as send() would; returns how many were sent.
   template <class Range>
-  std::size_t send_sequence(Range&& r) const {
+  std::size_t send_sequence(Range&& r, std::source_location where = std::source_location::current()) const {
     std::size_t n = 0;
     for (auto&& v : r) {
-      send(T(std::forward<decltype(v)>(v)));
+      send(T(std::forward<decltype(v)>(v)), where);
       ++n;
     }
     return n;
   }
 
   /// Completes at once if a receiver waits (moving from v); otherwise changes nothing and says why.
-  status try_send(T& v) const { return static_cast<status>(transfer(+1, &v, true)); }
+  status try_send(T& v, std::source_location where = std::source_location::current()) const { return static_cast<status>(transfer(+1, &v, true, where)); }
   /// Completes at once if a sender waits (into out); otherwise changes nothing and says why.
-  status try_receive(T& out) const {
+  status try_receive(T& out, std::source_location where = std::source_location::current()) const {
     std::optional<T> slot;
-    auto s = static_cast<status>(transfer(-1, &slot, true));
+    auto s = static_cast<status>(transfer(-1, &slot, true, where));
     if (s == status::ok) out = std::move(*slot);
     return s;
   }
@@ -144,13 +152,19 @@ class channel {
   int balance() const { return detail::channel_read(core()).balance; }
   int preference() const { return detail::channel_read(core()).preference; }
   /// -1: a woken receiver runs at once; +1: a woken sender does; 0: neither. Else invalid_argument.
-  void preference(int p) const { detail::channel_set(core(), detail::intent_kind::channel_preference, p); }
+  void preference(int p, std::source_location where = std::source_location::current()) const {
+    detail::channel_set(core(), detail::intent_kind::channel_preference, p, where);
+  }
   bool schedule_all() const { return detail::channel_read(core()).schedule_all; }
-  void schedule_all(bool on) const { detail::channel_set(core(), detail::intent_kind::channel_schedule_all, on); }
+  void schedule_all(bool on, std::source_location where = std::source_location::current()) const {
+    detail::channel_set(core(), detail::intent_kind::channel_schedule_all, on, where);
+  }
 
   /// Operations that would block now fail with channel_closed; waiting tasklets are not woken.
-  void close() const { detail::channel_set(core(), detail::intent_kind::channel_close, 0); }
-  void open() const { detail::channel_set(core(), detail::intent_kind::channel_open, 0); }
+  void close(std::source_location where = std::source_location::current()) const {
+    detail::channel_set(core(), detail::intent_kind::channel_close, 0, where);
+  }
+  void open(std::source_location where = std::source_location::current()) const { detail::channel_set(core(), detail::intent_kind::channel_open, 0, where); }
   bool closing() const { return detail::channel_read(core()).closing; }
   /// closing and nobody waiting.
   bool closed() const {
@@ -165,7 +179,7 @@ class channel {
     using value_type = T;
     using difference_type = std::ptrdiff_t;
     iterator() = default;
-    explicit iterator(detail::channel_core* c) : core_(c) { advance(); }
+    iterator(detail::channel_core* c, const std::source_location& where) : core_(c), where_(where) { advance(); }
     T& operator*() { return *value_; }
     iterator& operator++() {
       advance();
@@ -181,16 +195,17 @@ class channel {
     void advance() {
       value_.reset();
       std::optional<T> slot;
-      if (detail::channel_receive_or_stop(core_, &slot) == detail::op_status::closed) {
+      if (detail::channel_receive_or_stop(core_, &slot, where_) == detail::op_status::closed) {
         core_ = nullptr;
         return;
       }
       value_.emplace(std::move(*slot));
     }
     detail::channel_core* core_ = nullptr;  // the range-for's channel handle keeps it alive
+    std::source_location where_{};          // the range-for (its implicit call of begin())
     std::optional<T> value_;
   };
-  iterator begin() const { return iterator(core()); }
+  iterator begin(std::source_location where = std::source_location::current()) const { return iterator(core(), where); }
   iterator end() const { return iterator(); }
 
   /// False for an empty handle.
@@ -222,13 +237,14 @@ class channel {
     if (!core_) throw std::logic_error("operation on an empty channel handle (made from nullptr, or moved from)");
     return core_;
   }
-  detail::op_status transfer(int direction, void* slot, std::exception_ptr e, bool nonblocking) const {
+  detail::op_status transfer(int direction, void* slot, std::exception_ptr e, bool nonblocking,
+                             const std::source_location& where) const {
     static_assert(std::is_move_constructible_v<T>, "channel<T> needs a move-constructible T");
-    return detail::channel_transfer(core(), direction, slot, std::move(e), nonblocking);
+    return detail::channel_transfer(core(), direction, slot, std::move(e), nonblocking, where);
   }
-  detail::op_status transfer(int direction, void* slot, bool nonblocking) const {
+  detail::op_status transfer(int direction, void* slot, bool nonblocking, const std::source_location& where) const {
     static_assert(std::is_move_constructible_v<T>, "channel<T> needs a move-constructible T");
-    return detail::channel_transfer_value(core(), direction, slot, nonblocking);
+    return detail::channel_transfer_value(core(), direction, slot, nonblocking, where);
   }
   detail::channel_core* core_;
 };

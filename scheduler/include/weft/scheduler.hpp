@@ -93,15 +93,17 @@ options configuration();
 /// runnable (tasklets still blocked on channels are fine). May be called from any tasklet; the calls
 /// nest: the innermost waiting run() returns first, and an exception escaping a tasklet is thrown
 /// from it (SEMANTICS.md §1.6, §3). A switch point: not allowed inside weft::atomically.
-void run();
+/// (Each switch point takes the caller's std::source_location as a defaulted last argument, for
+/// WEFT_CHECK=replay's reports; never pass it yourself.)
+void run(std::source_location where = std::source_location::current());
 /// The next tasklet runs; the caller goes to the tail of the ring.
-void schedule();
+void schedule(std::source_location where = std::source_location::current());
 /// The caller leaves the ring (paused) until something inserts it again.
-void schedule_remove();
+void schedule_remove(std::source_location where = std::source_location::current());
 /// As schedule_remove(), returning `value` when the caller resumes.
 template <class T>
-T schedule_remove(T value) {
-  schedule_remove();
+T schedule_remove(T value, std::source_location where = std::source_location::current()) {
+  schedule_remove(where);
   return value;
 }
 tasklet getcurrent();

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <source_location>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -52,24 +53,26 @@ class tasklet {
   // cannot be inserted, run or removed, the current one cannot be removed, and a tasklet of another
   // thread's runtime cannot be scheduled from this one. Called from a tasklet in ordered mode, each is
   // applied when the caller's segment commits; run, switch_to, kill and raise_exception are switch
-  // points, insert, remove and set_name are not (README).
+  // points, insert, remove and set_name are not (README). A switch point takes the caller's
+  // std::source_location as a defaulted last argument (never pass it yourself): WEFT_CHECK=replay
+  // names the line where two runs of a segment ended at different switch points.
 
   /// Appends the tasklet at the tail of the runnable ring (no effect if scheduled or current).
   const tasklet& insert() const;
   /// Takes a runnable tasklet out of the ring (it becomes paused).
   const tasklet& remove() const;
   /// Rotates the ring so that this tasklet runs now; the caller keeps its place.
-  void run() const;
+  void run(std::source_location where = std::source_location::current()) const;
   /// Like run(), but the caller leaves the ring (paused). Stackless' `switch`.
-  void switch_to() const;
+  void switch_to(std::source_location where = std::source_location::current()) const;
   /// Throws tasklet_exit inside the tasklet at once (rotating the ring to it; a blocked tasklet leaves
   /// its channel first). No effect on an empty handle or a dead tasklet.
-  void kill() const;
+  void kill(std::source_location where = std::source_location::current()) const;
   /// Throws e inside the tasklet at once (rotating the ring to it). std::invalid_argument for a null e.
-  void raise_exception(std::exception_ptr e) const;
+  void raise_exception(std::exception_ptr e, std::source_location where = std::source_location::current()) const;
   template <class E>
-  void throw_(E e) const {
-    raise_exception(std::make_exception_ptr(std::move(e)));
+  void throw_(E e, std::source_location where = std::source_location::current()) const {
+    raise_exception(std::make_exception_ptr(std::move(e)), where);
   }
 
   /// Stackless' flags (SEMANTICS.md §1, §2.1): alive until its function returned or threw; blocked while it

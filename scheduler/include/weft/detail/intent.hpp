@@ -10,6 +10,7 @@
 #include <compare>
 #include <cstdint>
 #include <exception>
+#include <source_location>
 #include <string>
 
 namespace weft::detail {
@@ -52,6 +53,10 @@ struct intent {
   /// before its tasklet resumes). A pointer, not a std::string: every channel operation builds an
   /// intent, and a string member costs each of them its construction and destruction.
   std::string* text = nullptr;
+  /// The user's call that made the intent (the public function's std::source_location::current()
+  /// default argument): WEFT_CHECK=replay names it when two runs of a segment end at different
+  /// switch points. One pointer; nothing reads it otherwise.
+  std::source_location where{};
 };
 
 enum class op_status : std::uint8_t { ok, would_block, closed };
