@@ -13,13 +13,21 @@
 //                         the check must name the two operations (it printed "intent 1 then 9").
 //   replay_child lines    the same, choosing between two weft::schedule() calls on different lines: the
 //                         check must see the difference (the intents alone are equal) and name both lines.
+//   replay_child plain_thread
+//                         tasklets that keep to the contract and branch on a tvar that a plain thread
+//                         keeps incrementing: the two runs of a segment may read different values,
+//                         which is no breach. The check must not report it (it did: "plain threads
+//                         make them differ too", README).
 //   replay_child plain_map
 //                         a broker that keeps its subscriptions in a plain std::map across switch
 //                         points (newcomer round 13): a segment's first run adds a node, the rollback
 //                         frees it, the map still points there, and the second run or main's delete
 //                         freed it again (glibc: "double free"; the segments print nothing, so their
 //                         records were equal). The check must name the breach.
+#include <atomic>
+#include <chrono>
 #include <map>
+#include <thread>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -104,6 +112,42 @@ int lines() {
   return 0;
 }
 
+int plain_thread(bool breach) {
+  weft::tvar<long> ticks{0, "ticks"};
+  weft::tvar<long> odd{0, "odd"};
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    // Bursts of commits with pauses between: segments run twice during a burst see the writer's
+    // commits between their runs, those run during a pause do not (and are compared).
+    while (!stop.load(std::memory_order_relaxed)) {
+      for (int i = 0; i < 200; ++i) weft::atomically([&] { ticks.set(ticks.get() + 1); });
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  });
+  weft::channel<int> ch;
+  for (int k = 0; k < 4; ++k)
+    weft::spawn([&] {
+      for (int i = 0; i < 2000; ++i) {
+        // What the writer did decides the switch point and the write; with `breach`, so does a plain
+        // global that the tasklets increment.
+        if ((ticks.get() + (breach ? ++counter : 0)) % 2) {
+          odd.set(odd.get() + 1);
+          weft::schedule();
+        } else {
+          ch.send(i);
+        }
+      }
+    });
+  weft::spawn([&] {
+    for (;;) ch.receive();
+  });
+  weft::run();
+  stop = true;
+  writer.join();
+  weft::print("done\n");  // (the counts depend on the writer's timing: not printed)
+  return 0;
+}
+
 // A program's own printing helper that forwards its format string to weft::print.
 template <class... A>
 void say(fmt::format_string<A...> format, A&&... args) {
@@ -173,5 +217,6 @@ int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "plain_map") return plain_map();
   if (argc > 1 && std::string(argv[1]) == "branch") return branch();
   if (argc > 1 && std::string(argv[1]) == "lines") return lines();
+  if (argc > 1 && std::string(argv[1]) == "plain_thread") return plain_thread(argc > 2);
   return plain_global();
 }

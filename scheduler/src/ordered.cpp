@@ -39,6 +39,7 @@
 #include <memory>
 #include <source_location>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 #include <thread>
 #include <vector>
@@ -950,6 +951,27 @@ struct record_digest {
 // p, or nullptr when p is memory the attempt allocated itself.
 const void* settled(const alloc_log::ranges& own, const void* p) { return p && own.contains(p) ? nullptr : p; }
 
+// The lock words of the tvars a run read (those the run did not make itself), or nullopt if one
+// changed while it ran. Another thread (a plain thread's atomically, another runtime) may commit to a
+// tvar between the two runs of a segment: then the runs may differ with no breach of the contract.
+using read_words = std::unordered_map<const void*, std::uint64_t>;
+std::optional<read_words> words_read(const segment& s) {
+  const alloc_log::ranges own = s.tx.attempt_allocations();
+  read_words words;
+  const bool current = s.tx.for_each_read_version([&](const tvar_base* v, std::uint64_t m) {
+    if (settled(own, v)) words.emplace(v, m);
+  });
+  if (!current) return std::nullopt;
+  return words;
+}
+// Both runs read the same values of every tvar that both read (see words_read).
+bool same_inputs(const std::optional<read_words>& a, const std::optional<read_words>& b) {
+  if (!a || !b) return false;
+  for (const auto& [v, m] : *b)
+    if (auto it = a->find(v); it != a->end() && it->second != m) return false;
+  return true;
+}
+
 record_digest digest(const segment& s) {
   record_digest d;
   d.ending.kind = s.ending.kind;
@@ -1164,6 +1186,7 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
   if (o.replay_every && s->at_head && s->has_snapshot && w.ended == worker::end::finished && !s->doomed &&
       ++o.replay_count % o.replay_every == 0) {
     const record_digest first = digest(*s);
+    const std::optional<read_words> first_read = words_read(*s);
     if (!t->name.empty()) {
       std::lock_guard names(replayed_names_lock);
       replayed_names()[t->id] = t->name;
@@ -1175,7 +1198,9 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     // printing directly, and its record differed from the first's (a false report).
     t->want_head = false;
     s = run_new(r, w, t, lk);
-    if (w.ended == worker::end::finished && !s->doomed)
+    // Compared only if nobody committed to what the runs read in between (else the difference may be
+    // another thread's doing: this segment is not checked).
+    if (w.ended == worker::end::finished && !s->doomed && same_inputs(first_read, words_read(*s)))
       if (std::string what = difference(first, digest(*s)); !what.empty()) replay_mismatch(t, what);
   }
   segment_ended(r, w, t, s);

@@ -344,6 +344,19 @@ class alignas(64) transaction {
   void for_each_write(F&& f) const {
     for (std::uint32_t i = 0; i < writes_.size; ++i) f(writes_.data[i]);
   }
+  /// WEFT_CHECK=replay: the lock word of each tvar the attempt read, in read order, with the tvar;
+  /// false (and `out` incomplete) if one has changed since the attempt read it or is being committed.
+  /// Between two runs of a segment, equal words mean the runs read the same values (another thread's
+  /// commit in between changes the word). O(reads); only the checker calls it.
+  template <class F>
+  bool for_each_read_version(F&& f) const noexcept {
+    for (std::uint32_t i = 0; i < reads_.size; ++i) {
+      const std::uint64_t m = reads_.data[i].var->meta.load(std::memory_order_seq_cst);
+      if ((m & lock_bit) || version_of(m) > rv_) return false;
+      f(reads_.data[i].var, m);
+    }
+    return true;
+  }
   /// Inside a nested atomically or or_else (where a switch point is refused).
   bool in_scope() const noexcept { return scope_depth_ != 0; }
   /// A segment's outermost nested atomically (or or_else) ended with `m` closed: with one worker it
