@@ -20,6 +20,11 @@
 //                                     deadlock error, a send_exception, a raise_exception: the
 //                                     message names main and the exception, not a destructor
 //                                     (round 12: it blamed a destructor that was not there)
+//   weft_lost_output_child caught_then_main_deadlock
+//                                     a tasklet's exception escapes and main catches it at run();
+//                                     then main's own deadlock error ends the program: the message
+//                                     must not name the tasklet (round 14: the new exception had
+//                                     the caught one's address)
 //   weft_lost_output_child main_raised_in_destructor
 //                                     main raised into while its destructor waits at a switch point:
 //                                     that message, for main
@@ -61,6 +66,18 @@ int main(int argc, char** argv) {
     weft::channel<int> c;
     weft::spawn([] { weft::print("tasklet ends\n"); });
     c.receive();  // the tasklet ends, nobody else can send: the deadlock error, not caught
+    weft::print("not reached\n");
+    return 0;
+  }
+  if (what == "caught_then_main_deadlock") {
+    weft::channel<int> c;
+    weft::spawn([] { throw std::out_of_range("kb"); }).set_name("boom");
+    try {
+      weft::run();
+    } catch (const std::out_of_range& e) {
+      weft::print("main caught {}\n", e.what());
+    }
+    c.receive();  // the deadlock error, thrown in main, not caught
     weft::print("not reached\n");
     return 0;
   }

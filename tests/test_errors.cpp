@@ -1,6 +1,7 @@
 // SEMANTICS.md §5 and the bad inputs of issue 3: clear exceptions, never a crash or a hang.
 #include <optional>
 #include <cstdlib>
+#include <latch>
 #include <thread>
 
 #include "support.hpp"
@@ -29,18 +30,25 @@ TEST_CASE_METHOD(fresh_runtime, "5 running or switching to empty, dead or blocke
 }
 
 TEST_CASE_METHOD(fresh_runtime, "5 tasklets of another thread cannot be switched to", "[unit][errors]") {
+  // The other thread stays alive meanwhile: once its runtime has ended, a tasklet bound there and
+  // never inserted is dead (test_shutdown.cpp), and kill() of it does nothing.
   tasklet foreign;
+  std::latch made(1), checked(1);
   std::thread th([&] {
     foreign = tasklet([] {});
-    weft::shutdown();
+    made.count_down();
+    checked.wait();
   });
-  th.join();
+  made.wait();
   const std::string msg = "can't switch to a different thread.";
   REQUIRE(foreign.alive());
   test::require_throws_message<std::logic_error>([&] { foreign.insert(); }, msg);
   test::require_throws_message<std::logic_error>([&] { foreign.run(); }, msg);
   test::require_throws_message<std::logic_error>([&] { foreign.switch_to(); }, msg);
   test::require_throws_message<std::logic_error>([&] { foreign.kill(); }, msg);
+  checked.count_down();
+  th.join();
+  CHECK(!foreign.alive());
   foreign = tasklet();
   check_clean();
 }

@@ -53,7 +53,7 @@ void tasklet::raise_exception(std::exception_ptr e, std::source_location where) 
 bool tasklet::alive() const noexcept {
   if (!impl_) return false;
   detail::observe_scheduler();
-  return impl_->state != tasklet_state::dead;
+  return !detail::dead_or_orphaned(impl_);
 }
 bool tasklet::blocked() const noexcept {
   if (!impl_) return false;
@@ -68,7 +68,7 @@ bool tasklet::scheduled() const noexcept {
 bool tasklet::paused() const noexcept {
   if (!impl_) return false;
   detail::observe_scheduler();
-  return impl_->state == tasklet_state::paused;
+  return impl_->state == tasklet_state::paused && !detail::orphaned(impl_);
 }
 bool tasklet::is_main() const noexcept { return impl_ && impl_->is_main; }
 bool tasklet::is_current() const noexcept {

@@ -232,7 +232,7 @@ void check_owner(runtime& r, const tasklet_impl* t) {
 }
 
 void check_runnable_target(runtime& r, const tasklet_impl* t) {
-  if (!t || t->state == tasklet_state::dead) misuse(msg::unbound);
+  if (!t || dead_or_orphaned(t)) misuse(msg::unbound);
   check_owner(r, t);
   if (t->state == tasklet_state::blocked) misuse(msg::blocked);
 }
@@ -477,7 +477,7 @@ apply_result apply_intent(runtime& r, intent& in) {
       return {t};
 
     case intent_kind::raise: {  // §3.1 - §3.4
-      if (!t || t->state == tasklet_state::dead) {
+      if (!t || dead_or_orphaned(t)) {
         if (in.kill) return {self};
         misuse(msg::throw_dead);
       }

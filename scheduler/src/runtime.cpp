@@ -437,10 +437,14 @@ namespace {
 std::mutex escaped_lock;
 // The object of the last exception that escaped a tasklet, by address: a std::exception_ptr here
 // kept it alive after main caught it, through shutdown() and exit, until the next one escaped
-// (newcomer round 10: its destructor never ran). Another exception made later at the same address
-// could only mislabel the terminate message's tasklet.
+// (newcomer round 10: its destructor never ran). Its type and what() too: main caught it, then threw
+// an exception of its own that malloc put at the same address, and the terminate message named the
+// tasklet (newcomer round 14). Only an exception of the same type and text at the same address can
+// still be taken for it.
 const void* escaped_object = nullptr;
+const std::type_info* escaped_type = nullptr;
 std::string* escaped_from = new std::string;
+std::string* escaped_what = new std::string;
 std::terminate_handler previous_terminate = nullptr;
 
 // A kill or raise_exception that reaches a tasklet while a destructor waits at a switch point is
@@ -592,7 +596,9 @@ bool terminate_from_unhandled_throw() noexcept {
     std::string from;
     {
       std::lock_guard lock(escaped_lock);
-      if (escaped_object == exception_object_of(e)) from = *escaped_from;
+      if (escaped_object == exception_object_of(e) && escaped_type == e.__cxa_exception_type() &&
+          *escaped_what == what_of(e))
+        from = *escaped_from;
     }
     if (!from.empty()) {
       std::fprintf(stderr, "weft: an exception escaped %s and nobody caught it: %s\n", from.c_str(), what_of(e).c_str());
@@ -606,9 +612,12 @@ bool terminate_from_unhandled_throw() noexcept {
 
 void note_escaped(const std::exception_ptr& e, const tasklet_impl* t) {
   std::string from = tasklet_label(t);
+  std::string what = what_of(e);
   std::lock_guard lock(escaped_lock);
   escaped_object = exception_object_of(e);
+  escaped_type = e.__cxa_exception_type();
   *escaped_from = std::move(from);
+  *escaped_what = std::move(what);
 }
 
 namespace {

@@ -215,6 +215,14 @@ bool may_be_woken(const runtime& r) noexcept;
 /// been matched and taken out of c's queue; sends it to its runtime, which makes it runnable when it
 /// next applies an intent. Throws std::runtime_error("tasklet has no thread") if p's thread has ended.
 void check_partner_has_thread(const tasklet_impl* p);
+/// A tasklet bound and never inserted whose runtime has ended (weft::shutdown(), or its thread's
+/// end): nothing can run it any more, and it counts as dead, as in Stackless (its flags, kill() a
+/// no-op; newcomer round 14). Its function goes with its last handle. Takes the registry lock only
+/// for a bound, never-inserted tasklet.
+bool orphaned(const tasklet_impl* t) noexcept;
+inline bool dead_or_orphaned(const tasklet_impl* t) noexcept {
+  return t->state == tasklet_state::dead || orphaned(t);
+}
 void post_wake(tasklet_impl* p);
 /// Makes the tasklets other runtimes woke runnable (appended to the ring, in arrival order).
 void take_mail(runtime& r);

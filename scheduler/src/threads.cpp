@@ -192,6 +192,12 @@ namespace {
 [[maybe_unused]] const bool retry_hook_set = (another_thread_may_commit = &other_runtimes_alive, true);
 }  // namespace
 
+bool orphaned(const tasklet_impl* t) noexcept {
+  if (t->state != tasklet_state::paused || t->started || t->registered || t->is_main || !t->owner) return false;
+  std::lock_guard lk(registry().lock);
+  return t->owner->ended;
+}
+
 void check_partner_has_thread(const tasklet_impl* p) {
   std::lock_guard lk(registry().lock);
   if (p->ghost || p->owner->ended) throw std::runtime_error("tasklet has no thread");
