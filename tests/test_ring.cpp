@@ -1,3 +1,4 @@
+#include <functional>
 #include <fmt/format.h>
 // SEMANTICS.md §1: the runnable ring.
 #include "support.hpp"
@@ -104,6 +105,27 @@ TEST_CASE_METHOD(fresh_runtime, "1.3 remove", "[unit][ring]") {
   ch.send(7);  // pref -1: r runs at once
   run();
   CHECK(log.str() == "B r7 A");
+  check_clean();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "1.4 schedule, schedule_remove and run are callables with no arguments", "[unit][ring]") {
+  // Stackless: stackless.tasklet(stackless.schedule)(). They take the caller's source location as a
+  // defaulted argument (WEFT_CHECK=replay), and still fit where a callable of no arguments goes.
+  tasklet a = spawn(weft::schedule);
+  tasklet b = spawn(weft::schedule_remove);
+  std::function<void()> f = weft::run;
+  CHECK(getruncount() == 3);
+  f();
+  CHECK(!a.alive());
+  CHECK(b.paused());
+  b.kill();
+  tvar<int> got{0};
+  tasklet c = spawn([&] { got.set(weft::schedule_remove(7)); });  // the value form
+  run();
+  CHECK(c.paused());
+  c.insert();
+  run();
+  CHECK(got.get() == 7);
   check_clean();
 }
 

@@ -95,17 +95,17 @@ void tasklet::set_name(std::string name) const {
   perform(in);
 }
 
-void run(std::source_location where) {
+void detail::run_at(std::source_location where) {
   intent in{.kind = intent_kind::run_main, .where = where};
   perform(in);
 }
 
-void schedule(std::source_location where) {
+void detail::schedule_at(std::source_location where) {
   intent in{.kind = intent_kind::yield, .where = where};
   perform(in);
 }
 
-void schedule_remove(std::source_location where) {
+void detail::schedule_remove_at(std::source_location where) {
   intent in{.kind = intent_kind::remove_self, .where = where};
   perform(in);
 }

@@ -89,23 +89,41 @@ void configure(const options& o);
 /// The options in force (after environment overrides).
 options configuration();
 
+namespace detail {
+void run_at(std::source_location where);
+void schedule_at(std::source_location where);
+void schedule_remove_at(std::source_location where);
+struct run_fn {
+  void operator()(std::source_location where = std::source_location::current()) const { run_at(where); }
+};
+struct schedule_fn {
+  void operator()(std::source_location where = std::source_location::current()) const { schedule_at(where); }
+};
+struct schedule_remove_fn {
+  void operator()(std::source_location where = std::source_location::current()) const { schedule_remove_at(where); }
+  template <class T>
+  T operator()(T value, std::source_location where = std::source_location::current()) const {
+    schedule_remove_at(where);
+    return value;
+  }
+};
+}  // namespace detail
+
+// The three are function objects, not functions, so that they take the caller's
+// std::source_location (for WEFT_CHECK=replay's reports, like every switch point: a defaulted last
+// argument, never passed by hand) and can still be passed where a callable with no arguments is
+// expected (`weft::spawn(weft::schedule)`, `std::thread(weft::run)`).
+
 /// stackless.run(): the caller leaves the ring (paused) and the other tasklets run until none is
 /// runnable (tasklets still blocked on channels are fine). May be called from any tasklet; the calls
 /// nest: the innermost waiting run() returns first, and an exception escaping a tasklet is thrown
 /// from it (SEMANTICS.md §1.6, §3). A switch point: not allowed inside weft::atomically.
-/// (Each switch point takes the caller's std::source_location as a defaulted last argument, for
-/// WEFT_CHECK=replay's reports; never pass it yourself.)
-void run(std::source_location where = std::source_location::current());
+inline constexpr detail::run_fn run{};
 /// The next tasklet runs; the caller goes to the tail of the ring.
-void schedule(std::source_location where = std::source_location::current());
-/// The caller leaves the ring (paused) until something inserts it again.
-void schedule_remove(std::source_location where = std::source_location::current());
-/// As schedule_remove(), returning `value` when the caller resumes.
-template <class T>
-T schedule_remove(T value, std::source_location where = std::source_location::current()) {
-  schedule_remove(where);
-  return value;
-}
+inline constexpr detail::schedule_fn schedule{};
+/// The caller leaves the ring (paused) until something inserts it again; schedule_remove(value)
+/// returns `value` when the caller resumes.
+inline constexpr detail::schedule_remove_fn schedule_remove{};
 tasklet getcurrent();
 tasklet getmain();
 /// Tasklets in the ring, the current one included (main is not counted while it waits in run()).
