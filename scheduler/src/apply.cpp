@@ -27,6 +27,9 @@ constexpr const char* remove_current = "The current tasklet cannot be removed.";
 constexpr const char* remove_blocked = "You cannot remove a blocked tasklet.";
 constexpr const char* throw_dead = "You cannot throw to a dead tasklet";
 constexpr const char* other_thread = "can't switch to a different thread.";
+// A tasklet whose thread has ended (round 14, observed on Stackless 3.7.5: insert, then run/switch).
+constexpr const char* no_thread_insert = "Target thread isn't initialized";
+constexpr const char* no_thread = "tasklet has no thread";
 constexpr const char* deadlock = "Deadlock: the last runnable tasklet cannot be blocked.";
 constexpr const char* main_receiving = "the main tasklet is receiving without a sender available.";
 constexpr const char* main_sending = "the main tasklet is sending without a receiver available.";
@@ -231,7 +234,10 @@ void check_owner(runtime& r, const tasklet_impl* t) {
   misuse(msg::other_thread);
 }
 
-void check_runnable_target(runtime& r, const tasklet_impl* t) {
+void check_runnable_target(runtime& r, const tasklet_impl* t, bool inserting) {
+  // A tasklet of another thread that has ended, dead or not: Stackless names the thread first.
+  if (t && t->owner && t->owner != &r && t->owner_thread != std::this_thread::get_id() && runtime_has_ended(*t->owner))
+    misuse(inserting ? msg::no_thread_insert : msg::no_thread);
   if (!t || dead_or_orphaned(t)) misuse(msg::unbound);
   check_owner(r, t);
   if (t->state == tasklet_state::blocked) misuse(msg::blocked);
@@ -448,7 +454,7 @@ apply_result apply_intent(runtime& r, intent& in) {
       return {next_to_run(r)};
 
     case intent_kind::insert:  // §1.1, §1.2
-      check_runnable_target(r, t);
+      check_runnable_target(r, t, true);
       if (t->state == tasklet_state::paused) ring_append(r, t);
       return {self};
 
@@ -462,14 +468,14 @@ apply_result apply_intent(runtime& r, intent& in) {
       return {self};
 
     case intent_kind::run:  // §1.8
-      check_runnable_target(r, t);
+      check_runnable_target(r, t, false);
       if (t == self) return {self};
       if (t->state == tasklet_state::paused) ring_append(r, t);
       ring_rotate_to(r, t);
       return {t};
 
     case intent_kind::switch_to:  // §1.9
-      check_runnable_target(r, t);
+      check_runnable_target(r, t, false);
       if (t == self) return {self};
       if (t->state == tasklet_state::paused) ring_append(r, t);
       leave_ring_paused(r, self);

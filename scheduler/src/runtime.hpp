@@ -220,6 +220,8 @@ void check_partner_has_thread(const tasklet_impl* p);
 /// no-op; newcomer round 14). Its function goes with its last handle. Takes the registry lock only
 /// for a bound, never-inserted tasklet.
 bool orphaned(const tasklet_impl* t) noexcept;
+/// r's thread has ended, or weft::shutdown() ended r (under the registry lock).
+bool runtime_has_ended(const runtime& r) noexcept;
 inline bool dead_or_orphaned(const tasklet_impl* t) noexcept {
   return t->state == tasklet_state::dead || orphaned(t);
 }

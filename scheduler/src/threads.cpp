@@ -194,8 +194,12 @@ namespace {
 
 bool orphaned(const tasklet_impl* t) noexcept {
   if (t->state != tasklet_state::paused || t->started || t->registered || t->is_main || !t->owner) return false;
+  return runtime_has_ended(*t->owner);
+}
+
+bool runtime_has_ended(const runtime& r) noexcept {
   std::lock_guard lk(registry().lock);
-  return t->owner->ended;
+  return r.ended;
 }
 
 void check_partner_has_thread(const tasklet_impl* p) {
