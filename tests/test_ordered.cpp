@@ -1395,8 +1395,10 @@ TEST_CASE_METHOD(fresh_runtime, "buffers that tasklets free after a switch point
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   (void)faults;  // the sanitizers' allocators, not glibc's, own the heap
 #else
-  // Mapped each time, a buffer faults 64-256 pages in; reused, none.
+  // Mapped each time, a buffer faults 64-256 pages in; reused, a few: with injection, attempts run
+  // again, and at 2 workers a buffer may first come from the other thread's arena (9 a buffer on a
+  // fresh Debian 12 with injection, against a bound of 8 that held elsewhere).
   INFO(faults << " page faults for " << tasklets * steps << " buffers of 256 KiB-1 MiB");
-  CHECK(faults < tasklets * steps * 8);
+  CHECK(faults < tasklets * steps * 32);
 #endif
 }
