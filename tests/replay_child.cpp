@@ -112,6 +112,10 @@ int lines() {
   return 0;
 }
 
+// Outside the contract too (plain memory, not rolled back), but atomic: at 2 workers the tasklets
+// that increment it run on both threads, and a plain int would be a data race (TSan).
+std::atomic<long> breach_counter{0};
+
 int plain_thread(bool breach) {
   weft::tvar<long> ticks{0, "ticks"};
   weft::tvar<long> odd{0, "odd"};
@@ -130,7 +134,7 @@ int plain_thread(bool breach) {
       for (int i = 0; i < 2000; ++i) {
         // What the writer did decides the switch point and the write; with `breach`, so does a plain
         // global that the tasklets increment.
-        if ((ticks.get() + (breach ? ++counter : 0)) % 2) {
+        if ((ticks.get() + (breach ? breach_counter.fetch_add(1, std::memory_order_relaxed) + 1 : 0)) % 2) {
           odd.set(odd.get() + 1);
           weft::schedule();
         } else {
