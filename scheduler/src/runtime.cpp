@@ -593,15 +593,15 @@ bool terminate_from_unhandled_throw() noexcept {
     std::fflush(stderr);
   }
   if (const std::exception_ptr e = current) {
+    const std::string what = what_of(e);
     std::string from;
     {
       std::lock_guard lock(escaped_lock);
-      if (escaped_object == exception_object_of(e) && escaped_type == e.__cxa_exception_type() &&
-          *escaped_what == what_of(e))
+      if (escaped_object == exception_object_of(e) && escaped_type == e.__cxa_exception_type() && *escaped_what == what)
         from = *escaped_from;
     }
     if (!from.empty()) {
-      std::fprintf(stderr, "weft: an exception escaped %s and nobody caught it: %s\n", from.c_str(), what_of(e).c_str());
+      std::fprintf(stderr, "weft: an exception escaped %s and nobody caught it: %s\n", from.c_str(), what.c_str());
       std::fflush(stderr);
     }
   }

@@ -203,8 +203,7 @@ bool runtime_has_ended(const runtime& r) noexcept {
 }
 
 void check_partner_has_thread(const tasklet_impl* p) {
-  std::lock_guard lk(registry().lock);
-  if (p->ghost || p->owner->ended) throw std::runtime_error("tasklet has no thread");
+  if (p->ghost || runtime_has_ended(*p->owner)) throw std::runtime_error("tasklet has no thread");
 }
 
 void post_wake(tasklet_impl* p) {
