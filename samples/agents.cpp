@@ -107,7 +107,9 @@ long step(world& w, long k, long tick) {
     out[0] = rule(neighbours(last, 0, 1), mid[0]);
     for (std::size_t x = 1; x < last; ++x) out[x] = rule(neighbours(x - 1, x, x + 1), mid[x]);
     out[last] = rule(neighbours(last - 1, last, 0), mid[last]);
-    for (std::size_t x = 0; x < width; ++x) alive += out[x];
+    long row_alive = 0;  // a local: `alive` lives in memory, and char stores may alias it
+    for (std::size_t x = 0; x < width; ++x) row_alive += out[x];
+    alive += row_alive;
   }
   });
   });
