@@ -27,6 +27,7 @@
 //     to throw or inside a catch block, or aborted K times at the head), runs at the head and
 //     inevitable: it parks (returns to its thread) until its tasklet is the head.
 #include "ordered.hpp"
+#include "trace.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -97,6 +98,8 @@ struct segment {
   struct worker* ran_by = nullptr;  // the thread that ran it (commits it, while that thread is busy)
   tasklet_impl* owner = nullptr;    // whose segment it is, while in flight
   std::uint64_t channels_made = 0;  // its tasklet's count when it started (given back at abort)
+  // WEFT_TRACE: when this attempt's run began and ended (now_ns(); 0: not yet), kept only when tracing.
+  std::uint64_t trace_begin = 0, trace_end = 0;
 
   segment() : epoch(&epoch_slot_acquire()) {
     segment_register(&tx);
@@ -238,12 +241,26 @@ struct ordered_state {
 
   // WEFT_CHECK=replay[:N]: every Nth segment that starts at the head runs twice (0: off).
   unsigned replay_every = 0;
+
+  // WEFT_TRACE (trace.hpp): the runtime's number in the trace (0: not tracing) and its spans, one
+  // per segment attempt, added where the attempt's outcome is known (commit, abort, park).
+  std::uint32_t trace_id = 0;
+  trace_log trace;
+  bool trace_handed = false;  // given to the sink (at a std::exit, before ordered_stop)
   std::uint64_t replay_count = 0;
 };
 
 namespace {
 
 ordered_state& state_of(runtime& r) noexcept { return *r.ordered; }
+
+// WEFT_TRACE: s's attempt as a span of the trace, ending now if it has not returned to its thread
+// yet (a commit at its switch point, commit_in_place). Commit lock held.
+[[gnu::noinline]] void trace_attempt(ordered_state& o, const segment* s, const tasklet_impl* t, trace_outcome outcome) {
+  if (!s->trace_begin) return;  // (it never ran)
+  alloc_log_pause pause;  // the trace's memory is the runtime's, never an attempt's
+  o.trace.add({s->trace_begin, s->trace_end ? s->trace_end : now_ns(), t->id, s->ran_by ? s->ran_by->index : 0, outcome});
+}
 
 // The commit lock is held for all three. A commit with nobody waiting (always so with one worker)
 // costs no notify and no store; one with only spinning threads costs a store. (`spinning` is counted
@@ -372,6 +389,7 @@ void give_segment(ordered_state& o, segment* s) {
   s->has_snapshot = s->inevitable = s->at_head = false;
   s->clear_stop();
   s->owner = nullptr;
+  s->trace_begin = s->trace_end = 0;
   s->ran_by->free_segments.push_back(s);
   --o.in_flight;
 }
@@ -562,6 +580,12 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
     case abort_kind::drained:
     case abort_kind::replayed: break;
   }
+  if (o.trace_id) [[unlikely]] {
+    static constexpr trace_outcome outcome_of[] = {trace_outcome::abort_conflict, trace_outcome::abort_injected,
+                                                   trace_outcome::abort_changed, trace_outcome::abort_drained,
+                                                   trace_outcome::replayed};
+    trace_attempt(o, s, t, outcome_of[static_cast<int>(kind)]);
+  }
   // Counted for the thread that ran it (whoever aborts it), as its segment and its commit are.
   if (worker* w = s->ran_by ? s->ran_by : this_worker()) ++w->aborts;
   ++t->attempts;
@@ -612,6 +636,8 @@ void release_logged_handles(segment* s) noexcept {
   ++h->segments;
   ++o.commits, ++o.window_commits;
   if (s->inevitable) ++o.inevitable;
+  if (o.trace_id) [[unlikely]]
+    trace_attempt(o, s, h, s->inevitable ? trace_outcome::commit_inevitable : trace_outcome::commit);
   if (worker* by = s->ran_by ? s->ran_by : self) ++by->commits;  // (see abort_segment)
   return next;
 }
@@ -668,6 +694,10 @@ void drain_step(runtime& r) {
     return;
   }
   o.draining = true;
+  if (o.trace_id) [[unlikely]] {
+    o.trace.fallback_ns = now_ns();
+    o.trace.fallback_reason = o.fallback_reason;
+  }
 }
 
 // A tvar may live on a tasklet's stack and be written by others (a parent's local tvar its children
@@ -849,7 +879,7 @@ void segment_ended(runtime& r, worker& w, tasklet_impl* t, segment* s) {
 // numbers.
 void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_lock<std::mutex>& lk) {
   ordered_state& o = state_of(r);
-  const bool every = w.last_timed_ns >= time_every_from;
+  const bool every = w.last_timed_ns >= time_every_from || o.trace_id;  // a trace times every segment
   if (!every) {
     std::uint64_t x = w.sampler;
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;
@@ -863,8 +893,11 @@ void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_l
     }
   }
   const std::uint64_t start = now_ns();
+  if (o.trace_id) s->trace_begin = start;  // (a commit in place starts a new span)
   enter(w, t, s);
-  w.last_timed_ns = now_ns() - start;
+  const std::uint64_t end = now_ns();
+  w.last_timed_ns = end - start;
+  if (o.trace_id) s->trace_end = end;
   const std::uint64_t ns = w.last_timed_ns * (every ? 1 : sample_every);
   lock_commit(lk);
   w.in_segment = false;
@@ -1174,6 +1207,10 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     // One segment, run in two parts: run_timed counts it again for this thread, so the first
     // part's count goes (its time stays with the thread that spent it).
     --o.segments, --s->ran_by->segments;
+    if (o.trace_id) [[unlikely]] {
+      trace_attempt(o, s, t, trace_outcome::parked);  // the first part; run_timed times the second
+      s->trace_begin = s->trace_end = 0;
+    }
     s->ran_by = &w;
     w.in_segment = true;
     w.current = s;
@@ -1405,6 +1442,7 @@ void ordered_start(runtime& r) {
   install_fault_handlers(&segment_fault);
   alloc_log_stop_hook.store(&stop_doomed_segment, std::memory_order_relaxed);
   auto o = std::make_unique<ordered_state>();
+  o->trace_id = r.trace_id;
   o->window = std::max(4u * r.config.workers, 4u);
   // Spinners take the commit lock when a commit bumps `wakes`: a few, not workers / 2 as Go (whose
   // spinners look at per-thread queues, not one lock).
@@ -1527,6 +1565,7 @@ void ordered_stop(runtime& r) noexcept {
   }
   for (auto& w : o.workers)
     if (w->thread.joinable()) w->thread.join();
+  if (o.trace_id && !std::exchange(o.trace_handed, true)) trace_runtime_ended(o.trace_id, std::move(o.trace));
   this_thread_worker = nullptr;
   end_fenced_epoch(o);
   r.ordered.reset();
@@ -1661,6 +1700,8 @@ bool try_in_place(const runtime& r, tasklet_impl* self, const segment* s) noexce
     return in_place::committed;
   }
   ++o.segments, ++w.segments;  // run_timed counts the last segment of the jump, not this one
+  if (o.trace_id) [[unlikely]]
+    s->trace_begin = now_ns(), s->trace_end = 0;  // the next span (apply_record ended the last one)
   self->in_place_backoff = 0;
   s->ending = intent{.kind = intent_kind::yield};  // its output and handle log went with the commit
   s->has_snapshot = false;
@@ -1793,6 +1834,8 @@ void ordered_before_exit() noexcept {
     } catch (...) {
     }
   }
+  // Likewise the trace: what commits after this (main's drain) is not in it.
+  if (o.trace_id && !std::exchange(o.trace_handed, true)) trace_runtime_ended(o.trace_id, std::move(o.trace));
   if (w->running == r.main) {
     // Main exits: drop the speculative segments and go on in serial state, so that the shutdown at
     // the end of the main thread (killing the remaining tasklets) runs as with one worker.

@@ -16,6 +16,7 @@
 #include "weft/detail/diagnostics.hpp"
 #include "weft/detail/epoch.hpp"
 #include "ordered.hpp"
+#include "trace.hpp"
 #include "runtime.hpp"
 #include "weft/detail/stm_core.hpp"
 
@@ -61,6 +62,7 @@ struct runtime_holder {
   void detach() noexcept {
     runtime* r = std::exchange(rt, nullptr);
     if (r->ordered) ordered_stop(*r);
+    if (!r->ordered) trace_runtime_ended(r->trace_id, {});  // (ordered_stop hands over its spans)
     runtime_stopped();
     runtime_ended(*r);
     if (r->pool && r->pool->in_use() == 0) r->pool.reset();  // dead tasklets' handles may keep r a while
@@ -143,6 +145,8 @@ runtime::runtime() : config(effective_options()) {
         " (linking with the weft::weft CMake target adds them): without them std::exit from a tasklet, "
         "the first use of a function-local static and the copies of a std::exception_ptr in a tasklet "
         "may lose output, run twice or free memory twice");
+  // First, while nothing is made that a throw would leak: an unwritable WEFT_TRACE file throws.
+  trace_id = trace_runtime_started(config.mode == mode::ordered, config.workers);
   install_terminate_handler();
   // Tasklets free in a later segment what they allocated in an earlier one, and the GC frees
   // replaced values in batches: glibc's defaults trimmed its heap after such frees and faulted the

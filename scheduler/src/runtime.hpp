@@ -99,6 +99,7 @@ struct runtime {
 
   /// Ordered mode's workers, segments and commit lock (nullptr in serial mode).
   std::unique_ptr<ordered_state, ordered_state_deleter> ordered;
+  std::uint32_t trace_id = 0;  // WEFT_TRACE: the runtime's number in the trace (0: not tracing)
   /// Segments run speculatively on the workers (ordered mode, until the one-way guard drains the run
   /// and it goes on in serial state on the main thread). Written under the commit lock; once false,
   /// only the main thread touches the runtime.

@@ -45,7 +45,9 @@ enum class mode {
 /// overrides them, for experiments. A bad value in a variable throws std::invalid_argument naming it
 /// (from configure(), configuration() and weft's first use): counts and seeds are whole numbers,
 /// WEFT_STACK_SIZE bytes with an optional K, M or G, switches (WEFT_STACK_GUARD, WEFT_GUARD,
-/// WEFT_STATS) 0 or 1.
+/// WEFT_STATS) 0 or 1. WEFT_TRACE=FILE writes a Chrome trace-event timeline of ordered mode's
+/// segments to FILE when a runtime ends (README, "When it does not pay"); a FILE that cannot be
+/// written throws std::invalid_argument naming WEFT_TRACE at the runtime's start.
 struct options {
   /// Threads that run segments: the main thread plus workers - 1 worker threads (DESIGN.md §4.1).
   unsigned workers = 1;
