@@ -1402,3 +1402,64 @@ TEST_CASE_METHOD(fresh_runtime, "buffers that tasklets free after a switch point
   CHECK(faults < tasklets * steps * 32);
 #endif
 }
+
+namespace {
+void busy_us(int us) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+  while (std::chrono::steady_clock::now() < until) {
+  }
+}
+// Filled by main after each spawn, read by the tasklets: plain data, as Stackless programs keep
+// their tasklets (`T.append(stackless.tasklet(f)())`) and their set-up.
+std::array<tasklet, 6> spawned_by_main;
+std::array<int, 6> set_up_by_main;
+}  // namespace
+
+TEST_CASE_METHOD(fresh_runtime, "tasklets see the plain data main wrote after spawning them and before its next switch point",
+                 "[unit][ordered]") {
+  // Round 15: at 2 workers a tasklet's first segment started on the worker thread while main was
+  // still storing the handles: it saw an empty handle, and a kill or run() of a tasklet not yet
+  // started did nothing or crashed. Here main stores each handle and a number a while after the
+  // spawn, and a first tasklet keeps the worker thread busy and then looking for work meanwhile:
+  // without the rule it starts the next tasklets in between.
+  // (Each tasklet records in a tvar of its own: one shared log would make every tasklet's segment
+  // conflict with the one before it and run again at the head, hiding what it read the first time.)
+  std::array<tvar<int>, 6> seen;
+  spawn([] { busy_us(1000); });
+  for (std::size_t i = 0; i < spawned_by_main.size(); ++i) {
+    tasklet t = spawn([&seen, i] {
+      const tasklet me = spawned_by_main[i];
+      seen[i].set(set_up_by_main[i] * (me == getcurrent() ? 1 : -1));
+    });
+    busy_us(300);
+    spawned_by_main[i] = t;
+    set_up_by_main[i] = static_cast<int>(i) + 10;
+  }
+  run();
+  for (std::size_t i = 0; i < seen.size(); ++i) CHECK(seen[i].get() == static_cast<int>(i) + 10);
+  for (auto& t : spawned_by_main) t = tasklet();
+}
+
+TEST_CASE_METHOD(fresh_runtime, "a round-robin main's plain writes are seen by the tasklets' next segments", "[unit][ordered]") {
+  // Main writes a plain round number, then schedules: every tasklet reads the number of the round
+  // in its segment after main's (serial order), even though it was runnable while main ran.
+  // The tasklets' segments are long enough to keep the worker thread busy: without the rule it
+  // starts the next one of a tasklet that ran before main while main runs.
+  event_log log;
+  int round = 0;  // main's plain state (written by main only, between its switch points)
+  for (int k = 0; k < 3; ++k)
+    spawn([&, k] {
+      for (int i = 0; i < 5; ++i) {
+        busy_us(200);
+        log(std::to_string(k) + ":" + std::to_string(round));
+        schedule();
+      }
+    });
+  for (int i = 0; i < 5; ++i) {
+    busy_us(300);
+    ++round;
+    schedule();
+  }
+  run();
+  CHECK(log.str() == "0:1 1:1 2:1 0:2 1:2 2:2 0:3 1:3 2:3 0:4 1:4 2:4 0:5 1:5 2:5");
+}

@@ -462,6 +462,14 @@ void flush_output_and_releases(segment* s) {
 // most `locality_look` tasklets past the first candidate.
 // Invariant 4: while main is runnable the main thread runs only what must commit before main; it
 // scans from the head up to main (usually a few tasklets: main runs as soon as it is the head).
+// No thread starts a segment past a runnable main either: main's code is plain (not a
+// transaction), so what it writes before its next switch point must be in place for every segment
+// after it in serial order. Stackless' set-up idiom, `T.append(stackless.tasklet(f)())` then
+// run(), is `T.push_back(weft::spawn(f))` here, and f reads T[i] (round 15: at 2 workers f's first
+// segment ran on the worker thread while main was still filling T, read an empty handle or a
+// vector being reallocated, and a kill, a raise or a run() of it went wrong or crashed). It costs
+// the overlap of main's own stretches with segments after it; a main blocked or in run() is not
+// in the ring and holds nothing back.
 tasklet_impl* pick(runtime& r, const worker& w) {
   ordered_state& o = state_of(r);
   if (o.draining) return nullptr;
@@ -480,7 +488,7 @@ tasklet_impl* pick(runtime& r, const worker& w) {
   // in the shutdown for a kill, picked one up).
   if (r.shutting_down.load(std::memory_order_relaxed)) return nullptr;
   if (o.in_flight >= o.window) return nullptr;
-  const bool before_main_only = w.main_thread && r.main->state == tasklet_state::runnable;
+  const bool before_main_only = r.main->state == tasklet_state::runnable;
   if (before_main_only && h == r.main) return nullptr;
   constexpr unsigned locality_look = 8;
   // (The head may have moved onto the hint since it was set: the scan then starts past the head.)
