@@ -242,6 +242,12 @@ struct ordered_state {
   // WEFT_CHECK=replay[:N]: every Nth segment that starts at the head runs twice (0: off).
   unsigned replay_every = 0;
 
+  // Main's code runs now, or its last switch point left it runnable (schedule(), a send that did not
+  // block): no segment starts past it (pick). False from a switch point that blocked or paused it
+  // (receive, run()) until it runs again, so that a woken main holds nothing back while it waits
+  // for the main thread.
+  bool main_holds_back = true;
+
   // WEFT_TRACE (trace.hpp): the runtime's number in the trace (0: not tracing) and its spans, one
   // per segment attempt, added where the attempt's outcome is known (commit, abort, park).
   std::uint32_t trace_id = 0;
@@ -462,14 +468,17 @@ void flush_output_and_releases(segment* s) {
 // most `locality_look` tasklets past the first candidate.
 // Invariant 4: while main is runnable the main thread runs only what must commit before main; it
 // scans from the head up to main (usually a few tasklets: main runs as soon as it is the head).
-// No thread starts a segment past a runnable main either: main's code is plain (not a
-// transaction), so what it writes before its next switch point must be in place for every segment
-// after it in serial order. Stackless' set-up idiom, `T.append(stackless.tasklet(f)())` then
-// run(), is `T.push_back(weft::spawn(f))` here, and f reads T[i] (round 15: at 2 workers f's first
-// segment ran on the worker thread while main was still filling T, read an empty handle or a
-// vector being reallocated, and a kill, a raise or a run() of it went wrong or crashed). It costs
-// the overlap of main's own stretches with segments after it; a main blocked or in run() is not
-// in the ring and holds nothing back.
+// No thread starts a segment past main while main's code runs, nor while main waits for its turn
+// after a switch point that left it runnable (schedule(), a send that did not block): main's code
+// is plain (not a transaction), so what it writes before its next switch point must be in place
+// for the segments after it in serial order. Stackless' set-up idiom, `T.append(
+// stackless.tasklet(f)())` then run(), is `T.push_back(weft::spawn(f))` here, and f reads T[i]
+// (round 15: at 2 workers f's first segment ran on the worker thread while main was still filling
+// T, read an empty handle or a vector being reallocated, and a kill, a raise or a run() of it went
+// wrong or crashed); a round-robin main sets plain state before each schedule(). A main woken from
+// a wait (a consumer's receive) does hold back the worker threads until it runs: while the main
+// thread finishes a long segment of its own (mandelbrot's 1.3 ms bands), the other threads would
+// sit idle (2 workers: 1.94x -> 1.61x); segments that start then are the README's documented limit.
 tasklet_impl* pick(runtime& r, const worker& w) {
   ordered_state& o = state_of(r);
   if (o.draining) return nullptr;
@@ -488,7 +497,7 @@ tasklet_impl* pick(runtime& r, const worker& w) {
   // in the shutdown for a kill, picked one up).
   if (r.shutting_down.load(std::memory_order_relaxed)) return nullptr;
   if (o.in_flight >= o.window) return nullptr;
-  const bool before_main_only = r.main->state == tasklet_state::runnable;
+  const bool before_main_only = r.main->state == tasklet_state::runnable && (w.main_thread || o.main_holds_back);
   if (before_main_only && h == r.main) return nullptr;
   constexpr unsigned locality_look = 8;
   // (The head may have moved onto the hint since it was set: the scan then starts past the head.)
@@ -1778,6 +1787,7 @@ op_status ordered_perform(runtime& r, intent& in) {
   } released_at_exit;
   r.current = r.main;
   const apply_result res = apply(r, in);  // an error is thrown here, at once, as with one worker
+  o.main_holds_back = r.main->state == tasklet_state::runnable;
   commit_chain(r);
   if (!main_can_run(r)) {
     w->running = nullptr;
@@ -1786,6 +1796,7 @@ op_status ordered_perform(runtime& r, intent& in) {
     w->running = r.main;
   }
   r.current = r.main;
+  o.main_holds_back = true;  // its code runs from here to its next switch point
   main_holds_commit_lock = false;
   lk.unlock();
   if (r.main->pending) [[unlikely]]
