@@ -81,12 +81,26 @@ double micros_since(std::uint64_t origin, std::uint64_t ns) {
   return ns > origin ? static_cast<double>(ns - origin) / 1e3 : 0.0;
 }
 
-// The whole file, from what the sink holds (its lock held). One event a line.
+// The whole file, from what the sink holds (its lock held). One event a line. Written in pieces of
+// about 1 MiB (4 million slices are ~600 MB of JSON) to FILE.partial, renamed over FILE when complete:
+// a reader never sees half a trace.
 void write_file(sink& s) {
+  const std::string partial = s.path + ".partial";
+  std::FILE* f = std::fopen(partial.c_str(), "w");
+  if (!f) {
+    diagnostics().warn("WEFT_TRACE: cannot write {}: {}", partial, std::strerror(errno));
+    return;
+  }
+  bool ok = true;
   fmt::memory_buffer out;
+  auto write_out = [&] {
+    ok = ok && std::fwrite(out.data(), 1, out.size(), f) == out.size();
+    out.clear();
+  };
   out.append(std::string_view("{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n"));
   bool first = true;
   auto begin_event = [&] {
+    if (out.size() >= (std::size_t{1} << 20)) write_out();
     if (!first) out.append(std::string_view(",\n"));
     first = false;
   };
@@ -121,13 +135,11 @@ void write_file(sink& s) {
     }
   }
   out.append(std::string_view("\n]}\n"));
-  std::FILE* f = std::fopen(s.path.c_str(), "w");
-  if (!f) {
-    diagnostics().warn("WEFT_TRACE: cannot write {}: {}", s.path, std::strerror(errno));
-    return;
+  write_out();
+  if (std::fclose(f) != 0 || !ok || std::rename(partial.c_str(), s.path.c_str()) != 0) {
+    diagnostics().warn("WEFT_TRACE: writing {} failed: {}", s.path, std::strerror(errno));
+    std::remove(partial.c_str());
   }
-  const bool ok = std::fwrite(out.data(), 1, out.size(), f) == out.size();
-  if (std::fclose(f) != 0 || !ok) diagnostics().warn("WEFT_TRACE: writing {} failed: {}", s.path, std::strerror(errno));
 }
 
 }  // namespace
