@@ -168,10 +168,7 @@ struct worker {
 };
 constexpr std::uint64_t sample_every = 16, time_every_from = 20000;
 
-std::uint64_t now_ns() noexcept {
-  return static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
-}
+std::uint64_t now_ns() noexcept { return trace_now_ns(); }  // (one clock for the timings and the trace)
 
 __attribute__((tls_model("initial-exec"))) constinit thread_local worker* this_thread_worker = nullptr;
 
@@ -248,9 +245,8 @@ struct ordered_state {
   // for the main thread.
   bool main_holds_back = true;
 
-  // WEFT_TRACE (trace.hpp): the runtime's number in the trace (0: not tracing) and its spans, one
-  // per segment attempt, added where the attempt's outcome is known (commit, abort, park).
-  std::uint32_t trace_id = 0;
+  // WEFT_TRACE (trace.hpp), when runtime::trace_id is set: the spans, one per segment attempt,
+  // added where the attempt's outcome is known (commit, abort, park).
   trace_log trace;
   bool trace_handed = false;  // given to the sink (at a std::exit, before ordered_stop)
   std::uint64_t replay_count = 0;
@@ -259,6 +255,13 @@ struct ordered_state {
 namespace {
 
 ordered_state& state_of(runtime& r) noexcept { return *r.ordered; }
+
+// WEFT_TRACE: the runtime's spans to the sink, which writes the file (once: at the stop, or earlier
+// at a std::exit).
+void hand_over_trace(runtime& r) noexcept {
+  ordered_state& o = state_of(r);
+  if (r.trace_id && !std::exchange(o.trace_handed, true)) trace_runtime_ended(r.trace_id, std::move(o.trace));
+}
 
 // WEFT_TRACE: s's attempt as a span of the trace, ending now if it has not returned to its thread
 // yet (a commit at its switch point, commit_in_place). Commit lock held.
@@ -597,7 +600,7 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
     case abort_kind::drained:
     case abort_kind::replayed: break;
   }
-  if (o.trace_id) [[unlikely]] {
+  if (r.trace_id) [[unlikely]] {
     static constexpr trace_outcome outcome_of[] = {trace_outcome::abort_conflict, trace_outcome::abort_injected,
                                                    trace_outcome::abort_changed, trace_outcome::abort_drained,
                                                    trace_outcome::replayed};
@@ -653,7 +656,7 @@ void release_logged_handles(segment* s) noexcept {
   ++h->segments;
   ++o.commits, ++o.window_commits;
   if (s->inevitable) ++o.inevitable;
-  if (o.trace_id) [[unlikely]]
+  if (r.trace_id) [[unlikely]]
     trace_attempt(o, s, h, s->inevitable ? trace_outcome::commit_inevitable : trace_outcome::commit);
   if (worker* by = s->ran_by ? s->ran_by : self) ++by->commits;  // (see abort_segment)
   return next;
@@ -711,7 +714,7 @@ void drain_step(runtime& r) {
     return;
   }
   o.draining = true;
-  if (o.trace_id) [[unlikely]] {
+  if (r.trace_id) [[unlikely]] {
     o.trace.fallback_ns = now_ns();
     o.trace.fallback_reason = o.fallback_reason;
   }
@@ -896,7 +899,7 @@ void segment_ended(runtime& r, worker& w, tasklet_impl* t, segment* s) {
 // numbers.
 void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_lock<std::mutex>& lk) {
   ordered_state& o = state_of(r);
-  const bool every = w.last_timed_ns >= time_every_from || o.trace_id;  // a trace times every segment
+  const bool every = w.last_timed_ns >= time_every_from || r.trace_id;  // a trace times every segment
   if (!every) {
     std::uint64_t x = w.sampler;
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;
@@ -910,11 +913,11 @@ void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_l
     }
   }
   const std::uint64_t start = now_ns();
-  if (o.trace_id) s->trace_begin = start;  // (a commit in place starts a new span)
+  if (r.trace_id) s->trace_begin = start;  // (a commit in place starts a new span)
   enter(w, t, s);
   const std::uint64_t end = now_ns();
   w.last_timed_ns = end - start;
-  if (o.trace_id) s->trace_end = end;
+  if (r.trace_id) s->trace_end = end;
   const std::uint64_t ns = w.last_timed_ns * (every ? 1 : sample_every);
   lock_commit(lk);
   w.in_segment = false;
@@ -1224,7 +1227,7 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     // One segment, run in two parts: run_timed counts it again for this thread, so the first
     // part's count goes (its time stays with the thread that spent it).
     --o.segments, --s->ran_by->segments;
-    if (o.trace_id) [[unlikely]] {
+    if (r.trace_id) [[unlikely]] {
       trace_attempt(o, s, t, trace_outcome::parked);  // the first part; run_timed times the second
       s->trace_begin = s->trace_end = 0;
     }
@@ -1459,7 +1462,6 @@ void ordered_start(runtime& r) {
   install_fault_handlers(&segment_fault);
   alloc_log_stop_hook.store(&stop_doomed_segment, std::memory_order_relaxed);
   auto o = std::make_unique<ordered_state>();
-  o->trace_id = r.trace_id;
   o->window = std::max(4u * r.config.workers, 4u);
   // Spinners take the commit lock when a commit bumps `wakes`: a few, not workers / 2 as Go (whose
   // spinners look at per-thread queues, not one lock).
@@ -1582,7 +1584,7 @@ void ordered_stop(runtime& r) noexcept {
   }
   for (auto& w : o.workers)
     if (w->thread.joinable()) w->thread.join();
-  if (o.trace_id && !std::exchange(o.trace_handed, true)) trace_runtime_ended(o.trace_id, std::move(o.trace));
+  hand_over_trace(r);
   this_thread_worker = nullptr;
   end_fenced_epoch(o);
   r.ordered.reset();
@@ -1717,7 +1719,7 @@ bool try_in_place(const runtime& r, tasklet_impl* self, const segment* s) noexce
     return in_place::committed;
   }
   ++o.segments, ++w.segments;  // run_timed counts the last segment of the jump, not this one
-  if (o.trace_id) [[unlikely]]
+  if (r.trace_id) [[unlikely]]
     s->trace_begin = now_ns(), s->trace_end = 0;  // the next span (apply_record ended the last one)
   self->in_place_backoff = 0;
   s->ending = intent{.kind = intent_kind::yield};  // its output and handle log went with the commit
@@ -1853,8 +1855,7 @@ void ordered_before_exit() noexcept {
     } catch (...) {
     }
   }
-  // Likewise the trace: what commits after this (main's drain) is not in it.
-  if (o.trace_id && !std::exchange(o.trace_handed, true)) trace_runtime_ended(o.trace_id, std::move(o.trace));
+  hand_over_trace(r);  // likewise: what commits after this (main's drain) is not in it
   if (w->running == r.main) {
     // Main exits: drop the speculative segments and go on in serial state, so that the shutdown at
     // the end of the main thread (killing the remaining tasklets) runs as with one worker.

@@ -3,7 +3,6 @@
 #include "trace.hpp"
 
 #include <cerrno>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -144,11 +143,6 @@ void write_file(sink& s) {
 
 }  // namespace
 
-std::uint64_t trace_now_ns() noexcept {
-  return static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
-}
-
 std::uint32_t trace_runtime_started(bool ordered, unsigned workers) {
   const char* path = std::getenv("WEFT_TRACE");
   if (!path || !*path) return 0;
@@ -160,12 +154,12 @@ std::uint32_t trace_runtime_started(bool ordered, unsigned workers) {
     std::FILE* f = std::fopen(path, "w");
     if (!f)
       throw std::invalid_argument(fmt::format("WEFT_TRACE: cannot write {}: {}", path, std::strerror(errno)));
-    std::fputs("{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n]}\n", f);
     std::fclose(f);
     s.path = path;
     s.origin_ns = trace_now_ns();
     s.runtimes.clear();  // (a runtime of the old trace may still end: its id is not reused)
     s.next_pid = 1;
+    write_file(s);  // an empty trace until the first runtime ends
   }
   if (!ordered && !s.warned_serial) {
     s.warned_serial = true;

@@ -15,6 +15,7 @@
 // time, with every runtime so far.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -64,7 +65,10 @@ std::uint32_t trace_runtime_started(bool ordered, unsigned workers);
 /// Called once as traced runtime `id` ends (or at std::exit): adds its spans and rewrites the file.
 /// Never throws (a write error is a warning on stderr). Thread-safe.
 void trace_runtime_ended(std::uint32_t id, trace_log&& log) noexcept;
-/// Steady-clock nanoseconds, the clock of trace_span.
-std::uint64_t trace_now_ns() noexcept;
+/// Steady-clock nanoseconds, the clock of trace_span (and of ordered mode's segment timings).
+inline std::uint64_t trace_now_ns() noexcept {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
+}
 
 }  // namespace weft::detail
