@@ -2,6 +2,7 @@
 // that gives every test a fresh runtime and checks that nothing leaked.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -48,6 +49,13 @@ template <class T, class U>
 void append(weft::tvar<std::vector<T>>& to, U&& v) {
   T value(std::forward<U>(v));
   weft::atomically([&] { to.modify([&](std::vector<T>& vec) { vec.push_back(value); }); });
+}
+
+/// Busy-waits about `us` microseconds (a segment of that length: no switch point, no allocation).
+inline void spin_us(int us) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+  while (std::chrono::steady_clock::now() < until) {
+  }
 }
 
 /// Appends `what` to the log when destroyed: shows which frames unwound, and in which order.

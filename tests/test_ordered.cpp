@@ -23,6 +23,7 @@
 using namespace weft;
 using weft::test::event_log;
 using weft::test::fresh_runtime;
+using weft::test::spin_us;
 
 namespace {
 bool ordered_two_or_more() {
@@ -411,11 +412,6 @@ TEST_CASE("ordered-mode options are checked, with the variable's name in the err
 TEST_CASE_METHOD(fresh_runtime, "run_stats counts every thread's segments, commits and time, worker threads included",
                  "[unit][ordered]") {
   // Segments of ~20 us (the one-way guard keeps the run parallel), a ring of 8 tasklets.
-  auto spin_us = [](int us) {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
-    while (std::chrono::steady_clock::now() < until) {
-    }
-  };
   for (int t = 0; t < 8; ++t)
     spawn([&] {
       for (int i = 0; i < 25; ++i) {
@@ -1404,11 +1400,6 @@ TEST_CASE_METHOD(fresh_runtime, "buffers that tasklets free after a switch point
 }
 
 namespace {
-void busy_us(int us) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
-  while (std::chrono::steady_clock::now() < until) {
-  }
-}
 // Filled by main after each spawn, read by the tasklets: plain data, as Stackless programs keep
 // their tasklets (`T.append(stackless.tasklet(f)())`) and their set-up.
 std::array<tasklet, 6> spawned_by_main;
@@ -1425,13 +1416,13 @@ TEST_CASE_METHOD(fresh_runtime, "tasklets see the plain data main wrote after sp
   // (Each tasklet records in a tvar of its own: one shared log would make every tasklet's segment
   // conflict with the one before it and run again at the head, hiding what it read the first time.)
   std::array<tvar<int>, 6> seen;
-  spawn([] { busy_us(1000); });
+  spawn([] { spin_us(1000); });
   for (std::size_t i = 0; i < spawned_by_main.size(); ++i) {
     tasklet t = spawn([&seen, i] {
       const tasklet me = spawned_by_main[i];
       seen[i].set(set_up_by_main[i] * (me == getcurrent() ? 1 : -1));
     });
-    busy_us(300);
+    spin_us(300);
     spawned_by_main[i] = t;
     set_up_by_main[i] = static_cast<int>(i) + 10;
   }
@@ -1450,13 +1441,13 @@ TEST_CASE_METHOD(fresh_runtime, "a round-robin main's plain writes are seen by t
   for (int k = 0; k < 3; ++k)
     spawn([&, k] {
       for (int i = 0; i < 5; ++i) {
-        busy_us(200);
+        spin_us(200);
         log(std::to_string(k) + ":" + std::to_string(round));
         schedule();
       }
     });
   for (int i = 0; i < 5; ++i) {
-    busy_us(300);
+    spin_us(300);
     ++round;
     schedule();
   }

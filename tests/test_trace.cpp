@@ -158,12 +158,6 @@ std::vector<slice> slices_of(const std::string& text) {
   return out;
 }
 
-void spin_us(int us) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
-  while (std::chrono::steady_clock::now() < until) {
-  }
-}
-
 }  // namespace
 
 TEST_CASE_METHOD(fresh_runtime, "WEFT_TRACE writes one slice per segment attempt, named by its outcome as run_stats counts them",
