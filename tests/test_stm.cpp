@@ -1439,6 +1439,26 @@ TEST_CASE("the epoch GC frees nothing a reader holds while fenced mode turns on 
   CHECK(detail::epoch_pending() == 0);
 }
 
+TEST_CASE("a tvar's name goes with it and stays with the others while thousands of unnamed tvars come and go", "[unit][stm]") {
+  // Destroying a tvar consults the name table only when its shard holds entries; the counts must
+  // stay right through names given, names removed and unnamed tvars destroyed beside them.
+  tvar<int> kept(1, "kept");
+  alignas(tvar<int>) unsigned char storage[sizeof(tvar<int>)];
+  for (int round = 0; round < 3; ++round) {
+    auto* named = new (storage) tvar<int>(2, "temporary");
+    CHECK(std::string(named->name()) == "temporary");
+    named->~tvar<int>();
+    auto* unnamed = new (storage) tvar<int>(3);  // the same address: it must not inherit the name
+    CHECK(unnamed->name() == nullptr);
+    unnamed->~tvar<int>();
+    std::vector<std::unique_ptr<tvar<int>>> many;
+    for (int i = 0; i < 5000; ++i) many.push_back(std::make_unique<tvar<int>>(i));
+    many.clear();
+    REQUIRE(kept.name() != nullptr);
+    CHECK(std::string(kept.name()) == "kept");
+  }
+}
+
 TEST_CASE("conflicts are reported to the observer with names and source locations", "[unit][stm]") {
   static std::mutex lock;
   static std::vector<conflict_record> records;

@@ -19,6 +19,14 @@ struct shard {
   std::mutex lock;  // protects the maps; held only for a lookup or an update
   std::unordered_map<const void*, const char*> names;
   std::unordered_map<const void*, std::uintptr_t> writes;
+  // names.size() + writes.size(), stored under `lock`, read without it by tvar_gone: once one tvar is
+  // named, every tvar's destruction comes here, and most find their shard empty (the bank sample's
+  // million accounts, with two named counters beside them, took a lock and two hash lookups each:
+  // ~130 instructions a tvar). A tvar's own entry was stored before its destruction in
+  // happens-before order (its construction, or a commit that the destroying thread synchronised
+  // with), so a relaxed load of 0 proves it has none.
+  std::atomic<std::size_t> entries{0};
+  void recount() noexcept { entries.store(names.size() + writes.size(), std::memory_order_relaxed); }
 };
 constexpr std::size_t shard_count = 64;
 
@@ -41,14 +49,17 @@ void tvar_named(const void* var, const char* name) {
   shard& s = shard_of(var);
   std::lock_guard g(s.lock);
   s.names[var] = name;
+  s.recount();
 }
 
 void tvar_gone(const void* var) noexcept {
-  alloc_log_pause pause;
   shard& s = shard_of(var);
+  if (s.entries.load(std::memory_order_relaxed) == 0) return;
+  alloc_log_pause pause;
   std::lock_guard g(s.lock);
   s.names.erase(var);
   s.writes.erase(var);
+  s.recount();
 }
 
 const char* tvar_name(const void* var) noexcept {
@@ -67,6 +78,7 @@ void note_write(const void* var, std::uintptr_t location) noexcept {
     s.writes[var] = location;
   } catch (...) {
   }
+  s.recount();
 }
 
 std::uintptr_t last_write_of(const void* var) noexcept {
