@@ -101,8 +101,8 @@ struct segment {
   // WEFT_TRACE: when this attempt's run began and ended (now_ns(); 0: not yet), kept only when tracing.
   std::uint64_t trace_begin = 0, trace_end = 0;
 
-  segment() : epoch(&epoch_slot_acquire()) {
-    segment_register(&tx);
+  explicit segment(const void* run) : epoch(&epoch_slot_acquire()) {
+    segment_register(&tx, run);  // (the run: its commits may go without tvar locks, sole_run_begin)
     tx.segment_watch_stop(&stop);
     handles.out = &out;
   }
@@ -379,7 +379,7 @@ segment* take_segment(ordered_state& o, worker& w) {
   std::vector<segment*>* from = &w.free_segments;
   for (std::size_t i = 0; from->empty() && i < o.workers.size(); ++i) from = &o.workers[i]->free_segments;
   if (from->empty()) {
-    o.all_segments.push_back(std::make_unique<segment>());
+    o.all_segments.push_back(std::make_unique<segment>(&o));
     return o.all_segments.back().get();
   }
   segment* s = from->back();
@@ -690,6 +690,7 @@ void drain_step(runtime& r) {
   // worker threads' participants (work()), the main thread is alone in the GC as in a serial run and
   // collects every few retires without a membarrier. Kept, what the serial state replaced was freed
   // after ~128 retires (a test's 64 KiB vectors: 2,000 page faults in 1,600 segments, 15 MB).
+  sole_run_end(&o);  // no commit from now on: the main thread goes on alone
   for (auto& w : o.workers) w->free_segments.clear();
   o.all_segments.clear();
   r.parallel.store(false, std::memory_order_relaxed);
@@ -770,6 +771,14 @@ void wait_for_snapshots(ordered_state& o, const std::vector<const void*>& writte
 // while main runs no segment of the run commits, so no holder of the commit lock waits for a tvar.
 // Plain threads are not covered (README): a tvar they share with tasklets lives on the heap.
 constinit thread_local bool main_holds_commit_lock = false;  // ordered_perform: apply may run user code
+
+// The STM's thread_run hook: a thread working for a parallel run (its main thread, a worker) belongs
+// to it. Its transactions outside segments run between the run's commits: main's code at the head,
+// the commits' own work (handle releases, destructors) under the commit lock.
+const void* this_thread_run() noexcept {
+  worker* w = this_thread_worker;
+  return w && w->rt && w->rt->is_parallel() ? w->rt->ordered.get() : nullptr;
+}
 
 void* main_write_begin(const transaction* tx, const void* single) {
   worker* w = this_thread_worker;
@@ -1482,6 +1491,7 @@ void ordered_start(runtime& r) {
     segment_park_for_head = &park_for_head;
     outside_write_end.store(&main_write_end, std::memory_order_relaxed);
     outside_write_begin.store(&main_write_begin, std::memory_order_release);
+    thread_run = &this_thread_run;
   });
   (void)r.stacks();  // made before the worker threads start: main_write_begin reads r.pool
   r.dispatch_hint = nullptr;
@@ -1498,6 +1508,7 @@ void ordered_start(runtime& r) {
   o->fenced_epoch = true;
   r.ordered.reset(o.release());
   r.parallel.store(true, std::memory_order_relaxed);
+  sole_run_begin(r.ordered.get());  // main's descriptor (made above) is the run's
   for (unsigned i = 1; i < r.config.workers; ++i) {
     auto w = std::make_unique<worker>();
     w->rt = &r;
@@ -1584,6 +1595,7 @@ void ordered_stop(runtime& r) noexcept {
   }
   for (auto& w : o.workers)
     if (w->thread.joinable()) w->thread.join();
+  sole_run_end(&o);
   hand_over_trace(r);
   this_thread_worker = nullptr;
   end_fenced_epoch(o);

@@ -88,6 +88,16 @@ std::atomic<void (*)(void*)> outside_write_end{nullptr};
 alignas(64) std::atomic<std::uint64_t> solo_state{0};
 std::atomic<transaction*> solo_owner{nullptr};
 
+// Sole run: sole_run_state = claim number << 2 | sole_run_active | sole_run_revoking, and
+// sole_run_owner the ordered run of the current claim (see claim_sole_run_locked). Written under
+// registry_lock, except the revoker's final store and sole_run_end's.
+alignas(64) std::atomic<std::uint64_t> sole_run_state{0};
+std::atomic<const void*> sole_run_owner{nullptr};
+// Raised by a segment around a commit without tvar locks (commit_sole_run): a revoker waits until it
+// drops. Alone in its line: written twice per such commit, read by revokers only.
+alignas(64) std::atomic<bool> sole_run_committing{false};
+const void* (*thread_run)() noexcept = nullptr;
+
 namespace {
 
 // The global version clock, alone in its cache line.
@@ -247,6 +257,56 @@ void revoke_solo(const transaction* self) noexcept {
   }
 }
 
+// --- sole run -----------------------------------------------------------------------------------
+// An ordered run commits its segments one at a time, under its commit lock. While nobody else writes
+// tvars — every registered descriptor is the run's: its segments' and those of its threads, whose
+// transactions outside segments run between its commits (main's code at the head; the commits' own
+// work under the lock) — a segment's commit needs no tvar locks against other committers; it still
+// marks each written tvar locked, with a plain store, for the run's speculative readers (their
+// seqlock read), and validates its reads once instead of twice. That takes a locked
+// compare-and-swap per written tvar off the run's one serial path (bank: 200 a segment).
+// Like solo mode: a descriptor of anyone else registering (a thread's first transaction or direct
+// write, another run's segment) revokes it before that descriptor is used — it marks the state,
+// runs the heavy fence and waits while a commit without locks is in flight (sole_run_committing;
+// the committer raises it, runs the light fence and checks the state, else it commits with locks).
+// Claimed again (under registry_lock) when the registry is down to the run's descriptors.
+constinit env_switch sole_run_setting{"WEFT_STM_SOLE_RUN"};
+constexpr std::uint64_t sole_run_revoking = 1, sole_run_active = 2;
+const void* sole_run_candidate = nullptr;  // under registry_lock: the run that asked (sole_run_begin)
+
+void claim_sole_run_locked() noexcept {
+  const void* run = sole_run_candidate;
+  const std::uint64_t s = sole_run_state.load(std::memory_order_relaxed);
+  if (!run || (s & sole_run_active) || !sole_run_setting.on()) return;
+  for (const transaction* d : registry())
+    if (d->run.load(std::memory_order_relaxed) != run) return;
+  sole_run_owner.store(run, std::memory_order_relaxed);
+  sole_run_state.store(((s >> 2) + 1) << 2 | sole_run_active, std::memory_order_release);
+}
+
+// Under registry_lock: a descriptor of `run` registered; true if the caller must revoke sole-run
+// mode (outside the lock) before it uses the descriptor.
+bool sole_run_blocks_locked(const void* run) noexcept {
+  return (sole_run_state.load(std::memory_order_acquire) & sole_run_active) &&
+         sole_run_owner.load(std::memory_order_relaxed) != run;
+}
+
+// Ends sole-run mode (if on) and returns once no commit without locks can be running or start.
+void revoke_sole_run() noexcept {
+  std::uint64_t s = sole_run_state.load(std::memory_order_acquire);
+  for (unsigned spins = 0; s & sole_run_active; ++spins) {
+    if (!(s & sole_run_revoking) && sole_run_state.compare_exchange_weak(s, s | sole_run_revoking, std::memory_order_seq_cst,
+                                                                         std::memory_order_acquire)) {
+      asymmetric_fence_heavy();  // pairs with the committer's light fence in commit()
+      for (unsigned w = 0; sole_run_committing.load(std::memory_order_acquire); ++w) relax(w, 64);  // no user code
+      sole_run_state.store(s & ~(sole_run_active | sole_run_revoking), std::memory_order_release);
+      return;
+    }
+    relax(spins, 64);  // someone else is revoking it: wait for them
+    s = sole_run_state.load(std::memory_order_acquire);
+  }
+}
+
 std::uint64_t now_ns() noexcept {
   return static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -267,6 +327,7 @@ constexpr std::pair<std::atomic<std::uint64_t> counters::*, std::uint64_t stm_co
     {&counters::extensions, &stm_counters::extensions},
     {&counters::locks_acquired, &stm_counters::locks_acquired},
     {&counters::solo, &stm_counters::solo},
+    {&counters::sole_run, &stm_counters::sole_run},
     {&counters::allocations_undone, &stm_counters::allocations_undone},
     {&counters::frees_deferred, &stm_counters::frees_deferred},
 };
@@ -298,6 +359,7 @@ void release_descriptor(void* value) noexcept {
         revoked_owner = true;
     }
     if (!revoked_owner) claim_solo_locked();  // the thread left alone (if any) runs solo from now on
+    claim_sole_run_locked();
   }
   if (revoked_owner) {
     while (solo_state.load(std::memory_order_acquire) & solo_active) std::this_thread::yield();
@@ -393,15 +455,19 @@ __attribute__((tls_model("initial-exec"))) constinit thread_local transaction* t
 
 transaction& make_thread_transaction() {
   auto* tx = new transaction;
-  bool someone_solo;
+  bool someone_solo, run_alone;
   {
     std::lock_guard lock(registry_lock);
+    // A thread of an ordered run (its main thread, a worker) belongs to it: see sole_run_begin.
+    tx->run.store(thread_run ? thread_run() : nullptr, std::memory_order_relaxed);
     registry().push_back(tx);
     update_privatization_locked();
     someone_solo = (solo_state.load(std::memory_order_acquire) & solo_active) != 0;
     claim_solo_locked();  // the first thread to use the STM starts solo
+    run_alone = sole_run_blocks_locked(tx->run.load(std::memory_order_relaxed));
   }
   if (someone_solo) revoke_solo(tx);  // another thread ran solo: from now on we both run normally
+  if (run_alone) revoke_sole_run();   // an ordered run committed without locks: from now on with them
   thread_tx = tx;
   descriptor_slot().arm(tx);
   return *tx;
@@ -831,11 +897,75 @@ bool transaction::commit_inevitable() {
   return true;
 }
 
+// A segment's commit while its run is the only writer (sole_run_committing raised, the claim
+// checked): no other committer can lock or change a tvar until the flag drops, and the run's own
+// commits are serialised, so its reads are validated once and its writes are marked locked with
+// plain stores. Returns with the flag down.
+bool transaction::commit_sole_run() {
+  if (writes_.size > 1)
+    for (const write_entry& w : writes_) prefetch_for_write(&w.var->meta);
+  stale_write_locked_ = false;
+  const read_entry* failed = nullptr;
+  if (reads_.size && !reads_valid(rv_, &failed)) {
+    sole_run_committing.store(false, std::memory_order_release);
+    counters::bump(stats.aborts_validation);
+    record_conflict(conflict_kind::read_write, failed->var, failed->where);
+    return false;
+  }
+  const std::uint64_t self = reinterpret_cast<std::uint64_t>(this) | lock_bit;
+  for (std::uint32_t i = 0; i < writes_.size; ++i) {
+    write_entry& w = writes_.data[i];
+    const std::uint64_t m = w.var->meta.load(std::memory_order_relaxed);
+    if (m & (lock_bit | reserved_bit)) [[unlikely]] {
+      // Nothing of ours can hold it (main's transactions and the run's commits are over); whatever
+      // it is, the commit with locks deals with it.
+      release_locks(i);
+      sole_run_committing.store(false, std::memory_order_release);
+      return commit_locked();
+    }
+    w.old_meta = m;
+    w.var->meta.store(self, std::memory_order_relaxed);
+  }
+  // The marks are visible before the clock is read (a reader whose snapshot is not older than our
+  // version then sees them or the new values: the lazy clock's rule), and before the data.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const std::uint64_t now = clock.value.load(std::memory_order_seq_cst);
+  install_writes();
+  for (write_entry& w : writes_) w.var->meta.store((now + 1) << 2, std::memory_order_release);
+  counters::bump(stats.sole_run);  // (before the flag drops: a revoker then sees it counted)
+  sole_run_committing.store(false, std::memory_order_release);
+  retire_replaced();  // may run the observer: not while a revoker waits
+  if (now > last_clock_) last_clock_ = now;
+  wake_retry_waiters();
+  return true;
+}
+
 bool transaction::commit() {
   if (signal_pending_) [[unlikely]]
     signal_swallowed();
   if (solo_) return commit_solo();
   if (inevitable_) return commit_inevitable();
+  if (segment_ && writes_.size) {
+    // Sole run (see claim_sole_run_locked): checked after raising the flag a revoker waits for.
+    const std::uint64_t s = sole_run_state.load(std::memory_order_acquire);
+    const void* const own = run.load(std::memory_order_relaxed);
+    if ((s & (sole_run_active | sole_run_revoking)) == sole_run_active && own &&
+        sole_run_owner.load(std::memory_order_relaxed) == own) {
+      sole_run_committing.store(true, std::memory_order_relaxed);
+      asymmetric_fence_light();  // pairs with the revoker's heavy fence
+      if (sole_run_state.load(std::memory_order_acquire) == s) return commit_sole_run();
+      sole_run_committing.store(false, std::memory_order_release);
+    }
+  }
+  return commit_locked();
+}
+
+bool transaction::commit_locked() {
+  // The lock words we are about to CAS, fetched for writing all at once: a locked CAS waits for its
+  // line, so without this each written tvar not in our cache (a big data set; one read on another
+  // core) is one miss after another under the commit (bank: 97% of commit()'s time at 2 workers).
+  if (writes_.size > 1)
+    for (const write_entry& w : writes_) prefetch_for_write(&w.var->meta);
   // A segment validates first, whatever it wrote. It commits after everything committed since it
   // started, so what it read must still be current (a plain read-only transaction may serialise at
   // rv_ instead: consistent there by construction, opacity). And one whose snapshot is stale may
@@ -845,11 +975,6 @@ bool transaction::commit() {
   // program, every run at 2 workers with the guard off). Valid here, at the head of the ordered run
   // (segment commits are serialised by the commit lock), every tvar it writes is still alive. Heap
   // tvars need no such care: their memory is reclaimed through the epoch GC.
-  // The lock words we are about to CAS, fetched for writing all at once: a locked CAS waits for its
-  // line, so without this each written tvar not in our cache (a big data set; one read on another
-  // core) is one miss after another under the commit (bank: 97% of commit()'s time at 2 workers).
-  if (writes_.size > 1)
-    for (const write_entry& w : writes_) prefetch_for_write(&w.var->meta);
   if (segment_ && reads_.size) {
     const read_entry* failed = nullptr;
     if (!reads_valid(rv_, &failed)) {
@@ -1242,15 +1367,38 @@ void transaction::backoff() noexcept {
 // --- tasklet segments (DESIGN.md §4) ------------------------------------------------------------------
 
 
-void segment_register(transaction* tx) {
-  bool someone_solo;
+void segment_register(transaction* tx, const void* run) {
+  bool someone_solo, run_alone;
   {
     std::lock_guard lock(registry_lock);
+    tx->run.store(run, std::memory_order_relaxed);
     registry().push_back(tx);
     update_privatization_locked();
     someone_solo = (solo_state.load(std::memory_order_acquire) & solo_active) != 0;
+    run_alone = sole_run_blocks_locked(run);
+    claim_sole_run_locked();
   }
   if (someone_solo) revoke_solo(tx);  // nobody runs solo beside segments
+  if (run_alone) revoke_sole_run();   // another run's segments: every run commits with locks
+}
+
+void sole_run_begin(const void* run) noexcept {
+  std::lock_guard lock(registry_lock);
+  if (transaction* own = thread_tx) own->run.store(run, std::memory_order_relaxed);  // the run's main thread
+  sole_run_candidate = run;
+  claim_sole_run_locked();
+}
+
+void sole_run_end(const void* run) noexcept {
+  std::lock_guard lock(registry_lock);
+  if (sole_run_candidate == run) sole_run_candidate = nullptr;
+  for (transaction* d : registry())
+    if (d->run.load(std::memory_order_relaxed) == run) d->run.store(nullptr, std::memory_order_relaxed);
+  std::uint64_t s = sole_run_state.load(std::memory_order_acquire);
+  // No commit of the run is in flight (the caller's rule). A revoker that marked the state already
+  // ends the claim itself.
+  if ((s & sole_run_active) && !(s & sole_run_revoking) && sole_run_owner.load(std::memory_order_relaxed) == run)
+    sole_run_state.compare_exchange_strong(s, s & ~sole_run_active, std::memory_order_acq_rel);
 }
 
 void segment_unregister(transaction* tx) noexcept {
@@ -1259,6 +1407,7 @@ void segment_unregister(transaction* tx) noexcept {
   std::erase(registry(), tx);
   update_privatization_locked();
   claim_solo_locked();
+  claim_sole_run_locked();
 }
 
 void transaction::segment_begin(epoch_slot& slot, bool inevitable) {
@@ -1621,6 +1770,7 @@ void configure_stm(const stm_options& o) {
   if (current_transaction()) throw std::logic_error("weft::configure_stm() called inside a transaction");
   inevitable_after.store(o.inevitable_after, std::memory_order_relaxed);
   solo_setting.set(o.solo);
+  sole_run_setting.set(o.sole_run);
   privatization_setting.set(o.privatization_safe);
   {
     std::lock_guard lock(registry_lock);
@@ -1631,6 +1781,12 @@ void configure_stm(const stm_options& o) {
     claim_solo_locked();
   } else {
     revoke_solo(nullptr);
+  }
+  if (o.sole_run) {
+    std::lock_guard lock(registry_lock);
+    claim_sole_run_locked();
+  } else {
+    revoke_sole_run();
   }
 }
 

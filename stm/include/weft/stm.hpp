@@ -304,6 +304,9 @@ struct stm_counters {
   std::uint64_t extensions = 0;         ///< snapshot extensions (LSA)
   std::uint64_t locks_acquired = 0;     ///< tvar locks taken at commit
   std::uint64_t solo = 0;               ///< of the commits, run solo (the only thread using the STM)
+  /// Of the commits, tasklet segments' made without tvar locks while their ordered run was the only
+  /// writer (stm_options::sole_run).
+  std::uint64_t sole_run = 0;
   /// Objects allocated with `new` in attempts (or or_else branches) that were rolled back, and so freed
   /// at once.
   std::uint64_t allocations_undone = 0;
@@ -334,6 +337,11 @@ struct stm_options {
   /// validation (as libitm runs one thread serially). A second thread's first transaction (or direct
   /// tvar write) ends it, waiting for the solo transaction in flight to finish. Also: WEFT_STM_SOLO=0.
   bool solo = true;
+  /// Sole run: while the only threads using the STM are those of one ordered run (workers > 1),
+  /// its tasklet segments — committed one at a time under the run's commit lock already — commit
+  /// without taking a lock per written tvar. Another thread's first transaction (or direct tvar
+  /// write) ends it, waiting for a commit in flight. Also: WEFT_STM_SOLE_RUN=0.
+  bool sole_run = true;
   /// Privatization safety: while two or more threads use the STM, `delete` outside a transaction
   /// (and a tvar's destruction outside one) goes through the epoch GC, so that memory unlinked by a
   /// committed transaction can be freed at once while doomed readers still hold it. It costs ~45 ns

@@ -172,7 +172,7 @@ struct counters {
   // Written only by the owning thread (load + store, no read-modify-write); read by stats().
   std::atomic<std::uint64_t> commits{0}, read_only_commits{0}, aborts_conflict{0}, aborts_validation{0},
       aborts_locked{0}, aborts_inevitable{0}, aborts_exception{0}, retries{0}, inevitable{0}, extensions{0},
-      locks_acquired{0}, solo{0}, allocations_undone{0}, frees_deferred{0};
+      locks_acquired{0}, solo{0}, sole_run{0}, allocations_undone{0}, frees_deferred{0};
   static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept {
     c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
@@ -393,6 +393,10 @@ class alignas(64) transaction {
 
   counters stats;
   std::thread::id thread;
+  /// The ordered run (scheduler/src/ordered.cpp) this descriptor belongs to — one of its segments',
+  /// or a thread's that the run uses — or nullptr. Written under the STM's registry lock (see
+  /// sole_run_begin).
+  std::atomic<const void*> run{nullptr};
 
  private:
   static constexpr std::uint32_t linear_limit = 8;
@@ -455,6 +459,8 @@ class alignas(64) transaction {
   bool commit_inevitable();
   bool commit_solo();
   void unpin_solo() noexcept;
+  bool commit_locked();
+  bool commit_sole_run();
   void begin_slow(std::uint64_t solo);
   bool solo_claimed(std::uint64_t solo) const noexcept;
   void start_attempt(bool solo, std::uint64_t token) noexcept;
@@ -546,10 +552,22 @@ __attribute__((tls_model("initial-exec"))) extern constinit thread_local transac
 inline transaction* current_transaction() noexcept { return current_tx; }
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local transaction* thread_tx;
 transaction& make_thread_transaction();
-/// Registers a segment descriptor (for stats(), and so that no thread runs solo beside segments);
-/// unregister folds its counters into the departed total.
-void segment_register(transaction* tx);
+/// Registers a segment descriptor of ordered run `run` (for stats(), and so that no thread runs solo
+/// beside segments); unregister folds its counters into the departed total.
+void segment_register(transaction* tx, const void* run = nullptr);
 void segment_unregister(transaction* tx) noexcept;
+/// Sole run (stm/src/transaction.cpp): ordered run `run` has gone parallel on the calling thread (its
+/// main thread), and its segments commit one at a time under its commit lock; while every registered
+/// descriptor is the run's, they commit without tvar locks. The calling thread's descriptor, and
+/// those that `thread_run` assigns to the run, count as the run's: their transactions outside
+/// segments must never overlap a segment's commit (main's code runs at the head; the commits' own
+/// work runs under the commit lock). sole_run_end: no commit of the run is in flight any more, nor
+/// will be.
+void sole_run_begin(const void* run) noexcept;
+void sole_run_end(const void* run) noexcept;
+/// Set by the scheduler: the ordered run the calling thread works for, or nullptr (a new
+/// descriptor's `run`).
+extern const void* (*thread_run)() noexcept;
 /// This thread's descriptor (made on first use).
 inline transaction& thread_transaction() {
   if (transaction* tx = thread_tx) [[likely]]
