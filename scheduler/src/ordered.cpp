@@ -1491,7 +1491,7 @@ void ordered_start(runtime& r) {
     segment_park_for_head = &park_for_head;
     outside_write_end.store(&main_write_end, std::memory_order_relaxed);
     outside_write_begin.store(&main_write_begin, std::memory_order_release);
-    thread_run = &this_thread_run;
+    thread_run.store(&this_thread_run, std::memory_order_release);
   });
   (void)r.stacks();  // made before the worker threads start: main_write_begin reads r.pool
   r.dispatch_hint = nullptr;

@@ -96,7 +96,7 @@ std::atomic<const void*> sole_run_owner{nullptr};
 // Raised by a segment around a commit without tvar locks (commit_sole_run): a revoker waits until it
 // drops. Alone in its line: written twice per such commit, read by revokers only.
 alignas(64) std::atomic<bool> sole_run_committing{false};
-const void* (*thread_run)() noexcept = nullptr;
+std::atomic<const void* (*)() noexcept> thread_run{nullptr};
 
 namespace {
 
@@ -459,7 +459,8 @@ transaction& make_thread_transaction() {
   {
     std::lock_guard lock(registry_lock);
     // A thread of an ordered run (its main thread, a worker) belongs to it: see sole_run_begin.
-    tx->run.store(thread_run ? thread_run() : nullptr, std::memory_order_relaxed);
+    const auto run_of_thread = thread_run.load(std::memory_order_acquire);
+    tx->run.store(run_of_thread ? run_of_thread() : nullptr, std::memory_order_relaxed);
     registry().push_back(tx);
     update_privatization_locked();
     someone_solo = (solo_state.load(std::memory_order_acquire) & solo_active) != 0;

@@ -567,7 +567,7 @@ void sole_run_begin(const void* run) noexcept;
 void sole_run_end(const void* run) noexcept;
 /// Set by the scheduler: the ordered run the calling thread works for, or nullptr (a new
 /// descriptor's `run`).
-extern const void* (*thread_run)() noexcept;
+extern std::atomic<const void* (*)() noexcept> thread_run;
 /// This thread's descriptor (made on first use).
 inline transaction& thread_transaction() {
   if (transaction* tx = thread_tx) [[likely]]
