@@ -4,6 +4,7 @@
 // a thread that exits marks its record free for reuse and hands its unreclaimed memory to the
 // orphan list. Each participant's limbo lists are touched only by its own thread, except the orphan
 // list, which is protected by orphans_lock.
+#include "weft/detail/diagnostics.hpp"
 #include "weft/detail/epoch.hpp"
 #include "weft/detail/thread_exit.hpp"
 
@@ -208,7 +209,7 @@ epoch_participant* take_participant() noexcept {
     }
   }
   void* mem = std::aligned_alloc(alignof(epoch_participant), sizeof(epoch_participant));
-  if (!mem) std::abort();  // cannot take part in reclamation: nothing sane to do
+  if (!mem) abort_unwrapped();  // cannot take part in reclamation: nothing sane to do
   auto* p = new (mem) epoch_participant;
   participants_made.fetch_add(1, std::memory_order_relaxed);
   epoch_participant* head = participants.load(std::memory_order_relaxed);

@@ -232,7 +232,7 @@ __attribute__((tls_model("initial-exec"))) static constinit thread_local bool re
 void report_stack_overflow(std::size_t stack_size, const char* how) noexcept {
   if (reporting_overflow) {
     std::signal(SIGSEGV, SIG_DFL);
-    std::abort();
+    abort_unwrapped();
   }
   reporting_overflow = true;
   if (overflow_reported.exchange(true)) {
@@ -244,7 +244,7 @@ void report_stack_overflow(std::size_t stack_size, const char* how) noexcept {
                 "or WEFT_STACK_SIZE\n",
                 stack_size, how ? "; " : "", how ? how : "");
   write_stderr(msg);
-  std::abort();
+  abort_unwrapped();
 }
 
 namespace {

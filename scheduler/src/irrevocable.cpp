@@ -9,6 +9,14 @@
 //                          might come from a state serial order never reaches), and static destructors
 //                          must not run while other threads are inside user code: see
 //                          ordered_before_exit().
+//   abort(), assert()'s   The process ends with no destructor run. Called by a speculative segment
+//   __assert_fail,         that read a stale value (a check that holds in serial order), it would end
+//   quick_exit(), _Exit()  a program that never ends so with one worker (newcomer round 16: an
+//                          assert on a tvar another tasklet set before it in serial order failed in
+//                          every run at 2 workers); called for real, the segments before it must
+//                          have committed and its own output come out first, or lines printed
+//                          before it are lost (see ordered_before_abort()). _exit (POSIX), raise()
+//                          and kill() are not wrapped.
 //   __cxa_guard_acquire    The first use of a function-local static runs its initialiser once, for
 //                          good: run speculatively and rolled back, the static would stay marked
 //                          initialised with a value computed from a stale state, holding memory the
@@ -43,6 +51,33 @@ std::exception_ptr real_current_exception() noexcept __asm__("__real__ZSt17curre
 extern "C" [[noreturn]] void __wrap_exit(int status) {
   weft::detail::ordered_before_exit();
   __real_exit(status);
+}
+
+extern "C" [[noreturn]] void __real_abort() noexcept;
+extern "C" [[noreturn]] void __real___assert_fail(const char* assertion, const char* file, unsigned line,
+                                                  const char* function) noexcept;
+extern "C" [[noreturn]] void __real_quick_exit(int status) noexcept;
+extern "C" [[noreturn]] void __real__Exit(int status) noexcept;
+
+extern "C" [[noreturn]] void __wrap_abort() noexcept {
+  weft::detail::ordered_before_abort();
+  __real_abort();
+}
+
+extern "C" [[noreturn]] void __wrap___assert_fail(const char* assertion, const char* file, unsigned line,
+                                                  const char* function) noexcept {
+  weft::detail::ordered_before_abort();  // before the message: a rolled-back segment prints none
+  __real___assert_fail(assertion, file, line, function);
+}
+
+extern "C" [[noreturn]] void __wrap_quick_exit(int status) noexcept {
+  weft::detail::ordered_before_abort();
+  __real_quick_exit(status);
+}
+
+extern "C" [[noreturn]] void __wrap__Exit(int status) noexcept {
+  weft::detail::ordered_before_abort();
+  __real__Exit(status);
 }
 
 extern "C" int __wrap___cxa_guard_acquire(std::int64_t* guard) {

@@ -88,9 +88,13 @@ struct segment {
   // if the thread running it reads the clock at its next new or delete. Past waited_on_grace_ns the
   // segment stops at its next new or delete (stop_doomed_segment).
   std::atomic<std::uint64_t> waited_on_since{0};
-  std::atomic<bool> stop{false};  // doomed or waited_on_since set: what operator new and delete watch
+  // Commits came after it started while it runs at the head: it checks its reads at its next stop
+  // (see note_head_running).
+  std::atomic<bool> recheck{false};
+  std::atomic<bool> stop{false};  // doomed, recheck or waited_on_since set: what operator new and delete watch
   void clear_stop() noexcept {  // (a new segment in the record)
     doomed.store(false, std::memory_order_relaxed);
+    recheck.store(false, std::memory_order_relaxed);
     waited_on_since.store(0, std::memory_order_relaxed);
     stop.store(false, std::memory_order_relaxed);
   }
@@ -827,6 +831,7 @@ bool commit_transaction(runtime& r, tasklet_impl* h, segment* s) {
 // core's cache. Committing it here cost a cross-core miss per written tvar (bank: 200 per commit,
 // 20 us instead of 2). A thread that has nothing to run commits any finished head (`any_thread`).
 void note_main_waiting(runtime& r, ordered_state& o) noexcept;
+void note_head_running(runtime& r) noexcept;
 void note_waited_on(segment* s, std::uint64_t since) noexcept;
 constexpr std::uint64_t waited_on_from_next_check = 1;
 
@@ -859,7 +864,10 @@ std::size_t commit_chain(runtime& r, bool any_thread = false) {
     check_guard(r);
   }
   if (o.draining) drain_step(r);
-  if (committed) note_main_waiting(r, o);
+  if (committed) {
+    note_main_waiting(r, o);
+    note_head_running(r);
+  }
   wake(o);
   return committed;
 }
@@ -1180,7 +1188,7 @@ std::string difference(const record_digest& a, const record_digest& b) {
              "tvars or in the tasklet's own locals.\n",
              name, what);
   std::fflush(stderr);
-  std::abort();
+  abort_unwrapped();
 }
 
 // The names of tasklets whose first runs were rolled back by the check (stale_delete_found's report
@@ -1211,7 +1219,7 @@ std::unordered_map<std::uint64_t, std::string>& replayed_names() {
              "the tasklet's own locals.\n",
              who, block, owner);
   std::fflush(stderr);
-  std::abort();
+  abort_unwrapped();
 }
 
 void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::mutex>& lk) {
@@ -1403,6 +1411,11 @@ void stop_doomed_segment() noexcept {
   segment* s = seg(w->running);
   if (!s || s->inevitable) return;
   if (s->doomed.load(std::memory_order_relaxed)) abort_jump();
+  if (s->recheck.load(std::memory_order_relaxed)) {
+    // Once: at the head nothing else commits before it, so valid now means valid at its commit.
+    s->recheck.store(false, std::memory_order_relaxed);
+    if (!s->tx.segment_reads_valid()) abort_jump();
+  }
   std::uint64_t since = s->waited_on_since.load(std::memory_order_relaxed);
   if (since == 0) return;
   const std::uint64_t now = now_ns();
@@ -1424,6 +1437,20 @@ void doom(segment* s) noexcept {
 void note_waited_on(segment* s, std::uint64_t since) noexcept {
   if (!s || s->inevitable || s->waited_on_since.load(std::memory_order_relaxed) != 0) return;
   s->waited_on_since.store(since, std::memory_order_relaxed);
+  s->stop.store(true, std::memory_order_relaxed);
+}
+
+// Under the commit lock, after commits: the head's segment has been running since before them. If
+// one of them wrote what it read it can never commit, and it runs on until its switch point — for
+// ever if it loops on a value serial order never gives it (newcomer round 16: `while the value read
+// is 0 { new; delete; }`, every run at 2 workers hung), everything after it waiting. It checks its
+// reads at its next new, delete or read-log growth, and rolls back if one has changed. O(1) a commit.
+void note_head_running(runtime& r) noexcept {
+  tasklet_impl* h = r.head;
+  if (!h || h->is_main) return;
+  segment* s = seg(h);
+  if (!s || s->st != segment::state::running || s->inevitable) return;
+  s->recheck.store(true, std::memory_order_relaxed);
   s->stop.store(true, std::memory_order_relaxed);
 }
 
@@ -1712,6 +1739,7 @@ bool try_in_place(const runtime& r, tasklet_impl* self, const segment* s) noexce
   tasklet_impl* const next = apply_record(r, &w, self, s);
   check_guard(r);
   note_main_waiting(r, o);  // (as commit_chain: this commit may have made main runnable)
+  note_head_running(r);
   // Its next segment would be speculative (not needing the head) and injected: it goes the usual way.
   const bool next_injected = o.inject > 0 && !needs_head(o, self) && injected(o, self);
   const bool goes_on = next == self && r.head == self && self->state == tasklet_state::runnable &&
@@ -1818,6 +1846,48 @@ op_status ordered_perform(runtime& r, intent& in) {
   return res.status;
 }
 
+namespace {
+// Under the commit lock, t's segment at the head and inevitable, on this thread: the process ends at
+// a call in t's code (exit, abort, ...). The segment commits here, as the tasklet's code up to the
+// call would have with one worker (its tvar writes are visible to atexit handlers and static
+// destructors, its output and on_commit hooks come out), and the thread leaves its transaction, so
+// that what runs during the exit runs outside any transaction. No switch point: no intent applies,
+// and t stays the head, so nothing after it in serial order commits or prints from now on.
+void commit_before_leaving(tasklet_impl* t) {
+  segment* s = seg(t);
+  // Inside an atomically block the exit ends a transaction that one worker never commits: its
+  // on_commit hooks (all the pending ones: a closed block's ran when it ended) do not run.
+  const bool in_block = s->tx.in_scope();
+  s->tx.segment_commit();  // inevitable: cannot fail
+  std::vector<std::function<void()>> hooks = s->tx.segment_finish_commit();
+  if (in_block) hooks.clear();
+  segment_handles = nullptr;
+  s->tx.segment_detach();
+  flush_output(s);
+  for (auto& h : hooks) h();
+  release_logged_handles(s);
+}
+}  // namespace
+
+void ordered_before_abort() noexcept {
+  worker* w = this_worker();
+  if (!w || !w->rt || !w->rt->is_parallel()) return;
+  // Main's code runs at the head, its output written at once; weft's own work between segments
+  // (commits under the commit lock) is in serial order already.
+  if (!w->running || w->running->is_main) return;
+  runtime& r = *w->rt;
+  // As for exit: a speculative segment waits for its turn, or is rolled back (what it read had
+  // changed: serial order never makes this call) and never comes back here.
+  park_for_head();
+  w = this_worker();
+  ordered_state& o = state_of(r);
+  std::unique_lock lk(o.mu, std::defer_lock);
+  lock_commit(lk);
+  if (tasklet_impl* t = w->running; t && !t->is_main) commit_before_leaving(t);
+  // The caller ends the process: no static destructors, so the other threads may go on meanwhile
+  // (nothing of theirs commits behind this head).
+}
+
 void ordered_before_exit() noexcept {
   worker* w = this_worker();
   if (!w || !w->rt || !w->rt->is_parallel()) return;
@@ -1831,24 +1901,7 @@ void ordered_before_exit() noexcept {
   ordered_state& o = state_of(r);
   std::unique_lock lk(o.mu, std::defer_lock);
   lock_commit(lk);
-  if (tasklet_impl* t = w->running; t && !t->is_main) {
-    // At the head, inevitable: the segment commits here, as the tasklet's code up to the exit would
-    // have with one worker (its tvar writes are visible to atexit handlers and static destructors,
-    // its output and on_commit hooks come out), and the thread leaves its transaction, so that
-    // what runs during the exit runs outside any transaction. No switch point: no intent applies.
-    segment* s = seg(t);
-    // Inside an atomically block the exit ends a transaction that one worker never commits: its
-    // on_commit hooks (all the pending ones: a closed block's ran when it ended) do not run.
-    const bool in_block = s->tx.in_scope();
-    s->tx.segment_commit();  // inevitable: cannot fail
-    std::vector<std::function<void()>> hooks = s->tx.segment_finish_commit();
-    if (in_block) hooks.clear();
-    segment_handles = nullptr;
-    s->tx.segment_detach();
-    flush_output(s);
-    for (auto& h : hooks) h();
-    release_logged_handles(s);
-  }
+  if (tasklet_impl* t = w->running; t && !t->is_main) commit_before_leaving(t);
   o.exiting = true;
   // What the other threads run never commits now: it stops at its next new or delete too, so that
   // one serial order would never have run (endless, say) does not keep the exit waiting.

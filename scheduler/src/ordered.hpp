@@ -47,6 +47,10 @@ std::optional<run_statistics> last_ordered_stats();
 /// are stopped at their next switch point; when main exits, the run drains to serial state. No-op on
 /// other threads and in serial state.
 void ordered_before_exit() noexcept;
+/// abort(), a failed assert(), quick_exit() or _Exit() called by a tasklet's segment on a thread of
+/// an ordered run (irrevocable.cpp): the segment first waits for its turn (or is rolled back and
+/// never returns), then commits what it did and wrote so far. No-op elsewhere.
+void ordered_before_abort() noexcept;
 /// A worker thread's runtime (worker threads own none), or nullptr.
 runtime* ordered_thread_runtime() noexcept;
 

@@ -119,13 +119,21 @@ extern "C" [[gnu::weak]] int __wrap___cxa_guard_acquire(std::int64_t* guard);
 extern "C" int __cxa_guard_acquire(std::int64_t* guard);  // libsupc++ (Itanium C++ ABI 3.3.2)
 [[gnu::weak]] std::exception_ptr wrapped_current_exception() noexcept __asm__("__wrap__ZSt17current_exceptionv");
 
+extern "C" [[gnu::weak]] void __wrap_abort() noexcept;
+extern "C" [[gnu::weak]] void __wrap___assert_fail(const char*, const char*, unsigned, const char*) noexcept;
+extern "C" [[noreturn]] void __assert_fail(const char*, const char*, unsigned, const char*) noexcept;  // glibc (assert.h, only declared under !NDEBUG)
+
 bool program_linked_with_wraps() noexcept {
   void (*volatile exit_as_linked)(int) = &std::exit;
   int (*volatile guard_as_linked)(std::int64_t*) = &__cxa_guard_acquire;
   std::exception_ptr (*volatile current_as_linked)() noexcept = &std::current_exception;
+  void (*volatile abort_as_linked)() noexcept = &std::abort;
+  void (*volatile assert_as_linked)(const char*, const char*, unsigned, const char*) noexcept = &__assert_fail;
   return exit_as_linked == &__wrap_exit && guard_as_linked == &__wrap___cxa_guard_acquire &&
-         current_as_linked == &wrapped_current_exception;
+         current_as_linked == &wrapped_current_exception && abort_as_linked == &__wrap_abort &&
+         assert_as_linked == &__wrap___assert_fail;
 }
+
 
 tasklet_impl* running_tasklet(runtime& r) noexcept { return r.is_parallel() ? ordered_running() : r.current; }
 
@@ -142,9 +150,10 @@ runtime::runtime() : config(effective_options()) {
   if (config.mode == mode::ordered && !program_linked_with_wraps())
     throw std::logic_error(
         "weft: ordered mode needs the program linked with " WEFT_WRAP_OPTIONS
-        " (linking with the weft::weft CMake target adds them): without them std::exit from a tasklet, "
-        "the first use of a function-local static and the copies of a std::exception_ptr in a tasklet "
-        "may lose output, run twice or free memory twice");
+        " (linking with the weft::weft CMake target adds them): without them std::exit, abort or a failed "
+        "assert from a tasklet, the first use of a function-local static and the copies of a "
+        "std::exception_ptr in a tasklet may lose output, happen in no serial run, run twice or free "
+        "memory twice");
   // First, while nothing is made that a throw would leak: an unwritable WEFT_TRACE file throws.
   trace_id = trace_runtime_started(config.mode == mode::ordered, config.workers);
   install_terminate_handler();
@@ -610,7 +619,7 @@ bool terminate_from_unhandled_throw() noexcept {
     }
   }
   if (previous_terminate) previous_terminate();
-  std::abort();
+  abort_unwrapped();
 }
 }  // namespace
 

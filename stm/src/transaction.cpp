@@ -614,6 +614,17 @@ bool transaction::reads_valid(std::uint64_t rv, const read_entry** failed) const
   return true;
 }
 
+bool transaction::segment_reads_valid() const noexcept {
+  const read_entry* failed = nullptr;
+  return reads_valid(rv_, &failed);
+}
+
+void transaction::reads_full() {
+  if (segment_ && allocs_.stop_requested())
+    if (auto hook = alloc_log_stop_hook.load(std::memory_order_relaxed)) hook();  // may leave the attempt
+  reads_.grow();
+}
+
 bool transaction::extend(std::uint64_t seen) noexcept {
   // Advance the clock to the version we met (it is at most clock + 1), then take it as our snapshot.
   std::uint64_t now = clock.value.load(std::memory_order_seq_cst);

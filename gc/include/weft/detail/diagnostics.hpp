@@ -12,4 +12,9 @@ namespace weft::detail {
 /// Thread-safe. The first call makes the logger.
 spdlog::logger& diagnostics();
 
+/// The C library's abort(), also in a program linked with weft's --wrap=abort (whose abort() first
+/// waits for the calling tasklet's turn in ordered mode, scheduler/src/irrevocable.cpp): weft's own
+/// fatal reports end the process at once, from any state (a signal handler, an overflowed stack).
+[[noreturn]] void abort_unwrapped() noexcept;
+
 }  // namespace weft::detail

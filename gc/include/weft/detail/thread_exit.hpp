@@ -15,12 +15,14 @@
 
 namespace weft::detail {
 
+[[noreturn]] void abort_unwrapped() noexcept;  // weft/detail/diagnostics.hpp
+
 class thread_exit_slot {
  public:
   /// `release(value)` runs on the exiting thread for the value it armed last (never for nullptr).
   /// Use one slot per kind of state, made on first use (a function-local static).
   explicit thread_exit_slot(void (*release)(void*)) noexcept {
-    if (::pthread_key_create(&key_, release) != 0) std::abort();  // out of keys: nothing sane to do
+    if (::pthread_key_create(&key_, release) != 0) abort_unwrapped();  // out of keys: nothing sane to do
   }
   thread_exit_slot(const thread_exit_slot&) = delete;
   thread_exit_slot& operator=(const thread_exit_slot&) = delete;

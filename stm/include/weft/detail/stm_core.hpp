@@ -207,7 +207,9 @@ class alignas(64) transaction {
       std::atomic_thread_fence(std::memory_order_acquire);  // pairs with the writer's release fence
       std::uint64_t m2 = v.meta.load(std::memory_order_relaxed);
       if (m1 == m2 && !(m1 & lock_bit) && version_of(m1) <= rv_) [[likely]] {
-        read_entry& e = reads_.emplace();
+        if (reads_.size == reads_.cap) [[unlikely]]
+          reads_full();
+        read_entry& e = reads_.data[reads_.size++];
         e.var = &v;
         e.where = where;
         return b;
@@ -321,6 +323,10 @@ class alignas(64) transaction {
   void segment_attach() noexcept;
   /// Operator new and delete in the segment's attempts stop it (alloc_log_stop_hook) once *stop is true.
   void segment_watch_stop(const std::atomic<bool>* stop) noexcept { allocs_.watch_stop(stop); }
+  /// Whether every tvar the attempt read is still at the version it read (a check the scheduler asks
+  /// of a segment that may be doomed: see ordered.cpp, stop_doomed_segment). The running attempt's
+  /// own thread only.
+  bool segment_reads_valid() const noexcept;
   void segment_detach() noexcept;
   /// The commit proper: locks, validation of every read (read-only attempts too: a predecessor in
   /// commit order may have written what this one read), write-back. False: nothing was published;
@@ -461,6 +467,9 @@ class alignas(64) transaction {
   void unpin_solo() noexcept;
   bool commit_locked();
   bool commit_sole_run();
+  /// The read log is full: grows it, and in a segment asked to stop (see segment_watch_stop) calls
+  /// the stop hook first, as operator new does: a loop that only reads tvars stops too.
+  [[gnu::noinline]] void reads_full();
   void begin_slow(std::uint64_t solo);
   bool solo_claimed(std::uint64_t solo) const noexcept;
   void start_attempt(bool solo, std::uint64_t token) noexcept;
