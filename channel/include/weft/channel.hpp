@@ -224,7 +224,7 @@ class channel {
   friend std::strong_ordering operator<=>(const channel& a, const channel& b) noexcept {
     if (a.core_ == b.core_) return std::strong_ordering::equal;
     if (!a.core_ || !b.core_) return a.core_ ? std::strong_ordering::greater : std::strong_ordering::less;
-    if (auto c = detail::channel_identity(a.core_) <=> detail::channel_identity(b.core_); c != 0) return c;
+    if (auto c = detail::channel_identity(a.core_) <=> detail::channel_identity(b.core_); std::is_neq(c)) return c;
     return std::compare_three_way{}(a.core_, b.core_);
   }
 

@@ -100,7 +100,7 @@ class tasklet {
   friend std::strong_ordering operator<=>(const tasklet& a, const tasklet& b) noexcept {
     if (a.impl_ == b.impl_) return std::strong_ordering::equal;
     if (!a.impl_ || !b.impl_) return a.impl_ ? std::strong_ordering::greater : std::strong_ordering::less;
-    if (auto c = detail::tasklet_order_key(a.impl_) <=> detail::tasklet_order_key(b.impl_); c != 0) return c;
+    if (auto c = detail::tasklet_order_key(a.impl_) <=> detail::tasklet_order_key(b.impl_); std::is_neq(c)) return c;
     return std::compare_three_way{}(a.impl_, b.impl_);
   }
 

@@ -292,7 +292,7 @@ class alignas(64) transaction {
   [[noreturn]] void raise_abort();
   [[noreturn]] void raise_retry();
   /// or_else consumed a retry signal (it runs the other branch).
-  void retry_consumed() noexcept { signal_pending_ &= ~2; }  // a swallowed conflict stays recorded
+  void retry_consumed() noexcept { signal_pending_ = static_cast<std::uint8_t>(signal_pending_ & ~2u); }  // a swallowed conflict stays recorded
   /// Called by atomically before it closes a scope. In a tasklet's segment the outermost scope is
   /// what one worker runs as a transaction of its own, whose commit throws std::logic_error when user
   /// code caught a retry signal and went on (signal_swallowed): thrown here, at the same place, it
