@@ -214,6 +214,9 @@ void write_output_to(std::FILE* stream, std::string_view text);
 /// file or pipe while the program runs, and no exit path (an uncaught exception, std::exit, a fatal
 /// signal) loses it. That costs ~2 us per call on a VM against ~0.2 us buffered: a loop that prints
 /// thousands of lines should format them into one call (a committed segment's output is one write).
+/// With a format string known only at run time write `weft::print(fmt::runtime(s), ...)`, qualified:
+/// after `using weft::print;` an unqualified call also finds fmt::print (argument-dependent lookup on
+/// fmt::runtime's type), and the two are ambiguous.
 template <class... Args>
 void print(detail::located_format_string<std::type_identity_t<Args>...> format, Args&&... args) {
   detail::write_output(fmt::format(format.format, std::forward<Args>(args)...), format.where);
