@@ -25,11 +25,20 @@ namespace {
 
 weft::tvar<int> x{0};
 weft::tvar<int> y{5};
-volatile long sink;
+
+// Keeps a value (and the work that made it) from being optimised away, touching no shared memory.
+template <class T>
+void keep(const T& v) {
+  asm volatile("" : : "r"(v) : "memory");
+}
 
 // Long enough that B's second segment runs on the other thread while A's runs.
 void spin() {
-  for (long k = 0; k < 20000; ++k) sink = sink + k;
+  long acc = 0;
+  for (long k = 0; k < 20000; ++k) {
+    acc += k;
+    keep(acc);
+  }
 }
 
 [[noreturn]] void end_with(const std::string& how) {
@@ -56,11 +65,11 @@ void stale(const std::string& how) {
         if (v == 0)
           for (;;) {
             std::string s(100, 'x');  // operator new and delete
-            sink = sink + static_cast<long>(s.size());
+            keep(s.data());
           }
       } else if (how == "reads") {
         if (v == 0)
-          for (;;) sink = sink + y.get();
+          for (;;) keep(y.get());
       } else if (v != 1) {
         end_with(how);
       }
