@@ -35,7 +35,7 @@ void keep(const T& v) {
 // Long enough that B's second segment runs on the other thread while A's runs.
 void spin() {
   long acc = 0;
-  for (long k = 0; k < 20000; ++k) {
+  for (long k = 0; k < 200000; ++k) {
     acc += k;
     keep(acc);
   }
