@@ -1,6 +1,7 @@
 // weft's diagnostics logger (weft/detail/diagnostics.hpp): stderr, never destroyed.
-#include <cstdlib>
 #include "weft/detail/diagnostics.hpp"
+
+#include <cstdlib>
 
 #include <spdlog/sinks/stdout_sinks.h>
 

@@ -1867,6 +1867,19 @@ void commit_before_leaving(tasklet_impl* t) {
   for (auto& h : hooks) h();
   release_logged_handles(s);
 }
+
+// The process ends at a call in the code running on this thread (ordered_before_exit/_abort): a
+// speculative segment first waits for its turn (libitm's irrevocable mode). It comes back here at
+// the head, inevitable, everything before it committed; or its attempt is rolled back (what it read
+// had changed: serial order never makes the call) and never comes back. Then, with the commit lock
+// taken in `lk`, the segment commits what it did and printed so far. Returns this thread's worker.
+worker* commit_at_turn(runtime& r, std::unique_lock<std::mutex>& lk) {
+  if (worker* w = this_worker(); w->running && !w->running->is_main) park_for_head();
+  worker* w = this_worker();
+  lock_commit(lk);
+  if (tasklet_impl* t = w->running; t && !t->is_main) commit_before_leaving(t);
+  return w;
+}
 }  // namespace
 
 void ordered_before_abort() noexcept {
@@ -1875,15 +1888,8 @@ void ordered_before_abort() noexcept {
   // Main's code runs at the head, its output written at once; weft's own work between segments
   // (commits under the commit lock) is in serial order already.
   if (!w->running || w->running->is_main) return;
-  runtime& r = *w->rt;
-  // As for exit: a speculative segment waits for its turn, or is rolled back (what it read had
-  // changed: serial order never makes this call) and never comes back here.
-  park_for_head();
-  w = this_worker();
-  ordered_state& o = state_of(r);
-  std::unique_lock lk(o.mu, std::defer_lock);
-  lock_commit(lk);
-  if (tasklet_impl* t = w->running; t && !t->is_main) commit_before_leaving(t);
+  std::unique_lock lk(state_of(*w->rt).mu, std::defer_lock);
+  commit_at_turn(*w->rt, lk);
   // The caller ends the process: no static destructors, so the other threads may go on meanwhile
   // (nothing of theirs commits behind this head).
 }
@@ -1892,16 +1898,9 @@ void ordered_before_exit() noexcept {
   worker* w = this_worker();
   if (!w || !w->rt || !w->rt->is_parallel()) return;
   runtime& r = *w->rt;
-  // As with any call a transaction cannot take back (libitm's irrevocable mode): a speculative
-  // segment first waits for its turn. It comes back here at the head, inevitable, everything before
-  // it committed and its own output written; or its attempt is rolled back (what it read had
-  // changed) and the exit was never called.
-  if (w->running && !w->running->is_main) park_for_head();
-  w = this_worker();
   ordered_state& o = state_of(r);
   std::unique_lock lk(o.mu, std::defer_lock);
-  lock_commit(lk);
-  if (tasklet_impl* t = w->running; t && !t->is_main) commit_before_leaving(t);
+  w = commit_at_turn(r, lk);
   o.exiting = true;
   // What the other threads run never commits now: it stops at its next new or delete too, so that
   // one serial order would never have run (endless, say) does not keep the exit waiting.

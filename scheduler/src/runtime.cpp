@@ -134,7 +134,6 @@ bool program_linked_with_wraps() noexcept {
          assert_as_linked == &__wrap___assert_fail;
 }
 
-
 tasklet_impl* running_tasklet(runtime& r) noexcept { return r.is_parallel() ? ordered_running() : r.current; }
 
 namespace {
