@@ -1873,7 +1873,7 @@ void commit_before_leaving(tasklet_impl* t) {
 // the head, inevitable, everything before it committed; or its attempt is rolled back (what it read
 // had changed: serial order never makes the call) and never comes back. Then, with the commit lock
 // taken in `lk`, the segment commits what it did and printed so far. Returns this thread's worker.
-worker* commit_at_turn(runtime& r, std::unique_lock<std::mutex>& lk) {
+worker* commit_at_turn(std::unique_lock<std::mutex>& lk) {
   if (worker* w = this_worker(); w->running && !w->running->is_main) park_for_head();
   worker* w = this_worker();
   lock_commit(lk);
@@ -1889,7 +1889,7 @@ void ordered_before_abort() noexcept {
   // (commits under the commit lock) is in serial order already.
   if (!w->running || w->running->is_main) return;
   std::unique_lock lk(state_of(*w->rt).mu, std::defer_lock);
-  commit_at_turn(*w->rt, lk);
+  commit_at_turn(lk);
   // The caller ends the process: no static destructors, so the other threads may go on meanwhile
   // (nothing of theirs commits behind this head).
 }
@@ -1900,7 +1900,7 @@ void ordered_before_exit() noexcept {
   runtime& r = *w->rt;
   ordered_state& o = state_of(r);
   std::unique_lock lk(o.mu, std::defer_lock);
-  w = commit_at_turn(r, lk);
+  w = commit_at_turn(lk);
   o.exiting = true;
   // What the other threads run never commits now: it stops at its next new or delete too, so that
   // one serial order would never have run (endless, say) does not keep the exit waiting.

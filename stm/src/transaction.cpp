@@ -1550,17 +1550,7 @@ void transaction::rebuild_index() {
   std::memset(index_.data, 0, cap * sizeof(std::uint32_t));
   std::memset(filter_, 0, sizeof filter_);
   index_count_ = 0;
-  for (std::uint32_t i = 0; i < writes_.size; ++i) insert_index(i);
-}
-
-[[gnu::always_inline]] inline void transaction::insert_index(std::uint32_t i) noexcept {
-  const std::uint64_t h = write_hash(writes_.data[i].var);
-  const std::uint32_t mask = index_.size - 1;
-  auto s = static_cast<std::uint32_t>(h >> index_shift_);
-  while (index_.data[s]) s = (s + 1) & mask;
-  index_.data[s] = i + 1;
-  filter_add(h);
-  ++index_count_;
+  for (std::uint32_t i = 0; i < writes_.size; ++i) insert_index(i, write_hash(writes_.data[i].var));
 }
 
 // After entries left the log (a scope rolled back, a tvar forgotten). A log back within linear_limit
@@ -1586,7 +1576,7 @@ void transaction::index_write(std::uint32_t i) {
     }
     return;
   }
-  insert_index(i);
+  insert_index(i, write_hash(writes_.data[i].var));
 }
 
 void transaction::replace_write(write_entry& w, std::uint64_t b, const std::source_location& where) {

@@ -228,19 +228,31 @@ class alignas(64) transaction {
 
   [[gnu::always_inline]] void write(tvar_base& v, std::uint64_t b, void (*drop)(void*),
                                     const std::source_location& where) {
-    if (writes_.size) {
-      if (write_entry* w = find_write(&v)) {
-        replace_write(*w, b, where);
+    if (writes_.size > linear_limit) {
+      // A big log (a segment's: the bank's 200 writes a batch): one hash for the filter, the lookup
+      // and the insertion.
+      const std::uint64_t h = write_hash(&v);
+      if (filter_may_hold(h)) [[unlikely]] {
+        if (auto* w = const_cast<write_entry*>(find_write_indexed(&v, h))) {
+          replace_write(*w, b, where);
+          return;
+        }
+      }
+      append_write(v, b, drop, where);
+      if (writes_.size * 2 > index_.size) [[unlikely]]
+        index_write(writes_.size - 1);  // grows the index first
+      else
+        insert_index(writes_.size - 1, h);
+      return;
+    }
+    for (std::uint32_t i = 0; i < writes_.size; ++i)
+      if (writes_.data[i].var == &v) {
+        replace_write(writes_.data[i], b, where);
         return;
       }
-    }
-    if (inevitable_ && !exclusive_) reserve(v);
-    write_entry& e = writes_.emplace();
-    e.var = &v;
-    e.bits = b;
-    e.drop = drop;
-    e.where = where;
-    if (writes_.size > linear_limit) index_write(writes_.size - 1);
+    append_write(v, b, drop, where);
+    if (writes_.size > linear_limit) [[unlikely]]
+      index_write(writes_.size - 1);  // builds the index
   }
 
   // Driven by atomically().
@@ -415,19 +427,33 @@ class alignas(64) transaction {
     return (reinterpret_cast<std::uintptr_t>(v) >> 4) * 0x9E3779B97F4A7C15ULL;  // Fibonacci hashing
   }
   static constexpr unsigned filter_words = 32;
-  // The filter's two bit numbers (0..2047) are the hash's top 22 bits, the best mixed.
-  static std::uint64_t filter_bit(std::uint64_t h, unsigned which) noexcept {
-    return std::uint64_t{1} << ((which ? h >> 42 : h >> 53) & 63);
-  }
-  static unsigned filter_word(std::uint64_t h, unsigned which) noexcept {
-    return static_cast<unsigned>((which ? h >> 48 : h >> 59) & (filter_words - 1));
+  // A blocked filter: the hash picks one of the 32 words and two bits in it (one load to answer). Its
+  // bits 35..51, well mixed by the multiplication and apart from the slot's top bits.
+  static unsigned filter_word(std::uint64_t h) noexcept { return static_cast<unsigned>((h >> 35) & (filter_words - 1)); }
+  static std::uint64_t filter_mask(std::uint64_t h) noexcept {
+    return (std::uint64_t{1} << ((h >> 40) & 63)) | (std::uint64_t{1} << ((h >> 46) & 63));
   }
   bool filter_may_hold(std::uint64_t h) const noexcept {
-    return (filter_[filter_word(h, 0)] & filter_bit(h, 0)) && (filter_[filter_word(h, 1)] & filter_bit(h, 1));
+    const std::uint64_t m = filter_mask(h);
+    return (filter_[filter_word(h)] & m) == m;
   }
-  void filter_add(std::uint64_t h) noexcept {
-    filter_[filter_word(h, 0)] |= filter_bit(h, 0);
-    filter_[filter_word(h, 1)] |= filter_bit(h, 1);
+  void filter_add(std::uint64_t h) noexcept { filter_[filter_word(h)] |= filter_mask(h); }
+  // Entry i into the index (at most half full: a free slot exists).
+  void insert_index(std::uint32_t i, std::uint64_t h) noexcept {
+    const std::uint32_t mask = index_.size - 1;
+    auto s = static_cast<std::uint32_t>(h >> index_shift_);
+    while (index_.data[s]) s = (s + 1) & mask;
+    index_.data[s] = i + 1;
+    filter_add(h);
+    ++index_count_;
+  }
+  void append_write(tvar_base& v, std::uint64_t b, void (*drop)(void*), const std::source_location& where) {
+    if (inevitable_ && !exclusive_) reserve(v);
+    write_entry& e = writes_.emplace();
+    e.var = &v;
+    e.bits = b;
+    e.drop = drop;
+    e.where = where;
   }
   // Invariant: the index covers the whole log exactly when the log is longer than linear_limit (write()
   // indexes past it; reindex() after entries leave).
@@ -447,7 +473,6 @@ class alignas(64) transaction {
   }
   const write_entry* find_write_indexed(const tvar_base* v, std::uint64_t h) const noexcept;
   void index_write(std::uint32_t i);
-  void insert_index(std::uint32_t i) noexcept;
   void rebuild_index();
   void reindex();
   void drop_undo(const scope_mark& m) noexcept;
