@@ -91,12 +91,17 @@ struct segment {
   // Commits came after it started while it runs at the head: it checks its reads at its next stop
   // (see note_head_running).
   std::atomic<bool> recheck{false};
-  std::atomic<bool> stop{false};  // doomed, recheck or waited_on_since set: what operator new and delete watch
+  // What operator new and delete watch (not 0: call the stop hook): a bit for each of doomed, recheck
+  // and waited_on_since set. Changed by atomic or/and only, so that the running thread can take its
+  // recheck bit back while a commit sets doomed on another thread without losing it.
+  enum : std::uint8_t { stop_doomed = 1, stop_recheck = 2, stop_waited = 4 };
+  std::atomic<std::uint8_t> stop{0};
+  void ask_stop(std::uint8_t why) noexcept { stop.fetch_or(why, std::memory_order_relaxed); }
   void clear_stop() noexcept {  // (a new segment in the record)
     doomed.store(false, std::memory_order_relaxed);
     recheck.store(false, std::memory_order_relaxed);
     waited_on_since.store(0, std::memory_order_relaxed);
-    stop.store(false, std::memory_order_relaxed);
+    stop.store(0, std::memory_order_relaxed);
   }
   bool at_head = false;     // its tasklet was the head when it started
   struct worker* ran_by = nullptr;  // the thread that ran it (commits it, while that thread is busy)
@@ -1415,6 +1420,8 @@ void stop_doomed_segment() noexcept {
     // Once: at the head nothing else commits before it, so valid now means valid at its commit.
     s->recheck.store(false, std::memory_order_relaxed);
     if (!s->tx.segment_reads_valid()) abort_jump();
+    // Valid: its new and delete calls go without the hook again (unless doomed or waited on meanwhile).
+    s->stop.fetch_and(static_cast<std::uint8_t>(~segment::stop_recheck), std::memory_order_relaxed);
   }
   std::uint64_t since = s->waited_on_since.load(std::memory_order_relaxed);
   if (since == 0) return;
@@ -1429,7 +1436,7 @@ void stop_doomed_segment() noexcept {
 // at its next new or delete.
 void doom(segment* s) noexcept {
   s->doomed = true;
-  s->stop.store(true, std::memory_order_relaxed);
+  s->ask_stop(segment::stop_doomed);
 }
 
 // Under the commit lock: the head waits for the thread that runs s (see above); `since` is now_ns()
@@ -1437,7 +1444,7 @@ void doom(segment* s) noexcept {
 void note_waited_on(segment* s, std::uint64_t since) noexcept {
   if (!s || s->inevitable || s->waited_on_since.load(std::memory_order_relaxed) != 0) return;
   s->waited_on_since.store(since, std::memory_order_relaxed);
-  s->stop.store(true, std::memory_order_relaxed);
+  s->ask_stop(segment::stop_waited);
 }
 
 // Under the commit lock, after commits: the head's segment has been running since before them. If
@@ -1451,7 +1458,7 @@ void note_head_running(runtime& r) noexcept {
   segment* s = seg(h);
   if (!s || s->st != segment::state::running || s->inevitable) return;
   s->recheck.store(true, std::memory_order_relaxed);
-  s->stop.store(true, std::memory_order_relaxed);
+  s->ask_stop(segment::stop_recheck);
 }
 
 // Under the commit lock, after commits: main can run and the main thread is busy with another

@@ -91,13 +91,13 @@ class alloc_log {
   /// The attempt's owner may ask it to stop (scheduler/: a speculative segment doomed by a commit,
   /// which would otherwise run on until its next switch point, or forever on what main's frame held
   /// once main returned): operator new and delete then call alloc_log_stop_hook first.
-  void watch_stop(const std::atomic<bool>* stop) noexcept { stop_ = stop; }
+  void watch_stop(const std::atomic<std::uint8_t>* stop) noexcept { stop_ = stop; }
   bool stop_requested() const noexcept {
-    return stop_ && stop_->load(std::memory_order_relaxed) && !releasing_;
+    return stop_ && stop_->load(std::memory_order_relaxed) != 0 && !releasing_;
   }
 
  private:
-  const std::atomic<bool>* stop_ = nullptr;
+  const std::atomic<std::uint8_t>* stop_ = nullptr;
   // Allocations in order (for rollback) plus an open-addressing index from address to position
   // (for forget_alloc), built lazily: a segment that allocates 400,000 map nodes and deletes none of
   // them pays no hashing (newcomer round 13: 15% of such a program at 2 workers), and a delete finds

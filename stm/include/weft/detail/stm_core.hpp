@@ -333,8 +333,8 @@ class alignas(64) transaction {
   void segment_begin(epoch_slot& slot, bool inevitable);
   /// Installs (removes) the attempt as the calling thread's transaction and allocation log.
   void segment_attach() noexcept;
-  /// Operator new and delete in the segment's attempts stop it (alloc_log_stop_hook) once *stop is true.
-  void segment_watch_stop(const std::atomic<bool>* stop) noexcept { allocs_.watch_stop(stop); }
+  /// Operator new and delete in the segment's attempts stop it (alloc_log_stop_hook) once *stop is not 0.
+  void segment_watch_stop(const std::atomic<std::uint8_t>* stop) noexcept { allocs_.watch_stop(stop); }
   /// Whether every tvar the attempt read is still at the version it read (a check the scheduler asks
   /// of a segment that may be doomed: see ordered.cpp, stop_doomed_segment). The running attempt's
   /// own thread only.
