@@ -11,7 +11,8 @@
 #   speculation overhead          a sample at WEFT_WORKERS=1 WEFT_MODE=ordered WEFT_GUARD=0 (every
 #                                 segment speculative) vs serial: targets <= 1.1 mandelbrot, <= 1.4 hackysack
 #   scaling                       ordered at 2 workers vs serial: mandelbrot >= 1.9, agents >= 1.7, bank (1M
-#                                 accounts) >= 1.5; hackysack and sieve >= 0.9 through the one-way guard
+#                                 accounts) >= 1.5; hackysack, sieve and a spawn loop (weft_workloads spawn)
+#                                 >= 0.9 through the one-way guard
 #   ceiling                       weft_ceiling: the same work on plain std::threads, 2 vs 1 (what the
 #                                 machine gives mandelbrot, agents and bank without any runtime; on
 #                                 this VM random transfers on plain threads went from 0.9 to 1.6-2.2
@@ -74,6 +75,7 @@ declare -A cmd=(
   [bank]="$S/weft_sample_bank 1000000 100000 8 2 1"
   [hackysack]="$S/weft_sample_hackysack 1000 1000000"
   [sieve]="$S/weft_sample_sieve 2000"  # time to stderr: the chain's build-up and all receives
+  [spawn]="$W spawn 100000"  # main's loop of spawns, then run() takes each to its receive
 )
 steps_per_us=$(awk -v n="$($b/bench/weft_segment_sweep --calibrate)" 'BEGIN {print 1000 / n}')
 sweep_us=(0.5 1 2 5 10 20 50 100 200)
@@ -90,7 +92,7 @@ for ((i = 0; i < reps; ++i)); do
     time_of "serial-$s" ${cmd[$s]}
     time_of "spec1-$s" env WEFT_WORKERS=1 WEFT_MODE=ordered WEFT_GUARD=0 WEFT_STATS=1 ${cmd[$s]}
   done
-  for s in mandelbrot agents bank hackysack sieve; do
+  for s in mandelbrot agents bank hackysack sieve spawn; do
     [ -f "$tmp/serial-$s" ] && [ "$(wc -l < "$tmp/serial-$s")" -gt "$i" ] || time_of "serial-$s" ${cmd[$s]}
     time_of "ordered2-$s" env WEFT_WORKERS=2 WEFT_STATS=1 ${cmd[$s]}
   done
@@ -118,7 +120,7 @@ for s in mandelbrot hackysack; do
   target=$([ $s = mandelbrot ] && echo "<= 1.1" || echo "<= 1.4")
   row "speculative 1 worker / serial: $s" "$(ratio spec1-$s serial-$s)" "$target; $(notes spec1-$s)"
 done
-for s in mandelbrot agents bank hackysack sieve; do
+for s in mandelbrot agents bank hackysack sieve spawn; do
   same_sum "serial-$s" "ordered2-$s"
   case $s in mandelbrot) t=">= 1.9" ;; agents) t=">= 1.7" ;; bank) t=">= 1.5" ;; *) t=">= 0.9 (guard)" ;; esac
   fb=$(grep -q 'fell back' "$tmp/ordered2-$s.stats" && echo "fell back to serial; " || true)
