@@ -1625,6 +1625,9 @@ TEST_CASE("the conflict profiler sums conflicts by site, costliest first", "[uni
   CHECK(text.find("hot") != std::string::npos);
   CHECK(text.find("test_stm.cpp:" + std::to_string(read_line)) != std::string::npos);
   CHECK(text.find("\"profiler test\" x1") != std::string::npos);
+  CHECK(text.find(" by a conflict, ") != std::string::npos);
+  // Threads by name or number (a std::thread::id's hash was printed: a 19-digit number).
+  CHECK(text.find("main thread: ") != std::string::npos);
   // Stopped: later conflicts are not counted; a new start clears the tables.
   atomically([&] { hot.set(0); });
   CHECK(profile_snapshot().conflicts == p.conflicts);

@@ -53,6 +53,7 @@
 
 #include "weft/detail/diagnostics.hpp"
 #include "weft/detail/stm_core.hpp"
+#include "weft/profile.hpp"
 #include "weft/shared.hpp"
 #include "weft/stm.hpp"
 
@@ -167,6 +168,7 @@ struct worker {
   std::uint64_t work_since = 0;  // when it entered work(), 0 outside (a worker thread never leaves it
                                  // before the stop: run_stats() adds the time so far)
   std::uint64_t idle_since = 0;  // when it began to wait for work, 0 while not waiting (likewise)
+  std::uint64_t serial_ns = 0;   // the main thread after the fallback: the ring run in serial state from work()
   std::uint64_t sampler = 0x9E3779B97F4A7C15ULL;  // xorshift state: which short segments are timed
   std::uint64_t last_timed_ns = ~std::uint64_t{0};
   // Segment records this thread ran, ready for its next segment (take_segment): a record's snapshot
@@ -231,11 +233,15 @@ struct ordered_state {
   // shorter than min_segment_ns or conflicts and changed-tasklet aborts exceed max_aborts_per_commit,
   // the run drains (no new segments; finished ones commit at the head or are dropped) and goes on in
   // serial state on the main thread.
+  // 2.5 us: at 2 workers against one, the segment sweep (bench/ordered.sh, guard off) breaks even at
+  // ~1.5 us on this kind of VM (1 us: 0.67-0.91; 2 us: 1.03-1.29; 5 us: 1.4-1.6); at 5 us a program
+  // of 4.3 us segments ran serial where it could have gone 1.6x faster (newcomer round 17).
   bool guard = true;
-  std::uint64_t min_segment_ns = 5000;
+  std::uint64_t min_segment_ns = 2500;
   double max_aborts_per_commit = 0.3;
   std::uint64_t window_commits = 0, window_aborts = 0, window_ns = 0, next_check = 512;
   bool draining = false, drained = false;
+  std::uint64_t drained_at_ns = 0;  // now_ns() when the drain ended (run_statistics::serial_ms)
   bool fenced_epoch = false;     // holds fenced mode of the epoch GC (epoch_fenced_begin) until drained or stopped
   std::string fallback_reason;
 
@@ -695,6 +701,7 @@ void drain_step(runtime& r) {
     if (segment* s = rec.get(); s->owner && s->st != segment::state::running) abort_segment(r, s->owner, s, abort_kind::drained);
   if (o.in_flight != 0) return;  // running ones end and come back here
   o.drained = true;
+  o.drained_at_ns = now_ns();
   end_fenced_epoch(o);
   // The records (each an epoch participant) are not used again in this run: freed now, with the
   // worker threads' participants (work()), the main thread is alone in the GC as in a serial run and
@@ -1311,7 +1318,11 @@ void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
       // here when main runs again.
       lk.unlock();
       w.running = nullptr;
-      if (!main_can_run(r)) serial_transfer(r, r.main, r.head);
+      if (!main_can_run(r)) {
+        const std::uint64_t since = now_ns();
+        serial_transfer(r, r.main, r.head);
+        w.serial_ns += now_ns() - since;  // not committing and dispatching (round 17 read it so)
+      }
       lock_commit(lk);
       return;
     }
@@ -1496,6 +1507,8 @@ void handle_log::record(void* object, kind k) {
 
 void observe_scheduler() noexcept { park_for_head(); }
 
+std::string profile_note_of_last_run();  // (below, with the statistics)
+
 void ordered_start(runtime& r) {
   // weft's own function-local statics that hold per-thread bookkeeping (the thread-exit slots of
   // transaction descriptors and epoch participants, the diagnostics logger) are made here, before
@@ -1505,6 +1518,7 @@ void ordered_start(runtime& r) {
   diagnostics();
   install_fault_handlers(&segment_fault);
   alloc_log_stop_hook.store(&stop_doomed_segment, std::memory_order_relaxed);
+  detail::set_profile_note(&profile_note_of_last_run);
   auto o = std::make_unique<ordered_state>();
   o->window = std::max(4u * r.config.workers, 4u);
   // Spinners take the commit lock when a commit bumps `wakes`: a few, not workers / 2 as Go (whose
@@ -1579,10 +1593,12 @@ run_statistics stats_locked(runtime& r) {
   st.fell_back_to_serial = o.drained;
   st.fallback_reason = o.fallback_reason;
   const std::uint64_t now = now_ns();
+  if (o.drained) st.serial_ms = static_cast<double>(now - o.drained_at_ns) / 1e6;
   for (const auto& w : o.workers) {
     const std::uint64_t work = w->work_ns + (w->work_since ? now - w->work_since : 0);
     const std::uint64_t idle = w->idle_ns + (w->idle_since ? now - w->idle_since : 0);
-    const std::uint64_t rest = work > w->busy_ns + idle ? work - w->busy_ns - idle : 0;
+    const std::uint64_t spent = w->busy_ns + idle + w->serial_ns;
+    const std::uint64_t rest = work > spent ? work - spent : 0;
     st.per_thread.push_back({w->segments, w->commits, w->aborts, static_cast<double>(w->busy_ns) / 1e6,
                              static_cast<double>(rest) / 1e6, static_cast<double>(idle) / 1e6});
   }
@@ -1591,10 +1607,11 @@ run_statistics stats_locked(runtime& r) {
 
 void log_stats(const run_statistics& st) {
   detail::diagnostics().info("weft run stats: ordered, {} worker{}: {} segments, {} commits, aborts {} conflict / {} injected / {} "
-               "changed ({:.3f} per commit), {} inevitable, mean segment {:.2f} us{}{}",
+               "changed ({:.3f} per commit), {} inevitable, mean segment {:.2f} us{}{}{}",
                st.workers, st.workers == 1 ? "" : "s", st.segments, st.commits, st.aborts_conflict, st.aborts_injected, st.aborts_changed,
                st.aborts_per_commit, st.inevitable, st.mean_segment_us,
-               st.fell_back_to_serial ? "; fell back to serial: " : "", st.fallback_reason);
+               st.fell_back_to_serial ? "; fell back to serial: " : "", st.fallback_reason,
+               st.fell_back_to_serial ? fmt::format("; then {:.1f} ms in serial state on the main thread (not counted below)", st.serial_ms) : std::string());
   for (std::size_t i = 0; i < st.per_thread.size(); ++i) {
     const auto& t = st.per_thread[i];
     detail::diagnostics().info("weft run stats:   thread {}{}: {} segments, {} commits, {} aborts, {:.1f} ms in segments, "
@@ -1612,6 +1629,18 @@ run_statistics ordered_stats(runtime& r) {
 std::optional<run_statistics> last_ordered_stats() {
   std::lock_guard lk(last_stats_lock);
   return *last_stats;
+}
+
+// WEFT_PROFILE's report counts transactions: the segments of an ordered run, and after a fallback
+// none (round 17: "513 commits" for a program of 10,000 segments, and no word of the fallback).
+std::string profile_note_of_last_run() {
+  const std::optional<run_statistics> st = last_ordered_stats();
+  if (!st) return {};
+  std::string text = fmt::format("last ordered run: {} workers, {} segments, {} committed", st->workers, st->segments, st->commits);
+  if (st->fell_back_to_serial)
+    text += fmt::format("; then it fell back to serial ({}): its tasklets ran on as with one worker, {:.1f} ms, "
+                        "outside the STM (not counted above)", st->fallback_reason, st->serial_ms);
+  return text;
 }
 
 void ordered_stop(runtime& r) noexcept {

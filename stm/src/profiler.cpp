@@ -3,10 +3,12 @@
 // transaction (its allocations are its own), so a mutex around the tables is all it needs; conflicts
 // are the slow path already.
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
 
 #include <fmt/format.h>
@@ -19,6 +21,10 @@
 namespace weft {
 
 namespace {
+
+// The process's first thread (static initialisation runs there), named as such in the report.
+const std::thread::id process_main_thread = std::this_thread::get_id();
+std::atomic<detail::profile_note_fn> profile_note{nullptr};
 
 struct site_key {
   conflict_kind kind;
@@ -167,6 +173,7 @@ namespace detail {
 // Referenced by the transaction descriptor so that this object file (and its WEFT_PROFILE start) is
 // linked from the static library.
 void link_profiler() noexcept {}
+void set_profile_note(profile_note_fn note) noexcept { profile_note.store(note, std::memory_order_release); }
 }  // namespace detail
 
 void start_profiling() {
@@ -210,7 +217,7 @@ profile stop_profiling() {
 std::string format_profile(const profile& p, std::size_t max_sites) {
   const stm_counters& t = p.stats.total;
   std::string out = fmt::format(
-      "weft conflict profile: {} commits ({} read-only), {} aborted attempts ({} conflicts, {} lost), "
+      "weft conflict profile: {} commits ({} read-only), {} aborted attempts ({} by a conflict, {} lost), "
       "{} retry waits, {} inevitable\n",
       t.commits, t.read_only_commits, t.aborts(), p.conflicts, duration(p.time_lost_ns), p.retry_waits,
       p.inevitable);
@@ -229,15 +236,22 @@ std::string format_profile(const profile& p, std::size_t max_sites) {
     for (const auto& [reason, n] : p.inevitable_reasons) out += fmt::format(" \"{}\" x{}", reason, n);
     out += "\n";
   }
+  unsigned numbered = 0;
   for (const stm_thread_stats& th : p.stats.per_thread) {
     if (th.counters.commits == 0 && th.counters.aborts() == 0) continue;
-    const bool departed = th.thread == std::thread::id();
-    std::string who = departed ? std::string("exited threads") : fmt::format("thread {}", std::hash<std::thread::id>{}(th.thread));
-    out += fmt::format("  {}: {} commits ({} solo), {} aborts ({} conflict, {} validation, {} locked, {} inevitable, {} exception)\n",
+    // Threads by their order in the STM's registry (first use), the process's first thread by name
+    // (a std::thread::id's hash, printed before, was a 19-digit number nobody could place).
+    std::string who = th.thread == std::thread::id()   ? std::string("exited threads and ended runs' segments")
+                      : th.thread == process_main_thread ? std::string("main thread")
+                                                         : fmt::format("thread {}", ++numbered);
+    out += fmt::format("  {}: {} commits ({} solo), {} aborts ({} conflict found at a read, {} at commit, {} on a lock, "
+                       "{} for the inevitable one, {} by an exception)\n",
                        who, th.counters.commits, th.counters.solo, th.counters.aborts(), th.counters.aborts_conflict,
                        th.counters.aborts_validation, th.counters.aborts_locked, th.counters.aborts_inevitable,
                        th.counters.aborts_exception);
   }
+  if (detail::profile_note_fn note = profile_note.load(std::memory_order_acquire))
+    if (std::string text = note(); !text.empty()) out += "  " + text + "\n";
   if (!out.empty() && out.back() == '\n') out.pop_back();
   return out;
 }

@@ -150,6 +150,10 @@ struct run_statistics {
   /// turns the guard off.
   bool fell_back_to_serial = false;
   std::string fallback_reason;
+  /// After a fallback: wall-clock time from the end of the drain to now (or to the run's end), during
+  /// which the main thread ran the program in serial state, as one worker does; not in per_thread's
+  /// times (segments, committing, idle), which cover the parallel part.
+  double serial_ms = 0;
   struct thread_counts {
     /// Segments this thread ran (one parked and resumed by another thread counts for that one),
     /// and how many of them committed and aborted, whichever thread did the commit or the abort.

@@ -51,7 +51,15 @@ void start_profiling();
 profile profile_snapshot();
 /// Removes the profiler from the observer hook (if it still holds it) and returns what it collected.
 profile stop_profiling();
-/// A plain-text table: totals, the `max_sites` costliest sites, per-thread commits and aborts.
+/// A plain-text table: totals, the `max_sites` costliest sites, per-thread commits and aborts, and
+/// (in a program that ran tasklets in parallel ordered mode) the run's segments and whether it fell
+/// back to serial state, whose tasklets run outside the STM and count as no commit.
 std::string format_profile(const profile& p, std::size_t max_sites = 20);
+
+namespace detail {
+/// A line the scheduler adds to format_profile's text (or "" for none). Thread-safe; one at a time.
+using profile_note_fn = std::string (*)();
+void set_profile_note(profile_note_fn note) noexcept;
+}  // namespace detail
 
 }  // namespace weft
