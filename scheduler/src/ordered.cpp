@@ -168,7 +168,9 @@ struct worker {
   std::uint64_t work_since = 0;  // when it entered work(), 0 outside (a worker thread never leaves it
                                  // before the stop: run_stats() adds the time so far)
   std::uint64_t idle_since = 0;  // when it began to wait for work, 0 while not waiting (likewise)
-  std::uint64_t serial_ns = 0;   // the main thread after the fallback: the ring run in serial state from work()
+  // After the fallback: the main thread running the ring in serial state from work(), a worker
+  // thread asleep; serial_since is when the current stretch began (0: none).
+  std::uint64_t serial_ns = 0, serial_since = 0;
   std::uint64_t sampler = 0x9E3779B97F4A7C15ULL;  // xorshift state: which short segments are timed
   std::uint64_t last_timed_ns = ~std::uint64_t{0};
   // Segment records this thread ran, ready for its next segment (take_segment): a record's snapshot
@@ -226,7 +228,7 @@ struct ordered_state {
   std::size_t max_spinning = 1;
 
   // Statistics for run_stats().
-  std::uint64_t segments = 0, commits = 0, aborts_conflict = 0, aborts_injected = 0, aborts_changed = 0,
+  std::uint64_t segments = 0, commits = 0, aborts_conflict = 0, aborts_injected = 0, aborts_changed = 0, dropped = 0,
                 inevitable = 0, segment_ns = 0;
 
   // The one-way guard (DESIGN.md §4.7.11): over each window of commits, if the mean segment is
@@ -240,6 +242,11 @@ struct ordered_state {
   std::uint64_t min_segment_ns = 2500;
   double max_aborts_per_commit = 0.3;
   std::uint64_t window_commits = 0, window_aborts = 0, window_ns = 0, next_check = 512;
+  // The window's segments, and the weight of its timed ones (1 each when every segment is timed,
+  // sample_every each when 1 in sample_every is): the guard's mean is window_ns over that weight, not
+  // over the segment count, whose share of timed ones varies (32 +- 5.4 of 512 at 1 in 16: a
+  // program of 2.6-3 us segments measured 2.0-2.1 us and fell back in 4 of 10 runs, round 17's check).
+  std::uint64_t window_segments = 0, window_weight = 0;
   bool draining = false, drained = false;
   std::uint64_t drained_at_ns = 0;  // now_ns() when the drain ended (run_statistics::serial_ms)
   bool fenced_epoch = false;     // holds fenced mode of the epoch GC (epoch_fenced_begin) until drained or stopped
@@ -612,7 +619,7 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
     case abort_kind::conflict: ++o.aborts_conflict, ++o.window_aborts; break;
     case abort_kind::injected: ++o.aborts_injected; break;
     case abort_kind::changed: ++o.aborts_changed, ++o.window_aborts; break;
-    case abort_kind::drained:
+    case abort_kind::drained: ++o.dropped; break;
     case abort_kind::replayed: break;
   }
   if (r.trace_id) [[unlikely]] {
@@ -718,7 +725,10 @@ void drain_step(runtime& r) {
 [[gnu::always_inline]] inline void check_guard(runtime& r) {
   ordered_state& o = state_of(r);
   if (!o.guard || o.draining || o.window_commits < o.next_check) return;
-  const std::uint64_t mean = o.window_ns / o.window_commits;
+  // Time in segments per commit (a chain committed in place is one segment of several commits).
+  const double per_segment = o.window_weight ? static_cast<double>(o.window_ns) / static_cast<double>(o.window_weight) : 0.0;
+  const auto mean = static_cast<std::uint64_t>(per_segment * static_cast<double>(o.window_segments) /
+                                               static_cast<double>(o.window_commits));
   const double apc = static_cast<double>(o.window_aborts) / static_cast<double>(o.window_commits);
   if (mean < o.min_segment_ns) {
     o.fallback_reason = fmt::format("segments too short for parallelism to pay: mean {:.2f} us over {} commits "
@@ -727,7 +737,7 @@ void drain_step(runtime& r) {
     o.fallback_reason = fmt::format("too many conflicts: {:.2f} aborts per commit over {} commits (the guard allows "
                                     "{:.2f})", apc, o.window_commits, o.max_aborts_per_commit);
   } else {
-    o.window_commits = o.window_aborts = o.window_ns = 0;
+    o.window_commits = o.window_aborts = o.window_ns = o.window_segments = o.window_weight = 0;
     o.next_check = 4096;
     return;
   }
@@ -938,7 +948,7 @@ void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_l
       enter(w, t, s);
       lock_commit(lk);
       w.in_segment = false;
-      ++o.segments, ++w.segments;
+      ++o.segments, ++w.segments, ++o.window_segments;
       return;
     }
   }
@@ -948,11 +958,13 @@ void run_timed(runtime& r, worker& w, tasklet_impl* t, segment* s, std::unique_l
   const std::uint64_t end = now_ns();
   w.last_timed_ns = end - start;
   if (r.trace_id) s->trace_end = end;
-  const std::uint64_t ns = w.last_timed_ns * (every ? 1 : sample_every);
+  const std::uint64_t weight = every ? 1 : sample_every;
+  const std::uint64_t ns = w.last_timed_ns * weight;
   lock_commit(lk);
   w.in_segment = false;
-  ++o.segments, ++w.segments;
+  ++o.segments, ++w.segments, ++o.window_segments;
   o.segment_ns += ns, o.window_ns += ns, w.busy_ns += ns;
+  o.window_weight += weight;
 }
 
 // Starts and runs a new segment of t (nothing in flight); returns it once it has ended, lk held.
@@ -1257,6 +1269,7 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     // One segment, run in two parts: run_timed counts it again for this thread, so the first
     // part's count goes (its time stays with the thread that spent it).
     --o.segments, --s->ran_by->segments;
+    if (o.window_segments) --o.window_segments;
     if (r.trace_id) [[unlikely]] {
       trace_attempt(o, s, t, trace_outcome::parked);  // the first part; run_timed times the second
       s->trace_begin = s->trace_end = 0;
@@ -1333,11 +1346,13 @@ void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
       // while main changed the ring: TSan, in a thread's shutdown at two workers). Idle time: after
       // a fallback a worker thread sleeps here for the rest of the run (counted as committing and
       // dispatching before, 200 ms of it in a sieve run that did 0.1 ms of segments).
-      w.idle_since = now_ns();
+      // Not idle either: the run's serial part (run_statistics::serial_ms), which the per-thread
+      // times leave out (round 17's check found it counted twice, as serial time and as idle).
+      w.serial_since = now_ns();
       epoch_release_self();  // (see drain_step)
       sleep_until_woken(o, w, lk);
-      w.idle_ns += now_ns() - w.idle_since;
-      w.idle_since = 0;
+      w.serial_ns += now_ns() - w.serial_since;
+      w.serial_since = 0;
       continue;
     }
     if (tasklet_impl* t = pick(r, w)) {
@@ -1586,6 +1601,7 @@ run_statistics stats_locked(runtime& r) {
   st.aborts_conflict = o.aborts_conflict;
   st.aborts_injected = o.aborts_injected;
   st.aborts_changed = o.aborts_changed;
+  st.dropped = o.dropped;
   st.inevitable = o.inevitable;
   st.mean_segment_us = o.segments ? static_cast<double>(o.segment_ns) / static_cast<double>(o.segments) / 1e3 : 0.0;
   const std::uint64_t aborts = o.aborts_conflict + o.aborts_injected + o.aborts_changed;
@@ -1597,7 +1613,8 @@ run_statistics stats_locked(runtime& r) {
   for (const auto& w : o.workers) {
     const std::uint64_t work = w->work_ns + (w->work_since ? now - w->work_since : 0);
     const std::uint64_t idle = w->idle_ns + (w->idle_since ? now - w->idle_since : 0);
-    const std::uint64_t spent = w->busy_ns + idle + w->serial_ns;
+    const std::uint64_t serial = w->serial_ns + (w->serial_since ? now - w->serial_since : 0);
+    const std::uint64_t spent = w->busy_ns + idle + serial;
     const std::uint64_t rest = work > spent ? work - spent : 0;
     st.per_thread.push_back({w->segments, w->commits, w->aborts, static_cast<double>(w->busy_ns) / 1e6,
                              static_cast<double>(rest) / 1e6, static_cast<double>(idle) / 1e6});
@@ -1607,9 +1624,10 @@ run_statistics stats_locked(runtime& r) {
 
 void log_stats(const run_statistics& st) {
   detail::diagnostics().info("weft run stats: ordered, {} worker{}: {} segments, {} commits, aborts {} conflict / {} injected / {} "
-               "changed ({:.3f} per commit), {} inevitable, mean segment {:.2f} us{}{}{}",
+               "changed ({:.3f} per commit){}, {} inevitable, mean segment {:.2f} us{}{}{}",
                st.workers, st.workers == 1 ? "" : "s", st.segments, st.commits, st.aborts_conflict, st.aborts_injected, st.aborts_changed,
-               st.aborts_per_commit, st.inevitable, st.mean_segment_us,
+               st.aborts_per_commit, st.dropped ? fmt::format(", {} dropped by the fallback's drain", st.dropped) : std::string(),
+               st.inevitable, st.mean_segment_us,
                st.fell_back_to_serial ? "; fell back to serial: " : "", st.fallback_reason,
                st.fell_back_to_serial ? fmt::format("; then {:.1f} ms in serial state on the main thread (not counted below)", st.serial_ms) : std::string());
   for (std::size_t i = 0; i < st.per_thread.size(); ++i) {

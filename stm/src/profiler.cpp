@@ -241,7 +241,8 @@ std::string format_profile(const profile& p, std::size_t max_sites) {
     if (th.counters.commits == 0 && th.counters.aborts() == 0) continue;
     // Threads by their order in the STM's registry (first use), the process's first thread by name
     // (a std::thread::id's hash, printed before, was a 19-digit number nobody could place).
-    std::string who = th.thread == std::thread::id()   ? std::string("exited threads and ended runs' segments")
+    std::string who = th.segments                         ? std::string("ordered runs' segments")
+                      : th.thread == std::thread::id()   ? std::string("exited threads")
                       : th.thread == process_main_thread ? std::string("main thread")
                                                          : fmt::format("thread {}", ++numbered);
     out += fmt::format("  {}: {} commits ({} solo), {} aborts ({} conflict found at a read, {} at commit, {} on a lock, "

@@ -150,6 +150,7 @@ std::vector<transaction*>& registry() {
   return *r;
 }
 stm_counters departed;
+stm_counters departed_segments;  // ordered runs' segment records (segment_unregister)
 
 // One step of a wait for another thread: pause for the first `spin_limit` steps, then yield (the
 // thread waited for may have been preempted).
@@ -638,6 +639,14 @@ bool transaction::extend(std::uint64_t seen) noexcept {
   return true;
 }
 
+// The time an aborted attempt cost: a segment's time running (round 17's check: counted from its
+// start to its abort, a finished segment's wait for its turn made "time lost" exceed all the time
+// spent in segments), a plain transaction's from its start.
+std::uint64_t transaction::attempt_ns() const noexcept {
+  if (!segment_) return now_ns() - attempt_start_ns_;
+  return ran_ns_ + (run_since_ns_ ? now_ns() - run_since_ns_ : 0);
+}
+
 void transaction::record_conflict(conflict_kind kind, const tvar_base* v, const std::source_location& where) noexcept {
   if (!measuring_) return;
   conflict_record rec{kind,
@@ -645,7 +654,7 @@ void transaction::record_conflict(conflict_kind kind, const tvar_base* v, const 
                       v ? tvar_name(v) : nullptr,
                       where,
                       v ? location_from(last_write_of(v)) : std::source_location{},
-                      now_ns() - attempt_start_ns_,
+                      attempt_ns(),
                       std::this_thread::get_id()};
   event e{event_kind::tx_abort, &rec};
   notify(e);
@@ -1415,7 +1424,7 @@ void sole_run_end(const void* run) noexcept {
 
 void segment_unregister(transaction* tx) noexcept {
   std::lock_guard lock(registry_lock);
-  departed += snapshot(tx->stats);
+  departed_segments += snapshot(tx->stats);
   std::erase(registry(), tx);
   update_privatization_locked();
   claim_solo_locked();
@@ -1427,6 +1436,7 @@ void transaction::segment_begin(epoch_slot& slot, bool inevitable) {
   solo_ = false;
   measuring_ = observing();
   if (measuring_) attempt_start_ns_ = now_ns();
+  ran_ns_ = run_since_ns_ = 0;
   epoch_ = &slot;
   epoch_enter(slot);
   // A fresh snapshot: a pooled descriptor's last clock may be far behind, and every newer read
@@ -1443,11 +1453,17 @@ void transaction::segment_begin(epoch_slot& slot, bool inevitable) {
 void transaction::segment_attach() noexcept {
   set_active_alloc_log(&allocs_);
   current_tx = this;
+  if (measuring_) [[unlikely]]
+    run_since_ns_ = now_ns();
 }
 
 void transaction::segment_detach() noexcept {
   current_tx = nullptr;
   set_active_alloc_log(nullptr);
+  if (measuring_ && run_since_ns_) [[unlikely]] {
+    ran_ns_ += now_ns() - run_since_ns_;
+    run_since_ns_ = 0;
+  }
 }
 
 bool transaction::segment_commit() {
@@ -1758,12 +1774,20 @@ stm_counters& stm_counters::operator+=(const stm_counters& o) noexcept {
 stm_stats stats() {
   stm_stats s;
   std::lock_guard lock(registry_lock);
+  stm_counters segments = departed_segments;
   for (transaction* tx : registry()) {
-    s.per_thread.push_back({tx->thread, snapshot(tx->stats)});
-    s.total += s.per_thread.back().counters;
+    const stm_counters c = snapshot(tx->stats);
+    if (tx->is_segment()) {
+      segments += c;  // a segment record's descriptor (segment_register), not a thread's own
+    } else {
+      s.per_thread.push_back({tx->thread, c});
+    }
+    s.total += c;
   }
   s.per_thread.push_back({std::thread::id(), departed});
   s.total += departed;
+  s.per_thread.push_back({std::thread::id(), segments, true});
+  s.total += departed_segments;
   return s;
 }
 

@@ -142,6 +142,7 @@ struct run_statistics {
   std::uint64_t aborts_injected = 0;  ///< abort injection (options::abort_inject)
   std::uint64_t aborts_changed = 0;   ///< a committed kill, raise or remove changed the tasklet meanwhile
                                       ///< (the shutdown's kills too: a program that never kills may count some)
+  std::uint64_t dropped = 0;          ///< finished or parked segments the fallback's drain rolled back (no abort of the kinds above; in per_thread's aborts)
   std::uint64_t inevitable = 0;       ///< committed segments that ran inevitable at the head
   double mean_segment_us = 0;         ///< time inside segments per attempt (main's own code excluded), every segment timed while they are long, a random 1 in 16 while they are shorter than 2 us (a clock read costs as much as a short segment)
   double aborts_per_commit = 0;       ///< all kinds

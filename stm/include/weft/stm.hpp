@@ -320,8 +320,11 @@ struct stm_counters {
 };
 
 struct stm_thread_stats {
-  std::thread::id thread;  ///< default id: threads that have exited, summed
+  std::thread::id thread;  ///< default id: threads that have exited, summed (or `segments`)
   stm_counters counters;
+  /// The transactions of ordered runs' tasklet segments, live and ended, summed (one entry, whatever
+  /// thread ran them: run_stats() has the per-thread view of a run); `thread` is the default id.
+  bool segments = false;
 };
 
 struct stm_stats {

@@ -537,6 +537,8 @@ class alignas(64) transaction {
   std::uint32_t created_floor_ = 0;  ///< created_ entries below it were made before the innermost scope
   std::uint8_t signal_pending_ = 0;  ///< bits: 1 conflict, 2 retry, thrown and not yet handled
   std::uint64_t attempt_start_ns_ = 0;
+  std::uint64_t ran_ns_ = 0, run_since_ns_ = 0;  ///< a segment's time running (attach to detach), when measuring_
+  std::uint64_t attempt_ns() const noexcept;
   std::uint64_t rng_ = 0x9e3779b97f4a7c15ULL;
   log_array<read_entry> reads_;
   log_array<write_entry> writes_;
