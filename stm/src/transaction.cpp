@@ -1393,6 +1393,7 @@ void segment_register(transaction* tx, const void* run) {
   {
     std::lock_guard lock(registry_lock);
     tx->run.store(run, std::memory_order_relaxed);
+    tx->segment_record = true;  // (segment_, set at each begin, is the running thread's to read)
     registry().push_back(tx);
     update_privatization_locked();
     someone_solo = (solo_state.load(std::memory_order_acquire) & solo_active) != 0;
@@ -1777,7 +1778,7 @@ stm_stats stats() {
   stm_counters segments = departed_segments;
   for (transaction* tx : registry()) {
     const stm_counters c = snapshot(tx->stats);
-    if (tx->is_segment()) {
+    if (tx->segment_record) {
       segments += c;  // a segment record's descriptor (segment_register), not a thread's own
     } else {
       s.per_thread.push_back({tx->thread, c});

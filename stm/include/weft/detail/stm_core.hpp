@@ -415,6 +415,9 @@ class alignas(64) transaction {
   /// or a thread's that the run uses — or nullptr. Written under the STM's registry lock (see
   /// sole_run_begin).
   std::atomic<const void*> run{nullptr};
+  /// A segment record's descriptor (segment_register), not a thread's own: written and read under
+  /// the STM's registry lock (stats() tells the two apart by it).
+  bool segment_record = false;
 
  private:
   static constexpr std::uint32_t linear_limit = 8;
