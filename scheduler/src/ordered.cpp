@@ -1332,9 +1332,10 @@ void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
       lk.unlock();
       w.running = nullptr;
       if (!main_can_run(r)) {
-        const std::uint64_t since = now_ns();
+        w.serial_since = now_ns();  // not committing and dispatching (round 17 read it so)
         serial_transfer(r, r.main, r.head);
-        w.serial_ns += now_ns() - since;  // not committing and dispatching (round 17 read it so)
+        w.serial_ns += now_ns() - w.serial_since;
+        w.serial_since = 0;
       }
       lock_commit(lk);
       return;

@@ -1436,8 +1436,7 @@ void transaction::segment_begin(epoch_slot& slot, bool inevitable) {
   segment_ = true;
   solo_ = false;
   measuring_ = observing();
-  if (measuring_) attempt_start_ns_ = now_ns();
-  ran_ns_ = run_since_ns_ = 0;
+  ran_ns_ = run_since_ns_ = 0;  // (a segment's attempt is timed while it runs: attempt_ns)
   epoch_ = &slot;
   epoch_enter(slot);
   // A fresh snapshot: a pooled descriptor's last clock may be far behind, and every newer read

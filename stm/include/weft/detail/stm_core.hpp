@@ -245,11 +245,10 @@ class alignas(64) transaction {
         insert_index(writes_.size - 1, h);
       return;
     }
-    for (std::uint32_t i = 0; i < writes_.size; ++i)
-      if (writes_.data[i].var == &v) {
-        replace_write(writes_.data[i], b, where);
-        return;
-      }
+    if (write_entry* w = find_write(&v)) {
+      replace_write(*w, b, where);
+      return;
+    }
     append_write(v, b, drop, where);
     if (writes_.size > linear_limit) [[unlikely]]
       index_write(writes_.size - 1);  // builds the index
