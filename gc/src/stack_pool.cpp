@@ -39,28 +39,47 @@ namespace {
 
 constexpr std::size_t max_slab_stacks = 4096;
 
-// Stack colouring: each slot has this much room above the usable stack, and a stack's top sits
-// (slot index % colours) cache lines below the slot's end. Without it every top was 64 KiB-aligned (68
-// KiB with a guard page: still the same L1 sets), so the hot top frames of thousands of tasklets
+// Stack colouring: each slot has this much room above the usable stack, and a stack's top sits a
+// number of cache lines (its colour) below the slot's end. Without it every top was 64 KiB-aligned
+// (68 KiB with a guard page: still the same L1 sets), so the hot top frames of thousands of tasklets
 // competed for the same cache sets (issue 11 §6). The usable size stays what was asked for.
 //
-// Only the upper 1.5 KiB of the last page is used for colours: every top leaves at least 2,624
-// bytes of its page below it, so the frames of a tasklet blocked in a channel operation at its top
-// level and those of the unwinder that kills it stay in the one page the tasklet's first run
-// touched. Measured with gcc 12 at -O2 (stack painted below a blocked tasklet): the entry frames
-// down to the tasklet's function ~360 bytes, a block and resume 280 bytes below that, a kill 1,935
-// (libgcc's unwinder; 5 KiB for the process's first throw, which sets up its tables). With 64
-// colours (the whole page) 12% of new tasklets touched a second page when they first blocked and
-// most touched one more when killed: `perf stat -e page-faults weft_workloads hackysack 2 100000`
-// 168,128 faults with 64 colours, 121,251 with 32 (115,000 with none). With 32 (the upper half)
-// 7.5% of kills still touched a second page, ~1 s of the 6.5 s teardown of a million blocked
-// tasklets; the same command, top pages now populated by the pool: 20,672 faults with 32 colours,
-// 14,421 with 24. A fresh page costs 8-20 us on this project's VM, more than a thousand switches.
-// 24 colours spread the tops as well as 32 did: cachegrind of the sieve (2,000 tasklets, this
-// machine's 48 KiB L1 and 1 MiB L2) counts the same misses within 1.2%.
+// Which sets a line uses in a physically indexed cache (L2, L3) depends, within a page, only on its
+// offset in the page: tops at 24 offsets in the upper 1.5 KiB put the ~10 hot lines of every
+// tasklet on ~34 of a page's 64 line offsets, so the frames of 2,000 tasklets (the sieve) had half
+// of a 2 MiB L2 (16-way: 512 lines per offset, ~830 of them wanted). Tops over the whole page (64
+// colours): sieve of 2,000 primes 0.88x the time (16 interleaved pairs, 0.83-0.91), level with
+// Boost.Fiber's 16 KiB stacks (whose malloc'd stacks drift by 16 bytes each).
+//
+// The whole page has a cost: frames below a top low in its page spill onto the page below. Measured
+// with gcc 12 at -O2 (stack painted below a blocked tasklet): the entry frames down to the
+// tasklet's function ~360 bytes, a block and resume 280 bytes below that, a kill 1,935 (libgcc's
+// unwinder; 5 KiB for the process's first throw, which sets up its tables). A second page is a
+// second page fault (8-20 us on this project's VM, more than a thousand switches) and 4 KiB more per
+// tasklet: with 64 colours for every stack, a million blocked tasklets took 4.4 s -> 17.4 s to tear
+// down (1.09 M -> 1.65 M page faults). So:
+// * a pool's first 4,096 stacks (wide_colour_stacks: while their tops can stay in a core's caches)
+//   take 64 colours, and those whose top leaves less than 2,624 bytes of its page below it
+//   (one_page_depth: 40 of the 64) have the page below populated with the top page — 10 bytes per
+//   task more over a million (spawn 1M: 4,407 -> 4,417 bytes), no page fault more;
+// * the stacks after them take 24 colours in the upper 1.5 KiB (narrow_colours), one page each:
+//   `perf stat -e page-faults weft_workloads hackysack 2 100000` 14,421 faults (168,128 with 64
+//   colours before the pool populated top pages, 121,251 with 32, 115,000 with none).
+// A stack's colour is fixed by its slot's index in the pool and kept through the free list.
 constexpr std::size_t colour_span = 4096;
 constexpr std::size_t colour_step = 64;
-constexpr std::size_t colours = 24;
+constexpr std::size_t narrow_colours = 24;       // the upper 1.5 KiB of the top page
+constexpr std::size_t wide_colours = 64;         // the whole top page
+constexpr std::size_t wide_colour_stacks = 4096; // a pool's first stacks get wide colours
+// A free stack is kept as its base (page-aligned) plus its colour, in the low bits.
+static_assert(wide_colours <= 64 && narrow_colours <= wide_colours);
+constexpr std::uintptr_t colour_mask = 63;
+// The bytes a tasklet's frames take below its top when it is killed while blocked (see above).
+constexpr std::size_t one_page_depth = colour_span - (narrow_colours - 1) * colour_step;
+
+constexpr std::size_t colour_of_slot(std::size_t slot) noexcept {
+  return slot < wide_colour_stacks ? slot % wide_colours : slot % narrow_colours;
+}
 
 // Guard pages and vm.max_map_count: each guard page splits its slab's mapping, and once the process
 // reaches the limit every mmap fails — malloc's, a new thread's stack, our next slab. So guards stop
@@ -288,36 +307,31 @@ long madvise_self(iovec* v, std::size_t n, int advice) noexcept {
   return r;
 }
 
-// One page per call (the fallback).
-void populate_pages(char* first, std::size_t stride, std::size_t n) noexcept {
-  const std::size_t page = page_size();
+// One range per call (the fallback).
+void populate_ranges(const iovec* v, std::size_t n) noexcept {
   for (std::size_t i = 0; i < n && !populate_unsupported.load(std::memory_order_relaxed); ++i)
-    if (::madvise(first + i * stride, page, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
+    if (::madvise(v[i].iov_base, v[i].iov_len, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
       populate_unsupported.store(true, std::memory_order_relaxed);
 }
 #endif
 
-// Populates n pages, the first at `first` and each `stride` bytes above the last (page-aligned,
-// n <= stack_pool::populate_batch). Best effort: a page left out is faulted in at its first touch.
-// Keeps errno (the caller's is a spawn in user code).
-void populate(char* first, std::size_t stride, std::size_t n) noexcept {
+// Populates n page-aligned ranges (n <= stack_pool::populate_batch). Best effort: a page left out is
+// faulted in at its first touch. Keeps errno (the caller's is a spawn in user code).
+void populate(iovec* v, std::size_t n) noexcept {
 #ifdef MADV_POPULATE_WRITE
   if (populate_unsupported.load(std::memory_order_relaxed)) return;
   const int saved_errno = errno;
   bool done = false;
   if (n > 1 && !batch_unsupported.load(std::memory_order_relaxed)) {
-    iovec v[stack_pool::populate_batch];
-    for (std::size_t i = 0; i < n; ++i) v[i] = {first + i * stride, page_size()};
     // Before Linux 6.13 the advice is refused (EINVAL); before 5.10 the call or pidfd_open is
-    // missing (ENOSYS); a seccomp filter may refuse either (EPERM). Then one page per call.
+    // missing (ENOSYS); a seccomp filter may refuse either (EPERM). Then one range per call.
     done = madvise_self(v, n, MADV_POPULATE_WRITE) >= 0 || (errno != EINVAL && errno != ENOSYS && errno != EPERM);
     if (!done) batch_unsupported.store(true, std::memory_order_relaxed);
   }
-  if (!done) populate_pages(first, stride, n);
+  if (!done) populate_ranges(v, n);
   errno = saved_errno;
 #else
-  (void)first;
-  (void)stride;
+  (void)v;
   (void)n;
 #endif
 }
@@ -372,36 +386,52 @@ void stack_pool::grow() {
     register_guard_slab(begin, bytes, stride_, stack_size_ + colour_span);
   }
   // Push in reverse so that the lowest stack is handed out first.
+  for (std::size_t i = stacks; i-- > 0;)
+    free_.push_back(begin + i * stride_ + (stride_ - stack_size_ - colour_span) + colour_of_slot(total_stacks_ + i));
   total_stacks_ += stacks;
   free_.reserve(total_stacks_);  // so that release() never allocates
-  for (std::size_t i = stacks; i-- > 0;) free_.push_back(begin + i * stride_ + (stride_ - stack_size_ - colour_span));
-  fresh_ = populated_ = free_.back();
+  fresh_ = populated_ = free_.back() - (reinterpret_cast<std::uintptr_t>(free_.back()) & colour_mask);
 }
 
 stack_extent stack_pool::allocate() {
   if (free_.empty()) grow();
-  char* base = free_.back();
+  const auto decode = [this](char* entry) {
+    const std::size_t colour = reinterpret_cast<std::uintptr_t>(entry) & colour_mask;
+    // top: `colour` lines below the slot's end
+    return stack_extent{entry - colour, stack_size_ + colour_span - colour * colour_step};
+  };
+  const stack_extent s = decode(free_.back());
   free_.pop_back();
   ++in_use_;
-  if (base == fresh_) {
+  if (s.base == fresh_) {
     fresh_ += stride_;
-    if (base >= populated_) {  // the top pages of the next few fresh stacks of this slab, in one call
-      const slab& s = slabs_.back();
-      // Stacks left in the slab from base on (base is a guard page above its slot's start).
-      const std::size_t left = (static_cast<std::size_t>(s.begin + s.bytes - base) + stride_ - 1) / stride_;
+    if (s.base >= populated_) {  // the top pages of the next few fresh stacks of this slab, in one call
+      const slab& sl = slabs_.back();
+      // Stacks left in the slab from this one on (base is a guard page above its slot's start).
+      const std::size_t left = (static_cast<std::size_t>(sl.begin + sl.bytes - s.base) + stride_ - 1) / stride_;
       const std::size_t n = std::min(left, populate_batch);
-      populate(base + stack_size_ + colour_span - page_size(), stride_, n);
-      populated_ = base + n * stride_;
+      // The next fresh stacks wait under this one in the free list, in order (grow() ran on an
+      // empty list, and stacks released since sit above them).
+      iovec v[populate_batch];
+      for (std::size_t j = 0; j < n; ++j) {
+        const stack_extent next = j == 0 ? s : decode(free_[free_.size() - j]);
+        char* page = next.base + stack_size_ + colour_span - page_size();
+        // A top low in its page leaves the frames of a kill's unwinder in the page below.
+        const bool two = next.top() - page < static_cast<std::ptrdiff_t>(one_page_depth);
+        v[j] = {two ? page - page_size() : page, (two ? 2 : 1) * page_size()};
+      }
+      populate(v, n);
+      populated_ = s.base + n * stride_;
     }
   }
-  const std::size_t colour = reinterpret_cast<std::uintptr_t>(base) / stride_ % colours;
-  return {base, stack_size_ + colour_span - colour * colour_step};  // top: `colour` lines below the slot's end
+  return s;
 }
 
 void stack_pool::release(stack_extent s) noexcept {
   if (!s) return;
   --in_use_;
-  free_.push_back(s.base);  // capacity was reserved in grow(): never throws
+  const std::size_t colour = (stack_size_ + colour_span - s.size) / colour_step;
+  free_.push_back(s.base + colour);  // capacity was reserved in grow(): never throws
 }
 
 }  // namespace weft::detail
