@@ -557,6 +557,7 @@ apply_result apply_intent(runtime& r, intent& in) {
     }
     case intent_kind::bind:
       register_bound(r, t);
+      if (in.value) ring_append(r, t);  // weft::spawn: inserted as well (§1.1)
       return {self};
     case intent_kind::set_name:
       t->name = std::move(*in.text);

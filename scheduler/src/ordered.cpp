@@ -1151,7 +1151,7 @@ std::string operation(const intent& in, bool has_exception) {
     case intent_kind::channel_open: return "channel::open()";
     case intent_kind::channel_preference: return "channel::set_preference()";
     case intent_kind::channel_schedule_all: return "channel::set_schedule_all()";
-    case intent_kind::bind: return "weft::spawn()";
+    case intent_kind::bind: return in.value ? "weft::spawn()" : "weft::tasklet(f)";
     case intent_kind::set_name: return "tasklet::set_name()";
   }
   return "an operation";

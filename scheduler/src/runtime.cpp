@@ -201,10 +201,10 @@ void release_runtime(runtime* r) noexcept {
   if (r && r->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete r;
 }
 
-void adopt(tasklet_impl* t) {
+void adopt(tasklet_impl* t, bool insert) {
   // Binding checks and changes the registry: an intent, so that in ordered mode the id is given at
   // commit, in serial order (DESIGN.md §4.7.3).
-  intent in{.kind = intent_kind::bind, .target = t};
+  intent in{.kind = intent_kind::bind, .target = t, .value = insert ? 1 : 0};
   perform(in);
 }
 

@@ -33,7 +33,7 @@ enum class intent_kind : std::uint8_t {
   channel_open,
   channel_preference,  ///< `value` is the new preference
   channel_schedule_all,///< `value` is 0 or 1
-  bind,                ///< `target` was just made: registers it and gives it its id
+  bind,                ///< `target` was just made: registers it and gives it its id; `value` 1: and inserts it (spawn)
   set_name,            ///< `target`'s name becomes `text`
 };
 

@@ -149,9 +149,10 @@ class bound_tasklet final : public tasklet_impl {
   bool has_fn_;
 };
 
-/// Registers a freshly made block with the calling thread's runtime (creating it on first use): a
-/// switch point in ordered mode (the id is given when the segment commits).
-void adopt(tasklet_impl* t);
+/// Registers a freshly made block with the calling thread's runtime (creating it on first use) and,
+/// with `insert`, appends it to the runnable ring (weft::spawn): one switch point in ordered mode
+/// (the id is given when the segment commits).
+void adopt(tasklet_impl* t, bool insert = false);
 /// Called when the last reference goes.
 void destroy(tasklet_impl* t) noexcept;
 
@@ -197,14 +198,15 @@ inline void release(tasklet_impl* t) noexcept {
   release_now(t);
 }
 
+/// A new control block bound to f, registered (and with `insert`, in the ring); no handle holds it yet.
 template <class F>
-tasklet_impl* make_tasklet(F&& f) {
+tasklet_impl* make_tasklet(F&& f, bool insert = false) {
   static_assert(std::is_invocable_v<std::decay_t<F>&>, "a tasklet's function must be callable with no arguments");
   auto* t = new bound_tasklet<std::decay_t<F>>(std::forward<F>(f));
   try {
-    adopt(t);
+    adopt(t, insert);
   } catch (...) {
-    delete t;  // never registered
+    if (!t->owner) delete t;  // never registered (else the runtime knows it: left to it)
     throw;
   }
   return t;
