@@ -89,6 +89,60 @@ TEST_CASE_METHOD(fresh_runtime, "channel operations work through a const handle"
   fresh_runtime::check_clean();
 }
 
+TEST_CASE_METHOD(fresh_runtime, "a channel lives while a handle or a tasklet waiting in it holds it, or one it woke until that waits elsewhere or ends",
+                 "[unit][channel][handles]") {
+  // A hand-off leaves the woken tasklet its reference to the channel (no reference count change
+  // per wait for a tasklet that waits in one channel again and again): the reference must still go
+  // when it waits in another channel, ends, is killed, or (main) at shutdown.
+  const std::size_t base = resources().channels;
+  event_log log;
+  auto* c1 = new channel<int>;
+  channel<int> c2;
+  spawn([&log, &c1, &c2] {
+    log("got " + std::to_string(c1->receive()));  // through main's handle only
+    weft::schedule();                              // main drops that handle meanwhile
+    log("got " + std::to_string(c2.receive()));    // waits elsewhere: c1 goes
+  });
+  weft::schedule();  // it waits in c1
+  c1->send(1);       // the receiver runs at once (preference -1), logs, and yields back
+  delete c1;
+  c1 = nullptr;
+  log("c1 kept by its receiver: " + std::to_string(resources().channels - base));
+  weft::schedule();  // it now waits in c2
+  log("after the wait in c2: " + std::to_string(resources().channels - base));
+  c2.send(2);
+  run();
+  log("both ended: " + std::to_string(resources().channels - base));  // c2: main's handle
+
+  // Woken, then it ends or is killed while runnable: the channel goes with it.
+  auto* c3 = new channel<int>;
+  auto* c4 = new channel<int>;
+  spawn([&c3] { c3->receive(); weft::schedule(); weft::schedule(); });
+  tasklet victim = spawn([&c4] { c4->receive(); weft::schedule(); weft::schedule(); });
+  weft::schedule();  // both wait
+  c3->send(3);
+  c4->send(4);
+  delete c3;
+  delete c4;
+  log("c3 and c4 kept: " + std::to_string(resources().channels - base));
+  victim.kill();
+  run();
+  log("after the end and the kill: " + std::to_string(resources().channels - base));
+
+  // Main woken by a hand-off keeps the channel until shutdown.
+  {
+    channel<int> c5;
+    spawn([c5] { c5.send(5); });  // its handle is the only other one; it ends after the send
+    log("main got " + std::to_string(c5.receive()));
+  }
+  run();
+  log("c5 kept by main: " + std::to_string(resources().channels - base));
+  CHECK(log.str() ==
+        "got 1 c1 kept by its receiver: 1 after the wait in c2: 1 got 2 both ended: 1 c3 and c4 kept: 3 "
+        "after the end and the kill: 1 main got 5 c5 kept by main: 2");
+  CHECK(weft::shutdown().channels == 1);  // c2: this test's handle
+}
+
 TEST_CASE_METHOD(fresh_runtime, "empty and moved-from channel handles", "[unit][channel][handles]") {
   channel<int> none = nullptr;
   CHECK(!none);

@@ -218,6 +218,7 @@ void register_bound(runtime& r, tasklet_impl* t) noexcept {
 
 void destroy(tasklet_impl* t) noexcept {
   runtime* r = t->owner;
+  drop_kept_channel(t);  // (one that never ended: a main, or one that refused to die)
   delete t;
   if (r) {
     r->control_blocks.fetch_sub(1, std::memory_order_relaxed);
@@ -322,6 +323,7 @@ resource_counts resources() {
   resource_counts c;
   c.live_tasklets = r.alive;
   c.control_blocks = r.control_blocks.load(std::memory_order_relaxed);
+  c.channels = r.channels.load(std::memory_order_relaxed);
   if (r.pool) {
     c.stacks_in_use = r.pool->in_use();
     c.stacks_cached = r.pool->cached();
@@ -404,6 +406,7 @@ resource_counts shutdown() {
   // collects rarely, ordered mode at every segment: a newcomer's program got 6 control blocks at
   // one worker and 1 at two).
   collect_retired_values();
+  drop_kept_channel(r->main);  // (main is running: in no channel's queue)
   resource_counts counts = resources();
   if (counts.live_tasklets != 0)
     detail::diagnostics().warn("weft: {} tasklets refused to die at shutdown; their stacks are leaked", counts.live_tasklets);

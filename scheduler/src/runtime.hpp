@@ -46,7 +46,7 @@ struct channel_core {
   channel_core(const channel_core&) = delete;
   ~channel_core();  // drops the owner reference
 
-  std::atomic<std::uint32_t> refs{1};  // handles + blocked tasklets
+  std::atomic<std::uint32_t> refs{1};  // handles + blocked tasklets + tasklets woken from it (queue_remove)
   tasklet_impl* head = nullptr;        // oldest blocked tasklet (circular list through next/prev)
   int balance = 0;
   int preference = -1;
@@ -73,6 +73,7 @@ struct runtime {
 
   std::atomic<std::uint32_t> refs{1};        // the thread's holder + every control block made here
   std::atomic<std::size_t> control_blocks{0};  // control blocks not yet destroyed (main included)
+  std::atomic<std::size_t> channels{0};        // channels it owns (threads.cpp) not yet destroyed
 
   tasklet_impl* main = nullptr;
   tasklet_impl* current = nullptr;  // the running tasklet
@@ -258,6 +259,11 @@ inline void channel_release_now(channel_core* c) noexcept {
 /// Drops a reference that is known not to be the last (a rolled-back segment's channel_retain; a
 /// blocked tasklet's while the caller holds a handle): never destroys.
 inline void channel_release_not_last(channel_core* c) noexcept { c->refs.fetch_sub(1, std::memory_order_relaxed); }
+/// Drops the reference a tasklet that is not blocked kept to the channel of its last wait (see
+/// queue_remove in apply.cpp): at its end, or when its control block goes.
+inline void drop_kept_channel(tasklet_impl* t) noexcept {
+  if (t->state != tasklet_state::blocked && t->channel) channel_release_now(std::exchange(t->channel, nullptr));
+}
 /// Throws (and clears) t's pending exception.
 [[noreturn]] void rethrow_pending_exception(tasklet_impl* t);
 /// The tasklet whose code the calling thread runs.

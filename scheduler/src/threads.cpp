@@ -125,13 +125,17 @@ void make_shared(channel_core* c, runtime* owner) noexcept {
 }  // namespace
 
 channel_core::~channel_core() {
-  if (runtime* o = owner.load(std::memory_order_acquire)) release_runtime(o);
+  if (runtime* o = owner.load(std::memory_order_acquire)) {
+    o->channels.fetch_sub(1, std::memory_order_relaxed);
+    release_runtime(o);
+  }
 }
 
 channel_guard::how channel_guard::enter_slow(runtime& r, channel_core* c) {
   runtime* o = c->owner.load(std::memory_order_acquire);
   if (o == nullptr && c->owner.compare_exchange_strong(o, &r, std::memory_order_acq_rel)) {
     r.refs.fetch_add(1, std::memory_order_relaxed);  // dropped by ~channel_core
+    r.channels.fetch_add(1, std::memory_order_relaxed);
     o = &r;
   }
   if (o == &r) {

@@ -25,6 +25,10 @@ struct resource_counts {
   std::size_t stacks_in_use = 0;       ///< stacks handed to tasklets and not yet returned
   std::size_t stacks_cached = 0;       ///< stacks returned to the pool, ready for reuse
   std::size_t stack_bytes_reserved = 0;///< address space of all slabs (not memory: MAP_NORESERVE)
+  /// Channels whose first operation was this runtime's, not yet destroyed. A channel lives while a
+  /// handle, a tasklet waiting in it, or a tasklet a hand-off woke from it holds it (the last until
+  /// that tasklet waits in another channel or ends).
+  std::size_t channels = 0;
 };
 
 namespace detail {

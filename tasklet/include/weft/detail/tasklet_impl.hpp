@@ -86,7 +86,9 @@ class tasklet_impl {
   void* slot = nullptr;     ///< while blocked: a sender's T to move from; a receiver's std::optional<T> to fill
 
   // --- second cache line: the rest of the wait state, and what a resume reads ----------------------
-  channel_core* channel = nullptr;    ///< while blocked
+  /// While blocked: the channel it waits in. Else, if a hand-off ended its last wait: that channel,
+  /// whose reference it kept (scheduler/src/apply.cpp, queue_remove).
+  channel_core* channel = nullptr;
   std::exception_ptr pending;         ///< thrown at the tasklet's switch point when it next resumes
   std::exception_ptr send_exception;  ///< a blocked send_exception's exception
   void* eh_globals[2] = {nullptr, nullptr};  ///< this tasklet's C++ "caught exceptions" state while suspended
