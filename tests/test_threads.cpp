@@ -79,10 +79,10 @@ TEST_CASE_METHOD(fresh_runtime, "5b a thread counts from its creation, before it
 
 TEST_CASE_METHOD(fresh_runtime, "5b a waiting main gets the deadlock error when a thread ends without using weft", "[unit][threads][deadlock]") {
   channel<int> ch;
-  // Main (most likely) waits for t by the time t ends; if not, it finds nobody alive: same error.
+  // Main (most likely) waits for t by the time t ends; if not, it finds nobody alive: same error,
+  // §4.1's (SEMANTICS.md §5b: "the usual deadlock"; newcomer round 18 got §4.2's after a wait).
   std::thread t([] { std::this_thread::sleep_for(std::chrono::milliseconds(30)); });
-  test::require_throws_message<deadlock_error>([&] { ch.receive(); },
-                                               "the main tasklet is receiving without a sender available.");
+  test::require_throws_message<deadlock_error>([&] { ch.receive(); }, "Deadlock: the last runnable tasklet cannot be blocked.");
   t.join();
   check_clean();
 }
@@ -170,8 +170,7 @@ TEST_CASE_METHOD(fresh_runtime, "5b a waiting main gets the deadlock error when 
     wait_until([&] { return ch.balance() == -1; });
   });  // T ends without sending: nobody is left
   ready.arrive_and_wait();
-  test::require_throws_message<deadlock_error>([&] { ch.receive(); },
-                                               "the main tasklet is receiving without a sender available.");
+  test::require_throws_message<deadlock_error>([&] { ch.receive(); }, "Deadlock: the last runnable tasklet cannot be blocked.");
   t.join();
   CHECK(ch.balance() == 0);
   check_clean();
@@ -209,7 +208,7 @@ TEST_CASE_METHOD(fresh_runtime, "5b when every thread waits, the last to wait ge
   t.join();
   INFO("told: T '" << what_t << "', main '" << what_main << "'");
   CHECK(what_t.empty() != what_main.empty());
-  CHECK(what_t + what_main == "the main tasklet is receiving without a sender available.");
+  CHECK(what_t + what_main == "Deadlock: the last runnable tasklet cannot be blocked.");
   CHECK((what_t.empty() ? t_got : main_got) == (what_t.empty() ? 7 : 5));
   CHECK(a.balance() == 0);
   CHECK(b.balance() == 0);

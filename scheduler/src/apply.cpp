@@ -221,10 +221,15 @@ inline tasklet_impl* next_to_run(runtime& r, bool ended = false) {
   }
   tasklet_impl* m = r.main;
   if (m->state == tasklet_state::blocked) {
-    if (!ended && wait_for_mail(r)) return r.head;
+    const mail_wait waited = ended ? mail_wait::alone : wait_for_mail(r);
+    if (waited == mail_wait::woken) return r.head;
     const int direction = m->direction;
     if (!unblock(r, m)) return r.head;  // woken after all
-    m->pending = std::make_exception_ptr(deadlock_error(direction < 0 ? msg::main_receiving : msg::main_sending));
+    // §5b: after waiting for other threads, the usual deadlock (§4.1's message, as when main blocks
+    // with nobody alive: which of the two comes first is a race between the threads); else §4.2.
+    m->pending = std::make_exception_ptr(deadlock_error(waited == mail_wait::deadlock ? msg::deadlock
+                                                        : direction < 0             ? msg::main_receiving
+                                                                                    : msg::main_sending));
   }
   ring_append(r, m);
   return m;

@@ -49,6 +49,7 @@ void real_exception_ptr_release(std::exception_ptr* self) noexcept __asm__("__re
 std::exception_ptr real_current_exception() noexcept __asm__("__real__ZSt17current_exceptionv");
 
 extern "C" [[noreturn]] void __wrap_exit(int status) {
+  weft::detail::process_exit_begins();
   weft::detail::ordered_before_exit();
   __real_exit(status);
 }

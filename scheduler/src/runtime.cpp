@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <vector>
 
+#include <unistd.h>
+
 #include <spdlog/spdlog.h>
 
 #include "weft/detail/diagnostics.hpp"
@@ -45,6 +47,9 @@ struct runtime_holder {
   runtime* rt = nullptr;
   ~runtime_holder() {
     if (!rt) return;
+    // The process's first thread destroys its thread-local objects only inside exit() (main
+    // returned; a call of std::exit went through __wrap_exit already), or at pthread_exit.
+    if (::gettid() == ::getpid()) process_exit_begins();
     if (running_tasklet(*rt) == rt->main && !current_transaction()) {
       rt->thread_ending = true;
       try {

@@ -230,9 +230,18 @@ inline bool dead_or_orphaned(const tasklet_impl* t) noexcept {
 void post_wake(tasklet_impl* p);
 /// Makes the tasklets other runtimes woke runnable (appended to the ring, in arrival order).
 void take_mail(runtime& r);
-/// Sleeps until another runtime wakes one of ours (then takes the mail and returns true), or until
-/// it is a deadlock: every live runtime waits (returns false).
-bool wait_for_mail(runtime& r);
+/// Sleeps until another runtime wakes one of ours (then takes the mail and returns `woken`), or until
+/// it is a deadlock: every live runtime waits (`deadlock`: other runtimes were alive, SEMANTICS.md
+/// §5b), or no other runtime or unstarted thread exists at all (`alone`, without waiting). While the
+/// process exits (process_exit_begins) a thread other than the exiting one never gives up: it sleeps
+/// until the process ends.
+enum class mail_wait { woken, deadlock, alone };
+mail_wait wait_for_mail(runtime& r);
+/// std::exit was called on this thread, or the process's first thread is destroying its thread-local
+/// objects (main returned): the other threads' runtimes must not see the exiting thread's runtime
+/// end as a deadlock (a thread waiting for mail got weft::deadlock_error and ended the process with
+/// std::terminate, status 134, while std::exit(4) was running: newcomer round 18).
+void process_exit_begins() noexcept;
 enum class channel_exit { woken, unlinked, stayed };
 /// t (of r) is blocked on a channel. Under the channel's guard: if a tasklet of another runtime
 /// already matched t (§5b; the matcher unlinked it and posted the wake-up), completes t's side of

@@ -47,6 +47,8 @@ struct registry_state {
   std::size_t live = 0;            // runtimes whose thread has not ended
   std::size_t unstarted = 0;       // threads the program made that have not used weft (yet) nor ended
   std::vector<runtime*> waiters;   // runtimes waiting for mail, in the order they began
+  bool exiting = false;            // process_exit_begins() was called, on exiting_thread
+  std::thread::id exiting_thread;
 };
 registry_state& registry() {
   static auto* const r = new registry_state;  // never destroyed: threads may end during static destruction
@@ -61,9 +63,18 @@ void stop_waiting(registry_state& g, runtime& w) noexcept {
   w.mail_arrived.notify_one();
 }
 
+// Under the lock: the process is exiting on another thread, which ends the runtimes one by one; a
+// thread that finds nobody left to wake it waits for the end of the process instead of reporting a
+// deadlock (its main would throw, and std::terminate would end the exit with status 134). The
+// exiting thread itself (atexit handlers, static destructors) still gets its deadlock errors.
+bool waits_out_the_exit(const registry_state& g) noexcept {
+  return g.exiting && g.exiting_thread != std::this_thread::get_id();
+}
+
 // Everybody still alive waits for mail: nobody can send any more. The last to begin waiting is told
 // (as the last runnable tasklet of one runtime is, SEMANTICS.md §4.1).
 void tell_deadlock_if_all_wait(registry_state& g) noexcept {
+  if (g.exiting) return;  // nobody is told: the process ends
   if (g.live == 0 || g.unstarted != 0 || g.waiters.size() != g.live) return;
   runtime* w = g.waiters.back();
   stop_waiting(g, *w);
@@ -189,7 +200,8 @@ bool may_be_woken(const runtime& r) noexcept {
   std::lock_guard lk(registry().lock);
   const std::size_t own_runtime = r.ended ? 0 : 1;  // (r may apply on an ordered-mode worker thread)
   const std::size_t own_unstarted = this_thread_unstarted.counted ? 1 : 0;
-  return !r.mail.empty() || registry().live > own_runtime || registry().unstarted > own_unstarted;
+  return !r.mail.empty() || registry().live > own_runtime || registry().unstarted > own_unstarted ||
+         waits_out_the_exit(registry());
 }
 
 namespace {
@@ -239,24 +251,33 @@ void take_mail(runtime& r) {
   }
 }
 
-bool wait_for_mail(runtime& r) {
+mail_wait wait_for_mail(runtime& r) {
   registry_state& g = registry();
   std::unique_lock lk(g.lock);
   for (;;) {
     if (!r.mail.empty()) {
       lk.unlock();
       take_mail(r);
-      if (r.head) return true;
+      if (r.head) return mail_wait::woken;
       lk.lock();
       continue;
     }
-    if (g.waiters.size() + 1 >= g.live && g.unstarted == 0) return false;  // nobody else could wake us
+    if (!waits_out_the_exit(g) && g.waiters.size() + 1 >= g.live && g.unstarted == 0)  // nobody else could wake us
+      return g.live <= 1 ? mail_wait::alone : mail_wait::deadlock;
     r.waiting_for_mail = true;
     r.mail_deadlock = false;
     g.waiters.push_back(&r);
     r.mail_arrived.wait(lk, [&] { return !r.waiting_for_mail; });  // stop_waiting: mail or deadlock
-    if (r.mail.empty()) return false;  // mail_deadlock
+    if (r.mail.empty() && r.mail_deadlock) return mail_wait::deadlock;
   }
+}
+
+void process_exit_begins() noexcept {
+  registry_state& g = registry();
+  std::lock_guard lk(g.lock);
+  if (g.exiting) return;  // (the first caller's exit is the one under way)
+  g.exiting = true;
+  g.exiting_thread = std::this_thread::get_id();
 }
 
 }  // namespace weft::detail
