@@ -168,6 +168,24 @@ TEST_CASE_METHOD(fresh_runtime, "empty and moved-from channel handles", "[unit][
   fresh_runtime::check_clean();
 }
 
+TEST_CASE_METHOD(fresh_runtime, "a channel id prints as the id of the tasklet that made it and its count of channels",
+                 "[unit][channel][handles]") {
+  // Newcomer round 18: channel_id's fields were named only in a detail header, and it had no
+  // formatter.
+  event_log log;
+  tasklet maker = spawn([&log] {
+    channel<int> first, second;
+    log(fmt::format("{} {}", first.id(), second.id()));
+  });
+  run();
+  const std::string t = std::to_string(maker.id());
+  CHECK(log.str() == t + ".1 " + t + ".2");
+  channel<int> made_by_main;
+  const channel_id id = made_by_main.id();
+  CHECK(fmt::format("{}", id) == fmt::format("{}.{}", id.creator, id.serial));
+  fresh_runtime::check_clean();
+}
+
 TEST_CASE_METHOD(fresh_runtime, "channels and tasklets are map keys, ordered by an identity that follows serial order",
                  "[unit][channel][handles]") {
   // Main (id 0) makes three channels: 0.1, 0.2, 0.3 (counting on from main's earlier channels).

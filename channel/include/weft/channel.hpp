@@ -251,6 +251,17 @@ class channel {
 
 }  // namespace weft
 
+/// fmt::format("{}", ch.id()) and weft::print: "creator.serial", e.g. "3.2" for the second channel
+/// tasklet 3 made. No format specification is accepted.
+template <>
+struct fmt::formatter<weft::channel_id> {
+  constexpr auto parse(fmt::format_parse_context& ctx) { return ctx.begin(); }
+  template <class Context>
+  auto format(const weft::channel_id& id, Context& ctx) const {
+    return fmt::format_to(ctx.out(), "{}.{}", id.creator, id.serial);
+  }
+};
+
 /// Channels as keys of unordered containers: the hash of id(), so that iteration order does not
 /// depend on addresses (the same in every run and at any worker count).
 template <class T>
