@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <typeinfo>
 
 #include "ordered.hpp"
 #include "weft/detail/intent.hpp"
@@ -89,6 +90,7 @@ extern "C" int __wrap___cxa_guard_acquire(std::int64_t* guard) {
 
 void wrap_exception_ptr_addref(std::exception_ptr* self) noexcept __asm__("__wrap__ZNSt15__exception_ptr13exception_ptr9_M_addrefEv");
 void wrap_exception_ptr_addref(std::exception_ptr* self) noexcept {
+  weft::detail::exception_being_made = false;  // std::make_exception_ptr's object is held from here
   weft::detail::observe_scheduler();
   real_exception_ptr_addref(self);
 }
@@ -97,6 +99,27 @@ void wrap_exception_ptr_release(std::exception_ptr* self) noexcept __asm__("__wr
 void wrap_exception_ptr_release(std::exception_ptr* self) noexcept {
   weft::detail::observe_scheduler();
   real_exception_ptr_release(self);
+}
+
+// An exception object from its allocation to its throw (or its free, when its constructor threw, or
+// an exception_ptr's hold of it): see exception_being_made (ordered.hpp).
+extern "C" void* __real___cxa_allocate_exception(std::size_t size) noexcept;
+extern "C" void __real___cxa_free_exception(void* object) noexcept;
+extern "C" [[noreturn]] void __real___cxa_throw(void* object, std::type_info* type, void (*destructor)(void*));
+
+extern "C" void* __wrap___cxa_allocate_exception(std::size_t size) noexcept {
+  weft::detail::exception_being_made = true;
+  return __real___cxa_allocate_exception(size);
+}
+
+extern "C" void __wrap___cxa_free_exception(void* object) noexcept {
+  weft::detail::exception_being_made = false;
+  __real___cxa_free_exception(object);
+}
+
+extern "C" [[noreturn]] void __wrap___cxa_throw(void* object, std::type_info* type, void (*destructor)(void*)) {
+  weft::detail::exception_being_made = false;  // in flight from here: std::uncaught_exceptions() counts it
+  __real___cxa_throw(object, type, destructor);
 }
 
 std::exception_ptr wrap_current_exception() noexcept __asm__("__wrap__ZSt17current_exceptionv");
