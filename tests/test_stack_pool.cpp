@@ -38,6 +38,16 @@ std::string protection_of(const void* addr) {
 }
 
 bool page_resident(const char* p);
+
+// Whether this kernel populates pages ahead of their first touch (MADV_POPULATE_WRITE, Linux 5.14).
+bool populate_supported() {
+  const std::size_t page = weft::detail::page_size();
+  void* probe = ::mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(probe != MAP_FAILED);
+  const bool ok = ::madvise(probe, page, MADV_POPULATE_WRITE) == 0;
+  ::munmap(probe, page);
+  return ok;
+}
 }  // namespace
 
 TEST_CASE("stack pool hands out page-aligned, disjoint stacks and reuses them LIFO", "[unit][gc]") {
@@ -104,10 +114,7 @@ TEST_CASE("stack tops are coloured: the first 4096 stacks of a pool over a whole
   // so that it costs no page fault; past 4096 stacks (too many for their tops to stay in a cache)
   // the tops keep to the upper 1.5 KiB, one page per stack.
   const std::size_t page = weft::detail::page_size();
-  void* probe = ::mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  REQUIRE(probe != MAP_FAILED);
-  const bool populated = ::madvise(probe, page, MADV_POPULATE_WRITE) == 0;
-  ::munmap(probe, page);
+  const bool populated = populate_supported();
   for (bool guard : {false, true}) {
     stack_pool pool(64 * 1024, guard);
     std::vector<weft::detail::stack_extent> stacks;
@@ -150,11 +157,7 @@ TEST_CASE("a never-used stack comes with its top page already in memory and noth
   // Issue 11 §6: the first switch into a fresh stack used to fault its top page in (17-20 us on this
   // project's VM); allocate() populates it. mincore() tells which pages are resident.
   const std::size_t page = weft::detail::page_size();
-  void* probe = ::mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  REQUIRE(probe != MAP_FAILED);
-  const bool supported = ::madvise(probe, page, MADV_POPULATE_WRITE) == 0;
-  ::munmap(probe, page);
-  if (!supported) {
+  if (!populate_supported()) {
     WARN("the kernel has no MADV_POPULATE_WRITE (Linux < 5.14): stacks are faulted in as before; not checked");
     return;
   }
