@@ -20,9 +20,5 @@ else
   cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug -DWEFT_SANITIZE="$sanitize" >/dev/null
 fi
 cmake --build "$dir" --parallel "$(nproc)"
-if [ "$sanitize" = address ]; then
-  # A known leak, open: see tests/lsan.supp.
-  export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
-fi
 cd "$dir"
 ctest --output-on-failure --parallel "$(nproc)" --timeout 900 "$@"

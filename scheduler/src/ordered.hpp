@@ -52,9 +52,10 @@ void ordered_before_exit() noexcept;
 /// never returns), then commits what it did and wrote so far. No-op elsewhere.
 void ordered_before_abort() noexcept;
 /// Set from __cxa_allocate_exception until the object is thrown, freed, or held by an exception_ptr
-/// (std::make_exception_ptr), on this thread (irrevocable.cpp): while it is set the memory of an
-/// exception being made is known to no one but the frame making it, and a doomed segment is not
-/// stopped at a new or delete (it would leak the object).
+/// (std::make_exception_ptr), and through __cxa_end_catch (which may destroy and free the caught
+/// object), on this thread (irrevocable.cpp): while it is set an exception object is known to no one
+/// but the frame making or destroying it, and a doomed segment is not stopped at a new or delete (it
+/// would leak the object).
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local bool exception_being_made;
 /// A worker thread's runtime (worker threads own none), or nullptr.
 runtime* ordered_thread_runtime() noexcept;
