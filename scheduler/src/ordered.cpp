@@ -30,6 +30,7 @@
 #include "trace.hpp"
 
 #include <algorithm>
+#include <cxxabi.h>
 #include <atomic>
 #include <cstdlib>
 #include <csignal>
@@ -111,6 +112,9 @@ struct segment {
   struct worker* ran_by = nullptr;  // the thread that ran it (commits it, while that thread is busy)
   tasklet_impl* owner = nullptr;    // whose segment it is, while in flight
   std::uint64_t channels_made = 0;  // its tasklet's count when it started (given back at abort)
+  // An exception object std::make_exception_ptr allocated, not yet initialised, while the segment
+  // waits for the head (ordered_before_make_exception_ptr): freed if the attempt is rolled back.
+  void* raw_exception = nullptr;
   // WEFT_TRACE: when this attempt's run began and ended (now_ns(); 0: not yet), kept only when tracing.
   std::uint64_t trace_begin = 0, trace_end = 0;
 
@@ -423,6 +427,7 @@ void give_segment(ordered_state& o, segment* s) {
   s->has_snapshot = s->inevitable = s->at_head = false;
   s->clear_stop();
   s->owner = nullptr;
+  s->raw_exception = nullptr;
   s->trace_begin = s->trace_end = 0;
   s->ran_by->free_segments.push_back(s);
   --o.in_flight;
@@ -595,6 +600,11 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   // So are the exceptions of catch blocks the attempt ended inside (it started outside any: else it
   // would run inevitable, never rolled back): the rollback makes those catches never have happened.
   if (t->eh_globals[0]) s->tx.release_attempt_objects([&] { context_discard_catches(t); });
+  // So is the raw object of a std::make_exception_ptr that waited for the head (no constructor ran).
+  if (s->raw_exception) {
+    __cxxabiv1::__cxa_free_exception(s->raw_exception);
+    s->raw_exception = nullptr;
+  }
   // The on_abort hooks of the attempt's nested atomically blocks are dropped, not run: each of those
   // blocks ended (committed, from the tasklet's point of view) and will run again with the segment;
   // with one worker none of them is ever rolled back. Run here they printed or acted once per
@@ -1534,6 +1544,17 @@ void handle_log::record(void* object, kind k) {
 }
 
 void observe_scheduler() noexcept { park_for_head(); }
+
+void ordered_before_make_exception_ptr(void* raw) noexcept {
+  worker* w = this_worker();
+  if (!w || !w->rt || !w->rt->is_parallel() || !w->running || w->running->is_main) return;
+  tasklet_impl* self = w->running;
+  segment* s = seg(self);
+  if (!s || s->inevitable) return;
+  s->raw_exception = raw;
+  park_for_head();  // returns at the head, inevitable (maybe on another thread), or never
+  if (segment* now = seg(self)) now->raw_exception = nullptr;
+}
 
 std::string profile_note_of_last_run();  // (below, with the statistics)
 

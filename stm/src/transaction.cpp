@@ -75,6 +75,7 @@ void link_profiler() noexcept;  // stm/src/profiler.cpp (WEFT_PROFILE)
 __attribute__((tls_model("initial-exec"))) constinit thread_local transaction* current_tx = nullptr;
 
 void (*segment_abort_jump)() = nullptr;
+constinit thread_local bool exception_storage_dying = false;
 void (*segment_park_for_head)() = nullptr;
 bool (*running_in_tasklet)() noexcept = nullptr;
 bool (*another_thread_may_commit)() noexcept = nullptr;
@@ -1077,7 +1078,10 @@ void transaction::tvar_destroyed(tvar_base* v, void (*drop)(void*)) {
       return;
     }
   }
-  if (segment_ && v >= stack_lo_ && v < stack_hi_) [[unlikely]] {
+  // The same holds for a tvar inside an exception object the C++ runtime is destroying: its storage
+  // is freed with free() when the destructor returns (a tvar in a caught exception that outlived a
+  // switch point: the commit wrote its destroyed mark into freed memory, ASan, every run).
+  if ((segment_ && v >= stack_lo_ && v < stack_hi_) || exception_storage_dying) [[unlikely]] {
     // A local of the segment's tasklet going out of scope. Its bytes belong to the tasklet's next
     // frames from now on, while the segment waits for its commit: the commit must not write the
     // destroyed mark, our buffered write or read its box there (it corrupted the suspended
@@ -1091,7 +1095,7 @@ void transaction::tvar_destroyed(tvar_base* v, void (*drop)(void*)) {
     // for its turn: at the head every predecessor has committed, and a successor that still reaches
     // the tvar through a lookup made before our commit is doomed by it (read_slow and commit see to
     // it that such a successor aborts).
-    if (!inevitable_) segment_park_for_head();
+    if (segment_ && !inevitable_) segment_park_for_head();
     for (std::uint32_t i = 0; i < reads_.size; ++i) {
       if (reads_.data[i].var != v) continue;
       const std::uint64_t m = v->meta.load(std::memory_order_acquire);

@@ -124,6 +124,8 @@ class channel {
     if (!e) throw std::invalid_argument("send_exception needs an exception");
     transfer(+1, nullptr, std::move(e), false, where);
   }
+  /// send_exception(std::make_exception_ptr(e)): from a tasklet in ordered mode the caller's segment
+  /// first waits for its turn (README, Exceptions).
   template <class E>
   void send_exception(E e, std::source_location where = std::source_location::current()) const {
     send_exception(std::make_exception_ptr(std::move(e)), where);

@@ -66,10 +66,13 @@ class tasklet {
   /// Like run(), but the caller leaves the ring (paused). Stackless' `switch`.
   void switch_to(std::source_location where = std::source_location::current()) const;
   /// Throws tasklet_exit inside the tasklet at once (rotating the ring to it; a blocked tasklet leaves
-  /// its channel first). No effect on an empty handle or a dead tasklet.
+  /// its channel first). No effect on an empty handle or a dead tasklet. From a tasklet in ordered
+  /// mode the caller's segment first waits for its turn (it makes an exception_ptr: README, Exceptions).
   void kill(std::source_location where = std::source_location::current()) const;
   /// Throws e inside the tasklet at once (rotating the ring to it). std::invalid_argument for a null e.
   void raise_exception(std::exception_ptr e, std::source_location where = std::source_location::current()) const;
+  /// raise_exception(std::make_exception_ptr(e)): from a tasklet in ordered mode the caller's segment
+  /// first waits for its turn (README, Exceptions).
   template <class E>
   void throw_(E e, std::source_location where = std::source_location::current()) const {
     raise_exception(std::make_exception_ptr(std::move(e)), where);

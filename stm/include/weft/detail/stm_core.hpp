@@ -41,6 +41,12 @@ struct tx_retry_signal {};  ///< thrown by retry()
 /// its tasklet is the head of the committed ring and returns with the transaction inevitable.
 extern void (*segment_abort_jump)();
 extern void (*segment_park_for_head)();
+/// Set on this thread while the C++ runtime destroys an exception object (the scheduler's wraps of
+/// __cxa_end_catch and of exception_ptr's release): the runtime frees the object's storage with
+/// free() as soon as its destructor returns, not through a delete the transaction defers. A tvar
+/// destroyed meanwhile (a member of the exception) is handled as a dead local is: its commit must not
+/// write to its storage (transaction::tvar_destroyed).
+__attribute__((tls_model("initial-exec"))) extern constinit thread_local bool exception_storage_dying;
 class transaction;
 /// Set by the scheduler (ordered.cpp) while any ordered run exists. A commit outside every tasklet
 /// segment that writes tvars — of `tx`, or the one tvar `single` of a direct write — calls
