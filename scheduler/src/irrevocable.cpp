@@ -44,6 +44,7 @@
 #include <typeinfo>
 
 #include "ordered.hpp"
+#include "weft/detail/context.hpp"
 #include "weft/detail/intent.hpp"
 #include "weft/detail/stm_core.hpp"
 
@@ -124,13 +125,19 @@ extern "C" void* __real___cxa_allocate_exception(std::size_t size) noexcept;
 extern "C" void __real___cxa_free_exception(void* object) noexcept;
 extern "C" [[noreturn]] void __real___cxa_throw(void* object, std::type_info* type, void (*destructor)(void*));
 
+// Each of these wraps also reports the object to the speculative segment running on this thread, if
+// any (ordered_exception_*): a rollback frees those it was making, throwing or destroying, which only
+// the C++ runtime's frames knew.
 extern "C" void* __wrap___cxa_allocate_exception(std::size_t size) noexcept {
   weft::detail::exception_being_made = true;
-  return __real___cxa_allocate_exception(size);
+  void* object = __real___cxa_allocate_exception(size);
+  weft::detail::ordered_exception_made(object, size);
+  return object;
 }
 
 extern "C" void __wrap___cxa_free_exception(void* object) noexcept {
   weft::detail::exception_being_made = false;
+  weft::detail::ordered_exception_gone(object);
   __real___cxa_free_exception(object);
 }
 
@@ -152,7 +159,25 @@ extern "C" __cxxabiv1::__cxa_refcounted_exception* __wrap___cxa_init_primary_exc
 
 extern "C" [[noreturn]] void __wrap___cxa_throw(void* object, std::type_info* type, void (*destructor)(void*)) {
   weft::detail::exception_being_made = false;  // in flight from here: std::uncaught_exceptions() counts it
+  weft::detail::ordered_exception_thrown(object);
   __real___cxa_throw(object, type, destructor);
+}
+
+// `throw;`: the innermost caught exception is in flight again (it stays on the caught list, its
+// handler count negative, until the unwinding leaves its handler).
+extern "C" [[noreturn]] void __real___cxa_rethrow();
+extern "C" [[noreturn]] void __wrap___cxa_rethrow() {
+  weft::detail::ordered_exception_thrown(weft::detail::context_top_caught_object());
+  __real___cxa_rethrow();
+}
+
+// A handler begins: the exception is on the caught list now (context_discard_catches frees it if the
+// attempt is rolled back inside the handler).
+extern "C" void* __real___cxa_begin_catch(void* unwind_header) noexcept;
+extern "C" void* __wrap___cxa_begin_catch(void* unwind_header) noexcept {
+  void* adjusted = __real___cxa_begin_catch(unwind_header);
+  weft::detail::ordered_exception_caught(weft::detail::context_top_caught_object());
+  return adjusted;
 }
 
 // The end of a catch handler: when it was the exception's last handler, __cxa_end_catch takes the
@@ -166,10 +191,20 @@ extern "C" void __real___cxa_end_catch();
 extern "C" void __wrap___cxa_end_catch() {
   struct mark {
     bool outer = weft::detail::exception_being_made;
-    mark() { weft::detail::exception_being_made = true; }
-    ~mark() { weft::detail::exception_being_made = outer; }
+    void* dying = weft::detail::context_end_catch_frees();
+    mark() {
+      weft::detail::exception_being_made = true;
+      weft::detail::ordered_exception_dying(dying);  // a rollback inside its destructor frees it
+    }
+    ~mark() {
+      weft::detail::exception_being_made = outer;
+      if (dying) {
+        weft::detail::ordered_exception_dying(nullptr);
+        weft::detail::ordered_exception_gone(dying);  // freed
+      }
+    }
   } marked;
-  exception_storage_dies dying;
+  exception_storage_dies storage;
   __real___cxa_end_catch();
 }
 

@@ -30,6 +30,7 @@
 #include "trace.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cxxabi.h>
 #include <atomic>
 #include <cstdlib>
@@ -112,9 +113,22 @@ struct segment {
   struct worker* ran_by = nullptr;  // the thread that ran it (commits it, while that thread is busy)
   tasklet_impl* owner = nullptr;    // whose segment it is, while in flight
   std::uint64_t channels_made = 0;  // its tasklet's count when it started (given back at abort)
-  // An exception object std::make_exception_ptr allocated, not yet initialised, while the segment
-  // waits for the head (ordered_before_make_exception_ptr): freed if the attempt is rolled back.
-  void* raw_exception = nullptr;
+  // Exception objects of the attempt that only the C++ runtime's frames know (irrevocable.cpp's
+  // wraps report them, ordered_exception_*): freed without their destructors when the attempt is
+  // rolled back (its construction of them is undone), as context_discard_catches frees the ones it
+  // was handling. Fixed arrays: nothing here may be memory of the attempt. Past their size an
+  // object goes untracked (it leaks if that attempt is rolled back in the window).
+  struct attempt_exceptions {
+    struct extent {
+      void* object;
+      std::size_t size;
+    };
+    std::array<extent, 8> allocated{};  // every one the attempt allocated and did not free (tvars in them)
+    std::array<void*, 4> made{};     // allocated, not yet thrown (or a make_exception_ptr's object)
+    std::array<void*, 8> thrown{};   // thrown or rethrown and not caught yet, in throw order
+    std::uint8_t n_allocated = 0, n_made = 0, n_thrown = 0;
+    void* dying = nullptr;           // being destroyed at the end of its last handler
+  } exceptions;
   // WEFT_TRACE: when this attempt's run began and ended (now_ns(); 0: not yet), kept only when tracing.
   std::uint64_t trace_begin = 0, trace_end = 0;
 
@@ -427,7 +441,7 @@ void give_segment(ordered_state& o, segment* s) {
   s->has_snapshot = s->inevitable = s->at_head = false;
   s->clear_stop();
   s->owner = nullptr;
-  s->raw_exception = nullptr;
+  s->exceptions = {};
   s->trace_begin = s->trace_end = 0;
   s->ran_by->free_segments.push_back(s);
   --o.in_flight;
@@ -576,6 +590,20 @@ void undo_handle_increments(const handle_log& log, const alloc_log::ranges& own)
   }
 }
 
+// The attempt's exception objects that its rollback forgets (segment::exceptions): those being made,
+// the one being destroyed, and those in flight — as many of the thrown ones, oldest first, as the
+// attempt's count of uncaught exceptions says (a thrown object caught by a handler inside libstdc++
+// is never reported caught; those come after the ones in flight that they interrupted). Freed
+// without their destructors. Before the stack's restore: t's exception state is the attempt's.
+void free_attempt_exceptions(tasklet_impl* t, segment* s) noexcept {
+  segment::attempt_exceptions& e = s->exceptions;
+  const auto in_flight = static_cast<std::uint32_t>(reinterpret_cast<std::uintptr_t>(t->eh_globals[1]));
+  for (std::uint32_t i = 0; i < e.n_thrown && i < in_flight; ++i) __cxxabiv1::__cxa_free_exception(e.thrown[i]);
+  for (std::uint32_t i = 0; i < e.n_made; ++i) __cxxabiv1::__cxa_free_exception(e.made[i]);
+  if (e.dying) __cxxabiv1::__cxa_free_exception(e.dying);
+  e = {};
+}
+
 void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   ordered_state& o = state_of(r);
   const alloc_log::ranges own = s->tx.attempt_allocations();
@@ -597,14 +625,20 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   if (s->ending.exception)
     s->tx.release_attempt_objects(
         [&] { context_discard_attempt_exception(s->ending.exception, s->has_snapshot ? &s->stack : nullptr); });
+  // Tvars the attempt made inside its exception objects go with them (an exception type with a tvar
+  // member: their boxes leaked).
+  // (What their values free that the attempt allocated, a string's buffer, is freed once.)
+  if (s->exceptions.n_allocated)
+    s->tx.release_attempt_objects([&] {
+      for (std::uint32_t i = 0; i < s->exceptions.n_allocated; ++i)
+        s->tx.drop_created_within(s->exceptions.allocated[i].object, s->exceptions.allocated[i].size);
+    });
   // So are the exceptions of catch blocks the attempt ended inside (it started outside any: else it
   // would run inevitable, never rolled back): the rollback makes those catches never have happened.
   if (t->eh_globals[0]) s->tx.release_attempt_objects([&] { context_discard_catches(t); });
-  // So is the raw object of a std::make_exception_ptr that waited for the head (no constructor ran).
-  if (s->raw_exception) {
-    __cxxabiv1::__cxa_free_exception(s->raw_exception);
-    s->raw_exception = nullptr;
-  }
+  // And those the attempt was making, throwing (a rollback while the unwinding waited for the head,
+  // or read a stale tvar) or destroying (inside __cxa_end_catch): see segment::exceptions.
+  free_attempt_exceptions(t, s);
   // The on_abort hooks of the attempt's nested atomically blocks are dropped, not run: each of those
   // blocks ended (committed, from the tasklet's point of view) and will run again with the segment;
   // with one worker none of them is ever rolled back. Run here they printed or acted once per
@@ -1545,15 +1579,72 @@ void handle_log::record(void* object, kind k) {
 
 void observe_scheduler() noexcept { park_for_head(); }
 
-void ordered_before_make_exception_ptr(void* raw) noexcept {
-  worker* w = this_worker();
-  if (!w || !w->rt || !w->rt->is_parallel() || !w->running || w->running->is_main) return;
-  tasklet_impl* self = w->running;
-  segment* s = seg(self);
-  if (!s || s->inevitable) return;
-  s->raw_exception = raw;
+void ordered_before_make_exception_ptr(void*) noexcept {
+  // The object is in the segment's `made` list since its allocation: a rollback while this waits
+  // frees it.
   park_for_head();  // returns at the head, inevitable (maybe on another thread), or never
-  if (segment* now = seg(self)) now->raw_exception = nullptr;
+}
+
+namespace {
+// The speculative segment running on this thread (the exception wraps' reports), or null.
+segment* speculative_here() noexcept {
+  worker* w = this_thread_worker;
+  if (!w || !w->rt || !w->rt->is_parallel() || !w->running || w->running->is_main) return nullptr;
+  segment* s = seg(w->running);
+  return s && !s->inevitable ? s : nullptr;
+}
+template <std::size_t N>
+void remove_from(std::array<void*, N>& a, std::uint8_t& n, void* obj) noexcept {
+  for (std::uint8_t i = 0; i < n; ++i)
+    if (a[i] == obj) {
+      for (std::uint8_t k = i; k + 1 < n; ++k) a[k] = a[k + 1];
+      --n;
+      return;
+    }
+}
+}  // namespace
+
+void ordered_exception_made(void* obj, std::size_t size) noexcept {
+  segment* s = speculative_here();
+  if (!s || !obj) return;
+  auto& e = s->exceptions;
+  if (e.n_made < e.made.size()) e.made[e.n_made++] = obj;
+  if (e.n_allocated < e.allocated.size()) e.allocated[e.n_allocated++] = {obj, size};
+}
+
+void ordered_exception_thrown(void* obj) noexcept {
+  segment* s = speculative_here();
+  if (!s || !obj) return;
+  auto& e = s->exceptions;
+  remove_from(e.made, e.n_made, obj);
+  // None in flight (this one is not counted yet): a listed one is not in flight either (caught by a
+  // handler inside libstdc++, which does not report it).
+  if (std::uncaught_exceptions() == 0) e.n_thrown = 0;
+  if (e.n_thrown < e.thrown.size()) e.thrown[e.n_thrown++] = obj;
+}
+
+void ordered_exception_caught(void* obj) noexcept {
+  segment* s = speculative_here();
+  if (!s || !obj) return;
+  remove_from(s->exceptions.thrown, s->exceptions.n_thrown, obj);
+}
+
+void ordered_exception_gone(void* obj) noexcept {
+  segment* s = speculative_here();
+  if (!s || !obj) return;
+  auto& e = s->exceptions;
+  remove_from(e.made, e.n_made, obj);
+  remove_from(e.thrown, e.n_thrown, obj);
+  for (std::uint8_t i = 0; i < e.n_allocated; ++i)
+    if (e.allocated[i].object == obj) {
+      for (std::uint8_t k = i; k + 1 < e.n_allocated; ++k) e.allocated[k] = e.allocated[k + 1];
+      --e.n_allocated;
+      break;
+    }
+}
+
+void ordered_exception_dying(void* obj) noexcept {
+  if (segment* s = speculative_here()) s->exceptions.dying = obj;
 }
 
 std::string profile_note_of_last_run();  // (below, with the statistics)
@@ -1566,6 +1657,7 @@ void ordered_start(runtime& r) {
   weft::atomically([] {});
   diagnostics();
   install_fault_handlers(&segment_fault);
+  context_check_exception_layout();  // throws its probe here, outside any segment
   alloc_log_stop_hook.store(&stop_doomed_segment, std::memory_order_relaxed);
   detail::set_profile_note(&profile_note_of_last_run);
   auto o = std::make_unique<ordered_state>();

@@ -60,9 +60,19 @@ __attribute__((tls_model("initial-exec"))) extern constinit thread_local bool ex
 /// std::make_exception_ptr's object, allocated and not yet initialised (irrevocable.cpp's wrap of
 /// __cxa_init_primary_exception), in a speculative segment on this thread: the segment waits for its
 /// tasklet's turn and goes on inevitable, so that the exception_ptr that will hold the object is
-/// never forgotten by a rollback; rolled back while it waits, the segment frees `raw` with
-/// __cxa_free_exception. No-op elsewhere.
+/// never forgotten by a rollback; rolled back while it waits, the segment frees `raw` (it was
+/// reported made). No-op elsewhere.
 void ordered_before_make_exception_ptr(void* raw) noexcept;
+/// What the C++ runtime does with exception objects in a speculative segment on this thread
+/// (irrevocable.cpp's wraps; no-ops elsewhere): allocated (made), thrown or rethrown, caught by a
+/// handler, freed (gone: without a throw, or by the end of its last handler), being destroyed at its
+/// last handler's end (dying; null when that ends). A rollback frees those still made, in flight or
+/// dying, and the tvars the attempt made in any it allocated (ordered.cpp, segment::exceptions).
+void ordered_exception_made(void* obj, std::size_t size) noexcept;
+void ordered_exception_thrown(void* obj) noexcept;
+void ordered_exception_caught(void* obj) noexcept;
+void ordered_exception_gone(void* obj) noexcept;
+void ordered_exception_dying(void* obj) noexcept;
 /// A worker thread's runtime (worker threads own none), or nullptr.
 runtime* ordered_thread_runtime() noexcept;
 

@@ -1186,6 +1186,17 @@ void transaction::drop_created_from(std::uint32_t first, std::size_t allocs) noe
 // their constructors run again, so their first boxes go now, while their storage still holds them.
 // (drop_created_from keeps tvars outside freed memory alive: a scope rolled back by an exception
 // has unwound its frames, and destroyed its locals, already.)
+void transaction::drop_created_within(const void* p, std::size_t n) noexcept {
+  const auto lo = reinterpret_cast<std::uintptr_t>(p);
+  for (std::uint32_t i = 0; i < created_.size; ++i) {
+    tvar_entry& c = created_.data[i];
+    if (!c.var || reinterpret_cast<std::uintptr_t>(c.var) - lo >= n) continue;
+    if (c.drop) c.drop(reinterpret_cast<void*>(c.var->bits.load(std::memory_order_relaxed)));
+    c.var->forget();
+    c.var = nullptr;
+  }
+}
+
 void transaction::drop_created_on_stack() noexcept {
   for (std::uint32_t i = 0; i < created_.size; ++i) {
     tvar_entry& c = created_.data[i];

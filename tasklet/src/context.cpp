@@ -29,6 +29,7 @@ extern "C" void __cxa_end_catch();
 
 #include <unwind.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -301,6 +302,36 @@ bool reference_count_known() noexcept {
   return known;
 }
 }  // namespace
+
+namespace {
+// Set once check_exception_layout ran: from then on the checks are plain reads (their statics are
+// initialised), safe inside the exception wraps, which must not throw a probe of their own.
+std::atomic<bool> layout_checked{false};
+bool layout_ready() noexcept { return layout_checked.load(std::memory_order_acquire) && reference_count_known(); }
+// The top of this thread's caught list, if it is an object a throw expression made.
+cxa_exception_header* top_caught_primary() noexcept {
+  if (!layout_ready()) return nullptr;
+  auto* h = static_cast<cxa_exception_header*>(eh_globals()[0]);
+  return h && h->unwind_header.exception_class == gnu_cxx_primary ? h : nullptr;
+}
+}  // namespace
+
+void context_check_exception_layout() noexcept {
+  (void)reference_count_known();
+  layout_checked.store(true, std::memory_order_release);
+}
+
+void* context_top_caught_object() noexcept {
+  cxa_exception_header* h = top_caught_primary();
+  return h ? h + 1 : nullptr;
+}
+
+void* context_end_catch_frees() noexcept {
+  cxa_exception_header* h = top_caught_primary();
+  // Its last handler (a rethrown one counts negative and lives on), and no exception_ptr holds it.
+  if (!h || h->handler_count != 1 || __atomic_load_n(reference_count_of(h), __ATOMIC_RELAXED) != 1) return nullptr;
+  return h + 1;
+}
 
 void* exception_object_of(const std::exception_ptr& e) noexcept {
   static_assert(sizeof(std::exception_ptr) == sizeof(void*));

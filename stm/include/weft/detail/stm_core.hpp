@@ -393,6 +393,10 @@ class alignas(64) transaction {
   }
   /// The memory the attempt allocated (still owned by it).
   alloc_log::ranges attempt_allocations() const noexcept { return allocs_.ranges_after(0); }
+  /// Before a segment's rollback frees [p, p + n), memory the attempt got outside the allocation log
+  /// (an exception object the C++ runtime allocated): the tvars the attempt made in it go with it (their
+  /// boxes are freed), as those in its logged allocations do. O(tvars the attempt made).
+  void drop_created_within(const void* p, std::size_t n) noexcept;
   /// Runs `drop`, which destroys objects the runtime kept from the current attempt (an exception
   /// escaping an aborted segment), before segment_abort: what they free that the attempt allocated is
   /// freed once, not again by the rollback; older memory is freed as outside any transaction.

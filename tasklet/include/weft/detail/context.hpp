@@ -68,6 +68,16 @@ void context_discard_catches(tasklet_impl* t) noexcept;
 /// exception). Otherwise its count is dropped as usual. Without the expected C++ runtime layout
 /// (checked once), it is dropped as usual.
 void context_discard_attempt_exception(std::exception_ptr& e, const stack_snapshot* restored) noexcept;
+/// Checks once that the C++ runtime lays out its exception headers as the Itanium ABI says (it
+/// throws a probe); until it has run, the two functions below answer null. Call it outside any
+/// tasklet (the ordered runtime's start does).
+void context_check_exception_layout() noexcept;
+/// The object of the innermost exception this thread is handling, if a throw expression made it (not
+/// a dependent exception of std::rethrow_exception, not a foreign one), else null.
+void* context_top_caught_object() noexcept;
+/// The object the next __cxa_end_catch on this thread destroys and frees: the innermost caught
+/// exception when this is its last handler and no exception_ptr holds it; else null.
+void* context_end_catch_frees() noexcept;
 /// The exception object e refers to (libstdc++'s exception_ptr is that one pointer), or null.
 void* exception_object_of(const std::exception_ptr& e) noexcept;
 
