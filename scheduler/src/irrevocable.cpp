@@ -192,14 +192,15 @@ extern "C" void __wrap___cxa_end_catch() {
   struct mark {
     bool outer = weft::detail::exception_being_made;
     void* dying = weft::detail::context_end_catch_frees();
+    void* outer_dying = nullptr;  // an exception destroyed around this one (a catch in its destructor)
     mark() {
       weft::detail::exception_being_made = true;
-      weft::detail::ordered_exception_dying(dying);  // a rollback inside its destructor frees it
+      if (dying) outer_dying = weft::detail::ordered_exception_dying(dying);  // a rollback in its destructor frees it
     }
     ~mark() {
       weft::detail::exception_being_made = outer;
       if (dying) {
-        weft::detail::ordered_exception_dying(nullptr);
+        weft::detail::ordered_exception_dying(outer_dying);
         weft::detail::ordered_exception_gone(dying);  // freed
       }
     }

@@ -100,7 +100,7 @@ struct segment {
   // What operator new and delete watch (not 0: call the stop hook): a bit for each of doomed, recheck
   // and waited_on_since set. Changed by atomic or/and only, so that the running thread can take its
   // recheck bit back while a commit sets doomed on another thread without losing it.
-  enum : std::uint8_t { stop_doomed = 1, stop_recheck = 2, stop_waited = 4 };
+  enum : std::uint8_t { stop_doomed = 1, stop_recheck = 2, stop_waited = 4, stop_settle = 8 };
   std::atomic<std::uint8_t> stop{0};
   void ask_stop(std::uint8_t why) noexcept { stop.fetch_or(why, std::memory_order_relaxed); }
   void clear_stop() noexcept {  // (a new segment in the record)
@@ -124,8 +124,12 @@ struct segment {
       std::size_t size;
     };
     std::array<extent, 8> allocated{};  // every one the attempt allocated and did not free (tvars in them)
-    std::array<void*, 4> made{};     // allocated, not yet thrown (or a make_exception_ptr's object)
-    std::array<void*, 8> thrown{};   // thrown or rethrown and not caught yet, in throw order
+    std::array<void*, 8> made{};     // allocated, not yet thrown (or a make_exception_ptr's object)
+    struct in_flight {
+      void* object;
+      std::uint32_t depth;  // the thread's count of uncaught exceptions once it was thrown
+    };
+    std::array<in_flight, 8> thrown{};  // thrown or rethrown, maybe not caught yet: depths 1, 2, ...
     std::uint8_t n_allocated = 0, n_made = 0, n_thrown = 0;
     void* dying = nullptr;           // being destroyed at the end of its last handler
   } exceptions;
@@ -456,10 +460,12 @@ bool unwinding(const tasklet_impl* t) noexcept {
 // Whether t's next segment must run at the head, inevitable: it starts with an exception to throw,
 // inside a catch block or in the middle of an unwinding (the exception object is shared with the
 // committed past: a rolled-back attempt that caught and freed it left the re-run unwinding a freed
-// exception, a newcomer's program crashed), after an intent that continues the caller, or after K
-// aborts at the head.
+// exception, a newcomer's program crashed), inside an exception object's construction or
+// destruction (`throw E(ch.receive())`, a switch point in ~E: a rolled-back attempt had thrown or
+// freed the object its re-run used again, a double free), after an intent that continues the
+// caller, or after K aborts at the head.
 bool needs_head(const ordered_state& o, const tasklet_impl* t) noexcept {
-  return t->pending || t->want_head || t->eh_globals[0] != nullptr || unwinding(t) ||
+  return t->pending || t->want_head || t->eh_globals[0] != nullptr || unwinding(t) || t->exception_flux != 0 ||
          t->head_aborts >= o.inevitable_after;
 }
 
@@ -591,14 +597,14 @@ void undo_handle_increments(const handle_log& log, const alloc_log::ranges& own)
 }
 
 // The attempt's exception objects that its rollback forgets (segment::exceptions): those being made,
-// the one being destroyed, and those in flight — as many of the thrown ones, oldest first, as the
-// attempt's count of uncaught exceptions says (a thrown object caught by a handler inside libstdc++
-// is never reported caught; those come after the ones in flight that they interrupted). Freed
-// without their destructors. Before the stack's restore: t's exception state is the attempt's.
+// the one being destroyed, and those in flight: the thrown ones whose depth is within the attempt's
+// count of uncaught exceptions (see ordered_exception_thrown and settle_thrown). Freed without their
+// destructors. Before the stack's restore: t's exception state is the attempt's.
 void free_attempt_exceptions(tasklet_impl* t, segment* s) noexcept {
   segment::attempt_exceptions& e = s->exceptions;
   const auto in_flight = static_cast<std::uint32_t>(reinterpret_cast<std::uintptr_t>(t->eh_globals[1]));
-  for (std::uint32_t i = 0; i < e.n_thrown && i < in_flight; ++i) __cxxabiv1::__cxa_free_exception(e.thrown[i]);
+  for (std::uint32_t i = 0; i < e.n_thrown; ++i)
+    if (e.thrown[i].depth <= in_flight) __cxxabiv1::__cxa_free_exception(e.thrown[i].object);
   for (std::uint32_t i = 0; i < e.n_made; ++i) __cxxabiv1::__cxa_free_exception(e.made[i]);
   if (e.dying) __cxxabiv1::__cxa_free_exception(e.dying);
   e = {};
@@ -656,6 +662,7 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   s->other.clear();
   if (s->has_snapshot) {
     restore_stack(*t, s->stack);
+    t->exception_flux = 0;  // as at the attempt's start (speculative: outside any making or destroying)
     context_rewound(t);
     auto [bytes, size] = t->function_bytes();
     if (size) std::memcpy(bytes, s->function.data(), size);
@@ -944,12 +951,25 @@ std::size_t commit_chain(runtime& r, bool any_thread = false) {
 
 // --- running a segment ----------------------------------------------------------------------------
 // Jumps into t with its transaction installed on this thread; returns when the segment ends.
+// The thread's marks of an exception being made or destroyed (bits of tasklet_impl::exception_flux),
+// which belong to the code running on it: saved with a tasklet that leaves, given back to it where it
+// resumes, whichever thread that is.
+std::uint8_t exception_flux_here() noexcept {
+  return static_cast<std::uint8_t>((exception_being_made ? 1 : 0) | (exception_storage_dying ? 2 : 0));
+}
+void set_exception_flux_here(std::uint8_t f) noexcept {
+  exception_being_made = (f & 1) != 0;
+  exception_storage_dying = (f & 2) != 0;
+}
+
 void enter(worker& w, tasklet_impl* t, segment* s) {
   w.running = t;
   w.ended = worker::end::none;
   s->tx.segment_attach();
   segment_handles = &s->handles;
+  const std::uint8_t outer = exception_flux_here();  // the thread loop's, or main's while it waits
   context_switch(w.home, t);
+  set_exception_flux_here(outer);
   segment_handles = nullptr;
   s->tx.segment_detach();
   w.running = nullptr;
@@ -1438,7 +1458,10 @@ tasklet_impl* leave(tasklet_impl* self, worker::end how) {
   // An aborted attempt may leave from a fault handler, on the alternate signal stack (and its saved
   // context is never resumed: the stack is restored first).
   if (how == worker::end::aborted) return context_switch_unchecked(self, w->home);
-  return context_switch(self, w->home);
+  self->exception_flux = exception_flux_here();
+  tasklet_impl* prev = context_switch(self, w->home);
+  set_exception_flux_here(self->exception_flux);  // on whatever thread resumed it
+  return prev;
 }
 
 [[noreturn]] void abort_jump() {
@@ -1485,11 +1508,15 @@ void segment_fault(int sig) noexcept {
 // segment that loops without allocating cannot be stopped this way.
 constexpr std::uint64_t waited_on_grace_ns = 50'000'000;
 
+void settle_thrown(segment* s, std::uint32_t uncaught) noexcept;  // (below, with the exception reports)
+
 void stop_doomed_segment() noexcept {
   worker* w = this_thread_worker;
   if (!w || !w->rt || !w->rt->is_parallel() || !w->running || w->running->is_main) return;
   segment* s = seg(w->running);
   if (!s || s->inevitable) return;
+  if (s->stop.load(std::memory_order_relaxed) & segment::stop_settle)
+    settle_thrown(s, static_cast<std::uint32_t>(std::uncaught_exceptions()));
   // Not while an exception is made (its constructor allocates: std::runtime_error's message),
   // propagates (a destructor run by the unwinding frees memory) or is destroyed at the end of its
   // last handler (its destructor frees its message): stopped there, the attempt would leak the
@@ -1612,21 +1639,47 @@ void ordered_exception_made(void* obj, std::size_t size) noexcept {
   if (e.n_allocated < e.allocated.size()) e.allocated[e.n_allocated++] = {obj, size};
 }
 
+namespace {
+void remove_thrown(segment::attempt_exceptions& e, void* obj) noexcept {
+  for (std::uint8_t i = 0; i < e.n_thrown; ++i)
+    if (e.thrown[i].object == obj) {
+      for (std::uint8_t k = i; k + 1 < e.n_thrown; ++k) e.thrown[k] = e.thrown[k + 1];
+      --e.n_thrown;
+      return;
+    }
+}
+// Drops the thrown entries deeper than the thread's count of uncaught exceptions: caught since
+// (a handler inside libstdc++ reports nothing: a std::ostream swallowing what a streambuf threw).
+void settle_thrown(segment* s, std::uint32_t uncaught) noexcept {
+  auto& e = s->exceptions;
+  std::uint8_t k = 0;
+  for (std::uint8_t i = 0; i < e.n_thrown; ++i)
+    if (e.thrown[i].depth <= uncaught) e.thrown[k++] = e.thrown[i];
+  e.n_thrown = k;
+  if (k == 0) s->stop.fetch_and(static_cast<std::uint8_t>(~segment::stop_settle), std::memory_order_relaxed);
+}
+}  // namespace
+
 void ordered_exception_thrown(void* obj) noexcept {
   segment* s = speculative_here();
   if (!s || !obj) return;
   auto& e = s->exceptions;
   remove_from(e.made, e.n_made, obj);
-  // None in flight (this one is not counted yet): a listed one is not in flight either (caught by a
-  // handler inside libstdc++, which does not report it).
-  if (std::uncaught_exceptions() == 0) e.n_thrown = 0;
-  if (e.n_thrown < e.thrown.size()) e.thrown[e.n_thrown++] = obj;
+  // Thrown at depth d (d - 1 in flight before it): one listed at depth d or deeper was caught before
+  // this throw could happen. Exact, whatever libstdc++ caught unseen.
+  const auto depth = static_cast<std::uint32_t>(std::uncaught_exceptions()) + 1;
+  settle_thrown(s, depth - 1);
+  if (e.n_thrown < e.thrown.size()) e.thrown[e.n_thrown++] = {obj, depth};
+  // Until none is listed, the attempt's next new or delete settles the list (stop_doomed_segment):
+  // an exception swallowed inside libstdc++ is dropped there before another one, which libstdc++
+  // throws without a report (std::vector::at: its message is allocated first), could be taken for it.
+  s->ask_stop(segment::stop_settle);
 }
 
 void ordered_exception_caught(void* obj) noexcept {
   segment* s = speculative_here();
   if (!s || !obj) return;
-  remove_from(s->exceptions.thrown, s->exceptions.n_thrown, obj);
+  remove_thrown(s->exceptions, obj);
 }
 
 void ordered_exception_gone(void* obj) noexcept {
@@ -1634,7 +1687,7 @@ void ordered_exception_gone(void* obj) noexcept {
   if (!s || !obj) return;
   auto& e = s->exceptions;
   remove_from(e.made, e.n_made, obj);
-  remove_from(e.thrown, e.n_thrown, obj);
+  remove_thrown(e, obj);
   for (std::uint8_t i = 0; i < e.n_allocated; ++i)
     if (e.allocated[i].object == obj) {
       for (std::uint8_t k = i; k + 1 < e.n_allocated; ++k) e.allocated[k] = e.allocated[k + 1];
@@ -1643,8 +1696,12 @@ void ordered_exception_gone(void* obj) noexcept {
     }
 }
 
-void ordered_exception_dying(void* obj) noexcept {
-  if (segment* s = speculative_here()) s->exceptions.dying = obj;
+void* ordered_exception_dying(void* obj) noexcept {
+  segment* s = speculative_here();
+  if (!s) return nullptr;
+  void* const outer = s->exceptions.dying;
+  s->exceptions.dying = obj;
+  return outer;
 }
 
 std::string profile_note_of_last_run();  // (below, with the statistics)

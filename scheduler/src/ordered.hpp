@@ -72,7 +72,7 @@ void ordered_exception_made(void* obj, std::size_t size) noexcept;
 void ordered_exception_thrown(void* obj) noexcept;
 void ordered_exception_caught(void* obj) noexcept;
 void ordered_exception_gone(void* obj) noexcept;
-void ordered_exception_dying(void* obj) noexcept;
+void* ordered_exception_dying(void* obj) noexcept;  ///< returns the one it replaces (nested: give it back)
 /// A worker thread's runtime (worker threads own none), or nullptr.
 runtime* ordered_thread_runtime() noexcept;
 
