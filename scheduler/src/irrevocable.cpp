@@ -129,6 +129,7 @@ extern "C" [[noreturn]] void __real___cxa_throw(void* object, std::type_info* ty
 // any (ordered_exception_*): a rollback frees those it was making, throwing or destroying, which only
 // the C++ runtime's frames knew.
 extern "C" void* __wrap___cxa_allocate_exception(std::size_t size) noexcept {
+  weft::detail::ordered_before_exception_allocation();
   weft::detail::exception_being_made = true;
   void* object = __real___cxa_allocate_exception(size);
   weft::detail::ordered_exception_made(object, size);

@@ -116,8 +116,9 @@ struct segment {
   // Exception objects of the attempt that only the C++ runtime's frames know (irrevocable.cpp's
   // wraps report them, ordered_exception_*): freed without their destructors when the attempt is
   // rolled back (its construction of them is undone), as context_discard_catches frees the ones it
-  // was handling. Fixed arrays: nothing here may be memory of the attempt. Past their size an
-  // object goes untracked (it leaks if that attempt is rolled back in the window).
+  // was handling. Fixed arrays: nothing here may be memory of the attempt. With no room left for
+  // one more, the segment waits for its turn and goes on inevitable (ordered_before_exception_
+  // allocation, ordered_exception_thrown).
   struct attempt_exceptions {
     struct extent {
       void* object;
@@ -1110,15 +1111,31 @@ struct record_digest {
   bool target_fresh = false, channel_fresh = false;
 };
 
+// Memory the attempt allocated itself: its logged allocations and the exception objects the C++
+// runtime allocated for it (a tvar member of a caught exception is the attempt's own: compared by
+// address it differed between the two runs, a false report).
+struct attempt_memory {
+  alloc_log::ranges logged;
+  const segment::attempt_exceptions* exceptions;
+  bool contains(const void* p) const noexcept {
+    if (logged.contains(p)) return true;
+    const auto a = reinterpret_cast<std::uintptr_t>(p);
+    for (std::uint8_t i = 0; i < exceptions->n_allocated; ++i)
+      if (a - reinterpret_cast<std::uintptr_t>(exceptions->allocated[i].object) < exceptions->allocated[i].size) return true;
+    return false;
+  }
+};
+attempt_memory attempt_memory_of(const segment& s) { return {s.tx.attempt_allocations(), &s.exceptions}; }
+
 // p, or nullptr when p is memory the attempt allocated itself.
-const void* settled(const alloc_log::ranges& own, const void* p) { return p && own.contains(p) ? nullptr : p; }
+const void* settled(const attempt_memory& own, const void* p) { return p && own.contains(p) ? nullptr : p; }
 
 // The lock words of the tvars a run read (those the run did not make itself), or nullopt if one
 // changed while it ran. Another thread (a plain thread's atomically, another runtime) may commit to a
 // tvar between the two runs of a segment: then the runs may differ with no breach of the contract.
 using read_words = std::unordered_map<const void*, std::uint64_t>;
 std::optional<read_words> words_read(const segment& s) {
-  const alloc_log::ranges own = s.tx.attempt_allocations();
+  const attempt_memory own = attempt_memory_of(s);
   read_words words;
   const bool current = s.tx.for_each_read_version([&](const tvar_base* v, std::uint64_t m) {
     if (settled(own, v)) words.emplace(v, m);
@@ -1148,7 +1165,7 @@ record_digest digest(const segment& s) {
   d.has_exception = s.ending.exception != nullptr;
   d.out = s.out;
   d.out_where = s.out_where;
-  const alloc_log::ranges own = s.tx.attempt_allocations();
+  const attempt_memory own = attempt_memory_of(s);
   d.target_fresh = d.ending.target && !settled(own, d.ending.target);
   d.channel_fresh = d.ending.channel && !settled(own, d.ending.channel);
   if (d.target_fresh) d.ending.target = nullptr;
@@ -1631,6 +1648,15 @@ void remove_from(std::array<void*, N>& a, std::uint8_t& n, void* obj) noexcept {
 }
 }  // namespace
 
+void ordered_before_exception_allocation() noexcept {
+  segment* s = speculative_here();
+  if (!s) return;
+  const auto& e = s->exceptions;
+  // No room to report one more: the segment waits for its turn first and goes on inevitable (no
+  // rollback to free anything for); rolled back while it waits, it frees those it reported.
+  if (e.n_made == e.made.size() || e.n_allocated == e.allocated.size()) park_for_head();
+}
+
 void ordered_exception_made(void* obj, std::size_t size) noexcept {
   segment* s = speculative_here();
   if (!s || !obj) return;
@@ -1664,12 +1690,18 @@ void ordered_exception_thrown(void* obj) noexcept {
   segment* s = speculative_here();
   if (!s || !obj) return;
   auto& e = s->exceptions;
-  remove_from(e.made, e.n_made, obj);
   // Thrown at depth d (d - 1 in flight before it): one listed at depth d or deeper was caught before
   // this throw could happen. Exact, whatever libstdc++ caught unseen.
   const auto depth = static_cast<std::uint32_t>(std::uncaught_exceptions()) + 1;
   settle_thrown(s, depth - 1);
-  if (e.n_thrown < e.thrown.size()) e.thrown[e.n_thrown++] = {obj, depth};
+  if (e.n_thrown == e.thrown.size()) {
+    // No room (more than 8 in flight): as ordered_before_exception_allocation. The object is still
+    // listed as made (or was thrown before: on the caught list), which a rollback frees.
+    park_for_head();
+    return;
+  }
+  remove_from(e.made, e.n_made, obj);
+  e.thrown[e.n_thrown++] = {obj, depth};
   // Until none is listed, the attempt's next new or delete settles the list (stop_doomed_segment):
   // an exception swallowed inside libstdc++ is dropped there before another one, which libstdc++
   // throws without a report (std::vector::at: its message is allocated first), could be taken for it.

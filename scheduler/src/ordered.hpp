@@ -68,6 +68,7 @@ void ordered_before_make_exception_ptr(void* raw) noexcept;
 /// handler, freed (gone: without a throw, or by the end of its last handler), being destroyed at its
 /// last handler's end (dying; null when that ends). A rollback frees those still made, in flight or
 /// dying, and the tvars the attempt made in any it allocated (ordered.cpp, segment::exceptions).
+void ordered_before_exception_allocation() noexcept;  ///< waits for the head if no room is left to report one more
 void ordered_exception_made(void* obj, std::size_t size) noexcept;
 void ordered_exception_thrown(void* obj) noexcept;
 void ordered_exception_caught(void* obj) noexcept;

@@ -1636,7 +1636,8 @@ void transaction::rollback_scope(const scope_mark& m, bool keep_allocations) {
   // In a segment the outermost block stands for the transaction one worker would run: rolled back
   // (an exception leaves it), a retry signal user code caught inside it ends with it, as that
   // transaction's abort clears it. Left pending, the segment could never commit.
-  if (--scope_depth_ == 0 && segment_) signal_pending_ = 0;
+  const bool segment_outermost = --scope_depth_ == 0 && segment_;
+  if (segment_outermost) signal_pending_ = 0;
   // Writes to tvars first written in the scope go; older entries get their values back.
   for (std::uint32_t i = m.writes; i < writes_.size; ++i)
     if (writes_.data[i].drop) writes_.data[i].drop(reinterpret_cast<void*>(writes_.data[i].bits));
@@ -1699,7 +1700,25 @@ void transaction::rollback_scope(const scope_mark& m, bool keep_allocations) {
   // By index: a hook's own nested blocks may push lists of their own (the vector of lists may move,
   // the hooks in a list do not).
   const std::size_t level = running_abort_hooks_.size() - 1;
-  for (std::size_t i = 0; i < running_abort_hooks_[level].size(); ++i) running_abort_hooks_[level][i]();
+  // A segment's outermost block left by an exception stands for a transaction of its own with one
+  // worker, whose abort by an exception runs the hooks and lets the block's exception go on (an
+  // exception from a hook is dropped: abort_by_exception). Propagated here, the hook's exception
+  // replaced the block's at two workers (a helper's program printed "F" where one worker printed "E").
+  const bool as_transaction_of_its_own = segment_outermost && keep_allocations;
+  for (std::size_t i = 0; i < running_abort_hooks_[level].size(); ++i) {
+    if (!as_transaction_of_its_own) {
+      running_abort_hooks_[level][i]();
+      continue;
+    }
+    try {
+      running_abort_hooks_[level][i]();
+    } catch (const tx_abort_signal&) {
+      throw;
+    } catch (const tx_retry_signal&) {
+      throw;
+    } catch (...) {
+    }
+  }
 }
 
 void transaction::drop_running_abort_hooks() noexcept {

@@ -113,10 +113,6 @@ class tasklet_impl {
   std::uint32_t last_worker = 0;     ///< ordered mode: index + 1 of the thread that ran its last segment (0: none)
   std::uint32_t attempts = 0;        ///< aborted attempts of its next segment (keys abort injection)
   std::uint64_t segments = 0;        ///< committed segments (keys abort injection)
-  /// Ordered mode: the thread's marks of an exception being made or destroyed (exception_being_made,
-  /// exception_storage_dying: bits 1 and 2) while the tasklet is suspended. A switch point inside
-  /// an exception's constructor or destructor leaves them set: its next segment runs at the head.
-  std::uint8_t exception_flux = 0;
 
   // Sanitizer bookkeeping (unused in ordinary builds).
   void* asan_fake_stack = nullptr;
@@ -124,6 +120,11 @@ class tasklet_impl {
   std::size_t asan_stack_size = 0;
   void* tsan_fiber = nullptr;
   bool tsan_rewound = false;  ///< TSan: a fiber given to a rolled-back tasklet (see context_rewound)
+  // Ordered mode (in the padding here): the thread's marks of an exception being made or destroyed
+  // (exception_being_made, exception_storage_dying: bits 1 and 2) while the tasklet is suspended. A
+  // switch point inside an exception's constructor or destructor leaves them set: its next segment
+  // runs at the head (scheduler/src/ordered.cpp, leave and needs_head).
+  std::uint8_t exception_flux = 0;
   std::uint32_t tsan_fiber_lives = 0;  ///< TSan: tasklet lives its fiber has served (context.cpp's pool)
 };
 
