@@ -277,7 +277,9 @@ void on_commit(std::function<void()> fn);
 /// an exception left: inside the enclosing transaction, whose tvars they may write) and are
 /// destroyed before the memory the block allocated is freed: fn may hold and read what the block
 /// made (a std::shared_ptr, a string). An exception fn throws propagates from atomically (from the
-/// nested block or or_else), the attempt undone.
+/// nested block or or_else), the attempt undone — except when the block is a transaction of its own
+/// (the outermost atomically, in main or in a tasklet) left by an exception: that exception goes on
+/// and fn's is dropped, at any worker count.
 void on_abort(std::function<void()> fn);
 /// Makes the enclosing transaction inevitable: it cannot abort any more (at most one at a time;
 /// others go on committing unless they conflict with it). For irreversible work. No-op outside.
