@@ -148,12 +148,12 @@ extern "C" void __wrap___cxa_free_exception(void* object) noexcept {
 // exception_ptr with its stack and the object was never destroyed (ASan at 2 workers with
 // injection; "std::make_exception_ptr in a rolled-back attempt ..." counts them). So the call waits
 // for the tasklet's turn here, before anything but the raw memory exists, as current_exception()
-// does; a rollback meanwhile frees that memory (ordered_before_make_exception_ptr).
+// does; a rollback meanwhile frees that memory (reported made at its allocation).
 extern "C" __cxxabiv1::__cxa_refcounted_exception* __real___cxa_init_primary_exception(void* object, std::type_info* type,
                                                                                        void (*destructor)(void*)) noexcept;
 extern "C" __cxxabiv1::__cxa_refcounted_exception* __wrap___cxa_init_primary_exception(void* object, std::type_info* type,
                                                                                        void (*destructor)(void*)) noexcept {
-  weft::detail::ordered_before_make_exception_ptr(object);
+  weft::detail::observe_scheduler();
   weft::detail::exception_being_made = false;  // inevitable from here: nothing can stop the segment
   return __real___cxa_init_primary_exception(object, type, destructor);
 }

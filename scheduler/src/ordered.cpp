@@ -45,6 +45,7 @@
 #include <optional>
 #include <unordered_map>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include <chrono>
@@ -1623,12 +1624,6 @@ void handle_log::record(void* object, kind k) {
 
 void observe_scheduler() noexcept { park_for_head(); }
 
-void ordered_before_make_exception_ptr(void*) noexcept {
-  // The object is in the segment's `made` list since its allocation: a rollback while this waits
-  // frees it.
-  park_for_head();  // returns at the head, inevitable (maybe on another thread), or never
-}
-
 namespace {
 // The speculative segment running on this thread (the exception wraps' reports), or null.
 segment* speculative_here() noexcept {
@@ -1637,10 +1632,15 @@ segment* speculative_here() noexcept {
   segment* s = seg(w->running);
   return s && !s->inevitable ? s : nullptr;
 }
-template <std::size_t N>
-void remove_from(std::array<void*, N>& a, std::uint8_t& n, void* obj) noexcept {
+// Removes obj's entry from the first n of a (the three lists of segment::exceptions), if listed.
+template <class T, std::size_t N>
+void remove_from(std::array<T, N>& a, std::uint8_t& n, void* obj) noexcept {
+  const auto object_of = [](const T& entry) -> void* {
+    if constexpr (std::is_pointer_v<T>) return entry;
+    else return entry.object;
+  };
   for (std::uint8_t i = 0; i < n; ++i)
-    if (a[i] == obj) {
+    if (object_of(a[i]) == obj) {
       for (std::uint8_t k = i; k + 1 < n; ++k) a[k] = a[k + 1];
       --n;
       return;
@@ -1666,14 +1666,6 @@ void ordered_exception_made(void* obj, std::size_t size) noexcept {
 }
 
 namespace {
-void remove_thrown(segment::attempt_exceptions& e, void* obj) noexcept {
-  for (std::uint8_t i = 0; i < e.n_thrown; ++i)
-    if (e.thrown[i].object == obj) {
-      for (std::uint8_t k = i; k + 1 < e.n_thrown; ++k) e.thrown[k] = e.thrown[k + 1];
-      --e.n_thrown;
-      return;
-    }
-}
 // Drops the thrown entries deeper than the thread's count of uncaught exceptions: caught since
 // (a handler inside libstdc++ reports nothing: a std::ostream swallowing what a streambuf threw).
 void settle_thrown(segment* s, std::uint32_t uncaught) noexcept {
@@ -1711,7 +1703,7 @@ void ordered_exception_thrown(void* obj) noexcept {
 void ordered_exception_caught(void* obj) noexcept {
   segment* s = speculative_here();
   if (!s || !obj) return;
-  remove_thrown(s->exceptions, obj);
+  remove_from(s->exceptions.thrown, s->exceptions.n_thrown, obj);
 }
 
 void ordered_exception_gone(void* obj) noexcept {
@@ -1719,13 +1711,8 @@ void ordered_exception_gone(void* obj) noexcept {
   if (!s || !obj) return;
   auto& e = s->exceptions;
   remove_from(e.made, e.n_made, obj);
-  remove_thrown(e, obj);
-  for (std::uint8_t i = 0; i < e.n_allocated; ++i)
-    if (e.allocated[i].object == obj) {
-      for (std::uint8_t k = i; k + 1 < e.n_allocated; ++k) e.allocated[k] = e.allocated[k + 1];
-      --e.n_allocated;
-      break;
-    }
+  remove_from(e.thrown, e.n_thrown, obj);
+  remove_from(e.allocated, e.n_allocated, obj);
 }
 
 void* ordered_exception_dying(void* obj) noexcept {

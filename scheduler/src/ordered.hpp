@@ -57,12 +57,6 @@ void ordered_before_abort() noexcept;
 /// but the frame making or destroying it, and a doomed segment is not stopped at a new or delete (it
 /// would leak the object).
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local bool exception_being_made;
-/// std::make_exception_ptr's object, allocated and not yet initialised (irrevocable.cpp's wrap of
-/// __cxa_init_primary_exception), in a speculative segment on this thread: the segment waits for its
-/// tasklet's turn and goes on inevitable, so that the exception_ptr that will hold the object is
-/// never forgotten by a rollback; rolled back while it waits, the segment frees `raw` (it was
-/// reported made). No-op elsewhere.
-void ordered_before_make_exception_ptr(void* raw) noexcept;
 /// What the C++ runtime does with exception objects in a speculative segment on this thread
 /// (irrevocable.cpp's wraps; no-ops elsewhere): allocated (made), thrown or rethrown, caught by a
 /// handler, freed (gone: without a throw, or by the end of its last handler), being destroyed at its
