@@ -781,6 +781,74 @@ TEST_CASE_METHOD(fresh_runtime, "tasklets spawned by tasklets get serial ids, an
   fresh_runtime::check_clean();
 }
 
+namespace {
+// A capture that logs its own end, once: a moved-from copy logs nothing.
+struct capture_tracer {
+  event_log* log;
+  std::string name;
+  bool live = true;
+  capture_tracer(event_log* l, std::string n) : log(l), name(std::move(n)) {}
+  capture_tracer(capture_tracer&& o) noexcept : log(o.log), name(std::move(o.name)), live(std::exchange(o.live, false)) {}
+  capture_tracer(const capture_tracer&) = delete;
+  ~capture_tracer() {
+    if (live) (*log)("~" + name);
+  }
+};
+// A member whose move may throw: the function then stays in the tasklet's block (tasklet_impl.hpp).
+struct throwing_move {
+  int v = 0;
+  throwing_move() = default;
+  throwing_move(throwing_move&& o) noexcept(false) : v(o.v) {}
+};
+}  // namespace
+
+TEST_CASE_METHOD(fresh_runtime, "a tasklet's mutable captures keep their values across rolled-back segments",
+                 "[unit][ordered]") {
+  // Captures are the tasklet's own state (DESIGN.md §4.2): a small function moves onto the tasklet's
+  // stack when it starts, a large one or one whose move may throw stays in the tasklet's block. Either
+  // way a rolled-back segment must leave them as they were when it started — its first segment as
+  // well, which moves the function — and they end once, with the tasklet.
+  event_log log;
+  constexpr int rounds = 6;
+  spawn([&log, count = 0, text = std::string("s"), t = capture_tracer(&log, "small")]() mutable {
+    for (int k = 0; k < rounds; ++k) {
+      count += k + 1;
+      text += static_cast<char>('a' + k);
+      log(fmt::format("small:{}:{}", count, text));
+      schedule();
+    }
+  });
+  spawn([&log, count = 0, big = std::array<int, 100>{}, t = capture_tracer(&log, "large")]() mutable {
+    static_assert(sizeof(big) > 256);
+    for (int k = 0; k < rounds; ++k) {
+      count += k + 1;
+      big[static_cast<std::size_t>(k)] = count;
+      log(fmt::format("large:{}:{}", count, big[static_cast<std::size_t>(k)] + (k ? big[static_cast<std::size_t>(k - 1)] : 0)));
+      schedule();
+    }
+  });
+  spawn([&log, m = throwing_move{}, t = capture_tracer(&log, "throwing")]() mutable {
+    for (int k = 0; k < rounds; ++k) {
+      m.v += k + 1;
+      log(fmt::format("throwing:{}", m.v));
+      schedule();
+    }
+  });
+  run();
+  std::string expected;
+  std::string text = "s";
+  int count = 0, previous = 0;
+  for (int k = 0; k < rounds; ++k) {
+    previous = count;
+    count += k + 1;
+    text += static_cast<char>('a' + k);
+    expected += fmt::format("{}small:{}:{} large:{}:{} throwing:{}", k ? " " : "", count, text, count, count + previous, count);
+  }
+  expected += " ~small ~large ~throwing";
+  CHECK(log.str() == expected);
+  fresh_runtime::check_clean();
+}
+
 TEST_CASE_METHOD(fresh_runtime, "an exception escaping a rolled-back segment is destroyed once", "[unit][ordered]") {
   // The exception's message is allocated in the segment it escapes. Under abort injection that
   // segment is rolled back and re-run: the attempt's exception must be destroyed before the rollback
