@@ -672,7 +672,8 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
     restore_stack(*t, s->stack);
     t->exception_flux = 0;  // as at the attempt's start (speculative: outside any making or destroying)
     context_rewound(t);
-    if (!s->function.empty()) std::memcpy(t->function_bytes().first, s->function.data(), s->function.size());
+    auto [bytes, size] = t->function_bytes();
+    if (size) std::memcpy(bytes, s->function.data(), size);
   }
   t->channels_made = s->channels_made;
   if (kind == abort_kind::conflict && s->at_head) ++t->head_aborts;
@@ -1069,14 +1070,9 @@ segment* run_new(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
   lk.unlock();
   if (s->has_snapshot) {
     snapshot_stack(*t, s->stack);
-    // The bound function, until its first segment has moved it onto the stack (tasklet_impl.hpp)
-    if (t->function_in_block()) {
-      auto [bytes, size] = t->function_bytes();
-      s->function.resize(size);
-      if (size) std::memcpy(s->function.data(), bytes, size);
-    } else {
-      s->function.clear();
-    }
+    auto [bytes, size] = t->function_bytes();
+    s->function.resize(size);
+    if (size) std::memcpy(s->function.data(), bytes, size);
     s->copying.store(false, std::memory_order_release);
   }
   // What commits on this thread retired (old tvar values, deletes) is freed outside the lock and

@@ -59,9 +59,6 @@ class tasklet_impl {
   /// The bytes of the bound function and of its "still bound" flag: a segment's rollback restores
   /// them with the stack (DESIGN.md §4.2: mutable captures are the tasklet's own state).
   virtual std::pair<void*, std::size_t> function_bytes() noexcept { return {nullptr, 0}; }
-  /// Whether the bound function (still) lives in function_bytes(): false once invoke() has moved it
-  /// onto the tasklet's stack, where a snapshot of the stack covers it.
-  virtual bool function_in_block() const noexcept { return false; }
 
   // --- first cache line: what a channel hand-off reads and writes ----------------------------------
   std::atomic<std::uint32_t> refs{0};
@@ -137,31 +134,11 @@ class bound_tasklet final : public tasklet_impl {
   template <class G>
   explicit bound_tasklet(G&& g) : fn_(std::forward<G>(g)), has_fn_(true) {}
   ~bound_tasklet() override { drop_function(); }
-  /// A function that moves without throwing and is at most 256 bytes moves onto the tasklet's stack
-  /// when it starts: its captures then sit beside the tasklet's hot frames instead of in a line of
-  /// this block past tasklet_impl's 264 bytes, and a speculative segment after the first has no
-  /// function bytes to snapshot. The copy starts a cache line, so the frames below it keep the
-  /// line-aligned layout the stack colouring gives them (unaligned, the sieve's frames spanned one
-  /// more line: +9% last-level misses). Cachegrind, 2 MiB LL, guards off: hackysack K=100,000
-  /// 12.6 -> 11.8 last-level data misses per pass; sieve of 2,000 primes 19.6 M -> 17.8 M. It is
-  /// destroyed when invoke ends, returning or unwinding (a kill, an escaping exception): where the
-  /// tasklet dies either way.
-  void invoke() override {
-    if constexpr (moves_to_stack) {
-      struct alignas(64) line_holder {
-        F f;
-      } h{std::move(fn_.value)};
-      drop_function();
-      h.f();
-    } else {
-      fn_.value();
-    }
-  }
+  void invoke() override { fn_.value(); }
   std::pair<void*, std::size_t> function_bytes() noexcept override {
     auto* first = reinterpret_cast<char*>(&fn_);
     return {first, static_cast<std::size_t>(reinterpret_cast<char*>(&has_fn_ + 1) - first)};
   }
-  bool function_in_block() const noexcept override { return has_fn_ || !moves_to_stack; }
   void drop_function() noexcept override {
     if (has_fn_) {
       has_fn_ = false;
@@ -170,7 +147,6 @@ class bound_tasklet final : public tasklet_impl {
   }
 
  private:
-  static constexpr bool moves_to_stack = std::is_nothrow_move_constructible_v<F> && sizeof(F) <= 256;
   struct holder {
     F value;
   };
