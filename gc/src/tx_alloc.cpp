@@ -209,6 +209,7 @@ void alloc_log::drop_frees_between(mark m, mark end) noexcept {
 }
 
 std::size_t alloc_log::commit() noexcept {
+  stop_holds_ = 0;
   const std::size_t deferred = free_count_;
   // The committing transaction is still installed: no collection (deleters) from here.
   for (std::size_t i = 0; i < free_count_; ++i) epoch_retire(frees_[i], &free_now, false);
@@ -391,6 +392,7 @@ inline void deallocate(void* p) noexcept {
 }  // namespace
 
 std::size_t alloc_log::abort_to_quarantine(std::uint64_t tag) noexcept {
+  stop_holds_ = 0;
   std::size_t kept = 0;
   {
     std::lock_guard lk(quarantine_lock);

@@ -56,6 +56,7 @@
 #include <mutex>
 #include <iterator>
 #include <stdexcept>
+#include <optional>
 #include <utility>
 
 #include <linux/futex.h>
@@ -1071,6 +1072,7 @@ void transaction::tvar_destroyed(tvar_base* v, void (*drop)(void*)) {
       // Made in this attempt, in the innermost scope: nobody else ever saw it and no rollback can
       // bring it back. Its storage may be freed as soon as we return, so nothing in the logs may
       // point to it any more.
+      alloc_log_stop_hold hold(allocs_);  // (see replace_write)
       forget_logged(v);
       if (drop) drop(reinterpret_cast<void*>(v->bits.load(std::memory_order_relaxed)));
       v->forget();
@@ -1101,7 +1103,10 @@ void transaction::tvar_destroyed(tvar_base* v, void (*drop)(void*)) {
       const std::uint64_t m = v->meta.load(std::memory_order_acquire);
       if ((m & lock_bit) || version_of(m) > rv_) abort_conflict(conflict_kind::read_write, v, reads_.data[i].where);
     }
-    forget_logged(v);
+    {
+      alloc_log_stop_hold hold(allocs_);
+      forget_logged(v);
+    }
     destroyed_.push({v, drop, true, v->bits.load(std::memory_order_relaxed)});
     return;
   }
@@ -1614,17 +1619,26 @@ void transaction::replace_write(write_entry& w, std::uint64_t b, const std::sour
   const auto index = static_cast<std::uint32_t>(&w - writes_.data);
   if (scope_depth_) {
     undo_.push({index, w.bits, w.where});  // or_else may have to put it back
-  } else if (w.drop) {
-    w.drop(reinterpret_cast<void*>(w.bits));  // a box nobody else ever saw
+    w.bits = b;
+    w.where = where;
+    return;
   }
+  // The log holds the new box before the old one's value is destroyed (a box nobody else ever saw),
+  // with stops held: its destructor must not leave the attempt with the log pointing at either.
+  const std::uint64_t old = w.bits;
   w.bits = b;
   w.where = where;
+  if (w.drop) {
+    alloc_log_stop_hold hold(allocs_);
+    w.drop(reinterpret_cast<void*>(old));
+  }
 }
 
 // --- or_else scopes ------------------------------------------------------------------------------
 
 // The outermost scope closed: the values its replaced writes held (boxes) are nobody's now.
 void transaction::drop_undo(const scope_mark& m) noexcept {
+  alloc_log_stop_hold hold(allocs_);  // (see replace_write)
   for (std::uint32_t i = m.undo; i < undo_.size; ++i) {
     write_entry& w = writes_.data[undo_.data[i].index];
     if (w.drop) w.drop(reinterpret_cast<void*>(undo_.data[i].bits));
@@ -1638,6 +1652,9 @@ void transaction::rollback_scope(const scope_mark& m, bool keep_allocations) {
   // transaction's abort clears it. Left pending, the segment could never commit.
   const bool segment_outermost = --scope_depth_ == 0 && segment_;
   if (segment_outermost) signal_pending_ = 0;
+  // Until the hooks run, values and hooks are destroyed while the logs still list them: no stop
+  // (see replace_write).
+  std::optional<alloc_log_stop_hold> hold(std::in_place, allocs_);
   // Writes to tvars first written in the scope go; older entries get their values back.
   for (std::uint32_t i = m.writes; i < writes_.size; ++i)
     if (writes_.data[i].drop) writes_.data[i].drop(reinterpret_cast<void*>(writes_.data[i].bits));
@@ -1697,6 +1714,7 @@ void transaction::rollback_scope(const scope_mark& m, bool keep_allocations) {
       tx.created_floor_ = m.created_floor;
     }
   } const done{*this, m, keep_allocations, allocs_.position()};
+  hold.reset();  // the hooks are user code that may loop on what it read: stoppable
   // By index: a hook's own nested blocks may push lists of their own (the vector of lists may move,
   // the hooks in a list do not).
   const std::size_t level = running_abort_hooks_.size() - 1;
