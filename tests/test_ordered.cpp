@@ -909,6 +909,47 @@ TEST_CASE_METHOD(fresh_runtime, "values and hooks the STM destroys inside a segm
   fresh_runtime::check_clean();
 }
 
+TEST_CASE_METHOD(fresh_runtime, "on_abort hooks of a tasklet's atomically left by an exception may reach switch points",
+                 "[unit][ordered]") {
+  // With one worker such a block is a transaction of its own: its hooks run once it is undone,
+  // outside any transaction, where a send or schedule() is a switch point like any other. In ordered
+  // mode they ran in the middle of the undo: the switch ended the segment there, and the next segment
+  // reused the half-undone transaction (wrong output or a crash 9-10 of 10 runs at two workers).
+  event_log log;
+  channel<int> events;
+  tvar<int> counter{0};
+  for (int k = 0; k < 3; ++k) {
+    spawn([&, k] {
+      for (int r = 0; r < 2; ++r) {
+        try {
+          atomically([&] {
+            counter.set(counter.get() + 1);
+            on_abort([&, k, r] {
+              log(fmt::format("hook{}.{}", k, r));
+              schedule();
+              events.send(10 * k + r);
+              log(fmt::format("sent{}.{}", k, r));
+            });
+            throw std::runtime_error("undo");
+          });
+        } catch (const std::runtime_error&) {
+          log(fmt::format("caught{}.{}", k, r));
+        }
+        schedule();
+      }
+    });
+  }
+  spawn([&] {
+    for (int i = 0; i < 6; ++i) log(fmt::format("event{}", events.receive()));
+  });
+  run();
+  CHECK(log.str() ==
+        "hook0.0 hook1.0 hook2.0 event0 event10 event20 sent0.0 caught0.0 sent1.0 caught1.0 sent2.0 caught2.0 "
+        "hook0.1 hook1.1 hook2.1 event1 event11 event21 sent0.1 caught0.1 sent1.1 caught1.1 sent2.1 caught2.1");
+  CHECK(counter.get() == 0);
+  fresh_runtime::check_clean();
+}
+
 TEST_CASE_METHOD(fresh_runtime, "an exception escaping a rolled-back segment is destroyed once", "[unit][ordered]") {
   // The exception's message is allocated in the segment it escapes. Under abort injection that
   // segment is rolled back and re-run: the attempt's exception must be destroyed before the rollback

@@ -1652,6 +1652,17 @@ void transaction::rollback_scope(const scope_mark& m, bool keep_allocations) {
   // transaction's abort clears it. Left pending, the segment could never commit.
   const bool segment_outermost = --scope_depth_ == 0 && segment_;
   if (segment_outermost) signal_pending_ = 0;
+  // A segment's outermost block left by an exception stands for a transaction of its own with one
+  // worker, whose abort by an exception runs the hooks outside any transaction and lets the block's
+  // exception go on (an exception from a hook is dropped: abort_by_exception). Propagated here, the
+  // hook's exception replaced the block's at two workers (a helper's program printed "F" where one
+  // worker printed "E"). Outside any transaction a hook may reach a switch point (send, schedule),
+  // which ends the segment: so its hooks run once the scope is undone, from a list of their own,
+  // with the segment at the head and inevitable (never rolled back: nothing can leak that list).
+  // Run in the middle of the undo, a hook's switch left the undo half done in a transaction the
+  // next segment reused (wrong output or a crash 9-10 of 10 runs at two workers, newcomer round 19).
+  const bool as_transaction_of_its_own = segment_outermost && keep_allocations;
+  if (as_transaction_of_its_own && abort_hooks_.size() > m.abort_hooks && !inevitable_) segment_park_for_head();
   // Until the hooks run, values and hooks are destroyed while the logs still list them: no stop
   // (see replace_write).
   std::optional<alloc_log_stop_hold> hold(std::in_place, allocs_);
@@ -1713,23 +1724,24 @@ void transaction::rollback_scope(const scope_mark& m, bool keep_allocations) {
       tx.allocs_.set_floor(m.alloc_floor);
       tx.created_floor_ = m.created_floor;
     }
-  } const done{*this, m, keep_allocations, allocs_.position()};
-  hold.reset();  // the hooks are user code that may loop on what it read: stoppable
-  // By index: a hook's own nested blocks may push lists of their own (the vector of lists may move,
-  // the hooks in a list do not).
-  const std::size_t level = running_abort_hooks_.size() - 1;
-  // A segment's outermost block left by an exception stands for a transaction of its own with one
-  // worker, whose abort by an exception runs the hooks and lets the block's exception go on (an
-  // exception from a hook is dropped: abort_by_exception). Propagated here, the hook's exception
-  // replaced the block's at two workers (a helper's program printed "F" where one worker printed "E").
-  const bool as_transaction_of_its_own = segment_outermost && keep_allocations;
-  for (std::size_t i = 0; i < running_abort_hooks_[level].size(); ++i) {
-    if (!as_transaction_of_its_own) {
-      running_abort_hooks_[level][i]();
-      continue;
+  };
+  std::vector<std::function<void()>> own_hooks;  // (as_transaction_of_its_own)
+  {
+    const finish done{*this, m, keep_allocations, allocs_.position()};
+    hold.reset();  // the hooks are user code that may loop on what it read: stoppable
+    // By index: a hook's own nested blocks may push lists of their own (the vector of lists may move,
+    // the hooks in a list do not).
+    const std::size_t level = running_abort_hooks_.size() - 1;
+    if (as_transaction_of_its_own) {
+      alloc_log_pause pause;
+      own_hooks.swap(running_abort_hooks_[level]);
+    } else {
+      for (std::size_t i = 0; i < running_abort_hooks_[level].size(); ++i) running_abort_hooks_[level][i]();
     }
+  }
+  for (auto& h : own_hooks) {
     try {
-      running_abort_hooks_[level][i]();
+      h();
     } catch (const tx_abort_signal&) {
       throw;
     } catch (const tx_retry_signal&) {

@@ -279,7 +279,10 @@ void on_commit(std::function<void()> fn);
 /// made (a std::shared_ptr, a string). An exception fn throws propagates from atomically (from the
 /// nested block or or_else), the attempt undone — except when the block is a transaction of its own
 /// (the outermost atomically, in main or in a tasklet) left by an exception: that exception goes on
-/// and fn's is dropped, at any worker count.
+/// and fn's is dropped, at any worker count. Such a block's hooks run once it is undone, outside any
+/// transaction, so in a tasklet they may reach switch points (send, schedule); in ordered mode the
+/// segment first waits for its turn (parks until the head and goes on inevitable), as for on_commit.
+/// Everywhere else a switch point in fn is one inside atomically: refused (std::logic_error).
 void on_abort(std::function<void()> fn);
 /// Makes the enclosing transaction inevitable: it cannot abort any more (at most one at a time;
 /// others go on committing unless they conflict with it). For irreversible work. No-op outside.
