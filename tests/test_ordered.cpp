@@ -950,6 +950,51 @@ TEST_CASE_METHOD(fresh_runtime, "on_abort hooks of a tasklet's atomically left b
   fresh_runtime::check_clean();
 }
 
+TEST_CASE_METHOD(fresh_runtime, "a tasklet or channel operation inside tvar::view is refused at every worker count",
+                 "[unit][ordered]") {
+  // The reference view gives is valid until its function returns. In ordered mode an operation there
+  // ended the segment, the value was replaced and freed by the epochs, and the function went on with
+  // a freed map (a newcomer's broadcast over a registry: a crash or "empty channel handle" every run
+  // at two workers). Refused the same way with one worker, where it happened to work.
+  event_log log;
+  tvar<std::map<int, channel<int>>> registry{{}};
+  channel<int> a, b;
+  atomically([&] { registry.set({{1, a}, {2, b}}); });
+  tvar<int> small{5};
+  spawn([&] {
+    for (int round = 0; round < 3; ++round) {
+      try {
+        registry.view([&](const auto& m) {
+          for (const auto& [k, c] : m) c.send(10 * round + k);
+        });
+      } catch (const std::logic_error& e) {
+        log(std::string(e.what()).find("inside tvar::view") != std::string::npos ? "refused" : e.what());
+      }
+      try {
+        small.view([&](int v) { if (v > 0) schedule(); });
+      } catch (const std::logic_error&) {
+        log("refused inline");
+      }
+      // What the lambda needs is copied out, and the sends come after view returns.
+      std::vector<channel<int>> targets = registry.view([](const auto& m) {
+        std::vector<channel<int>> out;
+        for (const auto& [k, c] : m) out.push_back(c);
+        return out;
+      });
+      for (std::size_t i = 0; i < targets.size(); ++i) targets[i].send(10 * round + static_cast<int>(i) + 1);
+    }
+  });
+  for (auto* c : {&a, &b})
+    spawn([&, c] {
+      for (int i = 0; i < 3; ++i) log(fmt::format("got{}", c->receive()));
+    });
+  CHECK_THROWS_WITH(small.view([](int) { schedule(); }), Catch::Contains("inside tvar::view"));
+  run();
+  CHECK(log.str() ==
+        "refused refused inline got1 got2 refused refused inline got11 got12 refused refused inline got21 got22");
+  fresh_runtime::check_clean();
+}
+
 TEST_CASE_METHOD(fresh_runtime, "an exception escaping a rolled-back segment is destroyed once", "[unit][ordered]") {
   // The exception's message is allocated in the segment it escapes. Under abort injection that
   // segment is rolled back and re-run: the attempt's exception must be destroyed before the rollback

@@ -2053,8 +2053,10 @@ bool try_in_place(const runtime& r, tasklet_impl* self, const segment* s) noexce
 op_status ordered_perform(runtime& r, intent& in) {
   worker* w = this_worker();
   tasklet_impl* self = w->running;
-  if (transaction* tx = current_transaction(); tx && (!tx->is_segment() || tx->in_scope())) [[unlikely]]
-    throw std::logic_error(scheduler_op_in_transaction);
+  if (transaction* tx = current_transaction(); tx && (!tx->is_segment() || tx->in_scope() || tx->in_view())) [[unlikely]]
+    throw std::logic_error(tx->is_segment() && !tx->in_scope() ? scheduler_op_in_view : scheduler_op_in_transaction);
+  if (views_outside_transaction) [[unlikely]]
+    throw std::logic_error(scheduler_op_in_view);
   if (self != r.main) {
     // A switch point reached while an exception thrown in this attempt propagates (a destructor
     // sends on a channel): the exception object is untracked memory of the attempt, referenced

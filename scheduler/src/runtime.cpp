@@ -272,6 +272,8 @@ op_status perform(intent& in) {
   if (r.is_parallel()) return ordered_perform(r, in);
   if (current_transaction()) [[unlikely]]
     throw std::logic_error(scheduler_op_in_transaction);
+  if (views_outside_transaction) [[unlikely]]
+    throw std::logic_error(scheduler_op_in_view);
   tasklet_impl* self = r.current;
   apply_result res = in.kind == intent_kind::channel_op ? apply_channel(r, in) : apply(r, in);
   if (res.next != self)

@@ -132,6 +132,11 @@ inline constexpr const char* scheduler_op_in_transaction =
     "a tasklet or channel operation (send, receive, try_send/try_receive, schedule, spawn, insert, run, "
     "kill, close, preference, set_name, ...) inside weft::atomically: these act on the scheduler, "
     "which a transaction cannot roll back; move it out of the transaction";
+/// The error for one inside tvar::view's function (perform, ordered_perform).
+inline constexpr const char* scheduler_op_in_view =
+    "a tasklet or channel operation (send, receive, try_send/try_receive, schedule, spawn, insert, run, "
+    "kill, close, preference, set_name, ...) inside tvar::view: the viewed value may be replaced and "
+    "freed meanwhile; copy what you need and act after view returns";
 
 struct apply_result {
   tasklet_impl* next;  // who runs now (may be the caller)

@@ -77,6 +77,7 @@ __attribute__((tls_model("initial-exec"))) constinit thread_local transaction* c
 
 void (*segment_abort_jump)() = nullptr;
 constinit thread_local bool exception_storage_dying = false;
+constinit thread_local std::uint32_t views_outside_transaction = 0;
 void (*segment_park_for_head)() = nullptr;
 bool (*running_in_tasklet)() noexcept = nullptr;
 bool (*another_thread_may_commit)() noexcept = nullptr;
@@ -573,6 +574,7 @@ void transaction::signal_swallowed() {
   writes_.size = 0;
   undo_.size = 0;
   scope_depth_ = 0;
+  view_depth_ = 0;
   or_else_depth_ = 0;
   created_floor_ = 0;
   signal_pending_ = 0;

@@ -80,14 +80,25 @@ class tvar : private detail::tvar_base {
   /// value is never changed in place, so the reference stays valid until f returns. f must not
   /// keep the reference, and must not set() this tvar (the reference would then be to the old
   /// value). Same read semantics, conflicts and cost as get() minus the copy.
+  /// A tasklet or channel operation inside f (a send, schedule(), spawn, ...) throws
+  /// std::logic_error, at every worker count: in a tasklet in ordered mode it would end the segment,
+  /// after which the value may be replaced and freed under f. Copy what you need, act after view.
   template <class F>
   [[gnu::always_inline]] decltype(auto) view(F&& f, std::source_location where = std::source_location::current()) const {
+    if (detail::transaction* tx = detail::current_transaction()) [[likely]] {
+      const detail::view_scope scope(tx);
+      if constexpr (is_inline) {
+        const T v = decode(tx->read(*this, where));
+        return std::forward<F>(f)(v);
+      } else {
+        return std::forward<F>(f)(std::as_const(reinterpret_cast<const box*>(tx->read(*this, where))->value));
+      }
+    }
+    const detail::view_scope scope(nullptr);
     if constexpr (is_inline) {
-      const T v = get(where);
+      const T v = decode(read_direct());
       return std::forward<F>(f)(v);
     } else {
-      if (detail::transaction* tx = detail::current_transaction()) [[likely]]
-        return std::forward<F>(f)(std::as_const(reinterpret_cast<const box*>(tx->read(*this, where))->value));
       detail::epoch_guard guard;  // the box outlives f even if another thread replaces it meanwhile
       return std::forward<F>(f)(std::as_const(reinterpret_cast<const box*>(read_direct())->value));
     }

@@ -47,6 +47,11 @@ extern void (*segment_park_for_head)();
 /// destroyed meanwhile (a member of the exception) is handled as a dead local is: its commit must not
 /// write to its storage (transaction::tvar_destroyed).
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local bool exception_storage_dying;
+/// tvar::view calls running on this thread outside any transaction (a serial tasklet, main): a
+/// tasklet or channel operation inside one is refused (view_scope). Inside a transaction the
+/// transaction counts them (transaction::in_view), so that the count follows a segment's tasklet
+/// and goes with a rolled-back attempt.
+__attribute__((tls_model("initial-exec"))) extern constinit thread_local std::uint32_t views_outside_transaction;
 class transaction;
 /// Set by the scheduler (ordered.cpp) while any ordered run exists. A commit outside every tasklet
 /// segment that writes tvars — of `tx`, or the one tvar `single` of a direct write — calls
@@ -382,6 +387,11 @@ class alignas(64) transaction {
   }
   /// Inside a nested atomically or or_else (where a switch point is refused).
   bool in_scope() const noexcept { return scope_depth_ != 0; }
+  /// Inside tvar::view's function (where a tasklet or channel operation is refused too: in a segment
+  /// it ends the segment, after which the viewed value may be replaced and freed).
+  bool in_view() const noexcept { return view_depth_ != 0; }
+  void view_enter() noexcept { ++view_depth_; }
+  void view_leave() noexcept { --view_depth_; }
   /// A segment's outermost nested atomically (or or_else) ended with `m` closed: with one worker it
   /// was a transaction of its own and its on_commit hooks ran now. If it registered any, the segment
   /// waits for its turn (parks until the head, goes on inevitable) and runs them here, so that their
@@ -546,6 +556,7 @@ class alignas(64) transaction {
   bool measuring_ = false;
   std::uint32_t consecutive_aborts_ = 0;
   std::uint32_t scope_depth_ = 0;
+  std::uint32_t view_depth_ = 0;  // in_view
   std::uint32_t created_floor_ = 0;  ///< created_ entries below it were made before the innermost scope
   std::uint8_t signal_pending_ = 0;  ///< bits: 1 conflict, 2 retry, thrown and not yet handled
   std::uint64_t attempt_start_ns_ = 0;
@@ -598,6 +609,24 @@ __attribute__((tls_model("initial-exec"))) extern constinit thread_local transac
 
 /// The transaction running on this thread, or nullptr.
 inline transaction* current_transaction() noexcept { return current_tx; }
+
+/// tvar::view's function runs inside one (see views_outside_transaction and transaction::in_view).
+class view_scope {
+ public:
+  explicit view_scope(transaction* tx) noexcept : tx_(tx) {
+    if (tx_) tx_->view_enter();
+    else ++views_outside_transaction;
+  }
+  ~view_scope() {
+    if (tx_) tx_->view_leave();
+    else --views_outside_transaction;
+  }
+  view_scope(const view_scope&) = delete;
+  view_scope& operator=(const view_scope&) = delete;
+
+ private:
+  transaction* tx_;
+};
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local transaction* thread_tx;
 transaction& make_thread_transaction();
 /// Registers a segment descriptor of ordered run `run` (for stats(), and so that no thread runs solo
