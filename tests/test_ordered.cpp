@@ -328,8 +328,17 @@ TEST_CASE_METHOD(fresh_runtime, "retry() in a tasklet outside or_else is refused
     log(or_else([&] { if (x.get() == 0) retry(); return std::string("first"); }, [] { return std::string("second"); }));
   });
   spawn([&] { x.set(1); });
+  tvar<std::string> outside;
+  spawn([&] {
+    try {
+      retry();  // outside any atomically: the same error at every worker count (round 19 found two)
+    } catch (const std::logic_error& e) {
+      outside.set(e.what());
+    }
+  });
   run();
   CHECK(what.get().find("weft::retry() in a tasklet") == 0);
+  CHECK(outside.get() == "weft::retry() called outside a transaction");
   CHECK(log.str() == "second");
   CHECK(x.get() == 1);
   fresh_runtime::check_clean();

@@ -2051,6 +2051,8 @@ bool try_in_place(const runtime& r, tasklet_impl* self, const segment* s) noexce
 }  // namespace
 
 op_status ordered_perform(runtime& r, intent& in) {
+  if (shared_destructors_running) [[unlikely]]  // (maybe at a commit, outside any tasklet: first)
+    refuse_op_in_shared_destructor();
   worker* w = this_worker();
   tasklet_impl* self = w->running;
   if (transaction* tx = current_transaction(); tx && (!tx->is_segment() || tx->in_scope() || tx->in_view())) [[unlikely]]

@@ -21,6 +21,7 @@
 #include "trace.hpp"
 #include "runtime.hpp"
 #include "weft/detail/stm_core.hpp"
+#include "weft/shared.hpp"
 
 namespace weft::detail {
 
@@ -85,6 +86,14 @@ constinit thread_local std::uint64_t channels_before_runtime = 0;  // see channe
 
 
 }  // namespace
+
+__attribute__((tls_model("initial-exec"))) constinit thread_local std::uint32_t shared_destructors_running = 0;
+
+void refuse_op_in_shared_destructor() {
+  std::fprintf(stderr, "weft: %s\n", scheduler_op_in_shared_destructor);
+  std::fflush(stderr);
+  throw std::logic_error(scheduler_op_in_shared_destructor);
+}
 
 namespace {
 [[noreturn]] __attribute__((noinline)) void rethrow_pending_other(tasklet_impl* t) {
@@ -274,6 +283,8 @@ op_status perform(intent& in) {
     throw std::logic_error(scheduler_op_in_transaction);
   if (views_outside_transaction) [[unlikely]]
     throw std::logic_error(scheduler_op_in_view);
+  if (shared_destructors_running) [[unlikely]]
+    refuse_op_in_shared_destructor();
   tasklet_impl* self = r.current;
   apply_result res = in.kind == intent_kind::channel_op ? apply_channel(r, in) : apply(r, in);
   if (res.next != self)

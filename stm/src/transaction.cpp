@@ -1792,7 +1792,10 @@ using namespace detail;
 
 void retry() {
   transaction* tx = current_transaction();
-  if (!tx) throw std::logic_error("weft::retry() called outside a transaction");
+  // (A segment outside every atomically block is no transaction the user opened: the same error as
+  // with one worker, where a tasklet there has none.)
+  if (!tx || (tx->is_segment() && !tx->in_scope()))
+    throw std::logic_error("weft::retry() called outside a transaction");
   // With one worker a tasklet's transaction is no segment, but the rule is the same: waiting there
   // for a tvar to change blocked the thread with every other tasklet of it (for ever, when only
   // they could change it).

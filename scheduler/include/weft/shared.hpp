@@ -37,6 +37,11 @@ namespace weft {
 
 namespace detail {
 
+/// Destructors of shared objects running on this thread: a tasklet or channel operation in one is
+/// refused (std::logic_error, and so std::terminate from the destructor), at every worker count —
+/// in ordered mode the last release happens at a segment's commit, outside any tasklet.
+__attribute__((tls_model("initial-exec"))) extern constinit thread_local std::uint32_t shared_destructors_running;
+
 /// The header of a shared object's block: its count and how to destroy the block.
 struct shared_block {
   std::atomic<std::size_t> refs{1};
@@ -67,7 +72,11 @@ template <class T>
 struct shared_object final : shared_block {
   template <class... A>
   explicit shared_object(A&&... a) : value(std::forward<A>(a)...) {
-    destroy = [](shared_block* b) noexcept { delete static_cast<shared_object*>(b); };
+    destroy = [](shared_block* b) noexcept {
+      ++shared_destructors_running;
+      delete static_cast<shared_object*>(b);
+      --shared_destructors_running;
+    };
   }
   T value;
 };
@@ -76,7 +85,9 @@ struct shared_object final : shared_block {
 
 /// A counted handle to one object made by weft::shared<T>::make(...), or empty. Copy to share, move to
 /// hand over; the object is destroyed when the last handle goes (in a segment: when that segment
-/// commits). `shared<const T>` is made from a `shared<T>` (the same object, read-only).
+/// commits). Its destructor may print and use tvars, but no tasklet or channel operation (a send,
+/// schedule(), spawn, ...): that is refused with std::logic_error, at every worker count, which ends
+/// the program (a destructor cannot throw) — at a commit it would run outside any tasklet. `shared<const T>` is made from a `shared<T>` (the same object, read-only).
 template <class T>
 class shared {
   static_assert(!std::is_reference_v<T> && !std::is_array_v<T>, "weft::shared<T> holds one object");
