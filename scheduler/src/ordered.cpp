@@ -2051,14 +2051,12 @@ bool try_in_place(const runtime& r, tasklet_impl* self, const segment* s) noexce
 }  // namespace
 
 op_status ordered_perform(runtime& r, intent& in) {
-  if (shared_destructors_running) [[unlikely]]  // (maybe at a commit, outside any tasklet: first)
-    refuse_op_in_shared_destructor();
+  if (scheduler_ops_refused) [[unlikely]]  // (a shared object's destructor may run at a commit, outside any tasklet: first)
+    refuse_scheduler_op();
   worker* w = this_worker();
   tasklet_impl* self = w->running;
   if (transaction* tx = current_transaction(); tx && (!tx->is_segment() || tx->in_scope() || tx->in_view())) [[unlikely]]
     throw std::logic_error(tx->is_segment() && !tx->in_scope() ? scheduler_op_in_view : scheduler_op_in_transaction);
-  if (views_outside_transaction) [[unlikely]]
-    throw std::logic_error(scheduler_op_in_view);
   if (self != r.main) {
     // A switch point reached while an exception thrown in this attempt propagates (a destructor
     // sends on a channel): the exception object is untracked memory of the attempt, referenced

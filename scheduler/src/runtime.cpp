@@ -87,12 +87,13 @@ constinit thread_local std::uint64_t channels_before_runtime = 0;  // see channe
 
 }  // namespace
 
-__attribute__((tls_model("initial-exec"))) constinit thread_local std::uint32_t shared_destructors_running = 0;
-
-void refuse_op_in_shared_destructor() {
-  std::fprintf(stderr, "weft: %s\n", scheduler_op_in_shared_destructor);
-  std::fflush(stderr);
-  throw std::logic_error(scheduler_op_in_shared_destructor);
+void refuse_scheduler_op() {
+  if (scheduler_ops_refused >= refused_in_shared_destructor) {
+    std::fprintf(stderr, "weft: %s\n", scheduler_op_in_shared_destructor);
+    std::fflush(stderr);
+    throw std::logic_error(scheduler_op_in_shared_destructor);
+  }
+  throw std::logic_error(scheduler_op_in_view);
 }
 
 namespace {
@@ -281,10 +282,8 @@ op_status perform(intent& in) {
   if (r.is_parallel()) return ordered_perform(r, in);
   if (current_transaction()) [[unlikely]]
     throw std::logic_error(scheduler_op_in_transaction);
-  if (views_outside_transaction) [[unlikely]]
-    throw std::logic_error(scheduler_op_in_view);
-  if (shared_destructors_running) [[unlikely]]
-    refuse_op_in_shared_destructor();
+  if (scheduler_ops_refused) [[unlikely]]
+    refuse_scheduler_op();
   tasklet_impl* self = r.current;
   apply_result res = in.kind == intent_kind::channel_op ? apply_channel(r, in) : apply(r, in);
   if (res.next != self)

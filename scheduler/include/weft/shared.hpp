@@ -31,16 +31,12 @@
 #include <type_traits>
 #include <utility>
 
+#include "weft/detail/stm_core.hpp"
 #include "weft/detail/tasklet_impl.hpp"
 
 namespace weft {
 
 namespace detail {
-
-/// Destructors of shared objects running on this thread: a tasklet or channel operation in one is
-/// refused (std::logic_error, and so std::terminate from the destructor), at every worker count —
-/// in ordered mode the last release happens at a segment's commit, outside any tasklet.
-__attribute__((tls_model("initial-exec"))) extern constinit thread_local std::uint32_t shared_destructors_running;
 
 /// The header of a shared object's block: its count and how to destroy the block.
 struct shared_block {
@@ -73,9 +69,12 @@ struct shared_object final : shared_block {
   template <class... A>
   explicit shared_object(A&&... a) : value(std::forward<A>(a)...) {
     destroy = [](shared_block* b) noexcept {
-      ++shared_destructors_running;
+      // A tasklet or channel operation in the destructor is refused (std::logic_error, and so
+      // std::terminate from it), at every worker count: in ordered mode the last release happens
+      // at a segment's commit, outside any tasklet.
+      scheduler_ops_refused += refused_in_shared_destructor;
       delete static_cast<shared_object*>(b);
-      --shared_destructors_running;
+      scheduler_ops_refused -= refused_in_shared_destructor;
     };
   }
   T value;

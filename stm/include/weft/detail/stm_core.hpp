@@ -47,11 +47,15 @@ extern void (*segment_park_for_head)();
 /// destroyed meanwhile (a member of the exception) is handled as a dead local is: its commit must not
 /// write to its storage (transaction::tvar_destroyed).
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local bool exception_storage_dying;
-/// tvar::view calls running on this thread outside any transaction (a serial tasklet, main): a
-/// tasklet or channel operation inside one is refused (view_scope). Inside a transaction the
-/// transaction counts them (transaction::in_view), so that the count follows a segment's tasklet
-/// and goes with a rolled-back attempt.
-__attribute__((tls_model("initial-exec"))) extern constinit thread_local std::uint32_t views_outside_transaction;
+/// Where a tasklet or channel operation is refused on this thread (perform checks this one word):
+/// tvar::view calls running outside any transaction (a serial tasklet, main; view_scope), counted
+/// by refused_in_view, and destructors of weft::shared objects (shared.hpp), counted by
+/// refused_in_shared_destructor. Inside a transaction the transaction counts views
+/// (transaction::in_view), so that the count follows a segment's tasklet and goes with a
+/// rolled-back attempt.
+__attribute__((tls_model("initial-exec"))) extern constinit thread_local std::uint32_t scheduler_ops_refused;
+inline constexpr std::uint32_t refused_in_view = 1;
+inline constexpr std::uint32_t refused_in_shared_destructor = 1u << 16;
 class transaction;
 /// Set by the scheduler (ordered.cpp) while any ordered run exists. A commit outside every tasklet
 /// segment that writes tvars — of `tx`, or the one tvar `single` of a direct write — calls
@@ -610,16 +614,16 @@ __attribute__((tls_model("initial-exec"))) extern constinit thread_local transac
 /// The transaction running on this thread, or nullptr.
 inline transaction* current_transaction() noexcept { return current_tx; }
 
-/// tvar::view's function runs inside one (see views_outside_transaction and transaction::in_view).
+/// tvar::view's function runs inside one (see scheduler_ops_refused and transaction::in_view).
 class view_scope {
  public:
   explicit view_scope(transaction* tx) noexcept : tx_(tx) {
     if (tx_) tx_->view_enter();
-    else ++views_outside_transaction;
+    else scheduler_ops_refused += refused_in_view;
   }
   ~view_scope() {
     if (tx_) tx_->view_leave();
-    else --views_outside_transaction;
+    else scheduler_ops_refused -= refused_in_view;
   }
   view_scope(const view_scope&) = delete;
   view_scope& operator=(const view_scope&) = delete;
