@@ -17,6 +17,7 @@
 #include <spdlog/spdlog.h>
 #include <weft/detail/epoch.hpp>
 #include <weft/log.hpp>
+#include <weft/shared.hpp>
 
 #include "support.hpp"
 
@@ -1001,6 +1002,41 @@ TEST_CASE_METHOD(fresh_runtime, "a tasklet or channel operation inside tvar::vie
   run();
   CHECK(log.str() ==
         "refused refused inline got1 got2 refused refused inline got11 got12 refused refused inline got21 got22");
+  fresh_runtime::check_clean();
+}
+
+namespace {
+// A tvar value whose destructor makes handles and drops them again: nothing visible.
+struct makes_handles_when_dropped {
+  long x = 0;
+  std::string pad = std::string(32, 'v');  // not inline: the value lives in a box
+  ~makes_handles_when_dropped() {
+    auto p = weft::shared<int>::make(1);
+    auto q = p;
+    weft::channel<int> c;
+  }
+};
+}  // namespace
+
+TEST_CASE_METHOD(fresh_runtime, "a tvar value's destructor may make and drop handles wherever weft runs it",
+                 "[unit][ordered]") {
+  // Replaced values are destroyed by a segment's rollback, by its own later writes, or by the epoch
+  // collector between segments, outside any tasklet. A channel made there crashed on the missing
+  // tasklet; a weft::shared made and dropped by a rollback's drops was released after its block
+  // was freed with the attempt's memory (round 20: a crash or heap corruption at two workers).
+  tvar<makes_handles_when_dropped> v{};
+  for (int t = 0; t < 2; ++t)
+    spawn([&, t] {
+      for (int r = 0; r < 50; ++r) {
+        makes_handles_when_dropped next;
+        next.x = t * 1000L + r;
+        v.set(next);
+        schedule();
+      }
+    });
+  run();
+  CHECK(v.get().x == 1049);
+  for (int i = 0; i < 1000 && detail::epoch_pending() > 0; ++i) detail::epoch_collect();
   fresh_runtime::check_clean();
 }
 

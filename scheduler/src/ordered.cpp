@@ -660,9 +660,14 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   // segment_abort drops them before it frees the attempt's memory, their releases in `dropped`.
   // A replayed first run's memory is kept (alloc_quarantine_start, in ordered_start): a pointer to it
   // that outlived the rollback is a breach of the memory contract, reported at its delete.
-  s->tx.segment_abort(kind == abort_kind::replayed, t->id);
+  // A destructor the drops ran may have made handles of its own (a weft::shared or a channel made and
+  // dropped in a tvar value's destructor): their blocks are the attempt's memory, freed with it, and
+  // their entries are skipped (undone, they wrote into freed memory: ASan, round 20). A copy it made
+  // of an older handle is not kept either.
+  alloc_log::ranges own_after_drops;
+  s->tx.segment_abort(kind == abort_kind::replayed, t->id, &own_after_drops);
   segment_handles = outer_log;
-  undo_handle_increments(dropped, own);  // a copy made while dropping (none expected) is not kept either
+  undo_handle_increments(dropped, own_after_drops);
   std::free(dropped.items);
   s->ending = intent{.kind = intent_kind::yield};
   s->out.clear();

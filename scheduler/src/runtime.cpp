@@ -4,6 +4,8 @@
 // perform() is the only place that switches context after applying an intent; tasklet_entry's exit
 // path is the only place a tasklet leaves for good. Both run on the owning thread.
 #include <typeinfo>
+#include <atomic>
+#include <limits>
 #include <cxxabi.h>
 #include <unwind.h>
 #include <unordered_set>
@@ -701,10 +703,18 @@ namespace weft::detail {
 channel_core* channel_create(void (*move)(void* dst, void* src)) {
   auto* c = new channel_core;
   c->move = move;
-  if (runtime* r = thread_runtime()) {
-    tasklet_impl* t = running_tasklet(*r);
+  runtime* r = thread_runtime();
+  tasklet_impl* t = r ? running_tasklet(*r) : nullptr;
+  if (t) {
     c->creator = t->id;
     c->serial = ++t->channels_made;  // a rolled-back segment gives its count back (ordered.cpp)
+  } else if (r) {
+    // Made by weft's own context, outside any tasklet: a destructor the epoch collector runs between
+    // segments (a tvar value's; when, depends on the worker count anyway). It crashed on the missing
+    // tasklet (round 20). Its identity: a creator no tasklet has, and a count of the process.
+    static std::atomic<std::uint64_t> made_outside_tasklets{0};
+    c->creator = std::numeric_limits<std::uint64_t>::max();
+    c->serial = made_outside_tasklets.fetch_add(1, std::memory_order_relaxed) + 1;
   } else {
     // Before the thread's runtime exists (a global channel, the first lines of main): main's, and
     // main goes on counting from there when the runtime is made.

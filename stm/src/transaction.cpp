@@ -1511,7 +1511,7 @@ std::vector<std::function<void()>> transaction::segment_finish_commit() noexcept
   return hooks;
 }
 
-void transaction::segment_abort(bool quarantine, std::uint64_t tag) noexcept {
+void transaction::segment_abort(bool quarantine, std::uint64_t tag, alloc_log::ranges* made_while_dropping) noexcept {
   // Installed while the attempt's boxes are dropped: memory their values allocated in the attempt
   // is then recognised by `delete` (freed once, not again by the log's rollback).
   alloc_log* const outer = set_active_alloc_log(&allocs_);
@@ -1531,6 +1531,7 @@ void transaction::segment_abort(bool quarantine, std::uint64_t tag) noexcept {
     aborts.clear();
   }
   drop_running_abort_hooks();
+  if (made_while_dropping) *made_while_dropping = allocs_.ranges_after(0);
   counters::bump(stats.allocations_undone, quarantine ? allocs_.abort_to_quarantine(tag) : allocs_.abort());
   if (holds_token_) release_token();
   inevitable_ = want_inevitable_ = false;

@@ -33,6 +33,10 @@
 
 namespace weft {
 
+/// A transactional variable holding a T. A value a write replaces (or a dying tvar's last value) is
+/// destroyed later, by the epoch collector, once no transaction can still be reading it: when that
+/// happens differs with the worker count and the timing, so T's destructor should only release what
+/// the value owns — output or other effects from it come at times one worker does not reproduce.
 template <class T>
 class tvar : private detail::tvar_base {
   static_assert(std::is_copy_constructible_v<T>, "tvar<T> needs a copyable T");

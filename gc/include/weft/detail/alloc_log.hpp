@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <utility>
 #include <cstddef>
 #include <cstdint>
 
@@ -54,6 +55,11 @@ class alloc_log {
     ranges(ranges&& o) noexcept : items_(o.items_), count_(o.count_) { o.items_ = nullptr, o.count_ = 0; }
     ranges(const ranges&) = delete;
     ranges& operator=(const ranges&) = delete;
+    ranges& operator=(ranges&& o) noexcept {
+      std::swap(items_, o.items_);
+      std::swap(count_, o.count_);
+      return *this;
+    }
     ~ranges();
     bool contains(const void* p) const noexcept;
 

@@ -366,7 +366,11 @@ class alignas(64) transaction {
   /// token; leaves the epoch. Call it with a scratch handle log installed (segment_handles): the
   /// hooks' handle releases belong to the attempt. With `quarantine`, the allocations go to the
   /// allocation quarantine tagged `tag` instead of being freed (WEFT_CHECK=replay's first runs).
-  void segment_abort(bool quarantine = false, std::uint64_t tag = 0) noexcept;
+  /// `made_while_dropping`, if given, receives the attempt's allocations as they stand after its
+  /// boxes and hooks were dropped, just before they are freed (a destructor run by the drop may
+  /// allocate: a weft::shared made and dropped there, whose handle entries the caller then skips).
+  void segment_abort(bool quarantine = false, std::uint64_t tag = 0,
+                     alloc_log::ranges* made_while_dropping = nullptr) noexcept;
   /// At the head: takes the token and reserves every tvar read or written, so that nothing can
   /// invalidate the attempt any more. False if something read has changed since (call segment_abort).
   bool segment_make_inevitable() noexcept;
