@@ -1040,6 +1040,52 @@ TEST_CASE_METHOD(fresh_runtime, "a tvar value's destructor may make and drop han
   fresh_runtime::check_clean();
 }
 
+TEST_CASE_METHOD(fresh_runtime, "a weft::shared object's destructor may keep a count in a tvar wherever its last handle goes",
+                 "[unit][ordered]") {
+  // README: the destructor may use tvars, its writes following the segment's own. Dropped before
+  // a segment parked for its turn, the release ran when it went on at the head, outside its
+  // transaction, and the destructor's direct write waited for ever for the segment's own
+  // reservation (every ordered run hung, newcomer round 20).
+  struct node {
+    tvar<long>* live;
+    explicit node(tvar<long>* l) : live(l) { live->set(live->get() + 1); }
+    node(const node&) = delete;
+    ~node() { live->set(live->get() - 1); }
+  };
+  tvar<long> live{0};
+  tvar<long> received{0};
+  channel<weft::shared<node>> ch;
+  ch.preference(1);
+  constexpr int tasklets = 6;
+  for (int t = 0; t < tasklets; ++t)
+    spawn([&, t] {
+      auto head = weft::shared<node>::make(&live);
+      schedule();
+      if (t % 2 == 0) {
+        ch.send(head);
+        head.reset();
+      } else {
+        head = nullptr;
+        schedule();
+      }
+    });
+  spawn([&] {
+    // A tvar on this tasklet's stack that dies in a segment makes that segment wait for its turn
+    // (transaction::tvar_destroyed): the park after which the handle dropped before it is released.
+    tvar<std::vector<int>> local;
+    for (int i = 0; i < tasklets / 2; ++i) {
+      auto n = ch.receive();
+      received.set(received.get() + 1);
+      schedule();
+    }
+    local.set({});
+  });
+  run();
+  CHECK(received.get() == tasklets / 2);
+  CHECK(live.get() == 0);
+  fresh_runtime::check_clean();
+}
+
 TEST_CASE_METHOD(fresh_runtime, "an exception escaping a rolled-back segment is destroyed once", "[unit][ordered]") {
   // The exception's message is allocated in the segment it escapes. Under abort injection that
   // segment is rolled back and re-run: the attempt's exception must be destroyed before the rollback

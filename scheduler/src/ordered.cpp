@@ -1359,9 +1359,16 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     }
     s->inevitable = true;
     // At the head everything before it is out: print directly from now on, and drop weft::shared
-    // handles at once (those dropped so far go now, in their place in its output).
-    flush_output_and_releases(s);
+    // handles at once (those dropped so far go now, in their place in its output). The destructors
+    // those releases run belong to the segment: they run in its transaction, now inevitable, whose
+    // reservations a direct tvar write from here waited for for ever (a shared object's destructor
+    // keeping a count in a tvar hung every ordered run, newcomer round 20).
     s->handles.releases_now = true;
+    s->tx.segment_attach();
+    segment_handles = &s->handles;
+    flush_output_and_releases(s);
+    segment_handles = nullptr;
+    s->tx.segment_detach();
     // One segment, run in two parts: run_timed counts it again for this thread, so the first
     // part's count goes (its time stays with the thread that spent it).
     --o.segments, --s->ran_by->segments;
