@@ -1230,7 +1230,12 @@ void transaction::after_commit() {
     notify(e);
   }
   if (!commit_hooks_.empty() || !abort_hooks_.empty()) {
-    abort_hooks_.clear();
+    {
+      // Out of the member first: a destructor of a capture may run a transaction on this thread,
+      // whose commit ended here again and destroyed the same hooks (a stack overflow, every run).
+      std::vector<std::function<void()>> never_run;
+      never_run.swap(abort_hooks_);
+    }
     std::vector<std::function<void()>> hooks;
     hooks.swap(commit_hooks_);
     for (auto& h : hooks) h();  // outside the transaction: hooks may start new ones
@@ -1511,21 +1516,29 @@ std::vector<std::function<void()>> transaction::segment_finish_commit() noexcept
   return hooks;
 }
 
+namespace {
+// Ends the hooks' lives without their destructors (their memory is the attempt's, freed with it):
+// reusing an object's storage ends its life, and nothing here depends on what a destructor does.
+void forget_hooks(std::vector<std::function<void()>>& hooks) noexcept {
+  for (auto& h : hooks) ::new (static_cast<void*>(&h)) std::function<void()>();
+  alloc_log_pause pause;
+  hooks.clear();
+}
+}  // namespace
+
 void transaction::segment_abort(bool quarantine, std::uint64_t tag, alloc_log::ranges* made_while_dropping) noexcept {
+  // The hooks the attempt registered never existed (see add_abort_hook; commit hooks are made in the
+  // attempt too): no destructor of theirs runs, as none of the attempt's stack objects' does.
+  forget_hooks(commit_hooks_);
+  forget_hooks(abort_hooks_);
+  for (auto& level : running_abort_hooks_) forget_hooks(level);
   // Installed while the attempt's boxes are dropped: memory their values allocated in the attempt
   // is then recognised by `delete` (freed once, not again by the log's rollback).
   alloc_log* const outer = set_active_alloc_log(&allocs_);
   drop_created_on_stack();
   std::vector<std::function<void()>> aborts = discard_attempt(true);
   set_active_alloc_log(outer);
-  // The on_abort hooks of the attempt's ended atomically blocks are dropped, not run (the caller's
-  // rule), and before the rollback frees the attempt's memory: what they hold may live there (a
-  // weft::shared made in the block, whose release wrote into its freed block: heap corruption at 2
-  // workers, a newcomer's program). They were made outside the log, so they are destroyed outside
-  // it, and what they hold of the attempt's memory is freed once (a std::shared_ptr made in the
-  // block was freed as plain memory and again by the rollback); a handle they release is counted in
-  // the caller's log (see ordered.cpp, abort_segment). So are the hooks of an undone block that were
-  // running when the segment was doomed.
+  // (Empty: forgotten above. Kept for what discard_attempt hands back in general.)
   {
     alloc_log_release_scope release(allocs_);
     aborts.clear();
@@ -1762,6 +1775,18 @@ void transaction::drop_running_abort_hooks() noexcept {
   running_abort_hooks_.clear();
 }
 
+// A segment's outermost block committed: with one worker its transaction's abort hooks are destroyed
+// at its commit, never run. So they are here, in the segment's transaction (what their destructors
+// write joins it), in order, with stops held (see replace_write).
+void transaction::drop_scope_abort_hooks(const scope_mark& m) {
+  alloc_log_stop_hold hold(allocs_);
+  for (std::size_t i = m.abort_hooks; i < abort_hooks_.size(); ++i) {
+    const std::function<void()> gone = std::move(abort_hooks_[i]);
+  }
+  alloc_log_pause pause;  // (empty now: nothing of the attempt's is freed by the resize)
+  abort_hooks_.resize(m.abort_hooks);
+}
+
 void transaction::run_scope_commit_hooks(const scope_mark& m) {
   if (!inevitable_) segment_park_for_head();  // back at the head, inevitable (or rolled back: never here)
   std::vector<std::function<void()>> hooks;
@@ -1779,6 +1804,17 @@ void transaction::add_commit_hook(std::function<void()> fn) {
   commit_hooks_.push_back(std::move(fn));
 }
 void transaction::add_abort_hook(std::function<void()> fn) {
+  if (segment_) {
+    // In a segment the hook is the attempt's own, like the objects on its tasklet's stack: a copy
+    // (as with one worker) made in the attempt's memory, which a rollback of the segment ends
+    // without its destructor (segment_abort), as if the attempt had never run. Destroyed there, a
+    // captured object's destructor ran once more per rollback: its output and tvar writes differed
+    // from one worker's, and a tvar write there, under the commit lock, could wait for ever (round 20).
+    std::function<void()> copy(fn);
+    alloc_log_pause pause;  // the vector's own buffer is ours, not the attempt's
+    abort_hooks_.push_back(std::move(copy));
+    return;
+  }
   // A copy made outside the log: an abort frees the attempt's allocations before running the abort
   // hooks, so the hooks must not live in them. (`fn` itself is freed with the attempt's memory.)
   alloc_log_pause pause;

@@ -406,7 +406,10 @@ class alignas(64) transaction {
   /// effects are visible after atomically returns and an exception from one propagates from it, as
   /// with one worker. Throws what a hook throws.
   [[gnu::always_inline]] void segment_scope_committed(const scope_mark& m) {
-    if (scope_depth_ == 0 && commit_hooks_.size() > m.commit_hooks) [[unlikely]]
+    if (scope_depth_ != 0) return;
+    if (abort_hooks_.size() > m.abort_hooks) [[unlikely]]
+      drop_scope_abort_hooks(m);
+    if (commit_hooks_.size() > m.commit_hooks) [[unlikely]]
       run_scope_commit_hooks(m);
   }
   /// The memory the attempt allocated (still owned by it).
@@ -507,6 +510,7 @@ class alignas(64) transaction {
   void reindex();
   void drop_undo(const scope_mark& m) noexcept;
   void run_scope_commit_hooks(const scope_mark& m);
+  void drop_scope_abort_hooks(const scope_mark& m);
   void replace_write(write_entry& w, std::uint64_t b, const std::source_location& where);
   std::uint64_t read_slow(const tvar_base& v, const std::source_location& where);
   bool extend(std::uint64_t seen) noexcept;
