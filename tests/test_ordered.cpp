@@ -1834,23 +1834,12 @@ TEST_CASE_METHOD(fresh_runtime, "a heap vector of channel handles filled in one 
 TEST_CASE_METHOD(fresh_runtime, "hooks of a nested block rolled back by an exception are freed when their segment rolls back", "[unit][ordered]") {
   // A newcomer's program (LSan): the on_abort hook of a nested atomically that an exception undid ran,
   // and was then destroyed inside the segment's log: the free waited for the segment's commit, and
-  // the rollback that parks the segment for its on_commit hook (or an injected one) lost it. Counted
-  // here in every build (what a lost free leaves behind only LSan sees: ASan builds). Only copies
-  // off the tasklet's stack count: the lambda and std::function's by-value parameter live on it, and
-  // a segment stopped at the new of the hook's heap block (a doomed or rechecked attempt stops at its
-  // next new or delete) is rolled back without unwinding (DESIGN.md §5): its stack is restored and
-  // those temporaries are never destroyed, which is right. Counted, they were the "missing
-  // destructor" of 30-80% of the sanitizer runs (every one a stack copy, checked 2026-12-04).
-  static std::atomic<long> live{0};
-  struct counted {
-    static bool off_stack(const void* p) {
-      const tasklet t = getcurrent();  // none where a rollback drops the hook (a worker's own context)
-      return !t.impl() || !t.impl()->stack.contains(p);
-    }
-    counted() { live += off_stack(this); }
-    counted(const counted&) { live += off_stack(this); }
-    ~counted() { live -= off_stack(this); }
-  };
+  // the rollback that parks the segment for its on_commit hook (or an injected one) lost it. The
+  // hooks' copies are counted by a weft::shared token they capture, whose count follows rollbacks:
+  // a rolled-back attempt's copies, on its stack or in its memory, end without their destructors
+  // (DESIGN.md §5; add_abort_hook) and the handle log gives their references back. (Counted with a
+  // plain counter, a hook copy in a rolled-back attempt's memory looked leaked: TSan's timing, 2026-12-04.)
+  const auto token = weft::shared<int>::make(0);
   tvar<int> stock{3}, ran{0}, committed{0};
   for (int i = 0; i < 6; ++i)
     spawn([&] {
@@ -1860,7 +1849,7 @@ TEST_CASE_METHOD(fresh_runtime, "hooks of a nested block rolled back by an excep
             stock.set(stock.get() - 1);
             // Captures too large for std::function's inline buffer: the copy add_abort_hook keeps
             // is a heap block of its own.
-            on_abort([&ran, c = counted(), pad = std::array<long, 8>{}] { ran.set(ran.get() + 1 + static_cast<int>(pad[0])); });
+            on_abort([&ran, c = token, pad = std::array<long, 8>{}] { ran.set(ran.get() + 1 + static_cast<int>(pad[0])); });
             if (stock.get() < 0) throw std::runtime_error("out of stock");
           });
         } catch (const std::runtime_error&) {
@@ -1874,7 +1863,7 @@ TEST_CASE_METHOD(fresh_runtime, "hooks of a nested block rolled back by an excep
   CHECK(ran.get() == 3);
   CHECK(committed.get() == 6);
   for (int i = 0; i < 1000 && detail::epoch_pending() > 0; ++i) detail::epoch_collect();
-  CHECK(live == 0);
+  CHECK(token.use_count() == 1);
   check_clean();
 }
 
