@@ -47,13 +47,19 @@ struct channel_core {
   ~channel_core();  // drops the owner reference
 
   std::atomic<std::uint32_t> refs{1};  // handles + blocked tasklets + tasklets woken from it (queue_remove)
-  tasklet_impl* head = nullptr;        // oldest blocked tasklet (circular list through next/prev)
   int balance = 0;
+  tasklet_impl* head = nullptr;        // oldest blocked tasklet (circular list through next/prev)
+  // Serial state: an address on the stack of the tasklet that became `head` by blocking here, taken
+  // when it blocked, a few hundred bytes below where its registers are saved. A hand-off prefetches
+  // it as soon as this line arrives, before the head's control block (which says exactly where) has:
+  // the page walk and the miss on a cold stack overlap the miss on the control block instead of
+  // following it (apply.cpp). Only a hint: stale once that tasklet leaves (prefetching it is harmless).
+  const void* resume_hint = nullptr;
   int preference = -1;
   bool schedule_all = false;
   bool closing = false;
-  std::atomic<runtime*> owner{nullptr};  // the runtime that first operated on it (holds a reference)
   std::atomic<bool> shared{false};       // another runtime has operated on it: `lock` from now on
+  std::atomic<runtime*> owner{nullptr};  // the runtime that first operated on it (holds a reference)
   void (*move)(void* dst, void* src) = nullptr;
   std::mutex lock;
   // Identity (channel_key): the id of the tasklet that made it and how many channels that tasklet

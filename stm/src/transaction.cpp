@@ -1536,14 +1536,9 @@ void transaction::segment_abort(bool quarantine, std::uint64_t tag, alloc_log::r
   // is then recognised by `delete` (freed once, not again by the log's rollback).
   alloc_log* const outer = set_active_alloc_log(&allocs_);
   drop_created_on_stack();
-  std::vector<std::function<void()>> aborts = discard_attempt(true);
+  discard_attempt(true);  // hands back no hooks: forgotten above
   set_active_alloc_log(outer);
-  // (Empty: forgotten above. Kept for what discard_attempt hands back in general.)
-  {
-    alloc_log_release_scope release(allocs_);
-    aborts.clear();
-  }
-  drop_running_abort_hooks();
+  drop_running_abort_hooks();  // the emptied lists' buffers
   if (made_while_dropping) *made_while_dropping = allocs_.ranges_after(0);
   counters::bump(stats.allocations_undone, quarantine ? allocs_.abort_to_quarantine(tag) : allocs_.abort());
   if (holds_token_) release_token();

@@ -142,7 +142,9 @@ class channel {
   }
 
   /// Completes at once if a receiver waits (moving from v); otherwise changes nothing and says why.
-  status try_send(T& v, std::source_location where = std::source_location::current()) const { return static_cast<status>(transfer(+1, &v, true, where)); }
+  status try_send(T& v, std::source_location where = std::source_location::current()) const {
+    return static_cast<status>(transfer(+1, &v, true, where));
+  }
   /// Completes at once if a sender waits (into out); otherwise changes nothing and says why.
   status try_receive(T& out, std::source_location where = std::source_location::current()) const {
     std::optional<T> slot;
@@ -166,7 +168,9 @@ class channel {
   void close(std::source_location where = std::source_location::current()) const {
     detail::channel_set(core(), detail::intent_kind::channel_close, 0, where);
   }
-  void open(std::source_location where = std::source_location::current()) const { detail::channel_set(core(), detail::intent_kind::channel_open, 0, where); }
+  void open(std::source_location where = std::source_location::current()) const {
+    detail::channel_set(core(), detail::intent_kind::channel_open, 0, where);
+  }
   bool closing() const { return detail::channel_read(core()).closing; }
   /// closing and nobody waiting.
   bool closed() const {

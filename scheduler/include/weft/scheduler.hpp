@@ -136,15 +136,23 @@ int getruncount();
 struct run_statistics {
   weft::mode mode = weft::mode::serial;
   unsigned workers = 1;
-  std::uint64_t segments = 0;         ///< segment attempts run, committed or not (one parked for the head and resumed there counts once; WEFT_CHECK=replay's first runs and a drain's dropped segments count, and are no abort of the kinds below)
+  /// Segment attempts run, committed or not (one parked for the head and resumed there counts once;
+  /// WEFT_CHECK=replay's first runs and a drain's dropped segments count, and are no abort of the kinds
+  /// below).
+  std::uint64_t segments = 0;
   std::uint64_t commits = 0;          ///< segments committed
   std::uint64_t aborts_conflict = 0;  ///< read a tvar that a predecessor in commit order changed
   std::uint64_t aborts_injected = 0;  ///< abort injection (options::abort_inject)
   std::uint64_t aborts_changed = 0;   ///< a committed kill, raise or remove changed the tasklet meanwhile
                                       ///< (the shutdown's kills too: a program that never kills may count some)
-  std::uint64_t dropped = 0;          ///< finished or parked segments the fallback's drain rolled back (no abort of the kinds above; in per_thread's aborts)
+  /// Finished or parked segments the fallback's drain rolled back (no abort of the kinds above; in
+  /// per_thread's aborts).
+  std::uint64_t dropped = 0;
   std::uint64_t inevitable = 0;       ///< committed segments that ran inevitable at the head
-  double mean_segment_us = 0;         ///< time inside segments per attempt (main's own code excluded), every segment timed while they are long, a random 1 in 16 while they are shorter than 2 us (a clock read costs as much as a short segment)
+  /// Time inside segments per attempt, µs (main's own code excluded): every segment is timed while
+  /// they are long, a random 1 in 16 while they are shorter than 2 µs (a clock read costs as much as a
+  /// short segment).
+  double mean_segment_us = 0;
   double aborts_per_commit = 0;       ///< all kinds
   /// The one-way guard (DESIGN.md §4.7.11) drained the run and it went on in serial state on one
   /// thread: segments were too short for parallelism to pay, or conflicts too frequent. WEFT_GUARD=0
@@ -160,7 +168,8 @@ struct run_statistics {
     /// and how many of them committed and aborted, whichever thread did the commit or the abort.
     std::uint64_t segments = 0, commits = 0, aborts = 0;
     double busy_ms = 0;    ///< inside segments (estimated like mean_segment_us)
-    double commit_ms = 0;  ///< between segments: committing (validation, write-back, intents, hooks), dispatch, snapshots
+    /// Between segments: committing (validation, write-back, intents, hooks), dispatch, snapshots.
+    double commit_ms = 0;
     double idle_ms = 0;    ///< waiting for work (nothing in the dispatch window could start)
   };
   std::vector<thread_counts> per_thread;  ///< [0] is the main thread

@@ -86,7 +86,8 @@ struct shared_object final : shared_block {
 /// hand over; the object is destroyed when the last handle goes (in a segment: when that segment
 /// commits). Its destructor may print and use tvars, but no tasklet or channel operation (a send,
 /// schedule(), spawn, ...): that is refused with std::logic_error, at every worker count, which ends
-/// the program (a destructor cannot throw) — at a commit it would run outside any tasklet. `shared<const T>` is made from a `shared<T>` (the same object, read-only).
+/// the program (a destructor cannot throw) — at a commit it would run outside any tasklet.
+/// `shared<const T>` is made from a `shared<T>` (the same object, read-only).
 template <class T>
 class shared {
   static_assert(!std::is_reference_v<T> && !std::is_array_v<T>, "weft::shared<T> holds one object");

@@ -8,8 +8,9 @@
 // (opacity: a transaction never sees an inconsistent state, even one that will abort), and a read of
 // something newer than the snapshot extends the snapshot instead of aborting when everything read so
 // far is still current. Read-only transactions commit without locks or clock writes. While one
-// thread alone uses the STM its transactions run solo (no locks, no read log; stm_options::solo). A trivially copyable T of at most 8 bytes is stored inline; any other T
-// lives in an immutable box replaced on each committed write (old boxes go to the epoch GC).
+// thread alone uses the STM its transactions run solo (no locks, no read log; stm_options::solo).
+// A trivially copyable T of at most 8 bytes is stored inline; any other T lives in an immutable box
+// replaced on each committed write (old boxes go to the epoch GC).
 //
 // Contract inside atomically(f): f may run several times; it must keep its effects to tvars, to
 // memory it allocates (freed again if the attempt aborts), and to on_commit/on_abort callbacks.
@@ -88,7 +89,8 @@ class tvar : private detail::tvar_base {
   /// std::logic_error, at every worker count: in a tasklet in ordered mode it would end the segment,
   /// after which the value may be replaced and freed under f. Copy what you need, act after view.
   template <class F>
-  [[gnu::always_inline]] decltype(auto) view(F&& f, std::source_location where = std::source_location::current()) const {
+  [[gnu::always_inline]] decltype(auto) view(F&& f,
+                                             std::source_location where = std::source_location::current()) const {
     if (detail::transaction* tx = detail::current_transaction()) [[likely]] {
       const detail::view_scope scope(tx);
       if constexpr (is_inline) {

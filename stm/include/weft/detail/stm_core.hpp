@@ -318,7 +318,8 @@ class alignas(64) transaction {
   [[noreturn]] void raise_abort();
   [[noreturn]] void raise_retry();
   /// or_else consumed a retry signal (it runs the other branch).
-  void retry_consumed() noexcept { signal_pending_ = static_cast<std::uint8_t>(signal_pending_ & ~2u); }  // a swallowed conflict stays recorded
+  // (A swallowed conflict stays recorded.)
+  void retry_consumed() noexcept { signal_pending_ = static_cast<std::uint8_t>(signal_pending_ & ~2u); }
   /// Called by atomically before it closes a scope. In a tasklet's segment the outermost scope is
   /// what one worker runs as a transaction of its own, whose commit throws std::logic_error when user
   /// code caught a retry signal and went on (signal_swallowed): thrown here, at the same place, it
@@ -462,7 +463,9 @@ class alignas(64) transaction {
   static constexpr unsigned filter_words = 32;
   // A blocked filter: the hash picks one of the 32 words and two bits in it (one load to answer). Its
   // bits 35..51, well mixed by the multiplication and apart from the slot's top bits.
-  static unsigned filter_word(std::uint64_t h) noexcept { return static_cast<unsigned>((h >> 35) & (filter_words - 1)); }
+  static unsigned filter_word(std::uint64_t h) noexcept {
+    return static_cast<unsigned>((h >> 35) & (filter_words - 1));
+  }
   static std::uint64_t filter_mask(std::uint64_t h) noexcept {
     return (std::uint64_t{1} << ((h >> 40) & 63)) | (std::uint64_t{1} << ((h >> 46) & 63));
   }

@@ -10,8 +10,9 @@
 // only by the scheduler while applying an intent (scheduler/src/apply.cpp) or by the context switch
 // code (tasklet/src/context.cpp) — except that while it waits in a channel shared with other threads'
 // runtimes, its queue links, channel wait fields and `pending` are changed under the channel's lock
-// by whichever runtime matches it (scheduler/src/threads.cpp). The layout is the same in every build (sanitizer fields included) so
-// that user code compiled with other flags links against the library safely.
+// by whichever runtime matches it (scheduler/src/threads.cpp). The layout is the same in every build
+// (sanitizer fields included) so that user code compiled with other flags links against the library
+// safely.
 #pragma once
 
 #include <atomic>
@@ -67,7 +68,8 @@ class tasklet_impl {
   bool started = false;     ///< has run (in ordered mode: its first segment has committed); main: always
   bool has_context = false; ///< has a stack and a context (ordered mode: from its first dispatch on)
   bool registered = false;  ///< counted in the runtime's list of live tasklets (holds a reference)
-  bool in_run = false;      ///< paused inside weft::run() (else paused by switch_to/schedule_remove); see runtime::runners
+  /// Paused inside weft::run() (else paused by switch_to/schedule_remove); see runtime::runners.
+  bool in_run = false;
   std::int8_t direction = 0;  ///< while blocked: +1 sending, -1 receiving
   /// A tasklet of another runtime matched it: out of the channel's queue, in its runtime's mail, still
   /// `blocked` until its runtime takes the mail. Under the channel's lock (scheduler/src/threads.cpp).
