@@ -92,8 +92,10 @@ std::atomic<std::uint64_t> epoch_global{1};
 __attribute__((tls_model("initial-exec"))) constinit thread_local epoch_slot* epoch_self_slot = nullptr;
 __attribute__((tls_model("initial-exec"))) constinit thread_local bool epoch_reclaiming = false;
 __attribute__((tls_model("initial-exec"))) constinit thread_local std::size_t epoch_large_allocated = 0;
+__attribute__((tls_model("initial-exec"))) constinit thread_local std::size_t epoch_tx_allocated = 0;
 namespace {
 __attribute__((tls_model("initial-exec"))) constinit thread_local std::uint64_t scanned_here = 0;  // epoch_scanned
+__attribute__((tls_model("initial-exec"))) constinit thread_local std::uint64_t held_epoch_seen = 0;  // epoch_held_back
 }  // namespace
 
 namespace {
@@ -364,6 +366,16 @@ void epoch_collect() noexcept {
 }
 
 std::size_t epoch_pending() noexcept { return pending_count.load(std::memory_order_relaxed); }
+
+bool epoch_held_back() noexcept {
+  const std::uint64_t e = epoch_global.load(std::memory_order_relaxed);
+  if (e != held_epoch_seen) {
+    held_epoch_seen = e;
+    epoch_tx_allocated = 0;
+    return false;
+  }
+  return epoch_tx_allocated >= epoch_held_budget;
+}
 
 std::uint64_t epoch_scanned() noexcept { return scanned_here; }
 

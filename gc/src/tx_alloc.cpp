@@ -351,8 +351,10 @@ inline void* allocate(std::size_t n) {
     throw std::bad_alloc();
   if (n >= epoch_large_block) [[unlikely]]
     epoch_large_allocated += n;  // see epoch_collect_if_due
-  if (alloc_log* log = active_log) [[unlikely]]
+  if (alloc_log* log = active_log) [[unlikely]] {
+    epoch_tx_allocated += n;  // see epoch_held_back
     if (!log->releasing()) log->record_alloc(p);
+  }
   return p;
 }
 inline void* allocate_aligned(std::size_t n, std::size_t align) {
@@ -363,8 +365,10 @@ inline void* allocate_aligned(std::size_t n, std::size_t align) {
     throw std::bad_alloc();
   if (n >= epoch_large_block) [[unlikely]]
     epoch_large_allocated += n;
-  if (alloc_log* log = active_log) [[unlikely]]
+  if (alloc_log* log = active_log) [[unlikely]] {
+    epoch_tx_allocated += n;  // see epoch_held_back
     if (!log->releasing()) log->record_alloc(p);
+  }
   return p;
 }
 inline void deallocate(void* p) noexcept {

@@ -400,6 +400,7 @@ constexpr std::uint64_t spin_ns = 50000;
 void collect_retired(unsigned drained_backlog) {
   epoch_collect_if_due(epoch_collect_is_cheap() ? epoch_fenced_batch() : drained_backlog);
 }
+void release_held_epoch(runtime& r);
 
 // A thread with nothing to run watches `wakes` for up to spin_ns before it sleeps (at most
 // max_spinning threads at once, as Go's scheduler bounds its spinning threads; the others sleep at
@@ -586,7 +587,9 @@ tasklet_impl* pick(runtime& r, const worker& w) {
 }
 
 // --- abort ------------------------------------------------------------------------------------------
-enum class abort_kind { conflict, injected, changed, drained, replayed };
+// `held`: rolled back while it waited, because it held back the reclamation of memory
+// (release_held_epoch).
+enum class abort_kind { conflict, injected, changed, drained, replayed, held };
 
 // Undoes the increments of `log` (objects in `own`, allocated by the attempt, go with it). An undo
 // never destroys: it returns the count to what it was when the attempt started, and a block may
@@ -686,13 +689,14 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
     case abort_kind::conflict: ++o.aborts_conflict, ++o.window_aborts; break;
     case abort_kind::injected: ++o.aborts_injected; break;
     case abort_kind::changed: ++o.aborts_changed, ++o.window_aborts; break;
-    case abort_kind::drained: ++o.dropped; break;
+    case abort_kind::drained:
+    case abort_kind::held: ++o.dropped; break;
     case abort_kind::replayed: break;
   }
   if (r.trace_id) [[unlikely]] {
     static constexpr trace_outcome outcome_of[] = {trace_outcome::abort_conflict, trace_outcome::abort_injected,
                                                    trace_outcome::abort_changed, trace_outcome::abort_drained,
-                                                   trace_outcome::replayed};
+                                                   trace_outcome::replayed, trace_outcome::abort_drained};
     trace_attempt(o, s, t, outcome_of[static_cast<int>(kind)]);
   }
   // Counted for the thread that ran it (whoever aborts it), as its segment and its commit are.
@@ -787,6 +791,42 @@ void drain_step(runtime& r) {
   r.parallel.store(false, std::memory_order_relaxed);
   r.current = r.main;  // main runs now, or the main thread resumes it from its loop
   wake_all(o);
+}
+
+// A finished or parked segment holds the epoch it entered at until it commits or aborts, and with it
+// every old tvar value and deferred delete retired since: behind a tasklet that stays at the head
+// for a long chain (a coordinator spawning its population and recording each newcomer in a
+// registry tvar), the segments that finished meanwhile waited for their turn while it replaced the
+// registry thousands of times, and nothing it replaced was freed until the chain ended (newcomer
+// round 21: a 1 MiB tvar replaced 2,000 times held 2 GB at two workers against 14 MB at one, and a
+// registry of 10,000 agents 3.1 GB). So once this thread has allocated epoch_held_budget inside
+// transactions with the epoch held where it was, the segments that hold it and are not running
+// (and not at the head, which commits next) are rolled back, as the drain does: they run again when
+// dispatched. A waiting segment runs no code, so rolling it back is always allowed; what is lost is
+// its work, at most once per budget's worth of allocation. (Neutralisation in the sense of
+// Singh, Brown and Mashtizadeh's NBR, 2021, made cheap here: the reader is suspended.)
+void release_held_epoch(runtime& r) {
+  if (!epoch_held_back()) [[likely]]
+    return;
+  ordered_state& o = state_of(r);
+  {
+    std::unique_lock lk(o.mu, std::defer_lock);
+    lock_commit(lk);
+    if (o.draining || o.exiting) return;
+    const std::uint64_t e = epoch_global.load(std::memory_order_acquire);
+    bool any = false;
+    for (const auto& rec : o.all_segments) {
+      segment* s = rec.get();
+      if (!s->owner || s->st == segment::state::running || s->owner == r.head) continue;
+      const std::uint64_t entered = epoch_entered(*s->epoch);
+      if (entered != epoch_quiescent && entered < e) {
+        abort_segment(r, s->owner, s, abort_kind::held);
+        any = true;
+      }
+    }
+    if (any) wake(o);  // their tasklets may start again
+  }
+  epoch_collect();
 }
 
 [[gnu::always_inline]] inline void check_guard(runtime& r) {
@@ -1093,6 +1133,7 @@ segment* run_new(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
   // (drained) a collection costs a membarrier, ~40 us here: a thread collects when it has nothing
   // to run (spin_for_work) and here only past a backlog four times the usual.
   collect_retired(4 * epoch_collect_every);
+  release_held_epoch(r);
   s->tx.segment_stack(t->stack.base, t->stack.top());
   s->tx.segment_begin(*s->epoch, s->inevitable);
   run_timed(r, w, t, s, lk);
@@ -1846,7 +1887,7 @@ void log_stats(const run_statistics& st) {
   detail::diagnostics().info("weft run stats: ordered, {} worker{}: {} segments, {} commits, aborts {} conflict / {} injected / {} "
                "changed ({:.3f} per commit){}, {} inevitable, mean segment {:.2f} us{}{}{}",
                st.workers, st.workers == 1 ? "" : "s", st.segments, st.commits, st.aborts_conflict, st.aborts_injected, st.aborts_changed,
-               st.aborts_per_commit, st.dropped ? fmt::format(", {} dropped by the fallback's drain", st.dropped) : std::string(),
+               st.aborts_per_commit, st.dropped ? fmt::format(", {} dropped while waiting (the fallback's drain, or to free memory)", st.dropped) : std::string(),
                st.inevitable, st.mean_segment_us,
                st.fell_back_to_serial ? "; fell back to serial: " : "", st.fallback_reason,
                st.fell_back_to_serial ? fmt::format("; then {:.1f} ms in serial state on the main thread (not counted below)", st.serial_ms) : std::string());
@@ -2056,6 +2097,7 @@ bool try_in_place(const runtime& r, tasklet_impl* self, const segment* s) noexce
   self->want_head = false;  // it is the head
   lk.unlock();
   collect_retired(4 * epoch_collect_every);  // as run_new: outside the lock and any transaction
+  release_held_epoch(r);
   s->tx.segment_begin(*s->epoch, true);
   back_in();
   return in_place::continued;

@@ -145,8 +145,9 @@ struct run_statistics {
   std::uint64_t aborts_injected = 0;  ///< abort injection (options::abort_inject)
   std::uint64_t aborts_changed = 0;   ///< a committed kill, raise or remove changed the tasklet meanwhile
                                       ///< (the shutdown's kills too: a program that never kills may count some)
-  /// Finished or parked segments the fallback's drain rolled back (no abort of the kinds above; in
-  /// per_thread's aborts).
+  /// Finished or parked segments rolled back while they waited, by the fallback's drain or because
+  /// they held back the reclamation of memory (a tasklet replacing tvar values in a long chain at
+  /// the head while they waited for their turn): no abort of the kinds above; in per_thread's aborts.
   std::uint64_t dropped = 0;
   std::uint64_t inevitable = 0;       ///< committed segments that ran inevitable at the head
   /// Time inside segments per attempt, µs (main's own code excluded): every segment is timed while

@@ -150,6 +150,19 @@ constexpr unsigned epoch_collect_alone_every = 4;
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local std::size_t epoch_large_allocated;
 constexpr std::size_t epoch_large_block = 64 * 1024;
 constexpr std::size_t epoch_large_budget = 4 * 1024 * 1024;
+/// Bytes the calling thread has allocated inside transactions (ordered mode's segments included),
+/// counted by weft's operator new; epoch_held_back() looks at them.
+__attribute__((tls_model("initial-exec"))) extern constinit thread_local std::size_t epoch_tx_allocated;
+constexpr std::size_t epoch_held_budget = 16 * 1024 * 1024;
+/// True once the calling thread has allocated epoch_held_budget bytes inside transactions while the
+/// global epoch stayed where it was (it starts counting again whenever the epoch has moved since
+/// its last call): a participant that entered long ago is holding back the reclamation of
+/// everything retired since, and what the transactions replace piles up. Ordered mode's finished
+/// segments, waiting for their turn behind a long chain at the head, are such participants, and
+/// are rolled back to let the epoch go on (scheduler/src/ordered.cpp, release_held_epoch).
+bool epoch_held_back() noexcept;
+/// The epoch a participant record entered at, or epoch_quiescent.
+inline std::uint64_t epoch_entered(const epoch_slot& s) noexcept { return s.entered.load(std::memory_order_acquire); }
 /// Collects if this thread retired at least `retired_since` objects since its last collection, or
 /// retired any and allocated epoch_large_budget in large blocks. A collection costs a membarrier()
 /// (tens of us on a VM) and the deleters: a thread with idle moments collects there at the default
