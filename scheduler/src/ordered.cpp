@@ -280,6 +280,15 @@ struct ordered_state {
   // over the segment count, whose share of timed ones varies (32 +- 5.4 of 512 at 1 in 16: a
   // program of 2.6-3 us segments measured 2.0-2.1 us and fell back in 4 of 10 runs, round 17's check).
   std::uint64_t window_segments = 0, window_weight = 0;
+  // Commits of segments that ended at a spawn (or a bind), counted apart: they close a window only
+  // when they are spawns_per_window times its length. Main's spawns never commit (main applies its
+  // operations at once); a coordinator tasklet's spawns of its population each end a short segment
+  // committed in place, and counted as any commit they made the guard's first window and sent the
+  // whole run to serial for good (newcomer round 21: 1,000 workers of 21 us segments spawned by a
+  // tasklet ran at one worker's speed; spawned by main, 1.9x faster). The spawned tasklets'
+  // segments are judged as any.
+  std::uint64_t window_spawns = 0;
+  static constexpr std::uint64_t spawns_per_window = 8;
   bool draining = false, drained = false;
   std::uint64_t drained_at_ns = 0;  // now_ns() when the drain ended (run_statistics::serial_ms)
   bool fenced_epoch = false;     // holds fenced mode of the epoch GC (epoch_fenced_begin) until drained or stopped
@@ -734,6 +743,7 @@ void release_logged_handles(segment* s) noexcept {
   r.current = h;
   h->started = true;
   intent in = std::move(s->ending);
+  ++(in.kind == intent_kind::bind ? o.window_spawns : o.window_commits);  // see window_spawns
   tasklet_impl* next = h;
   try {
     const apply_result res = apply(r, in);
@@ -747,7 +757,7 @@ void release_logged_handles(segment* s) noexcept {
   release_logged_handles(s);
   h->head_aborts = h->attempts = 0;
   ++h->segments;
-  ++o.commits, ++o.window_commits;
+  ++o.commits;
   if (s->inevitable) ++o.inevitable;
   if (r.trace_id) [[unlikely]]
     trace_attempt(o, s, h, s->inevitable ? trace_outcome::commit_inevitable : trace_outcome::commit);
@@ -831,20 +841,26 @@ void release_held_epoch(runtime& r) {
 
 [[gnu::always_inline]] inline void check_guard(runtime& r) {
   ordered_state& o = state_of(r);
-  if (!o.guard || o.draining || o.window_commits < o.next_check) return;
+  if (!o.guard || o.draining) return;
+  // Spawns are judged only when they make the window alone (see window_spawns): a long chain of
+  // them at the head runs several times slower than one worker (a tasklet spawning 200,000 tasklets:
+  // 0.12 s against 0.05 s).
+  const bool spawns_count = o.window_spawns >= ordered_state::spawns_per_window * o.next_check;
+  if (o.window_commits < o.next_check && !spawns_count) return;
+  const std::uint64_t commits = o.window_commits + (spawns_count ? o.window_spawns : 0);
   // Time in segments per commit (a chain committed in place is one segment of several commits).
   const double per_segment = o.window_weight ? static_cast<double>(o.window_ns) / static_cast<double>(o.window_weight) : 0.0;
   const auto mean = static_cast<std::uint64_t>(per_segment * static_cast<double>(o.window_segments) /
-                                               static_cast<double>(o.window_commits));
-  const double apc = static_cast<double>(o.window_aborts) / static_cast<double>(o.window_commits);
+                                               static_cast<double>(commits));
+  const double apc = static_cast<double>(o.window_aborts) / static_cast<double>(commits);
   if (mean < o.min_segment_ns) {
     o.fallback_reason = fmt::format("segments too short for parallelism to pay: mean {:.2f} us over {} commits "
-                                    "(the guard needs {:.1f} us)", mean / 1e3, o.window_commits, o.min_segment_ns / 1e3);
+                                    "(the guard needs {:.1f} us)", mean / 1e3, commits, o.min_segment_ns / 1e3);
   } else if (apc > o.max_aborts_per_commit) {
     o.fallback_reason = fmt::format("too many conflicts: {:.2f} aborts per commit over {} commits (the guard allows "
-                                    "{:.2f})", apc, o.window_commits, o.max_aborts_per_commit);
+                                    "{:.2f})", apc, commits, o.max_aborts_per_commit);
   } else {
-    o.window_commits = o.window_aborts = o.window_ns = o.window_segments = o.window_weight = 0;
+    o.window_commits = o.window_spawns = o.window_aborts = o.window_ns = o.window_segments = o.window_weight = 0;
     o.next_check = 4096;
     return;
   }
