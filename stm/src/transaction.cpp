@@ -597,7 +597,7 @@ bool transaction::reads_valid(std::uint64_t rv, const read_entry** failed) const
   const std::uint64_t self = reinterpret_cast<std::uint64_t>(this) | lock_bit;
   for (std::uint32_t i = 0; i < reads_.size; ++i) {
     const read_entry& r = reads_.data[i];
-    std::uint64_t m = r.var->meta.load(std::memory_order_seq_cst);  // after the clock load
+    std::uint64_t m = speculative_load(r.var->meta, std::memory_order_seq_cst);  // after the clock load
     if (m & lock_bit) {
       if (m != self) {
         *failed = &r;
@@ -681,7 +681,7 @@ std::uint64_t transaction::read_slow(const tvar_base& v, const std::source_locat
     return v.bits.load(std::memory_order_acquire);
   }
   for (unsigned spins = 0;; ++spins) {
-    std::uint64_t m1 = v.meta.load(std::memory_order_seq_cst);  // after the clock load of rv_
+    std::uint64_t m1 = speculative_load(v.meta, std::memory_order_seq_cst);  // after the clock load of rv_
     if (m1 & lock_bit) {  // a committer is writing it back: wait, it is quick
       // A lock held this long may be no committer's: an attempt whose snapshot is already stale can
       // reach memory that is no tvar any more (a tvar on a tasklet's stack, found through a registry
@@ -694,9 +694,9 @@ std::uint64_t transaction::read_slow(const tvar_base& v, const std::source_locat
       relax(spins, 128);
       continue;
     }
-    std::uint64_t b = v.bits.load(std::memory_order_relaxed);
+    std::uint64_t b = speculative_load(v.bits, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_acquire);
-    if (v.meta.load(std::memory_order_relaxed) != m1) continue;
+    if (speculative_load(v.meta, std::memory_order_relaxed) != m1) continue;
     if (version_of(m1) > rv_) {
       // Newer than our snapshot: extend the snapshot if everything read so far is still current.
       if (!extend(version_of(m1))) {
