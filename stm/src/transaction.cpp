@@ -1536,9 +1536,16 @@ void transaction::segment_abort(bool quarantine, std::uint64_t tag, alloc_log::r
   // is then recognised by `delete` (freed once, not again by the log's rollback).
   alloc_log* const outer = set_active_alloc_log(&allocs_);
   drop_created_on_stack();
-  discard_attempt(true);  // hands back no hooks: forgotten above
+  std::vector<std::function<void()>> aborts = discard_attempt(true);
   set_active_alloc_log(outer);
-  drop_running_abort_hooks();  // the emptied lists' buffers
+  // No hook is left in it (forgotten above), but it holds abort_hooks_'s buffer, which may be the
+  // attempt's: it must not be freed while allocs_ is active (a free there is undone by the rollback
+  // below: LeakSanitizer found the leak when this went at the end of discard_attempt's statement).
+  {
+    alloc_log_release_scope release(allocs_);
+    aborts.clear();
+  }
+  drop_running_abort_hooks();
   if (made_while_dropping) *made_while_dropping = allocs_.ranges_after(0);
   counters::bump(stats.allocations_undone, quarantine ? allocs_.abort_to_quarantine(tag) : allocs_.abort());
   if (holds_token_) release_token();
