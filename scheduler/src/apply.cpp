@@ -258,17 +258,6 @@ void leave_ring_paused(runtime& r, tasklet_impl* t) noexcept {
   stop_waiting_in_run(r, t);
 }
 
-// Where the calling thread's stack is now.
-[[gnu::always_inline]] inline const void* stack_address() noexcept {
-#if defined(__x86_64__)
-  const void* sp;
-  asm("mov %%rsp, %0" : "=r"(sp));
-  return sp;
-#else
-  return __builtin_frame_address(0);
-#endif
-}
-
 // The value (or exception) passes between the caller and p, the first tasklet in c's queue (§2.2, §2.5).
 inline __attribute__((always_inline)) void transfer(channel_core* c, intent& in, tasklet_impl* self, tasklet_impl* p) {
   if (in.value > 0) {  // p receives (a receiver has no send_exception)
@@ -355,7 +344,8 @@ apply_result apply_channel_op(runtime& r, intent& in) {
     throw deadlock_error(msg::deadlock);
   ring_unlink(r, self);
   channel_core* kept = self->channel;  // the channel of its last wait, if a hand-off ended it
-  if (!c->head && !r.is_parallel()) c->resume_hint = stack_address();  // (on self's stack: serial state)
+  if (!c->head && !r.is_parallel())  // (then this runs on self's stack)
+    c->resume_hint = reinterpret_cast<const void*>(context_stack_pointer());
   queue_append(c, self, d, kept == c);
   self->slot = in.slot;
   if (in.exception) [[unlikely]]  // (a tasklet that is not blocked has none)

@@ -89,13 +89,18 @@ void* exception_object_of(const std::exception_ptr& e) noexcept;
 /// base cost every tasklet a resident page: the million-tasklet test went from 4.9 to 9.0 KB per
 /// tasklet). An overflow that unwinds before the next switch point is not seen; guard pages see all.
 [[noreturn, gnu::cold]] void context_stack_overflow_at_switch(const tasklet_impl* t) noexcept;
-[[gnu::always_inline]] inline void context_check_stack(const tasklet_impl* t) noexcept {
+/// The calling thread's stack pointer now.
+[[gnu::always_inline]] inline std::uintptr_t context_stack_pointer() noexcept {
 #if defined(__x86_64__)
   std::uintptr_t sp;
   asm("mov %%rsp, %0" : "=r"(sp));  // (__builtin_frame_address makes the caller keep a frame pointer)
+  return sp;
 #else
-  const auto sp = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
+  return reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
 #endif
+}
+[[gnu::always_inline]] inline void context_check_stack(const tasklet_impl* t) noexcept {
+  const std::uintptr_t sp = context_stack_pointer();
   // Main and a thread's home context have no base (0): never below it.
   if (sp < reinterpret_cast<std::uintptr_t>(t->stack.base) + 256) [[unlikely]]
     context_stack_overflow_at_switch(t);
