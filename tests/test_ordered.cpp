@@ -568,6 +568,8 @@ TEST_CASE_METHOD(fresh_runtime, "after the fallback to serial the rest of the ru
   std::uint64_t thread_aborts = 0;
   for (const auto& t : st.per_thread) thread_aborts += t.aborts;
   CHECK(st.aborts_conflict + st.aborts_injected + st.aborts_changed + st.dropped == thread_aborts);
+  // Its segments stay short: serial state's probe never takes it back to parallel.
+  CHECK(st.returns_to_parallel == 0);
   // The conflict profiler's report says it too, once the run has ended (its commits stop at the
   // fallback: the rest runs outside the STM).
   shutdown();
@@ -2456,6 +2458,142 @@ TEST_CASE_METHOD(fresh_runtime, "a population spawned by a tasklet is judged by 
   const run_statistics st = run_stats();
   INFO("fell back: " << st.fallback_reason);
   if (ordered_two_or_more() && configuration().abort_inject == 0) CHECK_FALSE(st.fell_back_to_serial);
+}
+
+TEST_CASE_METHOD(fresh_runtime, "a population whose first segments block at once is judged by the segments after them",
+                 "[unit][ordered]") {
+  // Round 21's fan-out: consumers in a range-for over one channel, each first segment starting the
+  // loop and blocking at once (~0.2 us). A thousand of them made the one-way guard's first window
+  // and the run went on serial, though each item is 4 us of work (0.69 s at two workers as at one;
+  // guard off, 0.39 s). A server's connections start the same way. The guard may still fall back
+  // at the start-up; serial state's probe then finds the long segments and the run goes parallel
+  // again.
+  constexpr int consumers = 700, items = 1400;
+  channel<int> ch;
+  ch.preference(1);  // the producer goes on after each send
+  std::vector<tvar<long>> done(consumers);
+  for (int c = 0; c < consumers; ++c)
+    spawn([&, c] {
+      for (int x : ch) {
+        weft::test::spin_us(20);  // long enough segments: the guard keeps the run parallel
+        auto& d = done[static_cast<std::size_t>(c)];
+        d.set(d.get() + x);
+      }
+    });
+  spawn([&] {
+    for (int i = 1; i <= items; ++i) ch.send(i);
+    ch.close();
+  });
+  run();
+  long sum = 0;
+  for (auto& d : done) sum += d.get();
+  CHECK(sum == static_cast<long>(items) * (items + 1) / 2);
+  const run_statistics st = run_stats();
+  INFO("fell back: " << st.fallback_reason << "; returned to parallel " << st.returns_to_parallel << " times, "
+                     << st.serial_ms << " ms in serial state");
+  if (ordered_two_or_more() && configuration().abort_inject == 0 && st.fell_back_to_serial)
+    CHECK(st.returns_to_parallel >= 1);
+}
+
+namespace {
+struct made_of {  // an exception whose constructor's argument is a switch point (`throw made_of(ch.receive())`)
+  int v;
+  explicit made_of(int x) : v(x) {}
+};
+}  // namespace
+
+TEST_CASE_METHOD(fresh_runtime, "the run goes parallel again while tasklets wait at switch points of serial state",
+                 "[unit][ordered]") {
+  // The guard's way back: a short phase (ping-pong) sends the run to serial state; waiters start
+  // there and block inside a catch block, in the construction of an exception, or plainly (to be
+  // killed); a long phase (20 us segments) makes the probe take the run parallel again while they
+  // wait; then they are fed and killed. Each resumes from a switch point of serial state on
+  // whichever thread, its caught exception, the one being made and its kill intact.
+  constexpr int rounds = 3000, waiters = 12, busy = 16, busy_rounds = 40;
+  channel<int> ping, pong, in_catch, in_making, plain;
+  tvar<long> caught_sum{0}, made_sum{0}, killed{0}, busy_sum{0}, pings{0};
+  tvar<std::vector<tasklet>> to_kill{{}};
+  tvar<int> started{0};
+  spawn([&] {
+    for (int i = 0; i < rounds; ++i) pong.send(ping.receive() + 1);
+  });
+  spawn([&] {
+    int v = 0;
+    for (int i = 0; i < rounds; ++i) {
+      ping.send(v);
+      v = pong.receive();
+    }
+    pings.set(v);
+    // Serial state by now at two workers (guard on): the waiters start and block there.
+    for (int w = 0; w < waiters; ++w) {
+      spawn([&, w] {
+        try {
+          throw std::runtime_error("caught " + std::to_string(w));
+        } catch (const std::runtime_error& e) {
+          const int x = in_catch.receive();  // inside the handler
+          caught_sum.set(caught_sum.get() + x + static_cast<long>(std::string(e.what()).size()));
+        }
+      });
+      spawn([&] {
+        try {
+          throw made_of(in_making.receive());  // inside the exception's construction
+        } catch (const made_of& m) {
+          made_sum.set(made_sum.get() + m.v);
+        }
+      });
+      tasklet k = spawn([&] {
+        struct count_kill {
+          tvar<long>& k;
+          ~count_kill() { k.set(k.get() + 1); }
+        } counted{killed};
+        plain.receive();
+      });
+      to_kill.modify([&](auto& v) { v.push_back(k); });
+    }
+    started.set(1);
+    // The long phase.
+    for (int b = 0; b < busy; ++b)
+      spawn([&, b] {
+        long h = b;
+        for (int r = 0; r < busy_rounds; ++r) {
+          weft::test::spin_us(20);
+          h = h * 31 + r;
+          schedule();
+        }
+        busy_sum.set(busy_sum.get() + h);
+        // The last busy tasklet feeds the waiters and kills the others.
+        if (b == busy - 1) {
+          for (int w = 0; w < waiters; ++w) {
+            in_catch.send(w);
+            in_making.send(100 + w);
+          }
+          for (auto& t : to_kill.get()) t.kill();
+        }
+      });
+  });
+  run();
+  CHECK(pings.get() == rounds);
+  CHECK(started.get() == 1);
+  long expected_busy = 0;
+  for (int b = 0; b < busy; ++b) {
+    long h = b;
+    for (int r = 0; r < busy_rounds; ++r) h = h * 31 + r;
+    expected_busy += h;
+  }
+  CHECK(busy_sum.get() == expected_busy);
+  long expected_caught = 0, expected_made = 0;
+  for (int w = 0; w < waiters; ++w) {
+    expected_caught += w + static_cast<long>(("caught " + std::to_string(w)).size());
+    expected_made += 100 + w;
+  }
+  CHECK(caught_sum.get() == expected_caught);
+  CHECK(made_sum.get() == expected_made);
+  CHECK(killed.get() == waiters);
+  const run_statistics st = run_stats();
+  INFO("fell back: " << st.fallback_reason << "; returned to parallel " << st.returns_to_parallel << " times, "
+                     << st.serial_ms << " ms in serial state");
+  if (ordered_two_or_more() && configuration().abort_inject == 0 && st.fell_back_to_serial)
+    CHECK(st.returns_to_parallel >= 1);
 }
 
 namespace {

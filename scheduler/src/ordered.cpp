@@ -291,6 +291,28 @@ struct ordered_state {
   static constexpr std::uint64_t spawns_per_window = 8;
   bool draining = false, drained = false;
   std::uint64_t drained_at_ns = 0;  // now_ns() when the drain ended (run_statistics::serial_ms)
+  std::uint64_t serial_ns_before = 0;  // time in serial state before the last return to parallel
+  std::uint64_t fallbacks = 0, returns = 0;  // run_statistics::fell_back_to_serial, returns_to_parallel
+  // The way back (DESIGN.md §4.7.11, made two-way): a fallback judges the run by its last window,
+  // and a program's start-up often has the short segments (a thousand consumers or connections
+  // start and block at once: 0.1-0.3 us each) while the rest is long (newcomer round 21's fan-out:
+  // 0.69 s serial, 0.39 s with the guard off). So after a fallback for short segments, serial state
+  // counts switch points (runtime::probe_countdown, armed by arm_probe) and every probe_every of them
+  // measures the mean time between two (ordered_probe): at min_segment_ns or more twice in a row,
+  // the run goes parallel again (return_to_parallel) from main's switch point or from its loop, where
+  // main waits, and the guard judges it afresh. Each return that ends in another fallback doubles
+  // probe_every (at most probe_every_max), so a program whose segments sit at the threshold does not
+  // swing for long. Not while tracing (the trace has one fallback).
+  bool probe_after_drain = false;  // the fallback was for short segments
+  bool probe_armed = false;        // arm_probe has run since (until return_to_parallel)
+  bool returning = false;          // a probe found long segments: main's loop goes parallel
+  // A clock read per 64 switch points (0.4% of hackysack's time); two probes in a row must find
+  // long segments, so that a preemption of the main thread in a window of short ones is not taken
+  // for them.
+  std::uint32_t probe_every = 64;
+  unsigned probe_hits = 0;
+  static constexpr std::uint32_t probe_every_max = 1u << 20;
+  std::uint64_t probe_since_ns = 0;
   bool fenced_epoch = false;     // holds fenced mode of the epoch GC (epoch_fenced_begin) until drained or stopped
   std::string fallback_reason;
 
@@ -778,6 +800,19 @@ void commit_segment(runtime& r, worker* self, tasklet_impl* h, segment* s) {
   return static_cast<double>(x >> 11) * 0x1.0p-53 < o.inject;
 }
 
+// After a fallback for short segments, on the main thread (the only one to touch runtime::
+// probe_countdown): serial state times its switch points from now on (ordered_probe). Where the drain
+// ends on a worker thread while main's code runs, main's loop arms it if main waits there; else that
+// fallback stays for good.
+void arm_probe(runtime& r) noexcept {
+  ordered_state& o = state_of(r);
+  if (!o.probe_after_drain || o.probe_armed || r.shutting_down.load(std::memory_order_relaxed)) return;
+  o.probe_armed = true;
+  o.probe_since_ns = now_ns();
+  o.probe_hits = 0;
+  r.probe_countdown = o.probe_every;
+}
+
 // Drops every segment not running now (finished ones that are not at the head, parked ones); once
 // none is left in flight, the run is drained: the main thread goes on in serial state.
 void drain_step(runtime& r) {
@@ -790,6 +825,8 @@ void drain_step(runtime& r) {
   if (o.in_flight != 0) return;  // running ones end and come back here
   o.drained = true;
   o.drained_at_ns = now_ns();
+  ++o.fallbacks;
+  if (this_thread_worker && this_thread_worker->main_thread) arm_probe(r);  // (else main's loop does)
   end_fenced_epoch(o);
   // The records (each an epoch participant) are not used again in this run: freed now, with the
   // worker threads' participants (work()), the main thread is alone in the GC as in a serial run and
@@ -802,6 +839,55 @@ void drain_step(runtime& r) {
   r.current = r.main;  // main runs now, or the main thread resumes it from its loop
   wake_all(o);
 }
+
+// A probe in serial state found the segments long (see probe_after_drain): the drain undone. Under
+// the commit lock, on the main thread, in its loop; nothing is in flight and every tasklet waits at a
+// switch point. Each started tasklet's next segment runs at the head, inevitable: one that waits at a
+// switch point of serial state would otherwise take a pending kill or raise after it resumes
+// (perform's serial path) in a speculative segment, and with the thread's exception marks rather
+// than its own. O(tasklets) once per return.
+void return_to_parallel(runtime& r) {
+  ordered_state& o = state_of(r);
+  o.returning = false;
+  const std::uint64_t now = now_ns();
+  o.serial_ns_before += now - o.drained_at_ns;
+  o.drained = o.draining = false;
+  o.probe_after_drain = o.probe_armed = false;
+  r.probe_countdown = 0;
+  ++o.returns;
+  for (tasklet_impl* t = r.all_first; t; t = t->all_next)
+    if (t->started && t->state != tasklet_state::dead) t->want_head = true;
+  epoch_fenced_begin();
+  o.fenced_epoch = true;
+  sole_run_begin(&o);
+  r.dispatch_hint = nullptr;
+  o.main_holds_back = r.main->state == tasklet_state::runnable;
+  o.window_commits = o.window_spawns = o.window_aborts = o.window_ns = o.window_segments = o.window_weight = 0;
+  o.next_check = 512;
+  r.parallel.store(true, std::memory_order_relaxed);
+  wake_all(o);
+}
+
+}  // namespace
+
+bool ordered_probe(runtime& r) noexcept {
+  ordered_state& o = state_of(r);
+  const std::uint64_t now = now_ns();
+  const std::uint64_t mean = (now - o.probe_since_ns) / o.probe_every;
+  o.probe_since_ns = now;
+  r.probe_countdown = o.probe_every;
+  if (mean < o.min_segment_ns) {
+    o.probe_hits = 0;
+    return false;
+  }
+  if (++o.probe_hits < 2 || r.shutting_down.load(std::memory_order_relaxed)) return false;
+  o.returning = true;
+  r.probe_countdown = 0;
+  return true;
+}
+
+
+namespace {
 
 // A finished or parked segment holds the epoch it entered at until it commits or aborts, and with it
 // every old tvar value and deferred delete retired since: behind a tasklet that stays at the head
@@ -853,6 +939,7 @@ void release_held_epoch(runtime& r) {
   const auto mean = static_cast<std::uint64_t>(per_segment * static_cast<double>(o.window_segments) /
                                                static_cast<double>(commits));
   const double apc = static_cast<double>(o.window_aborts) / static_cast<double>(commits);
+  o.probe_after_drain = mean < o.min_segment_ns && !r.trace_id;
   if (mean < o.min_segment_ns) {
     o.fallback_reason = fmt::format("segments too short for parallelism to pay: mean {:.2f} us over {} commits "
                                     "(the guard needs {:.1f} us)", mean / 1e3, commits, o.min_segment_ns / 1e3);
@@ -865,6 +952,7 @@ void release_held_epoch(runtime& r) {
     return;
   }
   o.draining = true;
+  if (o.returns) o.probe_every = std::min(2 * o.probe_every, ordered_state::probe_every_max);  // it swung back
   if (r.trace_id) [[unlikely]] {
     o.trace.fallback_ns = now_ns();
     o.trace.fallback_reason = o.fallback_reason;
@@ -1020,12 +1108,7 @@ std::size_t commit_chain(runtime& r, bool any_thread = false) {
 
 // --- running a segment ----------------------------------------------------------------------------
 // Jumps into t with its transaction installed on this thread; returns when the segment ends.
-// The thread's marks of an exception being made or destroyed (bits of tasklet_impl::exception_flux),
-// which belong to the code running on it: saved with a tasklet that leaves, given back to it where it
-// resumes, whichever thread that is.
-std::uint8_t exception_flux_here() noexcept {
-  return static_cast<std::uint8_t>((exception_being_made ? 1 : 0) | (exception_storage_dying ? 2 : 0));
-}
+// Gives a tasklet's marks (exception_flux_here, ordered.hpp) back to the thread it runs on.
 void set_exception_flux_here(std::uint8_t f) noexcept {
   exception_being_made = (f & 1) != 0;
   exception_storage_dying = (f & 2) != 0;
@@ -1037,6 +1120,9 @@ void enter(worker& w, tasklet_impl* t, segment* s) {
   s->tx.segment_attach();
   segment_handles = &s->handles;
   const std::uint8_t outer = exception_flux_here();  // the thread loop's, or main's while it waits
+  // t's own marks: leave() gives them back where t resumes, but a tasklet that waits at a switch
+  // point of serial state (a return to parallel since) resumes in perform's serial path.
+  set_exception_flux_here(t->exception_flux);
   context_switch(w.home, t);
   set_exception_flux_here(outer);
   segment_handles = nullptr;
@@ -1488,16 +1574,21 @@ void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
     }
     if (w.main_thread && o.drained) {
       // Serial state from now on: the main thread runs the ring as one worker does, and gets back
-      // here when main runs again.
+      // here when main runs again, or when a probe finds the segments long (see probe_after_drain).
       lk.unlock();
       w.running = nullptr;
       if (!main_can_run(r)) {
         w.serial_since = now_ns();  // not committing and dispatching (round 17 read it so)
+        arm_probe(r);
         serial_transfer(r, r.main, r.head);
         w.serial_ns += now_ns() - w.serial_since;
         w.serial_since = 0;
       }
       lock_commit(lk);
+      if (o.returning) {
+        return_to_parallel(r);
+        continue;
+      }
       return;
     }
     if (w.main_thread ? main_can_run(r) : o.stopping) return;
@@ -1514,6 +1605,7 @@ void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
       sleep_until_woken(o, w, lk);
       w.serial_ns += now_ns() - w.serial_since;
       w.serial_since = 0;
+      if (!o.drained) sole_run_rejoin(&o);  // back to parallel (return_to_parallel)
       continue;
     }
     if (tasklet_impl* t = pick(r, w)) {
@@ -1883,10 +1975,11 @@ run_statistics stats_locked(runtime& r) {
   st.mean_segment_us = o.segments ? static_cast<double>(o.segment_ns) / static_cast<double>(o.segments) / 1e3 : 0.0;
   const std::uint64_t aborts = o.aborts_conflict + o.aborts_injected + o.aborts_changed;
   st.aborts_per_commit = o.commits ? static_cast<double>(aborts) / static_cast<double>(o.commits) : 0.0;
-  st.fell_back_to_serial = o.drained;
+  st.fell_back_to_serial = o.fallbacks != 0;
+  st.returns_to_parallel = o.returns;
   st.fallback_reason = o.fallback_reason;
   const std::uint64_t now = now_ns();
-  if (o.drained) st.serial_ms = static_cast<double>(now - o.drained_at_ns) / 1e6;
+  st.serial_ms = static_cast<double>(o.serial_ns_before + (o.drained ? now - o.drained_at_ns : 0)) / 1e6;
   for (const auto& w : o.workers) {
     const std::uint64_t work = w->work_ns + (w->work_since ? now - w->work_since : 0);
     const std::uint64_t idle = w->idle_ns + (w->idle_since ? now - w->idle_since : 0);
@@ -1906,7 +1999,12 @@ void log_stats(const run_statistics& st) {
                st.aborts_per_commit, st.dropped ? fmt::format(", {} dropped while waiting (the fallback's drain, or to free memory)", st.dropped) : std::string(),
                st.inevitable, st.mean_segment_us,
                st.fell_back_to_serial ? "; fell back to serial: " : "", st.fallback_reason,
-               st.fell_back_to_serial ? fmt::format("; then {:.1f} ms in serial state on the main thread (not counted below)", st.serial_ms) : std::string());
+               !st.fell_back_to_serial ? std::string()
+               : st.returns_to_parallel
+                   ? fmt::format("; returned to parallel {} time{} (segments long again), {:.1f} ms in serial state on the "
+                                 "main thread in all (not counted below)", st.returns_to_parallel,
+                                 st.returns_to_parallel == 1 ? "" : "s", st.serial_ms)
+                   : fmt::format("; then {:.1f} ms in serial state on the main thread (not counted below)", st.serial_ms));
   for (std::size_t i = 0; i < st.per_thread.size(); ++i) {
     const auto& t = st.per_thread[i];
     detail::diagnostics().info("weft run stats:   thread {}{}: {} segments, {} commits, {} aborts, {:.1f} ms in segments, "
@@ -1965,6 +2063,7 @@ void ordered_stop(runtime& r) noexcept {
   }
   for (auto& w : o.workers)
     if (w->thread.joinable()) w->thread.join();
+  r.probe_countdown = 0;  // (serial state's switch points after this run's end are not probed)
   sole_run_end(&o);
   hand_over_trace(r);
   this_thread_worker = nullptr;
@@ -2119,6 +2218,30 @@ bool try_in_place(const runtime& r, tasklet_impl* self, const segment* s) noexce
   return in_place::continued;
 }
 }  // namespace
+
+void ordered_main_serial_switch(runtime& r, tasklet_impl* next) {
+  ordered_state& o = state_of(r);
+  if (--r.probe_countdown == 0) ordered_probe(r);
+  // Main waits here as in its loop (work()): a probe at another tasklet's switch point resumes it.
+  if (!o.returning && next != r.main) serial_transfer(r, r.main, next);
+  if (!o.returning) return;
+  std::unique_lock lk(o.mu, std::defer_lock);
+  lock_commit(lk);
+  main_holds_commit_lock = true;
+  struct released {
+    ~released() { main_holds_commit_lock = false; }
+  } released_at_exit;
+  return_to_parallel(r);
+  if (!main_can_run(r)) {  // as ordered_perform: main's thread works until main runs again
+    worker* w = this_worker();
+    w->running = nullptr;
+    work(r, *w, lk);
+    w = this_worker();
+    w->running = r.main;
+  }
+  r.current = r.main;
+  o.main_holds_back = true;  // its code runs from here to its next switch point
+}
 
 op_status ordered_perform(runtime& r, intent& in) {
   if (scheduler_ops_refused) [[unlikely]]  // (a shared object's destructor may run at a commit, outside any tasklet: first)
@@ -2278,6 +2401,8 @@ void ordered_before_exit() noexcept {
     // Main exits: drop the speculative segments and go on in serial state, so that the shutdown at
     // the end of the main thread (killing the remaining tasklets) runs as with one worker.
     o.draining = true;
+    o.probe_after_drain = false;
+    r.probe_countdown = 0;
     drain_step(r);
   }
 }

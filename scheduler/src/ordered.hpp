@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "runtime.hpp"
+#include "weft/detail/stm_core.hpp"
 
 namespace weft::detail {
 
@@ -57,6 +58,32 @@ void ordered_before_abort() noexcept;
 /// but the frame making or destroying it, and a doomed segment is not stopped at a new or delete (it
 /// would leak the object).
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local bool exception_being_made;
+/// The thread's marks of an exception being made or destroyed (bits of tasklet_impl::exception_flux),
+/// which belong to the code running on it: saved with a tasklet that leaves, given back to it where it
+/// resumes, whichever thread that is.
+inline std::uint8_t exception_flux_here() noexcept {
+  return static_cast<std::uint8_t>((exception_being_made ? 1 : 0) | (exception_storage_dying ? 2 : 0));
+}
+
+/// Serial state after the guard's fallback for short segments (runtime::probe_countdown is not 0):
+/// measures the mean time between the last probe_every switch points; true (and the run is to go
+/// parallel again: ordered_state::returning) when it and the previous measure are long enough.
+bool ordered_probe(runtime& r) noexcept;
+/// The same state, at a switch point of a tasklet other than main, after its operation was applied:
+/// saves self's exception marks, which serial state does not keep per tasklet and ordered mode needs
+/// if the run goes parallel while self waits here, and counts down to the next probe. True when the
+/// run goes parallel again from here: the caller switches to main (wherever it waits, in its loop
+/// or in ordered_main_serial_switch), whose thread then dispatches self's next segment, at the head,
+/// and the others'.
+[[gnu::always_inline]] inline bool ordered_serial_switch_point(runtime& r, tasklet_impl* self) noexcept {
+  self->exception_flux = exception_flux_here();
+  return --r.probe_countdown == 0 && ordered_probe(r);
+}
+/// The same state, at a switch point of main, after its operation was applied: counts down to the
+/// next probe, switches to `next` (unless it is main) and returns when main runs again; if the run
+/// goes parallel again meanwhile (or from here), it does so and waits, as ordered_perform does, until
+/// main may run.
+void ordered_main_serial_switch(runtime& r, tasklet_impl* next);
 /// What the C++ runtime does with exception objects in a speculative segment on this thread
 /// (irrevocable.cpp's wraps; no-ops elsewhere): allocated (made), thrown or rethrown, caught by a
 /// handler, freed (gone: without a throw, or by the end of its last handler), being destroyed at its

@@ -107,11 +107,14 @@ struct runtime {
   /// Ordered mode's workers, segments and commit lock (nullptr in serial mode).
   std::unique_ptr<ordered_state, ordered_state_deleter> ordered;
   std::uint32_t trace_id = 0;  // WEFT_TRACE: the runtime's number in the trace (0: not tracing)
-  /// Segments run speculatively on the workers (ordered mode, until the one-way guard drains the run
-  /// and it goes on in serial state on the main thread). Written under the commit lock; once false,
-  /// only the main thread touches the runtime.
+  /// Segments run speculatively on the workers (ordered mode, until the guard drains the run and it
+  /// goes on in serial state on the main thread, and again if a probe finds its segments long).
+  /// Written under the commit lock; while false, only the main thread touches the runtime.
   std::atomic<bool> parallel{false};  // relaxed: the commit lock orders what depends on it
   bool is_parallel() const noexcept { return parallel.load(std::memory_order_relaxed); }
+  /// Serial state after a fallback, while main waits in the main thread's loop: switch points until
+  /// the guard's next probe of their length (ordered_probe); 0: no probe. Main thread only.
+  std::uint32_t probe_countdown = 0;
 
   stack_pool& stacks();
   std::unique_ptr<stack_pool> pool;  // made on first use

@@ -1438,6 +1438,12 @@ void sole_run_begin(const void* run) noexcept {
   claim_sole_run_locked();
 }
 
+void sole_run_rejoin(const void* run) noexcept {
+  std::lock_guard lock(registry_lock);
+  if (transaction* own = thread_tx) own->run.store(run, std::memory_order_relaxed);
+  claim_sole_run_locked();
+}
+
 void sole_run_end(const void* run) noexcept {
   std::lock_guard lock(registry_lock);
   if (sole_run_candidate == run) sole_run_candidate = nullptr;

@@ -155,14 +155,19 @@ struct run_statistics {
   /// short segment).
   double mean_segment_us = 0;
   double aborts_per_commit = 0;       ///< all kinds
-  /// The one-way guard (DESIGN.md §4.7.11) drained the run and it went on in serial state on one
-  /// thread: segments were too short for parallelism to pay, or conflicts too frequent. WEFT_GUARD=0
-  /// turns the guard off.
+  /// The guard (DESIGN.md §4.7.11) drained the run and it went on in serial state on one thread:
+  /// segments were too short for parallelism to pay, or conflicts too frequent. WEFT_GUARD=0 turns
+  /// the guard off.
   bool fell_back_to_serial = false;
-  std::string fallback_reason;
-  /// After a fallback: wall-clock time from the end of the drain to now (or to the run's end), during
-  /// which the main thread ran the program in serial state, as one worker does; not in per_thread's
-  /// times (segments, committing, idle), which cover the parallel part.
+  std::string fallback_reason;  ///< the last fallback's
+  /// After a fallback for short segments, while main waits in run() or at a blocking switch point,
+  /// serial state measures the time between switch points every 64 of them (twice as many after
+  /// each return that ended in another fallback); where two measures in a row find them long
+  /// enough, the run goes parallel again and the guard judges it afresh. How many times it did.
+  std::uint64_t returns_to_parallel = 0;
+  /// Wall-clock time in serial state after fallbacks, to now (or to the run's end), during which the
+  /// main thread ran the program as one worker does; not in per_thread's times (segments,
+  /// committing, idle), which cover the parallel parts.
   double serial_ms = 0;
   struct thread_counts {
     /// Segments this thread ran (one parked and resumed by another thread counts for that one),

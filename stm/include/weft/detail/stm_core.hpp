@@ -692,6 +692,9 @@ void segment_unregister(transaction* tx) noexcept;
 /// will be.
 void sole_run_begin(const void* run) noexcept;
 void sole_run_end(const void* run) noexcept;
+/// After sole_run_end, when run goes parallel again (ordered.cpp, return_to_parallel): a worker
+/// thread's own descriptor, if it has one, is the run's again, as when the thread started.
+void sole_run_rejoin(const void* run) noexcept;
 /// Set by the scheduler: the ordered run the calling thread works for, or nullptr (a new
 /// descriptor's `run`).
 extern std::atomic<const void* (*)() noexcept> thread_run;
