@@ -2511,7 +2511,8 @@ TEST_CASE_METHOD(fresh_runtime, "the run goes parallel again while tasklets wait
   // whichever thread, its caught exception, the one being made and its kill intact.
   constexpr int rounds = 3000, waiters = 12, busy = 16, busy_rounds = 40;
   channel<int> ping, pong, in_catch, in_making, plain;
-  tvar<long> caught_sum{0}, made_sum{0}, killed{0}, busy_sum{0}, pings{0};
+  tvar<long> caught_sum{0}, made_sum{0}, killed{0}, pings{0};
+  tvar<std::uint64_t> busy_sum{0};  // (unsigned: the hash wraps)
   tvar<std::vector<tasklet>> to_kill{{}};
   tvar<int> started{0};
   spawn([&] {
@@ -2554,10 +2555,10 @@ TEST_CASE_METHOD(fresh_runtime, "the run goes parallel again while tasklets wait
     // The long phase.
     for (int b = 0; b < busy; ++b)
       spawn([&, b] {
-        long h = b;
+        std::uint64_t h = static_cast<std::uint64_t>(b);
         for (int r = 0; r < busy_rounds; ++r) {
           weft::test::spin_us(20);
-          h = h * 31 + r;
+          h = h * 31 + static_cast<std::uint64_t>(r);
           schedule();
         }
         busy_sum.set(busy_sum.get() + h);
@@ -2574,10 +2575,10 @@ TEST_CASE_METHOD(fresh_runtime, "the run goes parallel again while tasklets wait
   run();
   CHECK(pings.get() == rounds);
   CHECK(started.get() == 1);
-  long expected_busy = 0;
+  std::uint64_t expected_busy = 0;
   for (int b = 0; b < busy; ++b) {
-    long h = b;
-    for (int r = 0; r < busy_rounds; ++r) h = h * 31 + r;
+    auto h = static_cast<std::uint64_t>(b);
+    for (int r = 0; r < busy_rounds; ++r) h = h * 31 + static_cast<std::uint64_t>(r);
     expected_busy += h;
   }
   CHECK(busy_sum.get() == expected_busy);
