@@ -134,7 +134,7 @@ TEST_CASE_METHOD(fresh_runtime, "a bad value in a WEFT_ variable is an error tha
   // silence. The variables are the operator's (the test matrix sets some): saved and put back.
   weft::shutdown();
   const char* names[] = {"WEFT_WORKERS", "WEFT_MODE", "WEFT_SEED", "WEFT_STACK_SIZE", "WEFT_STACK_GUARD",
-                         "WEFT_GUARD", "WEFT_STATS", "WEFT_CHECK", "WEFT_ABORT_INJECT"};
+                         "WEFT_GUARD", "WEFT_STATS", "WEFT_CHECK", "WEFT_ABORT_INJECT", "WEFT_GUARD_US"};
   std::vector<std::optional<std::string>> saved;
   for (const char* n : names) {
     const char* v = std::getenv(n);
@@ -157,6 +157,8 @@ TEST_CASE_METHOD(fresh_runtime, "a bad value in a WEFT_ variable is an error tha
       {"WEFT_STACK_SIZE", "64KB", "WEFT_STACK_SIZE: not a size"},
       {"WEFT_STACK_GUARD", "2", "WEFT_STACK_GUARD: 0 (off) or 1 (on), not 2"},
       {"WEFT_GUARD", "maybe", "WEFT_GUARD: 0 (off) or 1 (on), not maybe"},
+      {"WEFT_GUARD_US", "2.5us", "WEFT_GUARD_US: not a segment length in microseconds between 0.01 and 1000000: 2.5us"},
+      {"WEFT_GUARD_US", "0", "WEFT_GUARD_US: not a segment length in microseconds"},
       {"WEFT_STATS", "yes", "WEFT_STATS: 0 (off) or 1 (on), not yes"},
       {"WEFT_CHECK", "replay:x", "WEFT_CHECK: not a whole number: x"},
   };

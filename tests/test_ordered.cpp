@@ -2510,6 +2510,14 @@ TEST_CASE_METHOD(fresh_runtime, "the run goes parallel again while tasklets wait
   // wait; then they are fed and killed. Each resumes from a switch point of serial state on
   // whichever thread, its caught exception, the one being made and its kill intact.
   constexpr int rounds = 3000, waiters = 12, busy = 16, busy_rounds = 40;
+#if defined(__SANITIZE_THREAD__)
+  // Under TSan the ping-pong's segments take 3-5 us, above the default 2.5 us: a higher threshold
+  // lets the guard fall back there and come back in the busy phase, so that TSan sees the way back.
+  struct guard_threshold {
+    guard_threshold() { setenv("WEFT_GUARD_US", "10", 1); }
+    ~guard_threshold() { unsetenv("WEFT_GUARD_US"); }
+  } threshold;
+#endif
   channel<int> ping, pong, in_catch, in_making, plain;
   tvar<long> caught_sum{0}, made_sum{0}, killed{0}, pings{0};
   tvar<std::uint64_t> busy_sum{0};  // (unsigned: the hash wraps)

@@ -12,6 +12,9 @@
 #include "weft/scheduler.hpp"
 
 namespace weft {
+namespace detail {
+std::uint64_t guard_segment_ns();  // (below)
+}  // namespace detail
 
 namespace {
 std::mutex options_lock;  // protects configured; never held while running tasklets
@@ -167,6 +170,7 @@ options configuration() {
   // Read by ordered mode and at a runtime's end; checked here, in every mode, with the rest.
   for (const char* name : {"WEFT_GUARD", "WEFT_STATS"})
     if (const char* v = std::getenv(name); v && *v) (void)parse_flag(name, v);
+  (void)detail::guard_segment_ns();
   // Guard pages in every build (a Release overflow was a bare segfault, or silent corruption of the
   // neighbouring stack): as many as vm.max_map_count allows with room to spare; beyond that, and
   // with WEFT_STACK_GUARD=0, the stack-pointer check at switch points (gc/src/stack_pool.cpp).
@@ -178,6 +182,17 @@ options configuration() {
 namespace detail {
 
 options effective_options() { return configuration(); }
+
+std::uint64_t guard_segment_ns() {
+  const char* v = std::getenv("WEFT_GUARD_US");
+  if (!v || !*v) return 2500;
+  char* end = nullptr;
+  const double us = std::strtod(v, &end);
+  if (end == v || *end || !(us >= 0.01 && us <= 1e6))
+    throw std::invalid_argument(std::string("WEFT_GUARD_US: not a segment length in microseconds between 0.01 and "
+                                            "1000000: ") + v);
+  return static_cast<std::uint64_t>(us * 1e3 + 0.5);
+}
 
 void runtime_started() { active_runtimes.fetch_add(1); }
 void runtime_stopped() { active_runtimes.fetch_sub(1); }

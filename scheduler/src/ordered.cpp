@@ -1912,6 +1912,7 @@ void ordered_start(runtime& r) {
   o->seed = r.config.seed;
   o->replay_every = r.config.replay_every;
   if (o->replay_every) alloc_quarantine_start(&stale_delete_found);
+  o->min_segment_ns = guard_segment_ns();
   if (const char* g = std::getenv("WEFT_GUARD"); g && *g) {
     if (std::string(g) == "0")
       o->guard = false;

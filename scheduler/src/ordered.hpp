@@ -19,6 +19,9 @@ namespace weft::detail {
 /// CMake target adds them; irrevocable.cpp). Ordered mode refuses to start without them.
 bool program_linked_with_wraps() noexcept;
 /// Starts the worker threads of a runtime made in ordered mode (from the runtime's constructor).
+/// WEFT_GUARD_US (options.cpp): the mean segment below which the guard falls back, in ns (2,500 if
+/// unset); throws std::invalid_argument naming the variable for a bad value.
+std::uint64_t guard_segment_ns();
 void ordered_start(runtime& r);
 /// Stops and joins them; called by the main thread (shutdown, thread exit) with main running.
 void ordered_stop(runtime& r) noexcept;
