@@ -264,7 +264,7 @@ struct ordered_state {
   std::uint64_t segments = 0, commits = 0, aborts_conflict = 0, aborts_injected = 0, aborts_changed = 0, dropped = 0,
                 inevitable = 0, segment_ns = 0;
 
-  // The one-way guard (DESIGN.md §4.7.11): over each window of commits, if the mean segment is
+  // The guard (DESIGN.md §4.7.11; two-way since, see probe_after_drain): over each window of commits, if the mean segment is
   // shorter than min_segment_ns or conflicts and changed-tasklet aborts exceed max_aborts_per_commit,
   // the run drains (no new segments; finished ones commit at the head or are dropped) and goes on in
   // serial state on the main thread.
@@ -297,10 +297,11 @@ struct ordered_state {
   // and a program's start-up often has the short segments (a thousand consumers or connections
   // start and block at once: 0.1-0.3 us each) while the rest is long (newcomer round 21's fan-out:
   // 0.69 s serial, 0.39 s with the guard off). So after a fallback for short segments, serial state
-  // counts switch points (runtime::probe_countdown, armed by arm_probe) and every probe_every of them
-  // measures the mean time between two (ordered_probe): at min_segment_ns or more twice in a row,
-  // the run goes parallel again (return_to_parallel) from main's switch point or from its loop, where
-  // main waits, and the guard judges it afresh. Each return that ends in another fallback doubles
+  // counts the switch points of tasklets other than main (runtime::probe_countdown, armed by
+  // arm_probe) and every probe_every of them measures the mean time between two (ordered_probe): at
+  // min_segment_ns or more twice in a row, with no switch point of main in either window, the run
+  // goes parallel again (return_to_parallel) from main's switch point or from its loop, where main
+  // waits, and the guard judges it afresh. Each return that ends in another fallback doubles
   // probe_every (at most probe_every_max), so a program whose segments sit at the threshold does not
   // swing for long. Not while tracing (the trace has one fallback).
   bool probe_after_drain = false;  // the fallback was for short segments
@@ -311,6 +312,7 @@ struct ordered_state {
   // for them.
   std::uint32_t probe_every = 64;
   unsigned probe_hits = 0;
+  bool probe_saw_main = false;  // main reached a switch point since the last probe
   static constexpr std::uint32_t probe_every_max = 1u << 20;
   std::uint64_t probe_since_ns = 0;
   bool fenced_epoch = false;     // holds fenced mode of the epoch GC (epoch_fenced_begin) until drained or stopped
@@ -810,6 +812,7 @@ void arm_probe(runtime& r) noexcept {
   o.probe_armed = true;
   o.probe_since_ns = now_ns();
   o.probe_hits = 0;
+  o.probe_saw_main = false;
   r.probe_countdown = o.probe_every;
 }
 
@@ -841,11 +844,11 @@ void drain_step(runtime& r) {
 }
 
 // A probe in serial state found the segments long (see probe_after_drain): the drain undone. Under
-// the commit lock, on the main thread, in its loop; nothing is in flight and every tasklet waits at a
-// switch point. Each started tasklet's next segment runs at the head, inevitable: one that waits at a
-// switch point of serial state would otherwise take a pending kill or raise after it resumes
-// (perform's serial path) in a speculative segment, and with the thread's exception marks rather
-// than its own. O(tasklets) once per return.
+// the commit lock, on the main thread (in its loop, or at a switch point of main); nothing is in
+// flight and every tasklet waits at a switch point. A tasklet that waits at a switch point of serial
+// state runs its next segment at the head, inevitable (ordered_serial_switch set want_head): it
+// resumes in perform's serial path, which takes a pending kill or raise at once, and that must not
+// happen in a speculative segment.
 void return_to_parallel(runtime& r) {
   ordered_state& o = state_of(r);
   o.returning = false;
@@ -855,8 +858,6 @@ void return_to_parallel(runtime& r) {
   o.probe_after_drain = o.probe_armed = false;
   r.probe_countdown = 0;
   ++o.returns;
-  for (tasklet_impl* t = r.all_first; t; t = t->all_next)
-    if (t->started && t->state != tasklet_state::dead) t->want_head = true;
   epoch_fenced_begin();
   o.fenced_epoch = true;
   sole_run_begin(&o);
@@ -876,7 +877,10 @@ bool ordered_probe(runtime& r) noexcept {
   const std::uint64_t mean = (now - o.probe_since_ns) / o.probe_every;
   o.probe_since_ns = now;
   r.probe_countdown = o.probe_every;
-  if (mean < o.min_segment_ns) {
+  // A window in which main's code ran measures main too, which cannot run beside segments (pick's
+  // invariant 4: main computing 50 us between sends to consumers of 0.2 us read as 25 us segments).
+  const bool main_ran = std::exchange(o.probe_saw_main, false);
+  if (mean < o.min_segment_ns || main_ran) {
     o.probe_hits = 0;
     return false;
   }
@@ -1108,11 +1112,7 @@ std::size_t commit_chain(runtime& r, bool any_thread = false) {
 
 // --- running a segment ----------------------------------------------------------------------------
 // Jumps into t with its transaction installed on this thread; returns when the segment ends.
-// Gives a tasklet's marks (exception_flux_here, ordered.hpp) back to the thread it runs on.
-void set_exception_flux_here(std::uint8_t f) noexcept {
-  exception_being_made = (f & 1) != 0;
-  exception_storage_dying = (f & 2) != 0;
-}
+// (set_exception_flux_here: ordered.hpp's, defined below with the serial state's switch.)
 
 void enter(worker& w, tasklet_impl* t, segment* s) {
   w.running = t;
@@ -1580,7 +1580,9 @@ void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
       if (!main_can_run(r)) {
         w.serial_since = now_ns();  // not committing and dispatching (round 17 read it so)
         arm_probe(r);
+        r.main->exception_flux = exception_flux_here();  // main's marks, given back below
         serial_transfer(r, r.main, r.head);
+        set_exception_flux_here(r.main->exception_flux);
         w.serial_ns += now_ns() - w.serial_since;
         w.serial_since = 0;
       }
@@ -2031,7 +2033,12 @@ std::string profile_note_of_last_run() {
   const std::optional<run_statistics> st = last_ordered_stats();
   if (!st) return {};
   std::string text = fmt::format("last ordered run: {} workers, {} segments, {} committed", st->workers, st->segments, st->commits);
-  if (st->fell_back_to_serial)
+  if (st->fell_back_to_serial && st->returns_to_parallel)
+    text += fmt::format("; it fell back to serial ({}, the last time) and went parallel again {} time{}: its tasklets "
+                        "ran as with one worker for {:.1f} ms in all, outside the STM (not counted above)",
+                        st->fallback_reason, st->returns_to_parallel, st->returns_to_parallel == 1 ? "" : "s",
+                        st->serial_ms);
+  else if (st->fell_back_to_serial)
     text += fmt::format("; then it fell back to serial ({}): its tasklets ran on as with one worker, {:.1f} ms, "
                         "outside the STM (not counted above)", st->fallback_reason, st->serial_ms);
   return text;
@@ -2220,12 +2227,16 @@ bool try_in_place(const runtime& r, tasklet_impl* self, const segment* s) noexce
 }
 }  // namespace
 
-void ordered_main_serial_switch(runtime& r, tasklet_impl* next) {
+void set_exception_flux_here(std::uint8_t f) noexcept {
+  exception_being_made = (f & 1) != 0;
+  exception_storage_dying = (f & 2) != 0;
+}
+
+namespace {
+// A probe at another tasklet's switch point resumed main, or one at main's found the run parallel
+// again: the drain undone, and main's thread works until main may run, as in ordered_perform.
+void main_goes_parallel(runtime& r) {
   ordered_state& o = state_of(r);
-  if (--r.probe_countdown == 0) ordered_probe(r);
-  // Main waits here as in its loop (work()): a probe at another tasklet's switch point resumes it.
-  if (!o.returning && next != r.main) serial_transfer(r, r.main, next);
-  if (!o.returning) return;
   std::unique_lock lk(o.mu, std::defer_lock);
   lock_commit(lk);
   main_holds_commit_lock = true;
@@ -2233,7 +2244,7 @@ void ordered_main_serial_switch(runtime& r, tasklet_impl* next) {
     ~released() { main_holds_commit_lock = false; }
   } released_at_exit;
   return_to_parallel(r);
-  if (!main_can_run(r)) {  // as ordered_perform: main's thread works until main runs again
+  if (!main_can_run(r)) {
     worker* w = this_worker();
     w->running = nullptr;
     work(r, *w, lk);
@@ -2242,6 +2253,35 @@ void ordered_main_serial_switch(runtime& r, tasklet_impl* next) {
   }
   r.current = r.main;
   o.main_holds_back = true;  // its code runs from here to its next switch point
+}
+}  // namespace
+
+void ordered_serial_switch(runtime& r, tasklet_impl* self, tasklet_impl* next) {
+  ordered_state& o = state_of(r);
+  // The thread's marks are self's: kept with it, given back where it resumes (serial state passed
+  // them from tasklet to tasklet, and the saved ones were another's: a tasklet that had run after
+  // one in an exception's construction took its mark and ran every segment at the head after a
+  // return, the review of the first version found).
+  self->exception_flux = exception_flux_here();
+  if (self == r.main) {
+    o.probe_saw_main = true;
+    if (next == r.main)
+      context_check_stack(self);
+    else
+      serial_transfer(r, r.main, next);
+    set_exception_flux_here(r.main->exception_flux);  // (main resumes on the main thread)
+    if (o.returning) main_goes_parallel(r);
+    return;
+  }
+  self->want_head = true;  // see return_to_parallel
+  tasklet_impl* to = next;
+  if (--r.probe_countdown == 0 && ordered_probe(r)) to = r.main;  // main takes the run parallel
+  if (to == self) {
+    context_check_stack(self);
+    return;
+  }
+  serial_transfer(r, self, to);
+  set_exception_flux_here(self->exception_flux);  // on whatever thread resumed it
 }
 
 op_status ordered_perform(runtime& r, intent& in) {
@@ -2374,7 +2414,11 @@ void ordered_before_abort() noexcept {
 
 void ordered_before_exit() noexcept {
   worker* w = this_worker();
-  if (!w || !w->rt || !w->rt->is_parallel()) return;
+  if (!w || !w->rt) return;
+  if (!w->rt->is_parallel()) {
+    w->rt->probe_countdown = 0;  // serial state (main's thread): no return to parallel during the exit
+    return;
+  }
   runtime& r = *w->rt;
   ordered_state& o = state_of(r);
   std::unique_lock lk(o.mu, std::defer_lock);

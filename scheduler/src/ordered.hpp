@@ -68,25 +68,23 @@ inline std::uint8_t exception_flux_here() noexcept {
   return static_cast<std::uint8_t>((exception_being_made ? 1 : 0) | (exception_storage_dying ? 2 : 0));
 }
 
+/// Gives a tasklet's marks back to the thread it runs on. Out of line: called after a switch, it must
+/// not reuse a thread-local address computed before it (the tasklet may resume on another thread).
+[[gnu::noinline]] void set_exception_flux_here(std::uint8_t f) noexcept;
+
 /// Serial state after the guard's fallback for short segments (runtime::probe_countdown is not 0):
-/// measures the mean time between the last probe_every switch points; true (and the run is to go
-/// parallel again: ordered_state::returning) when it and the previous measure are long enough.
+/// measures the mean time between the last probe_every switch points of tasklets other than main;
+/// true (and the run is to go parallel again: ordered_state::returning) when it and the previous
+/// measure are long enough and main reached no switch point meanwhile.
 bool ordered_probe(runtime& r) noexcept;
-/// The same state, at a switch point of a tasklet other than main, after its operation was applied:
-/// saves self's exception marks, which serial state does not keep per tasklet and ordered mode needs
-/// if the run goes parallel while self waits here, and counts down to the next probe. True when the
-/// run goes parallel again from here: the caller switches to main (wherever it waits, in its loop
-/// or in ordered_main_serial_switch), whose thread then dispatches self's next segment, at the head,
-/// and the others'.
-[[gnu::always_inline]] inline bool ordered_serial_switch_point(runtime& r, tasklet_impl* self) noexcept {
-  self->exception_flux = exception_flux_here();
-  return --r.probe_countdown == 0 && ordered_probe(r);
-}
-/// The same state, at a switch point of main, after its operation was applied: counts down to the
-/// next probe, switches to `next` (unless it is main) and returns when main runs again; if the run
-/// goes parallel again meanwhile (or from here), it does so and waits, as ordered_perform does, until
-/// main may run.
-void ordered_main_serial_switch(runtime& r, tasklet_impl* next);
+/// The same state, at a switch point of `self`, after its operation was applied; `next` runs next by
+/// the serial rule. Keeps self's exception marks with it (serial state does not, and ordered mode
+/// needs them if the run goes parallel while self waits here) and gives them back where it resumes.
+/// Main: switches to next and returns when main runs again; if the run went parallel meanwhile, main's
+/// thread works until main may run, as in ordered_perform. Another tasklet: counts down to the next
+/// probe; if it finds the segments long, switches to main (wherever it waits: its loop or here),
+/// which takes the run parallel; self then resumes at the head (want_head), on whichever thread.
+void ordered_serial_switch(runtime& r, tasklet_impl* self, tasklet_impl* next);
 /// What the C++ runtime does with exception objects in a speculative segment on this thread
 /// (irrevocable.cpp's wraps; no-ops elsewhere): allocated (made), thrown or rethrown, caught by a
 /// handler, freed (gone: without a throw, or by the end of its last handler), being destroyed at its

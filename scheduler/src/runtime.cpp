@@ -289,18 +289,9 @@ op_status perform(intent& in) {
   tasklet_impl* self = r.current;
   apply_result res = in.kind == intent_kind::channel_op ? apply_channel(r, in) : apply(r, in);
   if (r.probe_countdown != 0) [[unlikely]] {  // serial state after a fallback (ordered.cpp, ordered_probe)
-    if (self == r.main) {
-      ordered_main_serial_switch(r, res.next);
-      if (self->pending) [[unlikely]] rethrow_pending_exception(self);
-      return res.status;
-    }
-    if (ordered_serial_switch_point(r, self)) {
-      // The run goes parallel again: main takes the main thread over, and self's next segment
-      // starts at the head, on whichever thread (ordered.cpp, return_to_parallel).
-      serial_transfer(r, self, r.main);
-      if (self->pending) [[unlikely]] rethrow_pending_exception(self);
-      return res.status;
-    }
+    ordered_serial_switch(r, self, res.next);
+    if (self->pending) [[unlikely]] rethrow_pending_exception(self);
+    return res.status;
   }
   if (res.next != self)
     serial_transfer(r, self, res.next);  // context_switch checks the stack pointer
@@ -314,6 +305,7 @@ op_status perform(intent& in) {
   runtime& r = *self->owner;
   const bool ordered = r.is_parallel();  // prev is then a thread's own context
   if (!ordered && prev->state == tasklet_state::dead) retire(r, prev);
+  if (!ordered && r.probe_countdown != 0) set_exception_flux_here(0);  // (ordered.cpp, ordered_serial_switch)
   std::exception_ptr escaped;
   try {
     // Killed or raised into before it ever ran (§3.3, §3.4).

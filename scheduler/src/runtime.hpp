@@ -112,8 +112,8 @@ struct runtime {
   /// Written under the commit lock; while false, only the main thread touches the runtime.
   std::atomic<bool> parallel{false};  // relaxed: the commit lock orders what depends on it
   bool is_parallel() const noexcept { return parallel.load(std::memory_order_relaxed); }
-  /// Serial state after a fallback, while main waits in the main thread's loop: switch points until
-  /// the guard's next probe of their length (ordered_probe); 0: no probe. Main thread only.
+  /// Serial state after the guard's fallback for short segments: switch points of tasklets until the
+  /// next probe of their length (ordered.cpp, ordered_probe); 0: no probe. Main thread only.
   std::uint32_t probe_countdown = 0;
 
   stack_pool& stacks();

@@ -160,10 +160,11 @@ struct run_statistics {
   /// the guard off.
   bool fell_back_to_serial = false;
   std::string fallback_reason;  ///< the last fallback's
-  /// After a fallback for short segments, while main waits in run() or at a blocking switch point,
-  /// serial state measures the time between switch points every 64 of them (twice as many after
-  /// each return that ended in another fallback); where two measures in a row find them long
-  /// enough, the run goes parallel again and the guard judges it afresh. How many times it did.
+  /// After a fallback for short segments, serial state measures the time between the tasklets'
+  /// switch points every 64 of them (twice as many after each return that ended in another
+  /// fallback); where two measures in a row find them long enough (WEFT_GUARD_US, 2.5 µs) and main
+  /// reached no switch point meanwhile, the run goes parallel again and the guard judges it afresh.
+  /// How many times it did.
   std::uint64_t returns_to_parallel = 0;
   /// Wall-clock time in serial state after fallbacks, to now (or to the run's end), during which the
   /// main thread ran the program as one worker does; not in per_thread's times (segments,
