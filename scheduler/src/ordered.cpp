@@ -846,9 +846,11 @@ void drain_step(runtime& r) {
 // A probe in serial state found the segments long (see probe_after_drain): the drain undone. Under
 // the commit lock, on the main thread (in its loop, or at a switch point of main); nothing is in
 // flight and every tasklet waits at a switch point. A tasklet that waits at a switch point of serial
-// state runs its next segment at the head, inevitable (ordered_serial_switch set want_head): it
-// resumes in perform's serial path, which takes a pending kill or raise at once, and that must not
-// happen in a speculative segment.
+// state runs its next segment at the head, inevitable: it resumes in perform's serial path, which
+// takes a pending kill or raise at once, and that must not happen in a speculative segment. Every
+// started tasklet is marked (one that waits in ordered mode's leave() needs it not, but after a
+// serial phase few do): O(tasklets) once per return, where a mark at each switch point of serial
+// state cost every one of them a store (hackysack at two workers after its fallback).
 void return_to_parallel(runtime& r) {
   ordered_state& o = state_of(r);
   o.returning = false;
@@ -858,6 +860,8 @@ void return_to_parallel(runtime& r) {
   o.probe_after_drain = o.probe_armed = false;
   r.probe_countdown = 0;
   ++o.returns;
+  for (tasklet_impl* t = r.all_first; t; t = t->all_next)
+    if (t->started && t->state != tasklet_state::dead) t->want_head = true;
   epoch_fenced_begin();
   o.fenced_epoch = true;
   sole_run_begin(&o);
@@ -1581,6 +1585,7 @@ void work(runtime& r, worker& w, std::unique_lock<std::mutex>& lk) {
         w.serial_since = now_ns();  // not committing and dispatching (round 17 read it so)
         arm_probe(r);
         r.main->exception_flux = exception_flux_here();  // main's marks, given back below
+        set_exception_flux_here(0);  // (see ordered_serial_switch)
         serial_transfer(r, r.main, r.head);
         set_exception_flux_here(r.main->exception_flux);
         w.serial_ns += now_ns() - w.serial_since;
@@ -2256,32 +2261,15 @@ void main_goes_parallel(runtime& r) {
 }
 }  // namespace
 
-void ordered_serial_switch(runtime& r, tasklet_impl* self, tasklet_impl* next) {
+void ordered_main_serial_switch(runtime& r, tasklet_impl* next) {
   ordered_state& o = state_of(r);
-  // The thread's marks are self's: kept with it, given back where it resumes (serial state passed
-  // them from tasklet to tasklet, and the saved ones were another's: a tasklet that had run after
-  // one in an exception's construction took its mark and ran every segment at the head after a
-  // return, the review of the first version found).
-  self->exception_flux = exception_flux_here();
-  if (self == r.main) {
-    o.probe_saw_main = true;
-    if (next == r.main)
-      context_check_stack(self);
-    else
-      serial_transfer(r, r.main, next);
-    set_exception_flux_here(r.main->exception_flux);  // (main resumes on the main thread)
-    if (o.returning) main_goes_parallel(r);
-    return;
-  }
-  self->want_head = true;  // see return_to_parallel
-  tasklet_impl* to = next;
-  if (--r.probe_countdown == 0 && ordered_probe(r)) to = r.main;  // main takes the run parallel
-  if (to == self) {
-    context_check_stack(self);
-    return;
-  }
-  serial_transfer(r, self, to);
-  set_exception_flux_here(self->exception_flux);  // on whatever thread resumed it
+  o.probe_saw_main = true;
+  if (next == r.main)
+    context_check_stack(r.main);
+  else
+    serial_transfer(r, r.main, next);
+  set_exception_flux_here(r.main->exception_flux);  // (saved by ordered_serial_switch; main stays on its thread)
+  if (o.returning) main_goes_parallel(r);
 }
 
 op_status ordered_perform(runtime& r, intent& in) {

@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "runtime.hpp"
+#include "weft/detail/context.hpp"
 #include "weft/detail/stm_core.hpp"
 
 namespace weft::detail {
@@ -77,14 +78,44 @@ inline std::uint8_t exception_flux_here() noexcept {
 /// true (and the run is to go parallel again: ordered_state::returning) when it and the previous
 /// measure are long enough and main reached no switch point meanwhile.
 bool ordered_probe(runtime& r) noexcept;
+/// The same state, at a switch point of main, after its operation was applied: switches to `next`
+/// (unless it is main) and returns when main runs again; if the run went parallel meanwhile, main's
+/// thread works until main may run, as in ordered_perform.
+void ordered_main_serial_switch(runtime& r, tasklet_impl* next);
 /// The same state, at a switch point of `self`, after its operation was applied; `next` runs next by
-/// the serial rule. Keeps self's exception marks with it (serial state does not, and ordered mode
-/// needs them if the run goes parallel while self waits here) and gives them back where it resumes.
-/// Main: switches to next and returns when main runs again; if the run went parallel meanwhile, main's
-/// thread works until main may run, as in ordered_perform. Another tasklet: counts down to the next
-/// probe; if it finds the segments long, switches to main (wherever it waits: its loop or here),
-/// which takes the run parallel; self then resumes at the head (want_head), on whichever thread.
-void ordered_serial_switch(runtime& r, tasklet_impl* self, tasklet_impl* next);
+/// the serial rule (perform's serial path, inline: hackysack's and the sieve's switch points at two
+/// workers after the fallback were 1.2x slower with this out of line). Keeps self's exception marks
+/// with it, which serial state does not (it passed them from tasklet to tasklet: a tasklet saved
+/// another's as its own) and ordered mode needs if the run goes parallel while self waits here, and
+/// gives them back where it resumes. Counts down to the next probe; if it finds the segments long,
+/// switches to main instead (wherever main waits: its loop or ordered_main_serial_switch), which
+/// takes the run parallel; self then resumes at the head (return_to_parallel), on whichever thread.
+[[gnu::always_inline]] inline void ordered_serial_switch(runtime& r, tasklet_impl* self, tasklet_impl* next) {
+  // While probing, the thread's marks are 0 whenever a tasklet resumes, but for the marks it gives
+  // itself back: the rare tasklet with marks takes them along (and off the thread).
+  const std::uint8_t marks = exception_flux_here();
+  self->exception_flux = marks;
+  if (marks) [[unlikely]]
+    exception_being_made = exception_storage_dying = false;
+  if (self == r.main) [[unlikely]] {
+    ordered_main_serial_switch(r, next);
+    return;
+  }
+  tasklet_impl* to = next;
+  if (--r.probe_countdown == 0 && ordered_probe(r)) [[unlikely]]
+    to = r.main;
+  if (to == self) {
+    context_check_stack(self);
+    return;
+  }
+  serial_transfer(r, self, to);
+  // Resumed in serial state, self is on the main thread, as before the switch: its marks go back
+  // here. Resumed by a worker after a return to parallel, enter() gave them back on that thread.
+  if (self->exception_flux && !self->owner->is_parallel()) [[unlikely]] {
+    exception_being_made = (self->exception_flux & 1) != 0;
+    exception_storage_dying = (self->exception_flux & 2) != 0;
+  }
+}
 /// What the C++ runtime does with exception objects in a speculative segment on this thread
 /// (irrevocable.cpp's wraps; no-ops elsewhere): allocated (made), thrown or rethrown, caught by a
 /// handler, freed (gone: without a throw, or by the end of its last handler), being destroyed at its
