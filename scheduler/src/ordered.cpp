@@ -2238,24 +2238,35 @@ void set_exception_flux_here(std::uint8_t f) noexcept {
 }
 
 namespace {
+// Main, at a switch point, takes the commit lock (and says so: main_holds_commit_lock) until the end
+// of the scope.
+struct main_commit_scope {
+  std::unique_lock<std::mutex> lk;
+  explicit main_commit_scope(ordered_state& o) : lk(o.mu, std::defer_lock) {
+    lock_commit(lk);
+    main_holds_commit_lock = true;
+  }
+  ~main_commit_scope() { main_holds_commit_lock = false; }
+  main_commit_scope(const main_commit_scope&) = delete;
+  main_commit_scope& operator=(const main_commit_scope&) = delete;
+};
+
+// Main's thread runs and commits segments until main may run again (lk held; main_commit_scope).
+void main_works_until_it_runs(runtime& r, std::unique_lock<std::mutex>& lk) {
+  if (main_can_run(r)) return;
+  worker* w = this_worker();
+  w->running = nullptr;
+  work(r, *w, lk);
+  this_worker()->running = r.main;
+}
+
 // A probe at another tasklet's switch point resumed main, or one at main's found the run parallel
 // again: the drain undone, and main's thread works until main may run, as in ordered_perform.
 void main_goes_parallel(runtime& r) {
   ordered_state& o = state_of(r);
-  std::unique_lock lk(o.mu, std::defer_lock);
-  lock_commit(lk);
-  main_holds_commit_lock = true;
-  struct released {
-    ~released() { main_holds_commit_lock = false; }
-  } released_at_exit;
+  main_commit_scope scope(o);
   return_to_parallel(r);
-  if (!main_can_run(r)) {
-    worker* w = this_worker();
-    w->running = nullptr;
-    work(r, *w, lk);
-    w = this_worker();
-    w->running = r.main;
-  }
+  main_works_until_it_runs(r, scope.lk);
   r.current = r.main;
   o.main_holds_back = true;  // its code runs from here to its next switch point
 }
@@ -2319,12 +2330,7 @@ op_status ordered_perform(runtime& r, intent& in) {
   }
   // Main applies at once: it is the head (invariant 4).
   ordered_state& o = state_of(r);
-  std::unique_lock lk(o.mu, std::defer_lock);
-  lock_commit(lk);
-  main_holds_commit_lock = true;
-  struct released {
-    ~released() { main_holds_commit_lock = false; }
-  } released_at_exit;
+  main_commit_scope scope(o);
   r.current = r.main;
   const apply_result res = apply(r, in);  // an error is thrown here, at once, as with one worker
   o.main_holds_back = r.main->state == tasklet_state::runnable;
@@ -2336,17 +2342,12 @@ op_status ordered_perform(runtime& r, intent& in) {
     if (o.draining) drain_step(r);
   } else {
     commit_chain(r);
-    if (!main_can_run(r)) {
-      w->running = nullptr;
-      work(r, *w, lk);
-      w = this_worker();
-      w->running = r.main;
-    }
+    main_works_until_it_runs(r, scope.lk);
   }
   r.current = r.main;
   o.main_holds_back = true;  // its code runs from here to its next switch point
   main_holds_commit_lock = false;
-  lk.unlock();
+  scope.lk.unlock();
   if (r.main->pending) [[unlikely]]
     rethrow_pending_exception(r.main);
   return res.status;
