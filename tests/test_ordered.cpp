@@ -2610,6 +2610,61 @@ TEST_CASE_METHOD(fresh_runtime, "the run goes parallel again while tasklets wait
   }
 }
 
+TEST_CASE_METHOD(fresh_runtime, "the run goes parallel again while main waits at a switch point of serial state",
+                 "[unit][ordered]") {
+  // Main collects results, the commonest way: after the fallback (a ping-pong of short segments) it
+  // runs in serial state, then waits at its own switch point (a receive) while the workers' long
+  // segments run; the probe resumes it there, and it takes the run parallel and waits in the
+  // main thread's loop until a result arrives.
+  constexpr int rounds = 3000, busy = 16, busy_rounds = 40;
+#if defined(__SANITIZE_THREAD__)
+  struct guard_threshold {  // (as in the test above)
+    guard_threshold() { setenv("WEFT_GUARD_US", "10", 1); }
+    ~guard_threshold() { unsetenv("WEFT_GUARD_US"); }
+  } threshold;
+#endif
+  channel<int> ping, pong, ready;
+  channel<std::uint64_t> results;
+  spawn([&] {
+    for (int i = 0; i < rounds; ++i) pong.send(ping.receive() + 1);
+  });
+  spawn([&] {
+    int v = 0;
+    for (int i = 0; i < rounds; ++i) {
+      ping.send(v);
+      v = pong.receive();
+    }
+    ready.send(v);
+  });
+  CHECK(ready.receive() == rounds);  // serial state by now at two workers (guard on)
+  for (int b = 0; b < busy; ++b)
+    spawn([&, b] {
+      auto h = static_cast<std::uint64_t>(b);
+      for (int r = 0; r < busy_rounds; ++r) {
+        weft::test::spin_us(20);
+        h = h * 31 + static_cast<std::uint64_t>(r);
+        schedule();
+      }
+      results.send(h);
+    });
+  std::uint64_t sum = 0, expected = 0;
+  for (int b = 0; b < busy; ++b) sum += results.receive();
+  for (int b = 0; b < busy; ++b) {
+    auto h = static_cast<std::uint64_t>(b);
+    for (int r = 0; r < busy_rounds; ++r) h = h * 31 + static_cast<std::uint64_t>(r);
+    expected += h;
+  }
+  CHECK(sum == expected);
+  run();
+  const run_statistics st = run_stats();
+  INFO("fell back: " << st.fallback_reason << "; returned to parallel " << st.returns_to_parallel << " times, "
+                     << st.serial_ms << " ms in serial state; " << st.inevitable << " inevitable segments");
+  if (ordered_two_or_more() && configuration().abort_inject == 0 && st.fell_back_to_serial) {
+    CHECK(st.returns_to_parallel >= 1);
+    CHECK(st.inevitable < busy * busy_rounds / 2);
+  }
+}
+
 namespace {
 // README's porting pattern: an agent lives on its tasklet's stack, registered in a tvar map by its
 // constructor and removed by its destructor; others find it there and change its tvars.

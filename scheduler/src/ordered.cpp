@@ -298,21 +298,25 @@ struct ordered_state {
   // start and block at once: 0.1-0.3 us each) while the rest is long (newcomer round 21's fan-out:
   // 0.69 s serial, 0.39 s with the guard off). So after a fallback for short segments, serial state
   // counts the switch points of tasklets other than main (runtime::probe_countdown, armed by
-  // arm_probe) and every probe_every of them measures the mean time between two (ordered_probe): at
-  // min_segment_ns or more twice in a row, with no switch point of main in either window, the run
-  // goes parallel again (return_to_parallel) from main's switch point or from its loop, where main
-  // waits, and the guard judges it afresh. Each return that ends in another fallback doubles
+  // arm_probe; main's operations are no commits to the guard either) and every probe_every of them
+  // measures the mean time between two (ordered_probe): at min_segment_ns or more 4 times in a row,
+  // the run goes parallel again (return_to_parallel) from main's switch point or from its loop, where
+  // main waits, and the guard judges it afresh. Each return that ends in another fallback doubles
   // probe_every (at most probe_every_max), so a program whose segments sit at the threshold does not
   // swing for long. Not while tracing (the trace has one fallback).
   bool probe_after_drain = false;  // the fallback was for short segments
   bool probe_armed = false;        // arm_probe has run since (until return_to_parallel)
   bool returning = false;          // a probe found long segments: main's loop goes parallel
-  // A clock read per 64 switch points (0.4% of hackysack's time); two probes in a row must find
-  // long segments, so that a preemption of the main thread in a window of short ones is not taken
-  // for them.
+  // A clock read per 64 switch points (0.4% of hackysack's time); probe_hits_needed probes in a row
+  // must find long segments, after probe_warmup windows that do not count. The first windows after
+  // a drain are no measure: the dropped segments run again, and tasklets run for the first time
+  // (their stacks' first pages fault in): 3-8 us per switch point for 3-4 windows in programs of
+  // 0.1-0.35 us ones (hackysack; a test's 16 tiles), which went back to parallel and swung when two
+  // long windows sufficed. A preemption of the main thread is one long window.
   std::uint32_t probe_every = 64;
+  static constexpr unsigned probe_hits_needed = 4;
   unsigned probe_hits = 0;
-  bool probe_saw_main = false;  // main reached a switch point since the last probe
+  unsigned probe_warmup = 0;
   static constexpr std::uint32_t probe_every_max = 1u << 20;
   std::uint64_t probe_since_ns = 0;
   bool fenced_epoch = false;     // holds fenced mode of the epoch GC (epoch_fenced_begin) until drained or stopped
@@ -812,7 +816,7 @@ void arm_probe(runtime& r) noexcept {
   o.probe_armed = true;
   o.probe_since_ns = now_ns();
   o.probe_hits = 0;
-  o.probe_saw_main = false;
+  o.probe_warmup = 2;
   r.probe_countdown = o.probe_every;
 }
 
@@ -881,14 +885,20 @@ bool ordered_probe(runtime& r) noexcept {
   const std::uint64_t mean = (now - o.probe_since_ns) / o.probe_every;
   o.probe_since_ns = now;
   r.probe_countdown = o.probe_every;
-  // A window in which main's code ran measures main too, which cannot run beside segments (pick's
-  // invariant 4: main computing 50 us between sends to consumers of 0.2 us read as 25 us segments).
-  const bool main_ran = std::exchange(o.probe_saw_main, false);
-  if (mean < o.min_segment_ns || main_ran) {
+  if (o.probe_warmup) {
+    --o.probe_warmup;
+    return false;
+  }
+  // (Main's own code between its switch points is in the time, though it cannot run beside
+  // segments: main computing 50 us between sends to consumers of 0.2 us reads as 25 us segments, and
+  // the run swings back and falls back again, each swing doubling probe_every. Not counting windows
+  // in which main ran cost more: a main that receives the results of long segments, the commonest
+  // way to collect them, kept its run serial.)
+  if (mean < o.min_segment_ns) {
     o.probe_hits = 0;
     return false;
   }
-  if (++o.probe_hits < 2 || r.shutting_down.load(std::memory_order_relaxed)) return false;
+  if (++o.probe_hits < ordered_state::probe_hits_needed || r.shutting_down.load(std::memory_order_relaxed)) return false;
   o.returning = true;
   r.probe_countdown = 0;
   return true;
@@ -2274,7 +2284,6 @@ void main_goes_parallel(runtime& r) {
 
 void ordered_main_serial_switch(runtime& r, tasklet_impl* next) {
   ordered_state& o = state_of(r);
-  o.probe_saw_main = true;
   if (next == r.main)
     context_check_stack(r.main);
   else

@@ -75,8 +75,8 @@ inline std::uint8_t exception_flux_here() noexcept {
 
 /// Serial state after the guard's fallback for short segments (runtime::probe_countdown is not 0):
 /// measures the mean time between the last probe_every switch points of tasklets other than main;
-/// true (and the run is to go parallel again: ordered_state::returning) when it and the previous
-/// measure are long enough and main reached no switch point meanwhile.
+/// true (and the run is to go parallel again: ordered_state::returning) when it and the three
+/// before it are long enough (the first two after a drain do not count).
 bool ordered_probe(runtime& r) noexcept;
 /// The same state, at a switch point of main, after its operation was applied: switches to `next`
 /// (unless it is main) and returns when main runs again; if the run went parallel meanwhile, main's

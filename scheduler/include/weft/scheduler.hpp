@@ -162,8 +162,8 @@ struct run_statistics {
   std::string fallback_reason;  ///< the last fallback's
   /// After a fallback for short segments, serial state measures the time between the tasklets'
   /// switch points every 64 of them (twice as many after each return that ended in another
-  /// fallback); where two measures in a row find them long enough (WEFT_GUARD_US, 2.5 µs) and main
-  /// reached no switch point meanwhile, the run goes parallel again and the guard judges it afresh.
+  /// fallback); where four measures in a row (after two that settle the drain) find them long
+  /// enough (WEFT_GUARD_US, 2.5 µs), the run goes parallel again and the guard judges it afresh.
   /// How many times it did.
   std::uint64_t returns_to_parallel = 0;
   /// Wall-clock time in serial state after fallbacks, to now (or to the run's end), during which the
