@@ -19,10 +19,10 @@ namespace weft::detail {
 /// __cxa_guard_acquire, std::current_exception and exception_ptr's reference count; the weft::weft
 /// CMake target adds them; irrevocable.cpp). Ordered mode refuses to start without them.
 bool program_linked_with_wraps() noexcept;
-/// Starts the worker threads of a runtime made in ordered mode (from the runtime's constructor).
 /// WEFT_GUARD_US (options.cpp): the mean segment below which the guard falls back, in ns (2,500 if
 /// unset); throws std::invalid_argument naming the variable for a bad value.
 std::uint64_t guard_segment_ns();
+/// Starts the worker threads of a runtime made in ordered mode (from the runtime's constructor).
 void ordered_start(runtime& r);
 /// Stops and joins them; called by the main thread (shutdown, thread exit) with main running.
 void ordered_stop(runtime& r) noexcept;
