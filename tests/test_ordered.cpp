@@ -526,6 +526,52 @@ TEST_CASE_METHOD(fresh_runtime, "run_stats counts every thread's segments, commi
   }
 }
 
+namespace {
+// A ping-pong of `rounds` round trips between two tasklets spawned here: segments far too short for
+// parallelism, so at two workers (guard on) the run falls back to serial state. The pinging tasklet
+// then calls then(v) with its last value (== rounds) and goes on in it.
+template <class Then>
+void spawn_ping_pong(int rounds, Then then) {
+  channel<int> ping, pong;  // (handles: the tasklets' copies keep them)
+  spawn([=] {
+    for (int i = 0; i < rounds; ++i) pong.send(ping.receive() + 1);
+  });
+  spawn([=]() mutable {
+    int v = 0;
+    for (int i = 0; i < rounds; ++i) {
+      ping.send(v);
+      v = pong.receive();
+    }
+    then(v);
+  });
+}
+
+// A long segment's worth of work for the guard (20 us) and the hash a busy tasklet keeps over its
+// rounds; busy_hash(b, rounds) is what it ends with.
+std::uint64_t busy_step(std::uint64_t h, int r) {
+  weft::test::spin_us(20);  // long enough segments: the guard keeps (or takes) the run parallel
+  return h * 31 + static_cast<std::uint64_t>(r);
+}
+std::uint64_t busy_hash(int b, int rounds) {
+  auto h = static_cast<std::uint64_t>(b);
+  for (int r = 0; r < rounds; ++r) h = h * 31 + static_cast<std::uint64_t>(r);
+  return h;
+}
+
+#if defined(__SANITIZE_THREAD__)
+// Under TSan the ping-pong's segments take 3-5 us, above the default 2.5 us: a higher threshold lets
+// the guard fall back there and come back in the busy phase, so that TSan sees the way back.
+struct tsan_guard_threshold {
+  tsan_guard_threshold() { setenv("WEFT_GUARD_US", "10", 1); }
+  ~tsan_guard_threshold() { unsetenv("WEFT_GUARD_US"); }
+  tsan_guard_threshold(const tsan_guard_threshold&) = delete;
+  tsan_guard_threshold& operator=(const tsan_guard_threshold&) = delete;
+};
+#else
+struct tsan_guard_threshold {};
+#endif
+}  // namespace
+
 TEST_CASE_METHOD(fresh_runtime, "after the fallback to serial the rest of the run counts as serial time on every thread", "[unit][ordered]") {
   // Ping-pong: segments far too short for parallelism, so at two workers (guard on) the run drains
   // to serial state and the worker thread sleeps for the rest of it. That sleep was counted as
@@ -533,20 +579,9 @@ TEST_CASE_METHOD(fresh_runtime, "after the fallback to serial the rest of the ru
   // segments), then as idle time beside serial_ms (counted twice, round 17's check); the main
   // thread's serial run was its committing and dispatching (round 17: 534.8 ms of a 527 ms run).
   // The per-thread times cover the parallel part; serial_ms the rest.
-  channel<int> ping, pong;
   tvar<int> result{0};
   constexpr int rounds = 100000;
-  spawn([&] {
-    for (int i = 0; i < rounds; ++i) pong.send(ping.receive() + 1);
-  });
-  spawn([&] {
-    int v = 0;
-    for (int i = 0; i < rounds; ++i) {
-      ping.send(v);
-      v = pong.receive();
-    }
-    result.set(v);
-  });
+  spawn_ping_pong(rounds, [&](int v) { result.set(v); });
   run();
   CHECK(result.get() == rounds);
   const run_statistics st = run_stats();
@@ -2433,26 +2468,23 @@ TEST_CASE_METHOD(fresh_runtime, "a population spawned by a tasklet is judged by 
   // ("segments too short for parallelism to pay") and the whole run went on serial, though the
   // workers' segments are long: spawned by main, the same program ran 1.9x faster at two workers.
   constexpr int workers = 600, rounds = 3;
-  std::vector<tvar<long>> out(workers);
+  std::vector<tvar<std::uint64_t>> out(workers);
   spawn([&] {
     for (int i = 0; i < workers; ++i)
       spawn([&out, i] {
-        long h = i;
+        auto h = static_cast<std::uint64_t>(i);
         for (int r = 0; r < rounds; ++r) {
-          weft::test::spin_us(20);  // long enough segments: the guard keeps the run parallel
-          h = h * 31 + r;
+          h = busy_step(h, r);
           schedule();
         }
         out[static_cast<std::size_t>(i)].set(h);
       });
   });
   run();
-  long sum = 0, expected = 0;
+  std::uint64_t sum = 0, expected = 0;
   for (int i = 0; i < workers; ++i) {
     sum += out[static_cast<std::size_t>(i)].get();
-    long h = i;
-    for (int r = 0; r < rounds; ++r) h = h * 31 + r;
-    expected += h;
+    expected += busy_hash(i, rounds);
   }
   CHECK(sum == expected);
   const run_statistics st = run_stats();
@@ -2510,28 +2542,13 @@ TEST_CASE_METHOD(fresh_runtime, "the run goes parallel again while tasklets wait
   // wait; then they are fed and killed. Each resumes from a switch point of serial state on
   // whichever thread, its caught exception, the one being made and its kill intact.
   constexpr int rounds = 3000, waiters = 12, busy = 16, busy_rounds = 40;
-#if defined(__SANITIZE_THREAD__)
-  // Under TSan the ping-pong's segments take 3-5 us, above the default 2.5 us: a higher threshold
-  // lets the guard fall back there and come back in the busy phase, so that TSan sees the way back.
-  struct guard_threshold {
-    guard_threshold() { setenv("WEFT_GUARD_US", "10", 1); }
-    ~guard_threshold() { unsetenv("WEFT_GUARD_US"); }
-  } threshold;
-#endif
-  channel<int> ping, pong, in_catch, in_making, plain;
+  [[maybe_unused]] const tsan_guard_threshold threshold;
+  channel<int> in_catch, in_making, plain;
   tvar<long> caught_sum{0}, made_sum{0}, killed{0}, pings{0};
   tvar<std::uint64_t> busy_sum{0};  // (unsigned: the hash wraps)
   tvar<std::vector<tasklet>> to_kill{{}};
   tvar<int> started{0};
-  spawn([&] {
-    for (int i = 0; i < rounds; ++i) pong.send(ping.receive() + 1);
-  });
-  spawn([&] {
-    int v = 0;
-    for (int i = 0; i < rounds; ++i) {
-      ping.send(v);
-      v = pong.receive();
-    }
+  spawn_ping_pong(rounds, [&](int v) {
     pings.set(v);
     // Serial state by now at two workers (guard on): the waiters start and block there.
     for (int w = 0; w < waiters; ++w) {
@@ -2563,10 +2580,9 @@ TEST_CASE_METHOD(fresh_runtime, "the run goes parallel again while tasklets wait
     // The long phase.
     for (int b = 0; b < busy; ++b)
       spawn([&, b] {
-        std::uint64_t h = static_cast<std::uint64_t>(b);
+        auto h = static_cast<std::uint64_t>(b);
         for (int r = 0; r < busy_rounds; ++r) {
-          weft::test::spin_us(20);
-          h = h * 31 + static_cast<std::uint64_t>(r);
+          h = busy_step(h, r);
           schedule();
         }
         busy_sum.set(busy_sum.get() + h);
@@ -2584,11 +2600,7 @@ TEST_CASE_METHOD(fresh_runtime, "the run goes parallel again while tasklets wait
   CHECK(pings.get() == rounds);
   CHECK(started.get() == 1);
   std::uint64_t expected_busy = 0;
-  for (int b = 0; b < busy; ++b) {
-    auto h = static_cast<std::uint64_t>(b);
-    for (int r = 0; r < busy_rounds; ++r) h = h * 31 + static_cast<std::uint64_t>(r);
-    expected_busy += h;
-  }
+  for (int b = 0; b < busy; ++b) expected_busy += busy_hash(b, busy_rounds);
   CHECK(busy_sum.get() == expected_busy);
   long expected_caught = 0, expected_made = 0;
   for (int w = 0; w < waiters; ++w) {
@@ -2617,43 +2629,23 @@ TEST_CASE_METHOD(fresh_runtime, "the run goes parallel again while main waits at
   // segments run; the probe resumes it there, and it takes the run parallel and waits in the
   // main thread's loop until a result arrives.
   constexpr int rounds = 3000, busy = 16, busy_rounds = 40;
-#if defined(__SANITIZE_THREAD__)
-  struct guard_threshold {  // (as in the test above)
-    guard_threshold() { setenv("WEFT_GUARD_US", "10", 1); }
-    ~guard_threshold() { unsetenv("WEFT_GUARD_US"); }
-  } threshold;
-#endif
-  channel<int> ping, pong, ready;
+  [[maybe_unused]] const tsan_guard_threshold threshold;
+  channel<int> ready;
   channel<std::uint64_t> results;
-  spawn([&] {
-    for (int i = 0; i < rounds; ++i) pong.send(ping.receive() + 1);
-  });
-  spawn([&] {
-    int v = 0;
-    for (int i = 0; i < rounds; ++i) {
-      ping.send(v);
-      v = pong.receive();
-    }
-    ready.send(v);
-  });
+  spawn_ping_pong(rounds, [ready](int v) { ready.send(v); });
   CHECK(ready.receive() == rounds);  // serial state by now at two workers (guard on)
   for (int b = 0; b < busy; ++b)
     spawn([&, b] {
       auto h = static_cast<std::uint64_t>(b);
       for (int r = 0; r < busy_rounds; ++r) {
-        weft::test::spin_us(20);
-        h = h * 31 + static_cast<std::uint64_t>(r);
+        h = busy_step(h, r);
         schedule();
       }
       results.send(h);
     });
   std::uint64_t sum = 0, expected = 0;
   for (int b = 0; b < busy; ++b) sum += results.receive();
-  for (int b = 0; b < busy; ++b) {
-    auto h = static_cast<std::uint64_t>(b);
-    for (int r = 0; r < busy_rounds; ++r) h = h * 31 + static_cast<std::uint64_t>(r);
-    expected += h;
-  }
+  for (int b = 0; b < busy; ++b) expected += busy_hash(b, busy_rounds);
   CHECK(sum == expected);
   run();
   const run_statistics st = run_stats();

@@ -274,7 +274,10 @@ struct ordered_state {
   bool guard = true;
   std::uint64_t min_segment_ns = 2500;
   double max_aborts_per_commit = 0.3;
-  std::uint64_t window_commits = 0, window_aborts = 0, window_ns = 0, next_check = 512;
+  // The first window after the start (or a return to parallel) is short, so that a program of short
+  // segments falls back early; later ones are longer, so that the guard's check costs nothing.
+  static constexpr std::uint64_t first_window = 512, later_windows = 4096;
+  std::uint64_t window_commits = 0, window_aborts = 0, window_ns = 0, next_check = first_window;
   // The window's segments, and the weight of its timed ones (1 each when every segment is timed,
   // sample_every each when 1 in sample_every is): the guard's mean is window_ns over that weight, not
   // over the segment count, whose share of timed ones varies (32 +- 5.4 of 512 at 1 in 16: a
@@ -289,6 +292,11 @@ struct ordered_state {
   // segments are judged as any.
   std::uint64_t window_spawns = 0;
   static constexpr std::uint64_t spawns_per_window = 8;
+  // A new window of `commits` commits.
+  void reset_window(std::uint64_t commits) noexcept {
+    window_commits = window_spawns = window_aborts = window_ns = window_segments = window_weight = 0;
+    next_check = commits;
+  }
   bool draining = false, drained = false;
   std::uint64_t drained_at_ns = 0;  // now_ns() when the drain ended (run_statistics::serial_ms)
   std::uint64_t serial_ns_before = 0;  // time in serial state before the last return to parallel
@@ -878,8 +886,7 @@ void return_to_parallel(runtime& r) {
   sole_run_begin(&o);
   r.dispatch_hint = nullptr;
   o.main_holds_back = r.main->state == tasklet_state::runnable;
-  o.window_commits = o.window_spawns = o.window_aborts = o.window_ns = o.window_segments = o.window_weight = 0;
-  o.next_check = 512;
+  o.reset_window(ordered_state::first_window);  // judged afresh
   r.parallel.store(true, std::memory_order_relaxed);
   wake_all(o);
 }
@@ -972,8 +979,7 @@ void release_held_epoch(runtime& r) {
     o.fallback_reason = fmt::format("too many conflicts: {:.2f} aborts per commit over {} commits (the guard allows "
                                     "{:.2f})", apc, commits, o.max_aborts_per_commit);
   } else {
-    o.window_commits = o.window_spawns = o.window_aborts = o.window_ns = o.window_segments = o.window_weight = 0;
-    o.next_check = 4096;
+    o.reset_window(ordered_state::later_windows);
     return;
   }
   o.draining = true;

@@ -305,7 +305,6 @@ op_status perform(intent& in) {
   runtime& r = *self->owner;
   const bool ordered = r.is_parallel();  // prev is then a thread's own context
   if (!ordered && prev->state == tasklet_state::dead) retire(r, prev);
-  if (!ordered && r.probe_countdown != 0) set_exception_flux_here(0);  // (ordered.cpp, ordered_serial_switch)
   std::exception_ptr escaped;
   try {
     // Killed or raised into before it ever ran (§3.3, §3.4).
