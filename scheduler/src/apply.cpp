@@ -103,9 +103,10 @@ void ring_advance(runtime& r) noexcept {
 }
 
 // "Rotate to t": the tasklets from the old head up to t are now at the tail, and the dispatch hint
-// may be among them.
+// may be among them; in ordered mode, so may segments that started before main (ordered_rotating).
 void ring_rotate_to(runtime& r, tasklet_impl* t) noexcept {
   r.dispatch_hint = nullptr;
+  if (r.is_parallel() && r.head && r.head != t) ordered_rotating(r, r.head, t);
   r.head = t;
 }
 

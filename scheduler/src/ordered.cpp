@@ -2516,4 +2516,34 @@ bool ordered_abort_in_flight(runtime& r, tasklet_impl* t) noexcept {
   return false;
 }
 
+// Nothing after main in serial order starts while main holds back (pick), so what main writes before
+// its next switch point is there for every segment after it. A rotation breaks that for the segments
+// it moves from before main to after it: they started before main's code ran, which now runs before
+// them (newcomer round 23: K kills, raises into or runs a victim further on in the ring; R, between
+// them, had its segment running beside K's and committed the round number main had set before the
+// last one, where one worker shows the new one: 21-65 of 200 reads stale). So they are rolled back,
+// as a kill's target is. The moved tasklets are those from `from` up to `to`; whether main is among
+// them (then none moves past it) is looked up `rotation_look` steps from both ends. A send's rotation
+// passes over its caller only (the receiver was put right after it), which commits now: O(1).
+// Beyond that look (a kill of a tasklet far down a long ring), every segment in flight but the
+// committing tasklet's is rolled back: O(window), and such rotations are rare.
+void ordered_rotating(runtime& r, tasklet_impl* from, tasklet_impl* to) noexcept {
+  ordered_state& o = state_of(r);
+  if (o.in_flight == 0 || r.main->state != tasklet_state::runnable) return;  // (main blocked: README's limit)
+  constexpr unsigned rotation_look = 32;
+  tasklet_impl* t = from;
+  for (unsigned n = 0; t != to && n < rotation_look; t = t->next, ++n)
+    if (t == r.main) return;  // main moves with them, after those before it: nobody passes it
+  if (t == to) {  // all seen, main not among them
+    for (tasklet_impl* u = from; u != to; u = u->next)
+      if (u != r.current && u->segment) ordered_abort_in_flight(r, u);
+    return;
+  }
+  t = to->prev;
+  for (unsigned n = 0; n < rotation_look; t = t->prev, ++n)
+    if (t == r.main) return;
+  for (const auto& rec : o.all_segments)
+    if (segment* s = rec.get(); s->owner && s->owner != r.current) ordered_abort_in_flight(r, s->owner);
+}
+
 }  // namespace weft::detail

@@ -42,6 +42,13 @@ void ordered_output(std::FILE* stream, std::string_view text, const std::source_
 /// segment in flight, if any, is aborted. Returns true if that segment is running right now on some
 /// thread (it is then doomed: aborted when it ends), false if t has nothing in flight any more.
 bool ordered_abort_in_flight(runtime& r, tasklet_impl* t) noexcept;
+/// apply() rotates the ring from `from` (the head) to `to` (kill, raise, run, switch_to, an escaped
+/// exception, a send that resumes its receiver): the tasklets from `from` up to `to` go to the tail.
+/// Those whose segment is in flight and that came before main in serial order, and now come after it,
+/// have their segment aborted: main's code, which runs before them now, may change plain data they
+/// read (README: nothing after main in serial order starts while main holds back). Under the commit
+/// lock; O(1) for a send's rotation, at most O(window) otherwise.
+void ordered_rotating(runtime& r, tasklet_impl* from, tasklet_impl* to) noexcept;
 /// resources() and similar reads by main: the commit lock, held while reading committed counters.
 std::mutex& ordered_lock(runtime& r);
 /// run_stats() of an ordered runtime; the numbers of the last one stopped (nullopt if none).
