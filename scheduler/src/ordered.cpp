@@ -111,9 +111,10 @@ struct segment {
     stop.store(0, std::memory_order_relaxed);
   }
   bool at_head = false;     // its tasklet was the head when it started
-  // Doomed while running by a rotation that moved it past main (ordered_rotating): main's code waits
-  // until it has stopped (ordered_state::running_past_main). Under the commit lock.
-  bool past_main = false;
+  // Doomed while it runs by a commit that changed its tasklet (ordered_abort_in_flight: a kill,
+  // raise or remove() of it, a rotation that moved it past main): main's code waits until it has
+  // stopped (ordered_state::main_waits_for, main_can_run). Under the commit lock.
+  bool main_waits = false;
   struct worker* ran_by = nullptr;  // the thread that ran it (commits it, while that thread is busy)
   tasklet_impl* owner = nullptr;    // whose segment it is, while in flight
   std::uint64_t channels_made = 0;  // its tasklet's count when it started (given back at abort)
@@ -253,7 +254,7 @@ struct ordered_state {
   std::uint64_t seed = 0;
   unsigned inevitable_after = 8;
   std::size_t in_flight = 0;     // segments taken from the pool and not given back
-  std::size_t running_past_main = 0;  // segments with past_main set, not given back: main waits
+  std::size_t main_waits_for = 0;  // segments with main_waits set, not given back
   std::size_t waiting = 0;       // worker threads waiting on cv (wake() skips the notify when none)
   bool main_waiting = false;     // the main thread waits on main_cv
   // Spinning instead of sleeping (spin_for_work): wake() counts in `wakes`, which threads with
@@ -506,9 +507,9 @@ void give_segment(ordered_state& o, segment* s) {
   s->owner = nullptr;
   s->exceptions.clear();
   s->trace_begin = s->trace_end = 0;
-  if (s->past_main) {  // it has stopped: main may run (main_can_run)
-    s->past_main = false;
-    --o.running_past_main;
+  if (s->main_waits) {  // it has stopped: main may run (main_can_run)
+    s->main_waits = false;
+    --o.main_waits_for;
   }
   s->ran_by->free_segments.push_back(s);
   --o.in_flight;
@@ -532,10 +533,10 @@ bool needs_head(const ordered_state& o, const tasklet_impl* t) noexcept {
          t->head_aborts >= o.inevitable_after;
 }
 
-// Main's code runs when main is the head, and once the segments a rotation moved past it have
-// stopped (ordered_rotating): its code may write plain data they read.
+// Main's code runs when main is the head, and once the segments doomed while they ran have stopped
+// (segment::main_waits): its code may write plain data they read.
 bool main_can_run(const runtime& r) noexcept {
-  return r.head == r.main && r.main->state == tasklet_state::runnable && r.ordered->running_past_main == 0;
+  return r.head == r.main && r.main->state == tasklet_state::runnable && r.ordered->main_waits_for == 0;
 }
 
 void write_stdout(std::string_view text) { emit(stdout, text); }
@@ -2515,11 +2516,21 @@ void ordered_output(std::FILE* stream, std::string_view text, const std::source_
   }
 }
 
+// A doomed segment runs on until its next new, delete, tvar read or switch point, reading what it
+// read before: plain data main may be about to change, if its tasklet no longer comes before main
+// (removed, or moved past main by a rotation: ordered_rotating). So main's code waits until it has
+// stopped (segment::main_waits): it would otherwise run beside main's writes (a data race,
+// ThreadSanitizer: 2 of 7 runs of the rotation test). A kill's or raise's target is the head, before
+// main, anyway.
 bool ordered_abort_in_flight(runtime& r, tasklet_impl* t) noexcept {
   segment* s = seg(t);
   if (!s) return false;
   if (s->st == segment::state::running) {
     doom(s);
+    if (!s->main_waits) {
+      s->main_waits = true;
+      ++state_of(r).main_waits_for;
+    }
     return true;
   }
   abort_segment(r, t, s, abort_kind::changed);
@@ -2532,23 +2543,12 @@ bool ordered_abort_in_flight(runtime& r, tasklet_impl* t) noexcept {
 // them (newcomer round 23: K kills, raises into or runs a victim further on in the ring; R, between
 // them, had its segment running beside K's and committed the round number main had set before the
 // last one, where one worker shows the new one: 21-65 of 200 reads stale). So they are rolled back,
-// as a kill's target is, and one still running keeps main's code waiting until it has stopped
-// (past_main, main_can_run): it stops at its next new, delete or tvar read, or switch point, and
-// until then it must not read what main writes (a data race with main's write: ThreadSanitizer in
-// this test). The moved tasklets are those from `from` up to `to`; whether main is among them (then
+// as a kill's target is (one still running keeps main's code waiting until it has stopped:
+// ordered_abort_in_flight). The moved tasklets are those from `from` up to `to`; whether main is among them (then
 // none moves past it) is looked up `rotation_look` steps from both ends. A send's rotation passes
 // over its caller only (the receiver was put right after it), which commits now: O(1). Beyond that
 // look (a kill of a tasklet far down a long ring), every segment in flight but the committing
 // tasklet's is rolled back: O(window), and such rotations are rare.
-namespace {
-void roll_back_past_main(runtime& r, ordered_state& o, tasklet_impl* t) noexcept {
-  segment* s = seg(t);
-  if (ordered_abort_in_flight(r, t) && !s->past_main) {  // running: doomed
-    s->past_main = true;
-    ++o.running_past_main;
-  }
-}
-}  // namespace
 void ordered_rotating(runtime& r, tasklet_impl* from, tasklet_impl* to) noexcept {
   ordered_state& o = state_of(r);
   if (o.in_flight == 0 || r.main->state != tasklet_state::runnable) return;  // (main blocked: README's limit)
@@ -2558,14 +2558,14 @@ void ordered_rotating(runtime& r, tasklet_impl* from, tasklet_impl* to) noexcept
     if (t == r.main) return;  // main moves with them, after those before it: nobody passes it
   if (t == to) {  // all seen, main not among them
     for (tasklet_impl* u = from; u != to; u = u->next)
-      if (u != r.current && u->segment) roll_back_past_main(r, o, u);
+      if (u != r.current && u->segment) ordered_abort_in_flight(r, u);
     return;
   }
   t = to->prev;
   for (unsigned n = 0; n < rotation_look; t = t->prev, ++n)
     if (t == r.main) return;
   for (const auto& rec : o.all_segments)
-    if (segment* s = rec.get(); s->owner && s->owner != r.current) roll_back_past_main(r, o, s->owner);
+    if (segment* s = rec.get(); s->owner && s->owner != r.current) ordered_abort_in_flight(r, s->owner);
 }
 
 }  // namespace weft::detail
