@@ -2494,6 +2494,56 @@ TEST_CASE_METHOD(fresh_runtime, "a kill or raise or run of a tasklet further on 
   for (auto& t : to_kill) CHECK_FALSE(t.alive());
 }
 
+TEST_CASE_METHOD(fresh_runtime, "a kill of a blocked tasklet in a long ring rolls back no segment for main's sake",
+                 "[unit][ordered]") {
+  // A blocked target is appended at the tail and the ring rotated to it: nobody's order relative to
+  // main changes. With main in the middle of a long ring (tasklets woken after main's schedule()),
+  // the bounded look for main found it at neither end and rolled back every segment in flight
+  // (a review of the rotation's fix). The kills' own targets have nothing in flight: no abort of
+  // the kind "changed" is right.
+  constexpr int rounds = 30, spinners = 40, woken = 40;
+  channel<int> gate, never;
+  gate.preference(0);  // a woken receiver goes to the tail, the sender goes on
+  std::vector<tvar<long>> spun(spinners);  // (one each: a shared count would conflict)
+  tvar<int> stop{0};
+  std::vector<tasklet> victims;
+  for (int v = 0; v < rounds; ++v) victims.push_back(spawn([never] { never.receive(); }));
+  spawn([&] {  // K: wakes the gate's receivers (after main, which just yielded), then kills a victim
+    for (int i = 0; i < rounds; ++i) {
+      for (int w = 0; w < woken; ++w) {
+        int x = w;
+        if (gate.try_send(x) != channel<int>::status::ok) break;
+      }
+      victims[static_cast<std::size_t>(i)].kill();
+      schedule();
+    }
+    stop.set(1);
+  });
+  for (int s = 0; s < spinners; ++s)
+    spawn([&, s] {
+      tvar<long>& mine = spun[static_cast<std::size_t>(s)];
+      while (stop.get() == 0) {
+        spin_us(20);
+        mine.set(mine.get() + 1);
+        schedule();
+      }
+    });
+  for (int w = 0; w < woken; ++w)
+    spawn([&] {
+      for (;;) gate.receive();
+    });
+  while (stop.get() == 0) schedule();
+  run();
+  long total = 0;
+  for (auto& n : spun) total += n.get();
+  CHECK(total >= static_cast<long>(rounds) * spinners / 2);
+  for (auto& v : victims) CHECK_FALSE(v.alive());
+  const run_statistics st = run_stats();
+  INFO("fell back: " << st.fallback_reason << "; aborts: " << st.aborts_conflict << " conflict, " << st.aborts_changed
+                     << " changed");
+  if (ordered_two_or_more() && configuration().abort_inject == 0 && !st.fell_back_to_serial) CHECK(st.aborts_changed == 0);
+}
+
 namespace {
 // A large tvar value that counts how many of its copies are alive at once (instrumentation: the
 // count is not program state, nothing reads it inside a tasklet).

@@ -1742,7 +1742,8 @@ void segment_fault(int sig) noexcept {
 // Once waited on for waited_on_grace_ns, such a segment stops at its next new or delete and runs
 // again later. Not sooner: a long segment that would end is worth finishing (a grace of 1 ms rolled
 // back 3-10 of mandelbrot's 64 bands of ~1.2 ms at 2 workers, 0.09-0.10 s against 0.07-0.08). A
-// segment that loops without allocating cannot be stopped this way.
+// segment that loops without allocating cannot be stopped this way (and, doomed, it holds main's
+// code too: ordered_abort_in_flight).
 constexpr std::uint64_t waited_on_grace_ns = 50'000'000;
 
 void settle_thrown(segment* s, std::uint32_t uncaught) noexcept;  // (below, with the exception reports)
@@ -2546,12 +2547,16 @@ bool ordered_abort_in_flight(runtime& r, tasklet_impl* t) noexcept {
 // as a kill's target is (one still running keeps main's code waiting until it has stopped:
 // ordered_abort_in_flight). The moved tasklets are those from `from` up to `to`; whether main is among them (then
 // none moves past it) is looked up `rotation_look` steps from both ends. A send's rotation passes
-// over its caller only (the receiver was put right after it), which commits now: O(1). Beyond that
-// look (a kill of a tasklet far down a long ring), every segment in flight but the committing
-// tasklet's is rolled back: O(window), and such rotations are rare.
+// over its caller only (the receiver was put right after it), which commits now: O(1). A kill, raise
+// or run() of a tasklet that was blocked or paused appends it at the tail first: rotating to the tail
+// changes no one's order relative to main, unless it is main (O(1), and no rollback for nothing: a
+// review found that a ring of 77 with main in its middle rolled back every segment in flight).
+// Beyond the look (a kill of a runnable tasklet far down a long ring), every segment in flight but the
+// committing tasklet's is rolled back: O(window), and such rotations are rare.
 void ordered_rotating(runtime& r, tasklet_impl* from, tasklet_impl* to) noexcept {
   ordered_state& o = state_of(r);
   if (o.in_flight == 0 || r.main->state != tasklet_state::runnable) return;  // (main blocked: README's limit)
+  if (to->next == from && to != r.main) return;  // to the tail
   constexpr unsigned rotation_look = 32;
   tasklet_impl* t = from;
   for (unsigned n = 0; t != to && n < rotation_look; t = t->next, ++n)
