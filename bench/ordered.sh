@@ -19,6 +19,10 @@
 #                                 within an hour, 2026-12-03)
 #   segment sweep                 weft_segment_sweep at 2 workers (guard off) vs 1, per segment length,
 #                                 beside the prototype's fit 2s / (s + 0.57 us)
+#   speculation by length         weft_segment_sweep at WEFT_WORKERS=1 WEFT_MODE=ordered WEFT_GUARD=0 vs
+#                                 serial, per segment length from 0 (a bare schedule()) to 2 us, with
+#                                 the machinery's cost per segment in ns: the length from which a
+#                                 program's speculation overhead is under 1.4x and 1.1x
 # Each ordered run also reports (WEFT_STATS=1) aborts per commit and the mean segment length.
 # Ratios are time(row) / time(baseline) for costs, time(serial) / time(ordered) for speedups.
 set -euo pipefail
@@ -79,6 +83,8 @@ declare -A cmd=(
 )
 steps_per_us=$(awk -v n="$($b/bench/weft_segment_sweep --calibrate)" 'BEGIN {print 1000 / n}')
 sweep_us=(0.5 1 2 5 10 20 50 100 200)
+spec_us=(0 0.1 0.25 0.5 1 2)
+spec_segs() { awk -v u="$1" 'BEGIN {print int(12500 / (u + 0.1))}'; }  # ~100 ms serial at every length
 
 for ((i = 0; i < reps; ++i)); do
   if [ -n "$baseline" ]; then
@@ -105,6 +111,12 @@ for ((i = 0; i < reps; ++i)); do
     segs=$(awk -v u="$us" 'BEGIN {n = int(20000 / u); if (n < 20) n = 20; if (n > 2000) n = 2000; print n}')
     time_of "sweep1-$us" $b/bench/weft_segment_sweep 8 "$segs" "$steps"
     time_of "sweep2-$us" env WEFT_WORKERS=2 WEFT_GUARD=0 WEFT_STATS=1 $b/bench/weft_segment_sweep 8 "$segs" "$steps"
+  done
+  for us in "${spec_us[@]}"; do
+    steps=$(awk -v u="$us" -v r="$steps_per_us" 'BEGIN {printf "%d", u * r + 0.5}')
+    segs=$(spec_segs "$us")
+    time_of "specsw1-$us" $b/bench/weft_segment_sweep 8 "$segs" "$steps"
+    time_of "specsw-$us" env WEFT_WORKERS=1 WEFT_MODE=ordered WEFT_GUARD=0 WEFT_STATS=1 $b/bench/weft_segment_sweep 8 "$segs" "$steps"
   done
 done
 
@@ -137,4 +149,11 @@ for us in "${sweep_us[@]}"; do
   same_sum "sweep1-$us" "sweep2-$us"
   fit=$(awk -v s="$us" 'BEGIN {printf "%.2f", 2 * s / (s + 0.57)}')
   row "sweep: ${us} us segments, 2 workers vs 1" "$(ratio sweep1-$us sweep2-$us)" "prototype fit $fit; $(notes sweep2-$us)"
+done
+for us in "${spec_us[@]}"; do
+  same_sum "specsw1-$us" "specsw-$us"
+  # the machinery's cost per segment: the medians' difference over the 8 tasklets' segments
+  per=$(awk -v a="$(median "$tmp/specsw-$us")" -v b="$(median "$tmp/specsw1-$us")" -v n="$(spec_segs "$us")" \
+    'BEGIN {printf "%.0f", (a - b) * 1e6 / (8 * n)}')
+  row "speculative 1 worker / serial: sweep ${us} us" "$(ratio specsw-$us specsw1-$us)" "$per ns a segment more; $(notes specsw-$us)"
 done
