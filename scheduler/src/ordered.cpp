@@ -269,13 +269,13 @@ struct ordered_state {
   std::uint64_t segments = 0, commits = 0, aborts_conflict = 0, aborts_injected = 0, aborts_changed = 0, dropped = 0,
                 inevitable = 0, segment_ns = 0;
 
-  // The guard (DESIGN.md §4.7.11; two-way since, see probe_after_drain): over each window of commits, if the mean segment is
-  // shorter than min_segment_ns or conflicts and changed-tasklet aborts exceed max_aborts_per_commit,
-  // the run drains (no new segments; finished ones commit at the head or are dropped) and goes on in
-  // serial state on the main thread.
-  // 2.5 us: at 2 workers against one, the segment sweep (bench/ordered.sh, guard off) breaks even at
-  // ~1.5 us on this kind of VM (1 us: 0.67-0.91; 2 us: 1.03-1.29; 5 us: 1.4-1.6); at 5 us a program
-  // of 4.3 us segments ran serial where it could have gone 1.6x faster (newcomer round 17).
+  // The guard (DESIGN.md §4.7.11; two-way since, see probe_after_drain): over each window of commits, if the
+  // mean segment is shorter than min_segment_ns or conflicts and changed-tasklet aborts exceed
+  // max_aborts_per_commit, the run drains (no new segments; finished ones commit at the head or are dropped)
+  // and goes on in serial state on the main thread. 2.5 us: at 2 workers against one, the segment sweep
+  // (bench/ordered.sh, guard off) breaks even at ~1.5 us on this kind of VM (1 us: 0.67-0.91; 2 us:
+  // 1.03-1.29; 5 us: 1.4-1.6); at 5 us a program of 4.3 us segments ran serial where it could have gone 1.6x
+  // faster (newcomer round 17).
   bool guard = true;
   std::uint64_t min_segment_ns = 2500;
   double max_aborts_per_commit = 0.3;
@@ -2188,21 +2188,19 @@ bool may_go_on(intent_kind k) noexcept {
   return k == intent_kind::channel_op || k == intent_kind::raise || continues_caller(k);
 }
 
-// A segment that started at the head (or runs inevitable: at the head) reaches a switch point.
-// Nothing can commit before it: its tasklet is the head until it commits. So it commits here, on its own stack, without the jump to
-// its thread's loop and back, and if the tasklet goes on running (a receive from a waiting sender,
-// a send with preference 0 to a waiting receiver, an insert or a bind: apply says so), it goes on
-// at once in a new segment, inevitable and without a snapshot: it is the head. A barrier's
-// coordinator receiving from 16 blocked tiles and sending 16 `go`s was a chain of 32 dependent
-// segments, each committed at home and dispatched again at the head (1.26 us each at 2 workers);
-// now it is one or two.
-// Not when: the commit injects an abort (the segment goes the usual way and is rolled back) or the
-// tasklet's next segment would be injected (it goes the usual way, speculative, so that injection
-// tests what it would have tested); WEFT_CHECK=replay (it runs head segments twice from their
-// snapshot); the run drains or exits. Returns `declined` (nothing done; the usual way), `aborted`
-// (the commit found a conflict: the caller leaves with end::aborted and is rolled back),
-// `committed` (the caller leaves with end::committed; its thread gives the record back) or
-// `continued` (the caller returns into user code). Thread: the one running the segment; the
+// A segment that started at the head (or runs inevitable: at the head) reaches a switch point. Nothing can
+// commit before it: its tasklet is the head until it commits. So it commits here, on its own stack, without
+// the jump to its thread's loop and back, and if the tasklet goes on running (a receive from a waiting
+// sender, a send with preference 0 to a waiting receiver, an insert or a bind: apply says so), it goes on at
+// once in a new segment, inevitable and without a snapshot: it is the head. A barrier's coordinator receiving
+// from 16 blocked tiles and sending 16 `go`s was a chain of 32 dependent segments, each committed at home and
+// dispatched again at the head (1.26 us each at 2 workers); now it is one or two. Not when: the commit
+// injects an abort (the segment goes the usual way and is rolled back) or the tasklet's next segment would be
+// injected (it goes the usual way, speculative, so that injection tests what it would have tested);
+// WEFT_CHECK=replay (it runs head segments twice from their snapshot); the run drains or exits. Returns
+// `declined` (nothing done; the usual way), `aborted` (the commit found a conflict: the caller leaves with
+// end::aborted and is rolled back), `committed` (the caller leaves with end::committed; its thread gives the
+// record back) or `continued` (the caller returns into user code). Thread: the one running the segment; the
 // tasklet's fields it reads first (in_place_skip) are only touched by the thread running its segment.
 enum class in_place : std::uint8_t { declined, aborted, committed, continued };
 
@@ -2538,21 +2536,20 @@ bool ordered_abort_in_flight(runtime& r, tasklet_impl* t) noexcept {
   return false;
 }
 
-// Nothing after main in serial order starts while main holds back (pick), so what main writes before
-// its next switch point is there for every segment after it. A rotation breaks that for the segments
-// it moves from before main to after it: they started before main's code ran, which now runs before
-// them (newcomer round 23: K kills, raises into or runs a victim further on in the ring; R, between
-// them, had its segment running beside K's and committed the round number main had set before the
-// last one, where one worker shows the new one: 21-65 of 200 reads stale). So they are rolled back,
-// as a kill's target is (one still running keeps main's code waiting until it has stopped:
-// ordered_abort_in_flight). The moved tasklets are those from `from` up to `to`; whether main is among them (then
-// none moves past it) is looked up `rotation_look` steps from both ends. A send's rotation passes
-// over its caller only (the receiver was put right after it), which commits now: O(1). A kill, raise
-// or run() of a tasklet that was blocked or paused appends it at the tail first: rotating to the tail
-// changes no one's order relative to main, unless it is main (O(1), and no rollback for nothing: a
-// review found that a ring of 77 with main in its middle rolled back every segment in flight).
-// Beyond the look (a kill of a runnable tasklet far down a long ring), every segment in flight but the
-// committing tasklet's is rolled back: O(window), and such rotations are rare.
+// Nothing after main in serial order starts while main holds back (pick), so what main writes before its next
+// switch point is there for every segment after it. A rotation breaks that for the segments it moves from
+// before main to after it: they started before main's code ran, which now runs before them (newcomer round
+// 23: K kills, raises into or runs a victim further on in the ring; R, between them, had its segment running
+// beside K's and committed the round number main had set before the last one, where one worker shows the new
+// one: 21-65 of 200 reads stale). So they are rolled back, as a kill's target is (one still running keeps
+// main's code waiting until it has stopped: ordered_abort_in_flight). The moved tasklets are those from
+// `from` up to `to`; whether main is among them (then none moves past it) is looked up `rotation_look` steps
+// from both ends. A send's rotation passes over its caller only (the receiver was put right after it), which
+// commits now: O(1). A kill, raise or run() of a tasklet that was blocked or paused appends it at the tail
+// first: rotating to the tail changes no one's order relative to main, unless it is main (O(1), and no
+// rollback for nothing: a review found that a ring of 77 with main in its middle rolled back every segment in
+// flight). Beyond the look (a kill of a runnable tasklet far down a long ring), every segment in flight but
+// the committing tasklet's is rolled back: O(window), and such rotations are rare.
 void ordered_rotating(runtime& r, tasklet_impl* from, tasklet_impl* to) noexcept {
   ordered_state& o = state_of(r);
   if (o.in_flight == 0 || r.main->state != tasklet_state::runnable) return;  // (main blocked: README's limit)
