@@ -17,7 +17,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include "weft/detail/alloc_log.hpp"
 #include "weft/detail/diagnostics.hpp"
+#include "weft/log.hpp"
 #include "weft/detail/epoch.hpp"
 #include "ordered.hpp"
 #include "trace.hpp"
@@ -461,6 +463,28 @@ void detail::write_output(std::string_view text, const std::source_location& whe
     return;
   }
   emit(stdout, text);
+}
+
+void detail::sink_mutex::hold() noexcept {
+  if (alloc_log* log = active_alloc_log()) {
+    alloc_log_stop_hold::alloc_log_hold_stops(*log);
+    held_ = log;
+  }
+}
+void detail::sink_mutex::lock() {
+  mutex_.lock();
+  hold();
+}
+bool detail::sink_mutex::try_lock() {
+  if (!mutex_.try_lock()) return false;
+  hold();
+  return true;
+}
+void detail::sink_mutex::unlock() noexcept {
+  // Released before the mutex, whose next holder may set held_: between the two nothing allocates,
+  // so the segment cannot be stopped with the mutex still locked.
+  if (alloc_log* log = std::exchange(held_, nullptr)) alloc_log_stop_hold::alloc_log_release_stops(*log);
+  mutex_.unlock();
 }
 
 void detail::write_output_to(std::FILE* stream, std::string_view text) {

@@ -7,19 +7,45 @@
 // record and written when the segment commits, in commit order, like weft::print: a rolled-back
 // segment's lines are dropped, so nothing is logged twice or lost. Elsewhere (one worker, main, an
 // inevitable segment) it is written at once. Use a logger whose sinks are all commit sinks (another
-// sink would write at once, from a segment that may be rolled back).
+// sink would write at once, from a segment that may be rolled back), and without enable_backtrace: a
+// rolled-back segment is not stopped inside a commit sink's lock (detail::sink_mutex), but the
+// backtrace buffer is filled under a lock of spdlog's own, which such a stop would leave locked.
 #pragma once
 
 #include <cstdio>
 #include <mutex>
 
 #include <spdlog/sinks/base_sink.h>
+#include <spdlog/sinks/base_sink-inl.h>  // (the compiled spdlog has base_sink for std::mutex only)
 
 #include "weft/scheduler.hpp"
 
 namespace weft {
 
-class commit_sink final : public spdlog::sinks::base_sink<std::mutex> {
+namespace detail {
+class alloc_log;
+/// The lock of commit_sink (spdlog's base_sink takes it around formatting and writing a line). Held
+/// by a speculative segment, it also holds that segment's stops: a segment doomed by a commit
+/// meanwhile is not stopped at a `new` or `delete` inside the lock (the pattern formatter grows its
+/// buffer there), but at its next one after unlock(). Stopped inside, the rollback (which restores
+/// the stack without unwinding) left the mutex locked, and the next line logged by any tasklet waited
+/// for ever (newcomer round 24: lines over spdlog's 250-byte inline buffer, 1 run in 5 at two
+/// workers). Thread-safe, as std::mutex; lock() and unlock() are paired on one thread with no switch
+/// point between them.
+class sink_mutex {
+ public:
+  void lock();
+  bool try_lock();
+  void unlock() noexcept;
+
+ private:
+  void hold() noexcept;
+  std::mutex mutex_;
+  alloc_log* held_ = nullptr;  // whose stops the holder holds (under mutex_)
+};
+}  // namespace detail
+
+class commit_sink final : public spdlog::sinks::base_sink<detail::sink_mutex> {
  public:
   /// Writes to `stream` (stderr by default; it must outlive the sink).
   explicit commit_sink(std::FILE* stream = stderr) noexcept : stream_(stream) {}

@@ -184,8 +184,12 @@ inline alloc_log* set_active_alloc_log(alloc_log* log) noexcept {
 /// next new or delete after the hold.
 class alloc_log_stop_hold {
  public:
-  explicit alloc_log_stop_hold(alloc_log& log) noexcept : log_(log) { ++log_.stop_holds_; }
-  ~alloc_log_stop_hold() { --log_.stop_holds_; }
+  explicit alloc_log_stop_hold(alloc_log& log) noexcept : log_(log) { alloc_log_hold_stops(log_); }
+  ~alloc_log_stop_hold() { alloc_log_release_stops(log_); }
+  /// The same hold for a scope that is not a C++ scope (weft::detail::sink_mutex: from its lock() to
+  /// its unlock()). Paired, on one thread, in one attempt.
+  static void alloc_log_hold_stops(alloc_log& log) noexcept { ++log.stop_holds_; }
+  static void alloc_log_release_stops(alloc_log& log) noexcept { --log.stop_holds_; }
   alloc_log_stop_hold(const alloc_log_stop_hold&) = delete;
   alloc_log_stop_hold& operator=(const alloc_log_stop_hold&) = delete;
 
