@@ -555,17 +555,35 @@ void flush_output(segment* s) {
 // flush_output, with the weft::shared objects whose last handle the segment dropped destroyed in
 // their place in its output (handle_log::entry::out_at), as one worker destroys them where the
 // handle goes: a destructor that prints came after the segment's later lines (newcomer round 10).
-// The other reference changes wait for release_logged_handles, after the intent is applied.
+// So is a tasklet whose last handle goes with it (bound, never run: nothing else holds it), whose
+// function's captures are destroyed with it (newcomer round 24: a capture that prints came after
+// the segment's later lines); its handle drops are all applied here, before the intent, which
+// cannot name a tasklet the segment holds no handle of. The channel drops wait for
+// release_logged_handles, after the intent is applied.
 void flush_output_and_releases(segment* s) {
   std::size_t done = 0;
   for (std::uint32_t i = 0; i < s->handles.size; ++i) {
     handle_log::entry& e = s->handles.items[i];
-    if (e.k != handle_log::shared_dec || !e.object) continue;
+    if (!e.object) continue;
+    if (e.k == handle_log::tasklet_dec) {
+      // Its drops in order, each where it was made: a drop that is not the last (another handle
+      // goes later in the segment) destroys nothing.
+      auto* t = static_cast<tasklet_impl*>(e.object);
+      if (t->refs.load(std::memory_order_relaxed) != 1) {
+        release_now(static_cast<tasklet_impl*>(std::exchange(e.object, nullptr)));
+        continue;
+      }
+    } else if (e.k != handle_log::shared_dec) {
+      continue;
+    }
     if (e.out_at > done) {
       write_stdout(std::string_view(s->out).substr(done, e.out_at - done));
       done = e.out_at;
     }
-    shared_release_now(static_cast<shared_block*>(std::exchange(e.object, nullptr)));
+    if (e.k == handle_log::shared_dec)
+      shared_release_now(static_cast<shared_block*>(std::exchange(e.object, nullptr)));
+    else
+      release_now(static_cast<tasklet_impl*>(std::exchange(e.object, nullptr)));
   }
   if (done) s->out.erase(0, done), s->out_where.clear();
   if (!s->out.empty() || !s->other.empty()) flush_output(s);

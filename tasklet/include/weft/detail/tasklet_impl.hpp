@@ -182,7 +182,8 @@ class handle_log {
   /// The segment's deferred standard output: a weft::shared object whose last handle the segment
   /// drops is destroyed at the commit between the output written before and after the drop.
   const std::string* out = nullptr;
-  /// The segment runs inevitable: weft::shared releases happen at once, as with one worker.
+  /// The segment runs inevitable: weft::shared and tasklet releases happen at once, as with one
+  /// worker (a tasklet's last handle destroys its function's captures where it goes).
   bool releases_now = false;
 };
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local handle_log* segment_handles;
@@ -200,7 +201,7 @@ inline void release_now(tasklet_impl* t) noexcept {
 }
 inline void release(tasklet_impl* t) noexcept {
   if (!t) return;
-  if (handle_log* log = segment_handles) [[unlikely]] {
+  if (handle_log* log = segment_handles; log && !log->releases_now) [[unlikely]] {
     log->record(t, handle_log::tasklet_dec);
     return;
   }
