@@ -2,6 +2,7 @@
 // the lines its tasklet printed before and after dropping the last handle, in every mode (ordered
 // mode destroys it when the segment commits; the commit puts it in its place in the segment's
 // buffered output). Tasklet 1 runs inevitable: there the handle goes at once.
+// With the argument `identity`: the destructor's getcurrent() and channels are its tasklet's.
 // With the argument `bound`: the same for a capture of a tasklet bound and never run.
 // With the argument `sends`: a destructor that sends on a channel is refused, with the message on
 // stderr, at every worker count (at a commit it would run outside any tasklet; round 19 crashed there).
@@ -26,6 +27,16 @@ struct loud_capture {
   loud_capture(const loud_capture&) = delete;
   ~loud_capture() {
     if (live) weft::print("~{}\n", id);
+  }
+};
+// Names the tasklet it goes in and makes a channel there.
+struct identity_probe {
+  int id;
+  explicit identity_probe(int i) : id(i) {}
+  identity_probe(const identity_probe&) = delete;
+  ~identity_probe() {
+    weft::channel<int> made;
+    weft::print("~{} in tasklet {} made {}\n", id, weft::getcurrent().id(), made.id());
   }
 };
 }  // namespace
@@ -54,6 +65,27 @@ int main(int argc, char** argv) {
           weft::print("{}.{} c\n", i, round);
           weft::schedule();
         }
+      });
+    weft::run();
+    weft::print("end\n");
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "identity") == 0) {
+    // The destructor runs for the tasklet that drops the last handle, as with one worker: getcurrent()
+    // is that tasklet, and a channel it makes is that tasklet's next one (newcomer round 24: at a
+    // commit, getcurrent() was empty and its id() ended the program; the channel was nobody's, and
+    // the tasklet's later channels were numbered one lower). Tasklet 1 runs inevitable.
+    for (int i = 0; i < 4; ++i)
+      weft::spawn([i] {
+        if (i == 1) weft::become_inevitable("test");
+        auto h = weft::shared<identity_probe>::make(i);
+        weft::schedule();
+        weft::print("{} a\n", i);
+        h.reset();  // the last handle
+        weft::print("{} b\n", i);
+        weft::schedule();
+        weft::channel<int> later;
+        weft::print("{} later {}\n", i, later.id());
       });
     weft::run();
     weft::print("end\n");

@@ -183,6 +183,10 @@ struct worker {
   runtime* rt = nullptr;
   tasklet_impl* home = nullptr;       // the context of this thread's own stack
   tasklet_impl* running = nullptr;    // whose code runs on this thread now
+  // A commit destroys what its segment dropped the last handle of (flush_output_and_releases): the
+  // destructors run for this tasklet, as one worker runs them in it where the handle goes, so
+  // getcurrent() there is that tasklet and a channel they make is its (ordered_running).
+  tasklet_impl* releasing_for = nullptr;
   // How the segment running on this thread ended: at a switch point with its record waiting for the
   // commit (finished), waiting for the head (parked), rolled back (aborted), or at a switch point
   // where it committed in place (committed: commit_in_place).
@@ -562,6 +566,14 @@ void flush_output(segment* s) {
 // release_logged_handles, after the intent is applied.
 void flush_output_and_releases(segment* s) {
   std::size_t done = 0;
+  worker* const w = this_worker();
+  struct releasing_scope {  // (a destructor that throws ends the program: noexcept)
+    worker* w;
+    ~releasing_scope() {
+      if (w) w->releasing_for = nullptr;
+    }
+  } scope{w && !w->running ? w : nullptr};
+  if (scope.w) scope.w->releasing_for = s->owner;
   for (std::uint32_t i = 0; i < s->handles.size; ++i) {
     handle_log::entry& e = s->handles.items[i];
     if (!e.object) continue;
@@ -2165,7 +2177,7 @@ runtime* ordered_thread_runtime() noexcept {
 
 tasklet_impl* ordered_running() noexcept {
   worker* w = this_worker();
-  return w ? w->running : nullptr;
+  return w ? (w->running ? w->running : w->releasing_for) : nullptr;
 }
 
 namespace {
