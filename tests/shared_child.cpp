@@ -4,6 +4,7 @@
 // buffered output). Tasklet 1 runs inevitable: there the handle goes at once.
 // With the argument `identity`: the destructor's getcurrent() and channels are its tasklet's.
 // With the argument `bound`: the same for a capture of a tasklet bound and never run.
+// With the argument `bound_sends`: the same for the captures of a tasklet that never ran.
 // With the argument `sends`: a destructor that sends on a channel is refused, with the message on
 // stderr, at every worker count (at a commit it would run outside any tasklet; round 19 crashed there).
 #include <cstring>
@@ -44,6 +45,15 @@ struct identity_probe {
 struct notifier {
   weft::channel<int>* to;
   ~notifier() { to->send(1); }
+};
+
+struct capture_notifier {  // a moved-from one is silent
+  weft::channel<int>* to;
+  explicit capture_notifier(weft::channel<int>* t) : to(t) {}
+  capture_notifier(capture_notifier&& o) noexcept : to(std::exchange(o.to, nullptr)) {}
+  ~capture_notifier() {
+    if (to) to->send(1);
+  }
 };
 
 int main(int argc, char** argv) {
@@ -89,6 +99,22 @@ int main(int argc, char** argv) {
       });
     weft::run();
     weft::print("end\n");
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "bound_sends") == 0) {
+    // The same refusal for the captures of a tasklet that never ran, destroyed with its last handle
+    // (at two workers a send there crashed at the commit).
+    weft::channel<int> released;
+    released.preference(1);
+    weft::spawn([&] {
+      weft::tasklet t([n = capture_notifier(&released)] {});
+      weft::schedule();
+      weft::print("holder drops\n");
+      t = weft::tasklet();
+      weft::print("not reached\n");
+    });
+    weft::spawn([&] { weft::print("got {}\n", released.receive()); });
+    weft::run();
     return 0;
   }
   if (argc > 1 && std::strcmp(argv[1], "sends") == 0) {

@@ -92,10 +92,13 @@ constinit thread_local std::uint64_t channels_before_runtime = 0;  // see channe
 }  // namespace
 
 void refuse_scheduler_op() {
-  if (scheduler_ops_refused >= refused_in_shared_destructor) {
-    std::fprintf(stderr, "weft: %s\n", scheduler_op_in_shared_destructor);
+  const char* what = scheduler_ops_refused >= refused_in_dropped_tasklet     ? scheduler_op_in_dropped_tasklet
+                     : scheduler_ops_refused >= refused_in_shared_destructor ? scheduler_op_in_shared_destructor
+                                                                             : nullptr;
+  if (what) {
+    std::fprintf(stderr, "weft: %s\n", what);
     std::fflush(stderr);
-    throw std::logic_error(scheduler_op_in_shared_destructor);
+    throw std::logic_error(what);
   }
   throw std::logic_error(scheduler_op_in_view);
 }
@@ -238,7 +241,12 @@ void register_bound(runtime& r, tasklet_impl* t) noexcept {
 void destroy(tasklet_impl* t) noexcept {
   runtime* r = t->owner;
   drop_kept_channel(t);  // (one that never ended: a main, or one that refused to die)
+  // The captures of a function that never ran go with it: a tasklet or channel operation in their
+  // destructors is refused at every worker count, as in a weft::shared object's (in ordered mode
+  // this runs at the commit of the segment that dropped the last handle: a send there crashed).
+  scheduler_ops_refused += refused_in_dropped_tasklet;
   delete t;
+  scheduler_ops_refused -= refused_in_dropped_tasklet;
   if (r) {
     r->control_blocks.fetch_sub(1, std::memory_order_relaxed);
     release_runtime(r);

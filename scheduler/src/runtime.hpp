@@ -147,8 +147,15 @@ inline constexpr const char* scheduler_op_in_shared_destructor =
     "kill, close, preference, set_name, ...) in the destructor of an object held by weft::shared: "
     "it runs where the last handle goes, in ordered mode at a segment's commit, outside any tasklet; "
     "act from the code that drops the last handle instead";
+/// The error for one in the destructor of a capture of a tasklet destroyed with its last handle.
+inline constexpr const char* scheduler_op_in_dropped_tasklet =
+    "a tasklet or channel operation (send, receive, try_send/try_receive, schedule, spawn, insert, run, "
+    "kill, close, preference, set_name, ...) in a destructor run when a tasklet's last handle goes (the "
+    "captures of a function that never ran): in ordered mode it runs at a segment's commit, outside any "
+    "tasklet; act from the code that drops the last handle instead";
 /// Throws the error for where this thread is (detail::scheduler_ops_refused): in a shared object's
-/// destructor, after writing it to stderr (the destructor it leaves is usually noexcept, and
+/// destructor or a dropped tasklet's captures, after writing it to stderr (the destructor it leaves
+/// is usually noexcept, and
 /// std::terminate would then say only "without an active exception"); else in tvar::view.
 [[noreturn]] void refuse_scheduler_op();
 /// The error for one inside tvar::view's function (perform, ordered_perform).

@@ -53,13 +53,16 @@ extern void (*segment_park_for_head)();
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local bool exception_storage_dying;
 /// Where a tasklet or channel operation is refused on this thread (perform checks this one word):
 /// tvar::view calls running outside any transaction (a serial tasklet, main; view_scope), counted
-/// by refused_in_view, and destructors of weft::shared objects (shared.hpp), counted by
-/// refused_in_shared_destructor. Inside a transaction the transaction counts views
+/// by refused_in_view, destructors of weft::shared objects (shared.hpp), counted by
+/// refused_in_shared_destructor, and of a dropped tasklet's function, by refused_in_dropped_tasklet. Inside a transaction the transaction counts views
 /// (transaction::in_view), so that the count follows a segment's tasklet and goes with a
 /// rolled-back attempt.
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local std::uint32_t scheduler_ops_refused;
 inline constexpr std::uint32_t refused_in_view = 1;
 inline constexpr std::uint32_t refused_in_shared_destructor = 1u << 16;
+/// Destroying a tasklet's control block (its last handle gone): the captures of a function that never
+/// ran are destroyed there (scheduler/src/runtime.cpp, destroy).
+inline constexpr std::uint32_t refused_in_dropped_tasklet = 1u << 24;
 class transaction;
 /// Set by the scheduler (ordered.cpp) while any ordered run exists. A commit outside every tasklet
 /// segment that writes tvars — of `tx`, or the one tvar `single` of a direct write — calls
