@@ -46,41 +46,50 @@ TEST_CASE_METHOD(fresh_runtime, "tasklets that move between threads see their ow
   // thread-local, errno-style address or exception state shows up as a failure. Built at -O3 in
   // Release, -O0 in the sanitizer builds.
   constexpr int tasklets = 8, rounds = 300;
-  tvar<int> bad{0};
-  tvar<std::set<std::size_t>> threads_seen;
-  std::vector<tasklet> ts;
-  for (int i = 0; i < tasklets; ++i) {
-    ts.push_back(spawn([&, i] {
-      tasklet self = getcurrent();
-      tvar<int> mine{0};
-      // On the tasklet's stack, no heap (a std::set's nodes are plain heap memory that a rollback
-      // would not restore): rolled back with the stack.
-      std::array<std::size_t, 4> seen_here{};
-      std::size_t seen_count = 0;
-      for (int k = 0; k < rounds; ++k) {
-        mine.set(k);
-        schedule();
-        int caught = -1;
-        try {
-          throw_int(k + i);
-        } catch (int v) {
-          caught = v;
+  // One run; returns how many threads the tasklets ran on. A worker thread that gets no CPU during
+  // a run (a loaded machine: a ~15 ms run, twice in a suite run beside a fuzzer) leaves nothing to
+  // check, so the run is repeated until they moved (at most 8 runs), each checked as the first.
+  auto one_run = [&] {
+    tvar<int> bad{0};
+    tvar<std::set<std::size_t>> threads_seen;
+    std::vector<tasklet> ts;
+    for (int i = 0; i < tasklets; ++i) {
+      ts.push_back(spawn([&, i] {
+        tasklet self = getcurrent();
+        tvar<int> mine{0};
+        // On the tasklet's stack, no heap (a std::set's nodes are plain heap memory that a rollback
+        // would not restore): rolled back with the stack.
+        std::array<std::size_t, 4> seen_here{};
+        std::size_t seen_count = 0;
+        for (int k = 0; k < rounds; ++k) {
+          mine.set(k);
+          schedule();
+          int caught = -1;
+          try {
+            throw_int(k + i);
+          } catch (int v) {
+            caught = v;
+          }
+          const bool ok = getcurrent() == self && mine.get() == k && caught == k + i &&
+                          std::uncaught_exceptions() == 0 && !getcurrent().is_main();
+          if (!ok) bad.set(bad.get() + 1);
+          const std::size_t here = std::hash<std::thread::id>{}(std::this_thread::get_id());
+          if (std::find(seen_here.begin(), seen_here.begin() + seen_count, here) == seen_here.begin() + seen_count &&
+              seen_count < seen_here.size())
+            seen_here[seen_count++] = here;
         }
-        const bool ok = getcurrent() == self && mine.get() == k && caught == k + i &&
-                        std::uncaught_exceptions() == 0 && !getcurrent().is_main();
-        if (!ok) bad.set(bad.get() + 1);
-        const std::size_t here = std::hash<std::thread::id>{}(std::this_thread::get_id());
-        if (std::find(seen_here.begin(), seen_here.begin() + seen_count, here) == seen_here.begin() + seen_count &&
-            seen_count < seen_here.size())
-          seen_here[seen_count++] = here;
-      }
-      threads_seen.modify([&](auto& s) { s.insert(seen_here.begin(), seen_here.begin() + seen_count); });
-    }));
-  }
-  run();
-  CHECK(bad.get() == 0);
-  for (auto& t : ts) CHECK(!t.alive());
-  if (ordered_two_or_more() && !run_stats().fell_back_to_serial) CHECK(threads_seen.get().size() >= 2);
+        threads_seen.modify([&](auto& s) { s.insert(seen_here.begin(), seen_here.begin() + seen_count); });
+      }));
+    }
+    run();
+    CHECK(bad.get() == 0);
+    for (auto& t : ts) CHECK(!t.alive());
+    return threads_seen.get().size();
+  };
+  std::size_t threads = one_run();
+  for (int again = 1; again < 8 && threads < 2 && ordered_two_or_more() && !run_stats().fell_back_to_serial; ++again)
+    threads = one_run();
+  if (ordered_two_or_more() && !run_stats().fell_back_to_serial) CHECK(threads >= 2);
   fresh_runtime::check_clean();
 }
 
