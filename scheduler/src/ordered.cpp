@@ -566,14 +566,16 @@ void flush_output(segment* s) {
 // release_logged_handles, after the intent is applied.
 void flush_output_and_releases(segment* s) {
   std::size_t done = 0;
-  worker* const w = this_worker();
   struct releasing_scope {  // (a destructor that throws ends the program: noexcept)
-    worker* w;
+    worker* w = nullptr;
     ~releasing_scope() {
       if (w) w->releasing_for = nullptr;
     }
-  } scope{w && !w->running ? w : nullptr};
-  if (scope.w) scope.w->releasing_for = s->owner;
+  } scope;
+  if (s->handles.size != 0) {  // (most commits drop no handle: no thread-local read for them)
+    worker* const w = this_worker();
+    if (w && !w->running) scope.w = w, w->releasing_for = s->owner;
+  }
   for (std::uint32_t i = 0; i < s->handles.size; ++i) {
     handle_log::entry& e = s->handles.items[i];
     if (!e.object) continue;
