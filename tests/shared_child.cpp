@@ -7,6 +7,7 @@
 // With the argument `bound_sends`: the same for the captures of a tasklet that never ran.
 // With the argument `sends`: a destructor that sends on a channel is refused, with the message on
 // stderr, at every worker count (at a commit it would run outside any tasklet; round 19 crashed there).
+#include <cstdint>
 #include <cstring>
 #include <utility>
 
@@ -45,6 +46,26 @@ struct identity_probe {
 struct notifier {
   weft::channel<int>* to;
   ~notifier() { to->send(1); }
+};
+
+weft::tvar<int> wrong_current{0};
+// Counts a destructor that finds getcurrent() other than the tasklet it names.
+struct expects_current {
+  std::uint64_t expected;
+  explicit expects_current(std::uint64_t e) : expected(e) {}
+  expects_current(const expects_current&) = delete;
+  ~expects_current() {
+    if (weft::getcurrent().id() != expected) wrong_current.set(wrong_current.get() + 1);
+  }
+};
+struct capture_expects_current {  // a moved-from one checks nothing
+  std::uint64_t expected;
+  bool live = true;
+  explicit capture_expects_current(std::uint64_t e) : expected(e) {}
+  capture_expects_current(capture_expects_current&& o) noexcept : expected(o.expected), live(std::exchange(o.live, false)) {}
+  ~capture_expects_current() {
+    if (live && weft::getcurrent().id() != expected) wrong_current.set(wrong_current.get() + 1);
+  }
 };
 
 struct capture_notifier {  // a moved-from one is silent
@@ -99,6 +120,41 @@ int main(int argc, char** argv) {
       });
     weft::run();
     weft::print("end\n");
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "identity_main") == 0) {
+    // The same when main's thread commits such a segment at main's own switch point (a receive that
+    // blocks), where main is the thread's running tasklet: the destructor still runs for the
+    // tasklet that dropped the handle. And for the captures of a tasklet killed before it ran: they
+    // go in the killer. Each checks getcurrent() against the tasklet it expects.
+    constexpr int n = 16;
+    weft::channel<int> done;
+    for (int i = 0; i < n; ++i)
+      weft::spawn([i, done] {
+        auto h = weft::shared<expects_current>::make(weft::getcurrent().id());
+        weft::tasklet victim([c = capture_expects_current(weft::getcurrent().id())] {});
+        weft::schedule();
+        h.reset();
+        victim.kill();
+        done.send(i);
+      });
+    for (int i = 0; i < n; ++i) done.receive();
+    weft::print("wrong {}\n", wrong_current.get());
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "kill_unrun_sends") == 0) {
+    // A send in a capture of a tasklet killed before it ran is refused too.
+    weft::channel<int> released;
+    released.preference(1);
+    weft::spawn([&] {
+      weft::tasklet t([n = capture_notifier(&released)] {});
+      weft::schedule();
+      weft::print("killer kills\n");
+      t.kill();
+      weft::print("not reached\n");
+    });
+    weft::spawn([&] { weft::print("got {}\n", released.receive()); });
+    weft::run();
     return 0;
   }
   if (argc > 1 && std::strcmp(argv[1], "bound_sends") == 0) {

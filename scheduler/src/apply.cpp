@@ -506,7 +506,7 @@ apply_result apply_intent(runtime& r, intent& in) {
         t->state = tasklet_state::dead;
         if (t->registered) --r.alive;
         if (!still_running) {
-          t->drop_function();
+          drop_unrun_function(t);
           retire(r, t);
         }
         return {self};

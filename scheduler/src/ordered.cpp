@@ -183,9 +183,11 @@ struct worker {
   runtime* rt = nullptr;
   tasklet_impl* home = nullptr;       // the context of this thread's own stack
   tasklet_impl* running = nullptr;    // whose code runs on this thread now
-  // A commit destroys what its segment dropped the last handle of (flush_output_and_releases): the
-  // destructors run for this tasklet, as one worker runs them in it where the handle goes, so
-  // getcurrent() there is that tasklet and a channel they make is its (ordered_running).
+  // While a commit runs what its segment's tasklet did (releasing_scope): the destructors of what it
+  // dropped the last handle of, and of the captures of a tasklet it killed before that one ran, run
+  // for it, as one worker runs them in it, so getcurrent() there is that tasklet and a channel they
+  // make is its (ordered_running; also where main's thread commits at main's switch point, with
+  // main as `running`).
   tasklet_impl* releasing_for = nullptr;
   // How the segment running on this thread ended: at a switch point with its record waiting for the
   // commit (finished), waiting for the head (parked), rolled back (aborted), or at a switch point
@@ -556,6 +558,22 @@ void flush_output(segment* s) {
   s->other.clear();
 }
 
+// What a commit (or the park of a segment that goes on inevitable) runs for segment s's tasklet —
+// destructors of what it dropped the last handle of, and of the captures of a tasklet it killed before
+// it ran — runs for that tasklet, whichever thread commits and whatever runs there (a worker's loop;
+// main, when main's thread commits at main's switch point): see worker::releasing_for.
+struct releasing_scope {
+  worker* w;
+  releasing_scope(worker* on, tasklet_impl* owner) noexcept : w(on) {
+    if (w) w->releasing_for = owner;
+  }
+  ~releasing_scope() {
+    if (w) w->releasing_for = nullptr;
+  }
+  releasing_scope(const releasing_scope&) = delete;
+  releasing_scope& operator=(const releasing_scope&) = delete;
+};
+
 // flush_output, with the weft::shared objects whose last handle the segment dropped destroyed in
 // their place in its output (handle_log::entry::out_at), as one worker destroys them where the
 // handle goes: a destructor that prints came after the segment's later lines (newcomer round 10).
@@ -566,16 +584,6 @@ void flush_output(segment* s) {
 // release_logged_handles, after the intent is applied.
 void flush_output_and_releases(segment* s) {
   std::size_t done = 0;
-  struct releasing_scope {  // (a destructor that throws ends the program: noexcept)
-    worker* w = nullptr;
-    ~releasing_scope() {
-      if (w) w->releasing_for = nullptr;
-    }
-  } scope;
-  if (s->handles.size != 0) {  // (most commits drop no handle: no thread-local read for them)
-    worker* const w = this_worker();
-    if (w && !w->running) scope.w = w, w->releasing_for = s->owner;
-  }
   for (std::uint32_t i = 0; i < s->handles.size; ++i) {
     handle_log::entry& e = s->handles.items[i];
     if (!e.object) continue;
@@ -795,7 +803,7 @@ void abort_segment(runtime& r, tasklet_impl* t, segment* s, abort_kind kind) {
   r.dispatch_hint = nullptr;  // t may start again, and it may lie before the hint
   give_segment(o, s);
   if (t->state == tasklet_state::dead) {  // killed before its first commit while this ran (apply.cpp)
-    t->drop_function();
+    drop_unrun_function(t);
     retire(r, t);
   }
 }
@@ -818,6 +826,7 @@ void release_logged_handles(segment* s) noexcept {
 [[gnu::always_inline]] inline tasklet_impl* apply_record(runtime& r, worker* self, tasklet_impl* h, segment* s) {
   ordered_state& o = state_of(r);
   std::vector<std::function<void()>> hooks = s->tx.segment_finish_commit();
+  releasing_scope releasing(self, h);
   flush_output_and_releases(s);
   for (auto& f : hooks) f();  // none: a tasklet's hooks ran when its atomically ended
   r.current = h;
@@ -1579,7 +1588,10 @@ void run_segment(runtime& r, worker& w, tasklet_impl* t, std::unique_lock<std::m
     s->handles.releases_now = true;
     s->tx.segment_attach();
     segment_handles = &s->handles;
-    flush_output_and_releases(s);
+    {
+      releasing_scope releasing(this_worker(), t);
+      flush_output_and_releases(s);
+    }
     segment_handles = nullptr;
     s->tx.segment_detach();
     // One segment, run in two parts: run_timed counts it again for this thread, so the first
@@ -2179,7 +2191,7 @@ runtime* ordered_thread_runtime() noexcept {
 
 tasklet_impl* ordered_running() noexcept {
   worker* w = this_worker();
-  return w ? (w->running ? w->running : w->releasing_for) : nullptr;
+  return w ? (w->releasing_for ? w->releasing_for : w->running) : nullptr;
 }
 
 namespace {

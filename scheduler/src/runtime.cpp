@@ -238,6 +238,12 @@ void register_bound(runtime& r, tasklet_impl* t) noexcept {
   r.refs.fetch_add(1, std::memory_order_relaxed);  // released in destroy()
 }
 
+void drop_unrun_function(tasklet_impl* t) noexcept {
+  scheduler_ops_refused += refused_in_dropped_tasklet;  // see destroy
+  t->drop_function();
+  scheduler_ops_refused -= refused_in_dropped_tasklet;
+}
+
 void destroy(tasklet_impl* t) noexcept {
   runtime* r = t->owner;
   drop_kept_channel(t);  // (one that never ended: a main, or one that refused to die)

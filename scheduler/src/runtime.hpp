@@ -147,12 +147,17 @@ inline constexpr const char* scheduler_op_in_shared_destructor =
     "kill, close, preference, set_name, ...) in the destructor of an object held by weft::shared: "
     "it runs where the last handle goes, in ordered mode at a segment's commit, outside any tasklet; "
     "act from the code that drops the last handle instead";
+/// Drops the function of a tasklet killed before it ever ran (its captures' destructors run here,
+/// in ordered mode at a commit or an abort): a tasklet or channel operation in them is refused, as in
+/// destroy().
+void drop_unrun_function(tasklet_impl* t) noexcept;
 /// The error for one in the destructor of a capture of a tasklet destroyed with its last handle.
 inline constexpr const char* scheduler_op_in_dropped_tasklet =
     "a tasklet or channel operation (send, receive, try_send/try_receive, schedule, spawn, insert, run, "
     "kill, close, preference, set_name, ...) in a destructor run when a tasklet's last handle goes (the "
-    "captures of a function that never ran): in ordered mode it runs at a segment's commit, outside any "
-    "tasklet; act from the code that drops the last handle instead";
+    "captures of a function that never ran, or of a tasklet killed before it ran): in ordered mode it "
+    "runs at a segment's commit, outside any tasklet; act from the code that drops the handle or kills "
+    "the tasklet instead";
 /// Throws the error for where this thread is (detail::scheduler_ops_refused): in a shared object's
 /// destructor or a dropped tasklet's captures, after writing it to stderr (the destructor it leaves
 /// is usually noexcept, and

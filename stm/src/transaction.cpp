@@ -77,7 +77,7 @@ __attribute__((tls_model("initial-exec"))) constinit thread_local transaction* c
 
 void (*segment_abort_jump)() = nullptr;
 constinit thread_local bool exception_storage_dying = false;
-constinit thread_local std::uint32_t scheduler_ops_refused = 0;
+constinit thread_local std::uint64_t scheduler_ops_refused = 0;
 void (*segment_park_for_head)() = nullptr;
 bool (*running_in_tasklet)() noexcept = nullptr;
 bool (*another_thread_may_commit)() noexcept = nullptr;

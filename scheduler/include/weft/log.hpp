@@ -9,7 +9,9 @@
 // inevitable segment) it is written at once. Use a logger whose sinks are all commit sinks (another
 // sink would write at once, from a segment that may be rolled back), and without enable_backtrace: a
 // rolled-back segment is not stopped inside a commit sink's lock (detail::sink_mutex), but the
-// backtrace buffer is filled under a lock of spdlog's own, which such a stop would leave locked.
+// backtrace buffer is filled under a lock of spdlog's own, which such a stop would leave locked. A
+// custom pattern flag or formatter runs inside the sink's lock: it must not read a tvar (a conflict
+// found there rolls the segment back with the lock held).
 #pragma once
 
 #include <cstdio>

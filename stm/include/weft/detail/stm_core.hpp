@@ -57,12 +57,14 @@ __attribute__((tls_model("initial-exec"))) extern constinit thread_local bool ex
 /// refused_in_shared_destructor, and of a dropped tasklet's function, by refused_in_dropped_tasklet. Inside a transaction the transaction counts views
 /// (transaction::in_view), so that the count follows a segment's tasklet and goes with a
 /// rolled-back attempt.
-__attribute__((tls_model("initial-exec"))) extern constinit thread_local std::uint32_t scheduler_ops_refused;
-inline constexpr std::uint32_t refused_in_view = 1;
-inline constexpr std::uint32_t refused_in_shared_destructor = 1u << 16;
+__attribute__((tls_model("initial-exec"))) extern constinit thread_local std::uint64_t scheduler_ops_refused;
+/// Three counts of 21 bits in one word (deep enough for any nesting of destructors; 16 bits wrapped
+/// at 256 nested ones).
+inline constexpr std::uint64_t refused_in_view = 1;
+inline constexpr std::uint64_t refused_in_shared_destructor = std::uint64_t{1} << 21;
 /// Destroying a tasklet's control block (its last handle gone): the captures of a function that never
 /// ran are destroyed there (scheduler/src/runtime.cpp, destroy).
-inline constexpr std::uint32_t refused_in_dropped_tasklet = 1u << 24;
+inline constexpr std::uint64_t refused_in_dropped_tasklet = std::uint64_t{1} << 42;
 class transaction;
 /// Set by the scheduler (ordered.cpp) while any ordered run exists. A commit outside every tasklet
 /// segment that writes tvars — of `tx`, or the one tvar `single` of a direct write — calls
