@@ -138,8 +138,14 @@ class tvar : private detail::tvar_base {
       std::memcpy(&b, &v, sizeof(T));
       return b;
     } else {
-      // Boxes bypass the transactional allocation log: the STM frees them itself.
-      void* mem = std::malloc(sizeof(box));
+      // Boxes bypass the transactional allocation log: the STM frees them itself (std::free, for
+      // both). An over-aligned T gets its alignment (malloc's is 16: newcomer round 24 viewed an
+      // alignas(64) value at a misaligned address, undefined behaviour at every worker count).
+      void* mem;
+      if constexpr (alignof(box) > alignof(std::max_align_t))
+        mem = std::aligned_alloc(alignof(box), sizeof(box));  // (sizeof is a multiple of alignof)
+      else
+        mem = std::malloc(sizeof(box));
       if (!mem) throw std::bad_alloc();
       return reinterpret_cast<std::uint64_t>(new (mem) box{std::move(v)});
     }
