@@ -239,9 +239,8 @@ void register_bound(runtime& r, tasklet_impl* t) noexcept {
 }
 
 void drop_unrun_function(tasklet_impl* t) noexcept {
-  scheduler_ops_refused += refused_in_dropped_tasklet;  // see destroy
+  const scheduler_ops_refused_scope refused(refused_in_dropped_tasklet);  // see destroy
   t->drop_function();
-  scheduler_ops_refused -= refused_in_dropped_tasklet;
 }
 
 void destroy(tasklet_impl* t) noexcept {
@@ -250,9 +249,10 @@ void destroy(tasklet_impl* t) noexcept {
   // The captures of a function that never ran go with it: a tasklet or channel operation in their
   // destructors is refused at every worker count, as in a weft::shared object's (in ordered mode
   // this runs at the commit of the segment that dropped the last handle: a send there crashed).
-  scheduler_ops_refused += refused_in_dropped_tasklet;
-  delete t;
-  scheduler_ops_refused -= refused_in_dropped_tasklet;
+  {
+    const scheduler_ops_refused_scope refused(refused_in_dropped_tasklet);
+    delete t;
+  }
   if (r) {
     r->control_blocks.fetch_sub(1, std::memory_order_relaxed);
     release_runtime(r);

@@ -160,8 +160,8 @@ inline constexpr const char* scheduler_op_in_dropped_tasklet =
     "the tasklet instead";
 /// Throws the error for where this thread is (detail::scheduler_ops_refused): in a shared object's
 /// destructor or a dropped tasklet's captures, after writing it to stderr (the destructor it leaves
-/// is usually noexcept, and
-/// std::terminate would then say only "without an active exception"); else in tvar::view.
+/// is usually noexcept, and std::terminate would then say only "without an active exception");
+/// else in tvar::view.
 [[noreturn]] void refuse_scheduler_op();
 /// The error for one inside tvar::view's function (perform, ordered_perform).
 inline constexpr const char* scheduler_op_in_view =

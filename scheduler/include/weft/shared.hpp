@@ -72,9 +72,8 @@ struct shared_object final : shared_block {
       // A tasklet or channel operation in the destructor is refused (std::logic_error, and so
       // std::terminate from it), at every worker count: in ordered mode the last release happens
       // at a segment's commit, outside any tasklet.
-      scheduler_ops_refused += refused_in_shared_destructor;
+      const scheduler_ops_refused_scope refused(refused_in_shared_destructor);
       delete static_cast<shared_object*>(b);
-      scheduler_ops_refused -= refused_in_shared_destructor;
     };
   }
   T value;

@@ -54,9 +54,9 @@ __attribute__((tls_model("initial-exec"))) extern constinit thread_local bool ex
 /// Where a tasklet or channel operation is refused on this thread (perform checks this one word):
 /// tvar::view calls running outside any transaction (a serial tasklet, main; view_scope), counted
 /// by refused_in_view, destructors of weft::shared objects (shared.hpp), counted by
-/// refused_in_shared_destructor, and of a dropped tasklet's function, by refused_in_dropped_tasklet. Inside a transaction the transaction counts views
-/// (transaction::in_view), so that the count follows a segment's tasklet and goes with a
-/// rolled-back attempt.
+/// refused_in_shared_destructor, and of a dropped tasklet's function, by refused_in_dropped_tasklet.
+/// Inside a transaction the transaction counts views (transaction::in_view), so that the count
+/// follows a segment's tasklet and goes with a rolled-back attempt.
 __attribute__((tls_model("initial-exec"))) extern constinit thread_local std::uint64_t scheduler_ops_refused;
 /// Three counts of 21 bits in one word (deep enough for any nesting of destructors; 16 bits wrapped
 /// at 256 nested ones).
@@ -65,6 +65,18 @@ inline constexpr std::uint64_t refused_in_shared_destructor = std::uint64_t{1} <
 /// Destroying a tasklet's control block (its last handle gone): the captures of a function that never
 /// ran are destroyed there (scheduler/src/runtime.cpp, destroy).
 inline constexpr std::uint64_t refused_in_dropped_tasklet = std::uint64_t{1} << 42;
+/// Refuses tasklet and channel operations on this thread for its scope: `count` is one of the
+/// refused_in_* above (the destructors of shared objects and of a dropped tasklet's function).
+class scheduler_ops_refused_scope {
+ public:
+  explicit scheduler_ops_refused_scope(std::uint64_t count) noexcept : count_(count) { scheduler_ops_refused += count_; }
+  ~scheduler_ops_refused_scope() { scheduler_ops_refused -= count_; }
+  scheduler_ops_refused_scope(const scheduler_ops_refused_scope&) = delete;
+  scheduler_ops_refused_scope& operator=(const scheduler_ops_refused_scope&) = delete;
+
+ private:
+  std::uint64_t count_;
+};
 class transaction;
 /// Set by the scheduler (ordered.cpp) while any ordered run exists. A commit outside every tasklet
 /// segment that writes tvars — of `tx`, or the one tvar `single` of a direct write — calls
